@@ -1,0 +1,50 @@
+# Data streamer: every target installs what it needs into .venv itself.
+# `make help` lists the targets.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SAMPLE_DIR ?= data/sample
+OUT_DIR ?= out
+SEED ?= 7
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install sample-data run-local test lint clean
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
+		awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): setup.py constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## Create or refresh the virtual environment (.venv) with pinned dependencies
+
+$(SAMPLE_DIR)/.complete: $(STAMP)
+	$(PY) -m pipelines.sample_fleet --output_dir $(SAMPLE_DIR) --seed $(SEED)
+	@touch $@
+
+sample-data: $(STAMP) ## Generate the sample fleet (SAMPLE_DIR, SEED; more options: python -m pipelines.sample_fleet --help)
+	$(PY) -m pipelines.sample_fleet --output_dir $(SAMPLE_DIR) --seed $(SEED)
+	@touch $(SAMPLE_DIR)/.complete
+
+run-local: $(SAMPLE_DIR)/.complete ## Run the job on the DirectRunner over the sample fleet; writes under OUT_DIR
+	$(PY) -m pipelines.data_streamer \
+		--events_input '$(SAMPLE_DIR)/raw/events/*.jsonl' \
+		--usage_input '$(SAMPLE_DIR)/raw/usage/*.jsonl' \
+		--reference_dir $(SAMPLE_DIR)/reference \
+		--output_dir $(OUT_DIR)
+
+test: $(STAMP) ## Run ruff and the whole test suite
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP) ## ruff check
+	$(VENV)/bin/ruff check .
+
+clean: ## Remove generated data, outputs and the virtual environment
+	rm -rf $(VENV) $(OUT_DIR) data *.egg-info .pytest_cache .ruff_cache
