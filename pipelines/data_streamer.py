@@ -1,0 +1,151 @@
+"""The data streamer job: raw events and usage records in, customer documents out.
+
+Batch run on the DirectRunner over the sample fleet (what ``make run-local`` does)::
+
+    python -m pipelines.data_streamer \\
+        --events_input 'data/sample/raw/events.jsonl' \\
+        --usage_input 'data/sample/raw/usage.jsonl' \\
+        --reference_dir data/sample/reference --output_dir out
+
+The same graph runs on any Beam runner (``--runner``); the inputs and the reference
+directory may be ``gs://`` or ``s3://`` paths. ``--help`` lists every flag.
+
+The graph (DESIGN.md's data flow)::
+
+    ReadEvents -> Events[ParseAndValidate -> Deduplicate -> Enrich] -> WriteEvents
+    ReadUsage  -> Usage[ParseAndValidate -> Deduplicate -> Enrich]  -> WriteUsage
+    ReferenceData (side input of both Enrich steps)
+    dead letters of every step -> WriteDeadLetters
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipelines.options import (
+    InputOptions,
+    OptionError,
+    OutputOptions,
+    ProcessingOptions,
+    ReferenceOptions,
+    validate,
+)
+from pipelines.summary import RunSummary, summarize
+from transforms.documents import RawToDocuments
+from transforms.files import ReadRawRecords, WriteJsonLines, write_dead_letters
+from transforms.reference import LoadReferenceData, ReferenceDataError, load_reference_data
+
+_LOG = logging.getLogger(__name__)
+
+#: (kind, stable label, option attribute): the two record kinds of the job.
+_INPUTS = (("event", "Events", "events_input"), ("usage", "Usage", "usage_input"))
+#: Output sub-directory and file prefix of each output.
+OUTPUT_PREFIXES = {"event": "events/events", "usage": "usage/usage", "dead_letters": "dead_letters/dead_letters"}
+
+
+def build_pipeline(p: beam.Pipeline, options: PipelineOptions) -> dict[str, beam.PCollection]:
+    """Wire the graph; return the documents per kind and all dead letters.
+
+    Tests assert on the returned PCollections; :func:`run` writes them.
+    """
+    inputs = options.view_as(InputOptions)
+    processing = options.view_as(ProcessingOptions)
+    reference = beam.pvalue.AsSingleton(
+        p | "ReferenceData" >> LoadReferenceData(options.view_as(ReferenceOptions).reference_dir)
+    )
+    outputs: dict[str, beam.PCollection] = {}
+    dead_letters = []
+    for kind, label, attribute in _INPUTS:
+        pattern = getattr(inputs, attribute)
+        if not pattern:
+            continue
+        raw = p | f"Read{label}" >> ReadRawRecords(pattern, inputs.input_format)
+        result = raw | label >> RawToDocuments(
+            kind,
+            reference,
+            dedup_horizon_seconds=processing.dedup_horizon_seconds,
+            max_record_bytes=processing.max_record_bytes,
+        )
+        outputs[kind] = result.documents
+        dead_letters.append(result.dead_letters)
+    outputs["dead_letters"] = tuple(dead_letters) | "AllDeadLetters" >> beam.Flatten()
+    return outputs
+
+
+def write_outputs(outputs: dict[str, beam.PCollection], output_dir: str) -> None:
+    base = output_dir.rstrip("/")
+    if "event" in outputs:
+        outputs["event"] | "WriteEvents" >> WriteJsonLines(f"{base}/{OUTPUT_PREFIXES['event']}")
+    if "usage" in outputs:
+        outputs["usage"] | "WriteUsage" >> WriteJsonLines(f"{base}/{OUTPUT_PREFIXES['usage']}")
+    outputs["dead_letters"] | "WriteDeadLetters" >> write_dead_letters(f"{base}/{OUTPUT_PREFIXES['dead_letters']}")
+
+
+def _clear_previous_outputs(output_dir: str) -> None:
+    """Remove the shards a previous run wrote, so a run with fewer shards does not
+    leave stale files beside its own."""
+    base = output_dir.rstrip("/")
+    patterns = [f"{base}/{prefix}-*-of-*.jsonl" for prefix in OUTPUT_PREFIXES.values()]
+    stale = [m.path for result in FileSystems.match(patterns) for m in result.metadata_list]
+    if stale:
+        FileSystems.delete(stale)
+
+
+def _parse_args(argv: list[str] | None) -> PipelineOptions:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.data_streamer",
+        description=__doc__.split("\n\n")[0],
+        epilog="Any other flag is a Beam pipeline option (--runner, --direct_num_workers, ...).",
+    )
+    for options_class in (InputOptions, ReferenceOptions, ProcessingOptions, OutputOptions):
+        options_class._add_argparse_args(parser)
+    known, beam_args = parser.parse_known_args(argv)
+    flags = [f"--{key}={value}" for key, value in vars(known).items() if value is not None]
+    return PipelineOptions(beam_args + flags)
+
+
+def run(argv: list[str] | None = None) -> RunSummary:
+    """Parse flags, run the job to completion, write and print the summary."""
+    options = _parse_args(argv)
+    validate(options)
+    # Fail fast, on the submitting machine, with the loader's message naming the
+    # bad file, row and field; workers load the same directory again.
+    reference = load_reference_data(options.view_as(ReferenceOptions).reference_dir)
+    _LOG.info("reference data: %s", reference.sizes())
+    output_dir = options.view_as(OutputOptions).output_dir
+    _clear_previous_outputs(output_dir)
+
+    pipeline = beam.Pipeline(options=options)
+    write_outputs(build_pipeline(pipeline, options), output_dir)
+    result = pipeline.run()
+    result.wait_until_finish()
+
+    summary = summarize(result)
+    summary_path = f"{output_dir.rstrip('/')}/summary.json"
+    with FileSystems.create(summary_path) as handle:
+        handle.write(json.dumps(summary.to_dict(), indent=2, sort_keys=True).encode("utf-8"))
+    sys.stdout.write(summary.render())
+    sys.stdout.write(f"  outputs: {Path(output_dir) if '://' not in output_dir else output_dir}\n")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        summary = run(argv)
+    except (OptionError, ReferenceDataError) as err:
+        sys.stderr.write(f"error: {err}\n")
+        return 2
+    return 0 if summary.reconciled else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

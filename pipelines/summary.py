@@ -1,0 +1,103 @@
+"""The run summary: what was read and where every record ended up.
+
+Computed from the job's Beam metrics (namespace ``datastreamer``), so it reads the
+same on every runner that reports committed counters. The contract it checks is
+DESIGN.md's: every record read is a document, a duplicate or a dead letter.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.runners.runner import PipelineResult
+
+from transforms import metrics
+from transforms.records import KINDS
+
+
+@dataclass
+class KindSummary:
+    read: int = 0
+    valid: int = 0
+    unique: int = 0
+    documents: int = 0
+    dead_letters: dict[str, int] = field(default_factory=dict)
+    documents_by_type: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def duplicates(self) -> int:
+        return self.valid - self.unique
+
+    @property
+    def dead_letter_total(self) -> int:
+        return sum(self.dead_letters.values())
+
+    @property
+    def reconciled(self) -> bool:
+        return self.read == self.documents + self.duplicates + self.dead_letter_total
+
+
+@dataclass
+class RunSummary:
+    kinds: dict[str, KindSummary]
+
+    @property
+    def reconciled(self) -> bool:
+        return all(k.reconciled for k in self.kinds.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"reconciled": self.reconciled}
+        for kind, summary in self.kinds.items():
+            out[kind] = asdict(summary) | {"duplicates": summary.duplicates}
+        return out
+
+    def render(self) -> str:
+        ev, us = self.kinds["event"], self.kinds["usage"]
+        rows = [
+            ("records read", ev.read, us.read),
+            ("documents", ev.documents, us.documents),
+            ("duplicates", ev.duplicates, us.duplicates),
+            ("dead letters", ev.dead_letter_total, us.dead_letter_total),
+        ]
+        lines = ["", "Run summary", f"  {'':<16}{'events':>10}{'usage':>10}{'total':>10}"]
+        lines += [f"  {name:<16}{e:>10}{u:>10}{e + u:>10}" for name, e, u in rows]
+        verdict = "yes" if self.reconciled else "NO - records are unaccounted for"
+        lines.append(f"  reconciled (read = documents + duplicates + dead letters): {verdict}")
+        if ev.documents_by_type:
+            lines.append("  event documents by type:")
+            for type_id, count in sorted(ev.documents_by_type.items(), key=lambda kv: int(kv[0])):
+                lines.append(f"    {type_id:>3}  {count}")
+        for kind, summary in self.kinds.items():
+            if summary.dead_letters:
+                lines.append(f"  {kind} dead letters by reason:")
+                for reason, count in sorted(summary.dead_letters.items()):
+                    lines.append(f"    {reason:<40}{count:>8}")
+        return "\n".join(lines) + "\n"
+
+
+def _value(result: Any) -> int:
+    committed = result.committed
+    return int(committed if committed is not None else result.attempted or 0)
+
+
+def summarize(result: PipelineResult) -> RunSummary:
+    counters = result.metrics().query(MetricsFilter().with_namespace(metrics.NAMESPACE))["counters"]
+    kinds: dict[str, KindSummary] = defaultdict(KindSummary)
+    for kind in KINDS:
+        kinds[kind] = KindSummary()
+    for counter in counters:
+        name, value = counter.key.metric.name, _value(counter)
+        if name.startswith(metrics.DEAD_LETTER_PREFIX + "|"):
+            _, kind, reason = name.split("|", 2)
+            kinds[kind].dead_letters[reason] = kinds[kind].dead_letters.get(reason, 0) + value
+            continue
+        kind, _, measure = name.partition(".")
+        if measure.startswith("documents|type|"):
+            type_id = measure.rsplit("|", 1)[1]
+            kinds[kind].documents_by_type[type_id] = kinds[kind].documents_by_type.get(type_id, 0) + value
+        elif measure in ("read", "valid", "unique", "documents"):
+            setattr(kinds[kind], measure, getattr(kinds[kind], measure) + value)
+    return RunSummary(dict(kinds))

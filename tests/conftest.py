@@ -1,0 +1,57 @@
+"""Shared fixtures: reference directories written in each supported format."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+
+from schemas.arrow import arrow_schema
+from schemas.fields import record_fields
+from tests import guide_samples
+from transforms.reference import ReferenceData, build_reference_data
+
+def write_reference(directory: Path, tables: dict[str, list[dict[str, Any]]], fmt: str = "json") -> Path:
+    """Write one file per entity in ``fmt`` (json, jsonl, csv or parquet)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for entity, rows in tables.items():
+        specs = record_fields(f"reference/{entity}")
+        path = directory / f"{entity}.{fmt}"
+        if fmt == "json":
+            path.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+        elif fmt == "jsonl":
+            path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        elif fmt == "csv":
+            with path.open("w", newline="", encoding="utf-8") as handle:
+                writer = csv.DictWriter(handle, fieldnames=[s.name for s in specs])
+                writer.writeheader()
+                for row in rows:
+                    writer.writerow({k: "" if v is None else v for k, v in row.items()})
+        elif fmt == "parquet":
+            pq.write_table(pa.Table.from_pylist(rows, schema=arrow_schema(f"reference/{entity}")), path)
+        else:
+            raise ValueError(fmt)
+    return directory
+
+
+def reference_from_tables(tables: dict[str, list[dict[str, Any]]]) -> ReferenceData:
+    return build_reference_data({e: {r["id"]: dict(r) for r in rows} for e, rows in tables.items()})
+
+
+@pytest.fixture
+def sample_tables() -> dict[str, list[dict[str, Any]]]:
+    return guide_samples.reference_tables()
+
+
+@pytest.fixture
+def sample_reference(sample_tables) -> ReferenceData:
+    return reference_from_tables(sample_tables)
+
+
+@pytest.fixture
+def sample_reference_dir(tmp_path, sample_tables) -> Path:
+    return write_reference(tmp_path / "reference", sample_tables)

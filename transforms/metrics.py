@@ -1,0 +1,43 @@
+"""Names of the Beam metrics every stage reports, under one namespace.
+
+The run summary and the reconciliation (read = documents + duplicates + dead
+letters) are computed from these counters, so the names are a contract: change
+them only together with :mod:`pipelines.summary`.
+"""
+
+from __future__ import annotations
+
+from apache_beam.metrics import Metrics
+
+NAMESPACE = "datastreamer"
+DEAD_LETTER_PREFIX = "dead_letter"
+
+
+def read(kind: str) -> str:
+    return f"{kind}.read"
+
+
+def valid(kind: str) -> str:
+    return f"{kind}.valid"
+
+
+def unique(kind: str) -> str:
+    return f"{kind}.unique"
+
+
+def documents(kind: str) -> str:
+    return f"{kind}.documents"
+
+
+def documents_of_type(event_type_id: int) -> str:
+    return f"event.documents|type|{event_type_id}"
+
+
+def dead_letter_name(kind: str, reason: str) -> str:
+    return f"{DEAD_LETTER_PREFIX}|{kind}|{reason}"
+
+
+def count_dead_letter(kind: str, reason: str) -> None:
+    """Count one dead letter by kind and reason. Reasons are a small closed set of
+    tokens, so this does not explode the number of metrics."""
+    Metrics.counter(NAMESPACE, dead_letter_name(kind, reason)).inc()
