@@ -16,6 +16,7 @@ from schemas.fields import record_fields
 from tests import guide_samples
 from transforms.reference import ReferenceData, build_reference_data
 
+
 def write_reference(directory: Path, tables: dict[str, list[dict[str, Any]]], fmt: str = "json") -> Path:
     """Write one file per entity in ``fmt`` (json, jsonl, csv or parquet)."""
     directory.mkdir(parents=True, exist_ok=True)

@@ -83,10 +83,15 @@ def test_bad_input_is_dead_lettered_with_reasons_and_counts_reconcile(tmp_path, 
     reasons = outputs["dead_letters"] | beam.Map(lambda d: (d["kind"], d["reason"]))
     expected_reasons = [("event", r) for r, _ in BAD_EVENTS] + [("usage", r) for r, _ in BAD_USAGE]
     assert_that(reasons, equal_to(expected_reasons), label="CheckReasons")
-    payloads = outputs["dead_letters"] | beam.Map(lambda d: (d["reason"], d["stage"], d["payload"]))
+    parse_stage = (
+        outputs["dead_letters"]
+        | "ParseStage" >> beam.Filter(lambda d: d["stage"] == "parse")
+        | "ReasonAndPayload" >> beam.Map(lambda d: (d["reason"], d["payload"]))
+    )
+    enrich_reasons = ("unknown_reference", "reference_mismatch")
     assert_that(
-        payloads | "ParsePayloads" >> beam.Filter(lambda t: t[1] == "parse") | beam.Map(lambda t: (t[0], t[2])),
-        equal_to([(r, line) for r, line in BAD_EVENTS + BAD_USAGE if not r.startswith(("unknown_reference", "reference_mismatch"))]),
+        parse_stage,
+        equal_to([(r, line) for r, line in BAD_EVENTS + BAD_USAGE if not r.startswith(enrich_reasons)]),
         label="ParseStagePayloadsAreTheOriginalBytes",
     )
     result = p.run()
@@ -109,8 +114,11 @@ def test_enrich_stage_dead_letter_carries_the_validated_raw_record(tmp_path, sam
     options = PipelineOptions(events_input=str(tmp_path / "events.jsonl"), reference_dir=str(sample_reference_dir))
     with TestPipeline(options=options) as p:
         letters = build_pipeline(p, options)["dead_letters"]
+        summary = letters | beam.Map(
+            lambda d: (d["stage"], d["reason"], d["record_id"], orjson.loads(d["payload"])["sim_id"])
+        )
         assert_that(
-            letters | beam.Map(lambda d: (d["stage"], d["reason"], d["record_id"], orjson.loads(d["payload"])["sim_id"])),
+            summary,
             equal_to([("enrich", "unknown_reference:sim", 9011, 5)]),
         )
 

@@ -139,7 +139,7 @@ def test_valid_record_keeps_raw_values_and_defaults():
     assert record["timestamp"] == EVENT["timestamp"]
     assert record["user_id"] is None
     assert event_ms == 1562951099000
-    usage, end_ms = validate_usage(_usage(final=_DROP, session_id=_DROP))
+    usage, _ = validate_usage(_usage(final=_DROP, session_id=_DROP))
     assert usage["final"] is False and usage["session_id"] is None
     assert usage["cost"] == 0.00558275
 
