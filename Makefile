@@ -34,8 +34,8 @@ sample-data: $(STAMP) ## Generate the sample fleet (SAMPLE_DIR, SEED; more optio
 
 run-local: $(SAMPLE_DIR)/.complete ## Run the job on the DirectRunner over the sample fleet; writes under OUT_DIR
 	$(PY) -m pipelines.data_streamer \
-		--events_input '$(SAMPLE_DIR)/raw/events/*.jsonl' \
-		--usage_input '$(SAMPLE_DIR)/raw/usage/*.jsonl' \
+		--events_input $(SAMPLE_DIR)/raw/events.jsonl \
+		--usage_input $(SAMPLE_DIR)/raw/usage.jsonl \
 		--reference_dir $(SAMPLE_DIR)/reference \
 		--output_dir $(OUT_DIR)
 

@@ -24,7 +24,6 @@ import argparse
 import json
 import logging
 import sys
-from pathlib import Path
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -133,7 +132,7 @@ def run(argv: list[str] | None = None) -> RunSummary:
     with FileSystems.create(summary_path) as handle:
         handle.write(json.dumps(summary.to_dict(), indent=2, sort_keys=True).encode("utf-8"))
     sys.stdout.write(summary.render())
-    sys.stdout.write(f"  outputs: {Path(output_dir) if '://' not in output_dir else output_dir}\n")
+    sys.stdout.write(f"  outputs under {output_dir}\n")
     return summary
 
 
