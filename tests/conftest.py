@@ -57,3 +57,47 @@ def sample_reference(sample_tables) -> ReferenceData:
 @pytest.fixture
 def sample_reference_dir(tmp_path, sample_tables) -> Path:
     return write_reference(tmp_path / "reference", sample_tables)
+
+
+@pytest.fixture
+def stream_secrets(monkeypatch) -> dict[str, str]:
+    """Set the test streams' credentials in the environment, as a worker has them."""
+    from tests.streams import SECRETS
+
+    for name, value in SECRETS.items():
+        monkeypatch.setenv(name, value)
+    return SECRETS
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    """moto's server on loopback for S3 and Kinesis, shared by the session."""
+    from pipelines.local_destinations import MotoServer
+
+    with MotoServer() as server:
+        yield server
+
+
+@pytest.fixture
+def http_receiver():
+    """A real HTTP server on 127.0.0.1 that records requests; ``.responder`` can be
+    replaced to answer differently."""
+    from pipelines.local_destinations import HttpReceiver
+
+    with HttpReceiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture
+def aws_session(moto_server):
+    """boto3 clients on the moto server, for tests to create and read back
+    buckets and streams."""
+    import boto3
+
+    from tests.streams import REGION
+
+    def client(service: str):
+        return boto3.client(service, endpoint_url=moto_server.url, region_name=REGION,
+                            aws_access_key_id="test", aws_secret_access_key="test")
+
+    return client

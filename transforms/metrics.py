@@ -29,8 +29,24 @@ def documents(kind: str) -> str:
     return f"{kind}.documents"
 
 
+def routed(kind: str) -> str:
+    """Deliveries routed: one per (document, matching stream)."""
+    return f"{kind}.routed"
+
+
+def filtered(kind: str) -> str:
+    """Documents that matched no active stream."""
+    return f"{kind}.filtered"
+
+
 def documents_of_type(event_type_id: int) -> str:
     return f"event.documents|type|{event_type_id}"
+
+
+def delivery(api_type: str, measure: str) -> str:
+    """Delivery counters per API type; ``measure`` is one of ``requests``,
+    ``documents`` (delivered), ``failed_documents``, ``bytes``."""
+    return f"deliver|{api_type}|{measure}"
 
 
 def dead_letter_name(kind: str, reason: str) -> str:

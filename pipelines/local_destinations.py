@@ -1,0 +1,153 @@
+"""Real destinations on 127.0.0.1 for ``make run-local`` and the tests.
+
+- :class:`HttpReceiver`: a threaded HTTP server standing in for customers' REST
+  endpoints and DataDog's intake. It records every request (method, path, headers,
+  body) and answers through a replaceable responder, so fault tests can make it
+  fail, throttle or hang.
+- :class:`MotoServer`: moto's server, which speaks the AWS wire protocol for S3 and
+  Kinesis; boto3 reaches it through the stream's ``endpoint_url``.
+
+Hand-written receiver because what is needed is a plain HTTP server that logs
+requests and can be told how to answer; the standard library's server is that,
+with a few lines around it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    received_at: float
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int = 200
+    body: bytes = b'{"ok":true}'
+    headers: dict[str, str] = field(default_factory=lambda: {"Content-Type": "application/json"})
+    delay_seconds: float = 0.0
+
+
+Responder = Callable[[RecordedRequest], Reply]
+
+
+def always_ok(_: RecordedRequest) -> Reply:
+    return Reply(202, b'{"errors":[]}')
+
+
+class HttpReceiver:
+    """``with HttpReceiver() as receiver: ... receiver.url ... receiver.requests()``"""
+
+    def __init__(self, responder: Responder = always_ok, host: str = "127.0.0.1") -> None:
+        self.responder = responder
+        self._requests: list[RecordedRequest] = []
+        self._lock = threading.Lock()
+        receiver = self
+
+        class _Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                request = RecordedRequest(
+                    self.command, self.path, {k: v for k, v in self.headers.items()}, body, time.time()
+                )
+                with receiver._lock:
+                    receiver._requests.append(request)
+                reply = receiver.responder(request)
+                if reply.delay_seconds:
+                    time.sleep(reply.delay_seconds)
+                self.send_response(reply.status)
+                for key, value in reply.headers.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(reply.body)))
+                self.end_headers()
+                self.wfile.write(reply.body)
+
+            do_POST = do_PUT = do_GET = _handle  # noqa: N815 - http.server's naming
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+        self._server = ThreadingHTTPServer((host, 0), _Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="http-receiver", daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> HttpReceiver:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def requests(self, path: str | None = None) -> list[RecordedRequest]:
+        with self._lock:
+            return [r for r in self._requests if path is None or r.path == path]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._requests.clear()
+
+    def __enter__(self) -> HttpReceiver:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+class MotoServer:
+    """moto's threaded server on a free loopback port."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        from moto.server import ThreadedMotoServer  # a test/run-local dependency only
+
+        self._host, self._port = host, free_port(host)
+        self._server = ThreadedMotoServer(ip_address=host, port=self._port, verbose=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self._host}:{self._port}"
+
+    def start(self) -> MotoServer:
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+        self._server.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.stop()
+
+    def __enter__(self) -> MotoServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

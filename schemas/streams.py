@@ -1,0 +1,417 @@
+"""Data stream configuration: the typed model, its validation and its loader.
+
+A stream says what a customer receives (stream type, filters) and where (API type
+and the destination settings of that type). The file format is
+``schemas/avro/data_stream.avsc`` written as JSON or YAML: ``{"streams": [...]}``
+or a bare list. Every problem is reported with the stream id and the field, at
+load, so a bad config never reaches a worker.
+
+Credentials are :class:`SecretRef` (an environment variable or a file), never
+values: the config, the pipeline graph, logs and outputs only ever hold the
+reference, and sinks resolve it on the worker (``sinks/secrets.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from schemas.catalogues import EVENT_TYPES
+
+STREAM_TYPES = ("usage", "events", "both")
+API_TYPES = ("rest_api", "rest_api_bulk", "aws_kinesis", "aws_s3", "datadog")
+STATES = ("active", "paused", "deactivated")
+
+#: Which destination block each API type needs.
+DESTINATION_OF = MappingProxyType({
+    "rest_api": "rest",
+    "rest_api_bulk": "rest",
+    "aws_kinesis": "kinesis",
+    "aws_s3": "s3",
+    "datadog": "datadog",
+})
+
+#: emnify's ranges, and our defaults (DESIGN.md "Facts from the field").
+BULK_SIZE_RANGE, DEFAULT_BULK_SIZE = (1, 10_000), 3_000
+ROTATION_RANGE, DEFAULT_ROTATION_SECONDS = (10, 900), 300
+FLUSH_SIZE_RANGE, DEFAULT_FLUSH_SIZE = (10, 100_000), 10_000
+METRICS_INTERVAL_RANGE, DEFAULT_METRICS_INTERVAL_SECONDS = (10, 3_600), 60
+
+#: Header names that carry credentials; they belong in ``auth_header`` +
+#: ``auth_secret`` so the value stays out of the config.
+_CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-key", "api-key", "dd-api-key",
+                                 "dd-application-key", "cookie"})
+_STREAM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_AWS_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d$")
+
+
+class StreamConfigError(ValueError):
+    """An invalid stream configuration; the message names the stream and field."""
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    env: str | None = None
+    file: str | None = None
+
+    def describe(self) -> str:
+        """Where the secret lives, for messages; never the value."""
+        return f"environment variable {self.env}" if self.env else f"file {self.file}"
+
+
+@dataclass(frozen=True)
+class Filters:
+    event_type_ids: frozenset[int] | None = None
+    alert: bool | None = None
+
+
+@dataclass(frozen=True)
+class RestDestination:
+    url: str
+    method: str = "POST"
+    headers: Mapping[str, str] = field(default_factory=dict)
+    auth_header: str | None = None
+    auth_secret: SecretRef | None = None
+
+
+@dataclass(frozen=True)
+class AwsDestination:
+    """Kinesis (``target`` is the stream name) or S3 (``target`` is the bucket)."""
+
+    region: str
+    target: str
+    access_key_id: SecretRef
+    secret_access_key: SecretRef
+    endpoint_url: str | None = None
+    prefix: str = ""
+
+
+@dataclass(frozen=True)
+class DataDogDestination:
+    api_key: SecretRef
+    site: str = "datadoghq.com"
+    application_key: SecretRef | None = None
+    url: str | None = None
+
+    @property
+    def base_url(self) -> str:
+        return (self.url or f"https://api.{self.site}").rstrip("/")
+
+
+@dataclass(frozen=True)
+class Batching:
+    bulk_size: int = DEFAULT_BULK_SIZE
+    rotation_seconds: int = DEFAULT_ROTATION_SECONDS
+    flush_size: int = DEFAULT_FLUSH_SIZE
+    metrics_interval_seconds: int = DEFAULT_METRICS_INTERVAL_SECONDS
+
+
+@dataclass(frozen=True)
+class DataStream:
+    id: str
+    organisation_id: int
+    stream_type: str
+    api_type: str
+    created_at: str
+    destination: RestDestination | AwsDestination | DataDogDestination
+    state: str = "active"
+    historic_data: bool = False
+    filters: Filters = Filters()
+    batching: Batching = Batching()
+
+    @property
+    def active(self) -> bool:
+        return self.state == "active"
+
+    def wants(self, kind: str, document: Mapping[str, Any]) -> bool:
+        """Whether a document of ``kind`` ("event" or "usage") matches this
+        stream's type and filters (state is not considered here)."""
+        if kind == "usage":
+            return self.stream_type in ("usage", "both")
+        if self.stream_type == "usage":
+            return False
+        ids = self.filters.event_type_ids
+        if ids is not None and document["event_type"]["id"] not in ids:
+            return False
+        return self.filters.alert is None or document["alert"] is self.filters.alert
+
+    def describe_destination(self) -> str:
+        """The destination without credentials, for status tables and logs."""
+        dest = self.destination
+        if isinstance(dest, RestDestination):
+            return f"{dest.method} {dest.url}"
+        if isinstance(dest, AwsDestination):
+            if self.api_type == "aws_s3":
+                return f"s3://{dest.target}/{dest.prefix}"
+            return f"kinesis://{dest.region}/{dest.target}"
+        return f"datadog {dest.base_url}"
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+class _Reader:
+    """Typed access to one mapping of the config, with errors naming the stream
+    and the dotted field path."""
+
+    def __init__(self, stream_id: str, data: Mapping[str, Any], path: str = "") -> None:
+        if not isinstance(data, Mapping):
+            raise StreamConfigError(f"stream {stream_id!r}: {path.rstrip('.') or 'entry'} must be an object")
+        self.stream_id, self.data, self.path = stream_id, data, path
+
+    def error(self, name: str, problem: str) -> StreamConfigError:
+        return StreamConfigError(f"stream {self.stream_id!r}: {self.path}{name} {problem}")
+
+    def get(self, name: str, kind: type | tuple[type, ...], default: Any = ..., choices: tuple = ()) -> Any:
+        value = self.data.get(name)
+        if value is None:
+            if default is ...:
+                raise self.error(name, "is required")
+            return default
+        if isinstance(value, bool) and kind is not bool and bool not in (kind if isinstance(kind, tuple) else ()):
+            raise self.error(name, f"must be {_kind_name(kind)}, got a boolean")
+        if not isinstance(value, kind):
+            raise self.error(name, f"must be {_kind_name(kind)}, got {type(value).__name__}")
+        if choices and value not in choices:
+            raise self.error(name, f"must be one of {', '.join(map(str, choices))}, got {value!r}")
+        return value
+
+    def int_in(self, name: str, bounds: tuple[int, int], default: int) -> int:
+        value = self.get(name, int, default)
+        if not bounds[0] <= value <= bounds[1]:
+            raise self.error(name, f"must be between {bounds[0]:,} and {bounds[1]:,}, got {value:,}")
+        return value
+
+    def nested(self, name: str) -> _Reader | None:
+        value = self.data.get(name)
+        return None if value is None else _Reader(self.stream_id, value, f"{self.path}{name}.")
+
+    def secret(self, name: str, required: bool = True) -> SecretRef | None:
+        reader = self.nested(name)
+        if reader is None:
+            if required:
+                raise self.error(name, "is required (an object with 'env' or 'file')")
+            return None
+        unknown = set(reader.data) - {"env", "file"}
+        if unknown:
+            # A literal key here would put the secret itself into the config.
+            raise self.error(name, f"must only name where the secret is ('env' or 'file'), not {sorted(unknown)}")
+        env, path = reader.get("env", str, None), reader.get("file", str, None)
+        if (env is None) == (path is None):
+            raise self.error(name, "must have exactly one of 'env' or 'file'")
+        return SecretRef(env=env, file=path)
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = {int: "an integer", str: "a string", bool: "a boolean", list: "a list", dict: "an object"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _check_url(reader: _Reader, name: str, url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise reader.error(name, f"must be an http(s) URL, got {url!r}")
+    if parts.username or parts.password:
+        raise reader.error(name, "must not carry credentials; use auth_header and auth_secret")
+    return url
+
+
+def _rest(reader: _Reader) -> RestDestination:
+    url = _check_url(reader, "url", reader.get("url", str))
+    headers_value = reader.get("headers", dict, {})
+    headers: dict[str, str] = {}
+    for key, value in headers_value.items():
+        if not isinstance(key, str) or not _HEADER_NAME.match(key) or not isinstance(value, str):
+            raise reader.error("headers", f"has an invalid header {key!r}")
+        if key.lower() in _CREDENTIAL_HEADERS:
+            raise reader.error(
+                "headers", f"must not carry the credential header {key!r}; use auth_header and auth_secret"
+            )
+        headers[key] = value
+    auth_header = reader.get("auth_header", str, None)
+    auth_secret = reader.secret("auth_secret", required=False)
+    if (auth_header is None) != (auth_secret is None):
+        raise reader.error("auth_header", "and auth_secret go together")
+    if auth_header is not None and not _HEADER_NAME.match(auth_header):
+        raise reader.error("auth_header", f"is not a valid header name: {auth_header!r}")
+    return RestDestination(
+        url=url,
+        method=reader.get("method", str, "POST", choices=("POST", "PUT")),
+        headers=MappingProxyType(headers),
+        auth_header=auth_header,
+        auth_secret=auth_secret,
+    )
+
+
+def _aws(reader: _Reader, target_field: str) -> AwsDestination:
+    region = reader.get("region", str)
+    if not _AWS_REGION.match(region):
+        raise reader.error("region", f"is not an AWS region: {region!r}")
+    endpoint = reader.get("endpoint_url", str, None)
+    if endpoint is not None:
+        _check_url(reader, "endpoint_url", endpoint)
+    target = reader.get(target_field, str)
+    if not target.strip():
+        raise reader.error(target_field, "must not be empty")
+    prefix = reader.get("prefix", str, "") if target_field == "bucket" else ""
+    if prefix.startswith("/"):
+        raise reader.error("prefix", "must not start with '/'")
+    return AwsDestination(
+        region=region,
+        target=target,
+        access_key_id=reader.secret("access_key_id"),
+        secret_access_key=reader.secret("secret_access_key"),
+        endpoint_url=endpoint,
+        prefix=prefix,
+    )
+
+
+def _datadog(reader: _Reader) -> DataDogDestination:
+    site = reader.get("site", str, "datadoghq.com")
+    if not re.match(r"^([a-z0-9-]+\.)*datadoghq\.(com|eu)$|^ddog-gov\.com$", site):
+        raise reader.error("site", f"is not a DataDog site: {site!r}")
+    url = reader.get("url", str, None)
+    if url is not None:
+        _check_url(reader, "url", url)
+    return DataDogDestination(
+        api_key=reader.secret("api_key"),
+        site=site,
+        application_key=reader.secret("application_key", required=False),
+        url=url,
+    )
+
+
+def _filters(reader: _Reader | None) -> Filters:
+    if reader is None:
+        return Filters()
+    ids = reader.get("event_type_ids", list, None)
+    if ids is not None:
+        if not ids or any(type(i) is not int or i not in EVENT_TYPES for i in ids):
+            raise reader.error("event_type_ids", "must be a non-empty list of event type ids 0 to 15")
+        ids = frozenset(ids)
+    return Filters(event_type_ids=ids, alert=reader.get("alert", bool, None))
+
+
+def _batching(reader: _Reader | None) -> Batching:
+    if reader is None:
+        return Batching()
+    return Batching(
+        bulk_size=reader.int_in("bulk_size", BULK_SIZE_RANGE, DEFAULT_BULK_SIZE),
+        rotation_seconds=reader.int_in("rotation_seconds", ROTATION_RANGE, DEFAULT_ROTATION_SECONDS),
+        flush_size=reader.int_in("flush_size", FLUSH_SIZE_RANGE, DEFAULT_FLUSH_SIZE),
+        metrics_interval_seconds=reader.int_in(
+            "metrics_interval_seconds", METRICS_INTERVAL_RANGE, DEFAULT_METRICS_INTERVAL_SECONDS
+        ),
+    )
+
+
+def stream_from_dict(data: Mapping[str, Any], position: int = 0) -> DataStream:
+    """Build and check one stream; :class:`StreamConfigError` names what is wrong."""
+    if not isinstance(data, Mapping):
+        raise StreamConfigError(f"stream #{position + 1}: must be an object")
+    stream_id = data.get("id")
+    if not isinstance(stream_id, str) or not _STREAM_ID.match(stream_id):
+        raise StreamConfigError(
+            f"stream #{position + 1}: id must be 1 to 128 letters, digits, '-', '_' or '.', got {stream_id!r}"
+        )
+    reader = _Reader(stream_id, data)
+    api_type = reader.get("api_type", str, choices=API_TYPES)
+    stream_type = reader.get("stream_type", str, choices=STREAM_TYPES)
+    if api_type == "datadog" and stream_type != "usage":
+        raise reader.error("stream_type", "must be usage for datadog streams (they carry usage metrics)")
+    created_at = reader.get("created_at", str)
+    from transforms.timestamps import parse_iso  # local: schemas must not import transforms at module load
+
+    try:
+        parse_iso(created_at)
+    except ValueError:
+        raise reader.error("created_at", f"must be ISO 8601 with an offset, got {created_at!r}") from None
+    block = DESTINATION_OF[api_type]
+    for other in set(DESTINATION_OF.values()) - {block}:
+        if data.get(other) is not None:
+            raise reader.error(other, f"does not apply to api_type {api_type}")
+    dest_reader = reader.nested(block)
+    if dest_reader is None:
+        raise reader.error(block, f"is required for api_type {api_type}")
+    if block == "rest":
+        destination: RestDestination | AwsDestination | DataDogDestination = _rest(dest_reader)
+    elif block == "kinesis":
+        destination = _aws(dest_reader, "stream_name")
+    elif block == "s3":
+        destination = _aws(dest_reader, "bucket")
+    else:
+        destination = _datadog(dest_reader)
+    return DataStream(
+        id=stream_id,
+        organisation_id=reader.get("organisation_id", int),
+        stream_type=stream_type,
+        api_type=api_type,
+        created_at=created_at,
+        destination=destination,
+        state=reader.get("state", str, "active", choices=STATES),
+        historic_data=reader.get("historic_data", bool, False),
+        filters=_filters(reader.nested("filters")),
+        batching=_batching(reader.nested("batching")),
+    )
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """All configured streams, indexed for routing."""
+
+    streams: Mapping[str, DataStream]
+    by_organisation: Mapping[int, tuple[DataStream, ...]]
+
+    def __getitem__(self, stream_id: str) -> DataStream:
+        return self.streams[stream_id]
+
+    def __len__(self) -> int:
+        return len(self.streams)
+
+
+def build_stream_config(streams: list[DataStream]) -> StreamConfig:
+    by_id: dict[str, DataStream] = {}
+    s3_targets: dict[tuple[str | None, str, str], str] = {}
+    for stream in streams:
+        if stream.id in by_id:
+            raise StreamConfigError(f"stream {stream.id!r}: id is used by more than one stream")
+        by_id[stream.id] = stream
+        if stream.api_type == "aws_s3":
+            dest = stream.destination
+            target = (dest.endpoint_url, dest.target, dest.prefix)
+            if target in s3_targets:
+                # Both would write events_<window>.csv to the same keys and overwrite each other.
+                raise StreamConfigError(
+                    f"stream {stream.id!r}: s3.bucket and s3.prefix are also used by stream {s3_targets[target]!r}"
+                )
+            s3_targets[target] = stream.id
+    grouped: dict[int, list[DataStream]] = {}
+    for stream in sorted(by_id.values(), key=lambda s: s.id):
+        grouped.setdefault(stream.organisation_id, []).append(stream)
+    return StreamConfig(
+        streams=MappingProxyType(by_id),
+        by_organisation=MappingProxyType({org: tuple(items) for org, items in grouped.items()}),
+    )
+
+
+def parse_stream_config(text: str, source: str = "streams config") -> StreamConfig:
+    """Parse JSON or YAML text (``{"streams": [...]}`` or a list)."""
+    try:
+        data = json.loads(text) if text.lstrip().startswith(("{", "[")) else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as err:
+        raise StreamConfigError(f"{source}: not valid JSON or YAML: {err}") from None
+    if isinstance(data, Mapping):
+        data = data.get("streams")
+    if not isinstance(data, list):
+        raise StreamConfigError(f"{source}: expected a list of streams or {{'streams': [...]}}")
+    return build_stream_config([stream_from_dict(item, i) for i, item in enumerate(data)])
+

@@ -1,0 +1,113 @@
+"""What every sink emits: a delivery result per request, and dead letters.
+
+One :class:`DeliveryResult` per request sent (a REST call, a ``put_records``, an
+S3 object, a DataDog series payload) is the input of stream status and parking:
+it says which stream, how many documents and bytes, how it went and how long it
+took. Results never carry documents or credentials, only counts, codes and errors
+whose text comes from :func:`describe_error`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any, NamedTuple, TypeVar
+
+import apache_beam as beam
+import orjson
+from apache_beam import pvalue
+
+from transforms.records import dead_letter
+
+DEAD_LETTERS = "dead_letters"
+DELIVERED, FAILED, PARTIAL = "delivered", "failed", "partial"
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    stream_id: str
+    api_type: str
+    documents: int
+    bytes: int
+    status: str  # delivered | failed | partial
+    status_code: int | None  # HTTP status, when there was a response
+    error: str | None  # error token or AWS error code; never a secret
+    failed_documents: int
+    started_at: str  # ISO 8601 UTC
+    duration_ms: int
+    target: str  # destination without credentials: URL, s3 key, kinesis stream
+
+    @property
+    def ok(self) -> bool:
+        return self.status == DELIVERED
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Stopwatch:
+    """Start time and duration of one request, for its DeliveryResult."""
+
+    def __init__(self) -> None:
+        self.started_at = datetime.now(UTC).isoformat(timespec="milliseconds")
+        self._start = time.monotonic()
+
+    def elapsed_ms(self) -> int:
+        return int((time.monotonic() - self._start) * 1000)
+
+
+def describe_error(err: BaseException) -> str:
+    """A short, secret-free error token: the exception class, plus the AWS error
+    code when there is one. Exception messages are not used: some libraries put
+    request details (headers, URLs with tokens) into them."""
+    response = getattr(err, "response", None)
+    if isinstance(response, dict):
+        code = response.get("Error", {}).get("Code")
+        if code:
+            return str(code)
+    return type(err).__name__
+
+
+class SinkOutputs(NamedTuple):
+    """What a ``WriteTo...`` transform returns."""
+
+    results: beam.PCollection
+    dead_letters: beam.PCollection
+
+
+def too_large_dead_letter(kind: str, document: dict[str, Any], size: int, limit: int, api_type: str):
+    """A document that can never fit the destination's record limit is not sent:
+    it becomes a dead letter at the deliver stage, with the document as payload."""
+    letter = dead_letter(
+        kind,  # type: ignore[arg-type]
+        "deliver",
+        "record_too_large",
+        f"{api_type} record of {size} bytes exceeds the {limit}-byte limit",
+        orjson.dumps(document),
+        document.get("id"),
+    )
+    return pvalue.TaggedOutput(DEAD_LETTERS, letter)
+
+
+def chunked(
+    items: Iterable[T], max_count: int, max_bytes: int, size_of: Callable[[T], int], overhead: int = 0
+) -> Iterator[list[T]]:
+    """Split ``items`` in order into lists of at most ``max_count`` items whose
+    sizes (plus ``overhead`` per item) add up to at most ``max_bytes``. An item
+    larger than ``max_bytes`` on its own is yielded alone; callers reject those
+    first."""
+    chunk: list[T] = []
+    total = 0
+    for item in items:
+        size = size_of(item) + overhead
+        if chunk and (len(chunk) >= max_count or total + size > max_bytes):
+            yield chunk
+            chunk, total = [], 0
+        chunk.append(item)
+        total += size
+    if chunk:
+        yield chunk
