@@ -24,6 +24,8 @@ class KindSummary:
     valid: int = 0
     unique: int = 0
     documents: int = 0
+    routed: int = 0
+    filtered: int = 0
     dead_letters: dict[str, int] = field(default_factory=dict)
     documents_by_type: dict[str, int] = field(default_factory=dict)
 
@@ -98,6 +100,6 @@ def summarize(result: PipelineResult) -> RunSummary:
         if measure.startswith("documents|type|"):
             type_id = measure.rsplit("|", 1)[1]
             kinds[kind].documents_by_type[type_id] = kinds[kind].documents_by_type.get(type_id, 0) + value
-        elif measure in ("read", "valid", "unique", "documents"):
+        elif measure in ("read", "valid", "unique", "documents", "routed", "filtered"):
             setattr(kinds[kind], measure, getattr(kinds[kind], measure) + value)
     return RunSummary(dict(kinds))

@@ -246,7 +246,7 @@ def _rest(reader: _Reader) -> RestDestination:
     return RestDestination(
         url=url,
         method=reader.get("method", str, "POST", choices=("POST", "PUT")),
-        headers=MappingProxyType(headers),
+        headers=headers,
         auth_header=auth_header,
         auth_secret=auth_secret,
     )
@@ -397,10 +397,8 @@ def build_stream_config(streams: list[DataStream]) -> StreamConfig:
     grouped: dict[int, list[DataStream]] = {}
     for stream in sorted(by_id.values(), key=lambda s: s.id):
         grouped.setdefault(stream.organisation_id, []).append(stream)
-    return StreamConfig(
-        streams=MappingProxyType(by_id),
-        by_organisation=MappingProxyType({org: tuple(items) for org, items in grouped.items()}),
-    )
+    # Plain dicts: the config travels to workers pickled, and mappingproxy is not picklable.
+    return StreamConfig(streams=by_id, by_organisation={org: tuple(items) for org, items in grouped.items()})
 
 
 def parse_stream_config(text: str, source: str = "streams config") -> StreamConfig:
