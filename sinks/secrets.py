@@ -4,7 +4,8 @@ Stream configs only hold :class:`~schemas.streams.SecretRef` (an environment
 variable or a file), so the pipeline graph, its display data and every output
 carry references, never values. Each sink DoFn creates a :class:`SecretResolver`
 in ``setup`` and resolves a reference the first time a stream needs it; values
-stay in that worker's memory. Messages name the reference, never the value.
+stay in that worker's memory and are masked in its logs (``sinks/redaction.py``).
+Messages name the reference, never the value.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import os
 
 from schemas.streams import SecretRef
+from sinks.redaction import register_secret
 
 
 class SecretError(RuntimeError):
@@ -28,6 +30,7 @@ class SecretResolver:
         value = self._cache.get(ref)
         if value is None:
             value = self._read(ref)
+            register_secret(value)
             self._cache[ref] = value
         return value
 
