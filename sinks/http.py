@@ -1,9 +1,11 @@
 """The HTTP session the REST and DataDog sinks share.
 
 One ``requests.Session`` per DoFn instance (connection pooling across bundles),
-created in ``setup`` and closed in ``teardown``. Redirects are never followed: a
-3xx from a customer's endpoint is a misconfiguration, and following it would send
-the documents and credentials somewhere the customer did not configure.
+created in ``setup`` and closed in ``teardown``. Redirects are never followed (every
+request passes ``allow_redirects=False``): a 3xx from a customer's endpoint is a
+misconfiguration, and following it would send the documents and credentials
+somewhere the customer did not configure. ``max_redirects`` stays at its default:
+set to 0, requests raises ``TooManyRedirects`` for any 3xx even without following.
 """
 
 from __future__ import annotations
@@ -29,6 +31,5 @@ class Timeouts:
 
 def new_session() -> requests.Session:
     session = requests.Session()
-    session.max_redirects = 0
     session.headers["User-Agent"] = USER_AGENT
     return session

@@ -1,0 +1,612 @@
+"""REST API and REST API bulk sinks.
+
+Three tiers: the DoFns called directly with an injected session (what is sent,
+how outcomes become results); the composites under ``TestPipeline`` with
+``assert_that`` on their results; and end to end against a real loopback HTTP
+receiver, comparing what it received with the documents sent.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import apache_beam as beam
+import orjson
+import pytest
+import requests
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.pipeline import PipelineVisitor
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.test_stream import TestStream
+from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
+from apache_beam.transforms.window import TimestampedValue
+
+from pipelines.local_destinations import Reply, free_port
+from sinks.http import Timeouts, new_session
+from sinks.rest import (
+    REDIRECT_NOT_FOLLOWED,
+    SECRET_UNAVAILABLE,
+    UNKNOWN_STREAM,
+    WriteToRestApi,
+    WriteToRestApiBulk,
+    _RestBulkWriteFn,
+    _RestWriteFn,
+    order_key,
+)
+from tests.guide_samples import EXPECTED_EVENTS, EXPECTED_USAGE
+from tests.streams import SECRETS, config, rest_stream
+from transforms import metrics
+
+TOKEN = SECRETS["DS_TEST_REST_TOKEN"]
+BASE = datetime(2019, 7, 17, 8, 0, 0, tzinfo=UTC)
+ELEMENT_TS = 1_563_350_400  # 2019-07-17T08:00:00Z, the element timestamp of every test input
+
+
+# --------------------------------------------------------------------------- documents
+
+
+_USAGE_JSON = orjson.dumps(EXPECTED_USAGE["5.2"])
+
+
+def usage_doc(doc_id: int, seconds: int = 0, endpoint_id: int = 8392037) -> dict[str, Any]:
+    doc = orjson.loads(_USAGE_JSON)  # a fresh copy, ten times faster than deepcopy
+    doc["id"] = doc_id
+    doc["endpoint"] = {"id": endpoint_id}
+    doc["start_timestamp"] = f"{BASE + timedelta(seconds=seconds - 49):%Y-%m-%d %H:%M:%S}"
+    doc["end_timestamp"] = f"{BASE + timedelta(seconds=seconds):%Y-%m-%d %H:%M:%S}"
+    return doc
+
+
+def event_doc(doc_id: int, seconds: int = 0, sample: str = "5.1.1") -> dict[str, Any]:
+    doc = copy.deepcopy(EXPECTED_EVENTS[sample])
+    doc["id"] = doc_id
+    doc["timestamp"] = f"{BASE + timedelta(seconds=seconds):%Y-%m-%dT%H:%M:%S}.000+0000"
+    return doc
+
+
+def as_elements(stream_id: str, docs: list[dict[str, Any]]) -> list[tuple[str, tuple[str, dict[str, Any]]]]:
+    return [(stream_id, ("usage" if "end_timestamp" in doc else "event", doc)) for doc in docs]
+
+
+def run_sink(transform_factory, streams_config, elements):
+    """Run a sink over ``elements``; returns (pipeline, SinkOutputs) for assert_that.
+    Use as ``with`` body: the caller runs the pipeline by leaving the block."""
+    p = TestPipeline()
+    streams = beam.pvalue.AsSingleton(p | "Streams" >> beam.Create([streams_config]))
+    routed = (
+        p
+        | "Elements" >> beam.Create(elements, reshuffle=False)
+        | "Stamp" >> beam.Map(lambda e: TimestampedValue(e, ELEMENT_TS))
+    )
+    return p, routed | "Deliver" >> transform_factory(streams)
+
+
+# --------------------------------------------------------------------------- matchers
+
+
+def _check(predicate, message):
+    def matcher(actual):
+        actual = list(actual)
+        if not predicate(actual):
+            raise BeamAssertException(f"{message}: {actual[:5]!r}{' ...' if len(actual) > 5 else ''}")
+
+    return matcher
+
+
+def totals_per_stream(expected: dict[str, tuple[int, str]]):
+    """Results per stream sum to ``documents`` and all have ``status``."""
+
+    def matcher(results):
+        results = list(results)
+        got = {}
+        for r in results:
+            docs, statuses = got.get(r.stream_id, (0, set()))
+            got[r.stream_id] = (docs + r.documents, statuses | {r.status})
+        want = {sid: (docs, {status}) for sid, (docs, status) in expected.items()}
+        if got != want:
+            raise BeamAssertException(f"results per stream {got} != {want}")
+
+    return matcher
+
+
+# --------------------------------------------------------------------------- fake session
+
+
+class FakeResponse:
+    def __init__(self, status_code: int) -> None:
+        self.status_code = status_code
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeSession(requests.Session):
+    """A real session (so adapters mount as usual) whose ``request`` records the
+    call and answers from ``outcome(url)``: a status code or an exception."""
+
+    def __init__(self, outcome=lambda url: 200) -> None:
+        super().__init__()
+        self.max_redirects = 0
+        self.outcome = outcome
+        self.calls: list[dict[str, Any]] = []
+        self.closed = False
+
+    def request(self, method, url, **kwargs):  # type: ignore[override]
+        self.calls.append({"method": method, "url": url, **kwargs})
+        answer = self.outcome(url)
+        if isinstance(answer, BaseException):
+            raise answer
+        return FakeResponse(answer)
+
+    def close(self) -> None:
+        self.closed = True
+        super().close()
+
+
+def started(fn, session: FakeSession):
+    fn._session_factory = lambda: session
+    fn.setup()
+    return fn
+
+
+# =========================================================================== tier a: DoFns
+
+
+def test_order_key_puts_events_and_usage_on_one_time_line():
+    early_usage = ("usage", usage_doc(9, seconds=10))
+    later_event = ("event", event_doc(1, seconds=20))
+    same_time_event = ("event", event_doc(5, seconds=10))
+    ordered = sorted([later_event, same_time_event, early_usage], key=lambda item: order_key(*item))
+    assert [doc["id"] for _, doc in ordered] == [5, 9, 1]  # at 08:00:10 id 5 before 9, then 08:00:20
+
+
+def test_rest_fn_sends_one_document_per_request_with_headers(stream_secrets):
+    streams = config(rest_stream("s1", "https://customer.example/hook", rest={
+        "url": "https://customer.example/hook", "method": "PUT", "headers": {"X-Customer": "tests"},
+        "auth_header": "Authorization", "auth_secret": {"env": "DS_TEST_REST_TOKEN"}}))
+    session = FakeSession()
+    fn = started(_RestWriteFn(new_session, Timeouts(2, 7), concurrency=3), session)
+    docs = [usage_doc(i, seconds=100 - i) for i in range(10)]
+    results = list(fn.process(("s1", [("usage", d) for d in docs]), streams))
+    fn.teardown()
+
+    assert session.closed
+    assert len(session.calls) == 10 and len(results) == 10
+    assert sorted(orjson.loads(c["data"])["id"] for c in session.calls) == list(range(10))
+    for call in session.calls:
+        assert call["method"] == "PUT"
+        assert call["url"] == "https://customer.example/hook"
+        assert call["timeout"] == (2, 7)
+        assert call["allow_redirects"] is False
+        assert dict(call["headers"]) == {"X-Customer": "tests", "Content-Type": "application/json",
+                                         "Authorization": TOKEN}
+    assert {(r.status, r.documents, r.failed_documents, r.status_code, r.target) for r in results} == {
+        ("delivered", 1, 0, 200, "https://customer.example/hook")}
+    assert sum(r.bytes for r in results) == sum(len(orjson.dumps(d)) for d in docs)
+
+
+def test_rest_fn_pool_matches_concurrency():
+    session = FakeSession()
+    fn = started(_RestWriteFn(new_session, Timeouts(), concurrency=5), session)
+    try:
+        for url in ("http://a.example/x", "https://b.example/y"):
+            adapter = session.get_adapter(url)
+            assert adapter._pool_maxsize == 5
+        assert fn._pool._max_workers == 5
+    finally:
+        fn.teardown()
+
+
+def test_rest_fn_outcomes_become_results_without_raising(stream_secrets):
+    streams = config(
+        rest_stream("ok", "http://a.example/ok"),
+        rest_stream("moved", "http://a.example/moved"),
+        rest_stream("broken", "http://a.example/broken"),
+        rest_stream("down", "http://a.example/down"),
+        rest_stream("slow", "http://a.example/slow"),
+    )
+    answers = {"/ok": 204, "/moved": 301, "/broken": 503, "/down": requests.ConnectionError("refused"),
+               "/slow": requests.ReadTimeout("too slow")}
+    session = FakeSession(lambda url: answers["/" + url.rsplit("/", 1)[1]])
+    fn = started(_RestWriteFn(new_session, Timeouts(), concurrency=2), session)
+    got = {}
+    for sid in answers:
+        got[sid.strip("/")] = [(r.status, r.status_code, r.error, r.failed_documents)
+                               for r in fn.process((sid.strip("/"), [("event", event_doc(1))]), streams)]
+    fn.teardown()
+    assert got == {
+        "ok": [("delivered", 204, None, 0)],
+        "moved": [("failed", 301, REDIRECT_NOT_FOLLOWED, 1)],
+        "broken": [("failed", 503, "http_error", 1)],
+        "down": [("failed", None, "ConnectionError", 1)],
+        "slow": [("failed", None, "ReadTimeout", 1)],
+    }
+
+
+def test_missing_secret_and_unknown_stream_fail_without_sending(monkeypatch):
+    monkeypatch.delenv("DS_TEST_REST_TOKEN", raising=False)
+    streams = config(rest_stream("s1", "http://a.example/x", bulk=True))
+    session = FakeSession()
+    fn = started(_RestBulkWriteFn(new_session, Timeouts(), max_request_bytes=1024 * 1024), session)
+    batch = [("usage", usage_doc(i)) for i in range(5)]
+    no_secret = list(fn.process(("s1", batch), streams))
+    unknown = list(fn.process(("gone", batch), streams))
+    fn.teardown()
+    assert session.calls == []
+    assert [(r.status, r.error, r.documents, r.failed_documents) for r in no_secret] == [
+        ("failed", SECRET_UNAVAILABLE, 5, 5)]
+    assert [(r.status, r.error, r.documents) for r in unknown] == [("failed", UNKNOWN_STREAM, 5)]
+
+
+def test_bulk_fn_splits_by_count_and_bytes_in_time_order(stream_secrets):
+    streams = config(rest_stream("b", "http://a.example/bulk", bulk=True, batching={"bulk_size": 4}))
+    docs = [("usage", usage_doc(100 + i, seconds=(i * 7) % 23)) for i in range(23)]
+    docs += [("event", event_doc(200 + i, seconds=(i * 5) % 23)) for i in range(10)]
+    one = len(orjson.dumps(docs[0][1]))
+    limit = 3 * one + 300  # about 3 usage docs: bytes, not bulk_size 4, must split some requests
+    session = FakeSession()
+    fn = started(_RestBulkWriteFn(new_session, Timeouts(), max_request_bytes=limit), session)
+    results = list(fn.process(("b", docs), streams))
+    fn.teardown()
+
+    bodies = [call["data"] for call in session.calls]
+    arrays = [orjson.loads(body) for body in bodies]
+    assert all(len(body) <= limit for body in bodies)
+    assert all(1 <= len(a) <= 4 for a in arrays)
+    assert any(len(a) < 4 for a in arrays[:-1])  # the byte limit did split
+    sent = [doc for array in arrays for doc in array]
+    kinds = {doc["id"]: kind for kind, doc in docs}
+    keys = [order_key(kinds[doc["id"]], doc) for doc in sent]
+    assert keys == sorted(keys)  # within and across requests
+    assert sorted(d["id"] for d in sent) == sorted(d["id"] for _, d in docs)
+    assert [r.documents for r in results] == [len(a) for a in arrays]
+    assert [r.bytes for r in results] == [len(b) for b in bodies]
+    # bodies are the documents' own orjson bytes, joined: nothing re-serialized
+    assert bodies[0] == b"[" + b",".join(orjson.dumps(d) for d in arrays[0]) + b"]"
+
+
+@pytest.mark.parametrize(("spare", "per_request"), [(0, 3), (-1, 2)])
+def test_bulk_fn_byte_limit_is_exact(stream_secrets, spare, per_request):
+    """Documents of equal size d: a body of n is n*d + (n - 1) commas + 2 brackets.
+    A limit of exactly 3 documents' body takes 3 a request, one byte less takes 2."""
+    streams = config(rest_stream("b", "http://a.example/bulk", bulk=True, batching={"bulk_size": 10}))
+    docs = [usage_doc(100 + i, seconds=i) for i in range(9)]
+    size = len(orjson.dumps(docs[0]))
+    assert {len(orjson.dumps(d)) for d in docs} == {size}
+    limit = 3 * size + 2 + 2 + spare
+    session = FakeSession()
+    fn = started(_RestBulkWriteFn(new_session, Timeouts(), max_request_bytes=limit), session)
+    list(fn.process(("b", [("usage", d) for d in docs]), streams))
+    fn.teardown()
+    counts = [len(orjson.loads(c["data"])) for c in session.calls]
+    assert counts == [per_request] * (9 // per_request) + ([9 % per_request] if 9 % per_request else [])
+    assert max(len(c["data"]) for c in session.calls) <= limit
+
+
+@pytest.mark.parametrize(("spare", "sent"), [(0, True), (-1, False)])
+def test_bulk_fn_too_large_boundary(stream_secrets, spare, sent):
+    """A document is sendable exactly when ``[doc]`` fits the limit."""
+    streams = config(rest_stream("b", "http://a.example/bulk", bulk=True))
+    doc = usage_doc(1)
+    session = FakeSession()
+    fn = started(_RestBulkWriteFn(new_session, Timeouts(), max_request_bytes=len(orjson.dumps(doc)) + 2 + spare),
+                 session)
+    out = list(fn.process(("b", [("usage", doc)]), streams))
+    fn.teardown()
+    assert len(session.calls) == (1 if sent else 0)
+    assert [isinstance(o, beam.pvalue.TaggedOutput) for o in out] == [not sent]
+
+
+def test_bulk_fn_dead_letters_a_document_too_large_for_any_request(stream_secrets):
+    streams = config(rest_stream("b", "http://a.example/bulk", bulk=True))
+    big = usage_doc(1)
+    big["imsi"] = "9" * 5000
+    small = [usage_doc(2), usage_doc(3)]
+    session = FakeSession()
+    fn = started(_RestBulkWriteFn(new_session, Timeouts(), max_request_bytes=4000), session)
+    out = list(fn.process(("b", [("usage", small[0]), ("usage", big), ("usage", small[1])]), streams))
+    fn.teardown()
+    letters = [o.value for o in out if isinstance(o, beam.pvalue.TaggedOutput)]
+    results = [o for o in out if not isinstance(o, beam.pvalue.TaggedOutput)]
+    assert [(letter["reason"], letter["record_id"], letter["stage"]) for letter in letters] == [
+        ("record_too_large", 1, "deliver")]
+    assert orjson.loads(letters[0]["payload"]) == big
+    assert [orjson.loads(c["data"]) for c in session.calls] == [small]
+    assert [(r.documents, r.status) for r in results] == [(2, "delivered")]
+
+
+# =========================================================================== tier b: composites
+
+
+def test_two_streams_of_one_organisation_never_share_a_request(http_receiver, stream_secrets):
+    url = http_receiver.url
+    streams = config(
+        rest_stream("first", f"{url}/first", bulk=True, batching={"bulk_size": 10}),
+        rest_stream("second", f"{url}/second", bulk=True, batching={"bulk_size": 10}),
+        rest_stream("single-a", f"{url}/single-a"),
+        rest_stream("single-b", f"{url}/single-b"),
+    )
+    first = [usage_doc(i, seconds=i) for i in range(15)]
+    second = [usage_doc(1000 + i, seconds=i) for i in range(12)]
+    interleaved = [e for pair in zip(as_elements("first", first), as_elements("second", second[:12]), strict=False)
+                   for e in pair] + as_elements("first", first[12:])
+    single_a = [event_doc(2000 + i, seconds=i) for i in range(6)]
+    single_b = [event_doc(3000 + i, seconds=i) for i in range(4)]
+
+    p, bulk = run_sink(lambda s: WriteToRestApiBulk(s, max_buffering_seconds=1), streams, interleaved)
+    assert_that(bulk.results, totals_per_stream({"first": (15, "delivered"), "second": (12, "delivered")}))
+    p.run().wait_until_finish()
+    p, single = run_sink(lambda s: WriteToRestApi(s, max_buffering_seconds=1), streams,
+                         as_elements("single-a", single_a) + as_elements("single-b", single_b))
+    assert_that(single.results, totals_per_stream({"single-a": (6, "delivered"), "single-b": (4, "delivered")}))
+    p.run().wait_until_finish()
+
+    ids_by_path: dict[str, list[int]] = {}
+    for request in http_receiver.requests():
+        body = request.json()
+        ids_by_path.setdefault(request.path, []).extend(d["id"] for d in (body if isinstance(body, list) else [body]))
+    assert {path: sorted(ids) for path, ids in ids_by_path.items()} == {
+        "/first": [d["id"] for d in first], "/second": [d["id"] for d in second],
+        "/single-a": [d["id"] for d in single_a], "/single-b": [d["id"] for d in single_b],
+    }
+
+
+@pytest.mark.parametrize("status", [500, 301])
+def test_error_and_redirect_answers_are_failed_results(http_receiver, stream_secrets, status):
+    http_receiver.responder = lambda request: Reply(status, b"{}", {"Location": "http://127.0.0.1:1/elsewhere"})
+    url = http_receiver.url
+    streams = config(rest_stream("single", f"{url}/single"),
+                     rest_stream("bulk", f"{url}/bulk", bulk=True, batching={"bulk_size": 2}))
+    p, single = run_sink(lambda s: WriteToRestApi(s, max_buffering_seconds=1), streams,
+                         as_elements("single", [event_doc(i) for i in range(3)]))
+    assert_that(single.results | beam.Map(lambda r: (r.status, r.status_code, r.documents, r.failed_documents)),
+                equal_to([("failed", status, 1, 1)] * 3))
+    p.run().wait_until_finish()
+    p, bulk = run_sink(lambda s: WriteToRestApiBulk(s, max_buffering_seconds=1), streams,
+                       as_elements("bulk", [usage_doc(i, seconds=i) for i in range(5)]))
+    assert_that(bulk.results | beam.Map(lambda r: (r.status, r.status_code, r.documents, r.failed_documents)),
+                equal_to([("failed", status, 2, 2), ("failed", status, 2, 2), ("failed", status, 1, 1)]))
+    p.run().wait_until_finish()
+    # nothing followed the Location header: the receiver saw only the configured paths
+    assert Counter(r.path for r in http_receiver.requests()) == {"/single": 3, "/bulk": 3}
+
+
+def test_connection_refused_is_a_failed_result_with_an_error_token(stream_secrets):
+    closed = f"http://127.0.0.1:{free_port()}"
+    streams = config(rest_stream("single", f"{closed}/single"), rest_stream("bulk", f"{closed}/bulk", bulk=True))
+    p, single = run_sink(lambda s: WriteToRestApi(s, max_buffering_seconds=1), streams,
+                         as_elements("single", [event_doc(1), event_doc(2)]))
+    assert_that(single.results | beam.Map(lambda r: (r.stream_id, r.status, r.status_code, r.error)),
+                equal_to([("single", "failed", None, "ConnectionError")] * 2))
+    result = p.run()
+    result.wait_until_finish()
+    assert delivery_counters(result) == {"deliver|rest_api|requests": 2, "deliver|rest_api|failed_documents": 2}
+    p, bulk = run_sink(lambda s: WriteToRestApiBulk(s, max_buffering_seconds=1), streams,
+                       as_elements("bulk", [usage_doc(1), usage_doc(2)]))
+    assert_that(bulk.results | beam.Map(lambda r: (r.stream_id, r.status, r.documents, r.error, r.target)),
+                equal_to([("bulk", "failed", 2, "ConnectionError", f"{closed}/bulk")]))
+    p.run().wait_until_finish()
+
+
+# =========================================================================== tier c: end to end
+
+
+def big_doc(i: int) -> dict[str, Any]:
+    return usage_doc(10_000_000 + i, seconds=(i * 7919) % 3600, endpoint_id=8_000_000 + i % 50)
+
+
+def test_bulk_end_to_end_25000_documents_respect_bulk_size(http_receiver, stream_secrets):
+    url = http_receiver.url
+    streams = config(
+        rest_stream("big", f"{url}/big", bulk=True, batching={"bulk_size": 3000}),
+        rest_stream("tiny", f"{url}/tiny", bulk=True, batching={"bulk_size": 7}),
+    )
+    big = [big_doc(i) for i in range(25_000)]
+    tiny = [usage_doc(20_000_000 + i, seconds=i) for i in range(100)] + [event_doc(30_000_000 + i) for i in range(3)]
+    p = TestPipeline()
+    side = beam.pvalue.AsSingleton(p | "Streams" >> beam.Create([streams]))
+    # the 25,000 documents are made inside the pipeline: a Create of them all would
+    # spend most of the test serializing them into the pipeline graph
+    numbers = p | "Numbers" >> beam.Create(range(25_000))
+    generated = numbers | "Big" >> beam.Map(lambda i: ("big", ("usage", big_doc(i))))
+    given = p | "Tiny" >> beam.Create(as_elements("tiny", tiny))
+    routed = (generated, given) | beam.Flatten() | "Stamp" >> beam.Map(lambda e: TimestampedValue(e, ELEMENT_TS))
+    outputs = routed | "Deliver" >> WriteToRestApiBulk(side, max_buffering_seconds=5)
+    assert_that(outputs.results, totals_per_stream({"big": (25_000, "delivered"), "tiny": (103, "delivered")}),
+                label="Totals")
+    assert_that(outputs.results, _check(lambda rs: all(r.failed_documents == 0 and r.status_code == 202
+                                                       for r in rs), "a request failed"), label="AllOk")
+    assert_that(outputs.dead_letters, equal_to([]), label="NoDeadLetters")
+    p.run().wait_until_finish()
+
+    for path, docs, limit in (("/big", big, 3000), ("/tiny", tiny, 7)):
+        arrays = [r.json() for r in http_receiver.requests(path)]
+        assert all(isinstance(a, list) and 1 <= len(a) <= limit for a in arrays), path
+        received = [doc for array in arrays for doc in array]
+        assert len(received) == len(docs)
+        assert {d["id"]: d for d in received} == {d["id"]: d for d in docs}  # each once, field for field
+        for array in arrays:  # each request in time order
+            keys = [order_key("usage" if "end_timestamp" in d else "event", d) for d in array]
+            assert keys == sorted(keys)
+    assert len(http_receiver.requests("/tiny")) >= 103 // 7 + 1
+
+
+def test_rest_end_to_end_one_document_per_request(http_receiver, stream_secrets):
+    url = http_receiver.url
+    streams = config(
+        rest_stream("put", f"{url}/put", rest={"url": f"{url}/put", "method": "PUT",
+                                               "headers": {"X-Customer": "tests"}, "auth_header": "Authorization",
+                                               "auth_secret": {"env": "DS_TEST_REST_TOKEN"}}),
+        rest_stream("post", f"{url}/post"),
+    )
+    put_docs = [event_doc(500 + i, seconds=i, sample=s) for i, s in enumerate(sorted(EXPECTED_EVENTS) * 7)]
+    post_docs = [usage_doc(900 + i, seconds=i) for i in range(9)] + list(EXPECTED_EVENTS.values())
+    p, outputs = run_sink(lambda s: WriteToRestApi(s, max_buffering_seconds=1, concurrency=4), streams,
+                          as_elements("put", put_docs) + as_elements("post", post_docs))
+    assert_that(outputs.results, totals_per_stream({"put": (21, "delivered"), "post": (12, "delivered")}))
+    assert_that(outputs.results | beam.Map(lambda r: r.documents), equal_to([1] * 33), label="OnePerResult")
+    p.run().wait_until_finish()
+
+    for path, method, docs in (("/put", "PUT", put_docs), ("/post", "POST", post_docs)):
+        requests_ = http_receiver.requests(path)
+        assert len(requests_) == len(docs)
+        received = [r.json() for r in requests_]
+        assert all(isinstance(body, dict) for body in received)  # one object, not an array
+        assert sorted(received, key=lambda d: d["id"]) == sorted(docs, key=lambda d: d["id"])
+        for request in requests_:
+            assert request.method == method
+            headers = {k.lower(): v for k, v in request.headers.items()}
+            assert headers["content-type"] == "application/json"
+            assert headers["x-customer"] == "tests"
+            assert headers["authorization"] == SECRETS["DS_TEST_REST_TOKEN"]
+
+
+def test_bulk_end_to_end_too_large_document_is_dead_lettered_not_sent(http_receiver, stream_secrets):
+    url = http_receiver.url
+    streams = config(rest_stream("bulk", f"{url}/bulk", bulk=True))
+    docs = [usage_doc(i, seconds=i) for i in range(4)]
+    big = event_doc(77, sample="5.1.2")
+    big["description"] = "x" * 20_000
+    p, outputs = run_sink(lambda s: WriteToRestApiBulk(s, max_buffering_seconds=1, max_request_bytes=16_000),
+                          streams, as_elements("bulk", [*docs[:2], big, *docs[2:]]))
+    assert_that(outputs.dead_letters | beam.Map(lambda d: (d["reason"], d["kind"], d["record_id"],
+                                                          orjson.loads(d["payload"]) == big)),
+                equal_to([("record_too_large", "event", 77, True)]), label="DeadLetter")
+    assert_that(outputs.results | beam.Map(lambda r: (r.documents, r.status)), equal_to([(4, "delivered")]),
+                label="Results")
+    result = p.run()
+    result.wait_until_finish()
+    assert [r.json() for r in http_receiver.requests()] == [docs]
+    body = http_receiver.requests()[0].body
+    assert delivery_counters(result) == {
+        "deliver|rest_api_bulk|requests": 1, "deliver|rest_api_bulk|documents": 4,
+        "deliver|rest_api_bulk|bytes": len(body), "deliver|rest_api_bulk|dead_letters": 1,
+    }
+
+
+def delivery_counters(result) -> dict[str, int]:
+    """Committed counters of the namespace; zero counters (failed_documents) left out.
+    Input-reconciliation dead letters (``dead_letter|...``) must not appear."""
+    counters = result.metrics().query(MetricsFilter().with_namespace(metrics.NAMESPACE))["counters"]
+    return {c.key.metric.name: c.committed for c in counters if c.committed}
+
+
+def test_no_secret_in_results_dead_letters_logs_or_graph(http_receiver, stream_secrets, caplog):
+    caplog.set_level(logging.DEBUG)
+    http_receiver.responder = lambda request: Reply(503 if request.path == "/fails" else 200)
+    url = http_receiver.url
+    closed = f"http://127.0.0.1:{free_port()}"
+    streams = config(
+        rest_stream("fails", f"{url}/fails", bulk=True),
+        rest_stream("works", f"{url}/works", bulk=True, batching={"bulk_size": 2}),
+        rest_stream("refused", f"{closed}/refused"),
+        rest_stream("single", f"{url}/fails"),
+    )
+    big = usage_doc(99)
+    big["imsi"] = "1" * 3000
+    bulk_elements = as_elements("fails", [usage_doc(1), big]) + as_elements("works", [usage_doc(i) for i in range(5)])
+    single_elements = as_elements("refused", [event_doc(3)]) + as_elements("single", [event_doc(4)])
+
+    def no_secret(items):
+        text = repr(list(items))
+        if TOKEN in text or "rest-token" in text:
+            raise BeamAssertException("secret found in sink output")
+
+    p, bulk = run_sink(lambda s: WriteToRestApiBulk(s, max_buffering_seconds=1, max_request_bytes=2000),
+                       streams, bulk_elements)
+    assert_that(bulk.results, no_secret, label="ResultsClean")
+    assert_that(bulk.dead_letters, no_secret, label="DeadLettersClean")
+    assert_that(bulk.dead_letters | beam.Map(lambda d: d["reason"]), equal_to(["record_too_large"]), label="DL")
+    assert TOKEN.encode() not in p.to_runner_api().SerializeToString()  # the graph holds references only
+    p.run().wait_until_finish()
+    p, single = run_sink(lambda s: WriteToRestApi(s, max_buffering_seconds=1), streams, single_elements)
+    assert_that(single.results | beam.Map(lambda r: (r.stream_id, r.status, r.status_code, r.error)),
+                equal_to([("refused", "failed", None, "ConnectionError"), ("single", "failed", 503, "http_error")]))
+    assert_that(single.results, no_secret, label="ResultsClean")
+    p.run().wait_until_finish()
+
+    # the test can fail: the secret really was sent, and failures really were logged
+    assert all(r.headers.get("Authorization") == TOKEN for r in http_receiver.requests())
+    assert any("requests to" in record.getMessage() and "failed" in record.getMessage()
+               for record in caplog.records)
+    for record in caplog.records:
+        assert TOKEN not in record.getMessage() and "rest-token" not in record.getMessage()
+        assert TOKEN not in repr(record.args) and TOKEN not in (record.exc_text or "")
+    assert TOKEN not in caplog.text
+
+
+class _FindBatching(PipelineVisitor):
+    def __init__(self) -> None:
+        self.found: dict[str, Any] = {}
+
+    def enter_composite_transform(self, node) -> None:
+        self.visit_transform(node)
+
+    def visit_transform(self, node) -> None:
+        if isinstance(node.transform, beam.GroupIntoBatches | beam.GroupByKey):
+            self.found[node.full_label] = node.transform
+
+
+def test_streaming_input_goes_through_group_into_batches(http_receiver, stream_secrets):
+    """Unbounded input is batched with GroupIntoBatches, bounded by count and by
+    ``max_buffering_seconds``; everything sent arrives once, per stream."""
+    url = http_receiver.url
+    streams = config(rest_stream("live", f"{url}/live", bulk=True, batching={"bulk_size": 2}),
+                     rest_stream("one", f"{url}/one"))
+    live = [usage_doc(i, seconds=i) for i in range(5)]
+    one = [event_doc(100 + i, seconds=i) for i in range(3)]
+    events = (
+        TestStream()
+        .add_elements([TimestampedValue(e, ELEMENT_TS + 1) for e in as_elements("live", live[:3])])
+        .add_elements([TimestampedValue(e, ELEMENT_TS + 2) for e in as_elements("one", one)])
+        .advance_watermark_to(ELEMENT_TS + 60)
+        .add_elements([TimestampedValue(e, ELEMENT_TS + 61) for e in as_elements("live", live[3:])])
+        .advance_watermark_to_infinity()
+    )
+    p = TestPipeline(options=PipelineOptions(streaming=True))
+    side = beam.pvalue.AsSingleton(p | "Streams" >> beam.Create([streams]))
+    routed = p | "Live" >> events
+    bulk = routed | "Bulk" >> beam.Filter(lambda e: e[0] == "live") | "DeliverBulk" >> WriteToRestApiBulk(
+        side, max_buffering_seconds=7)
+    single = routed | "Single" >> beam.Filter(lambda e: e[0] == "one") | "DeliverOne" >> WriteToRestApi(
+        side, max_buffering_seconds=3)
+    # assert_that misses outputs of timers in the DirectRunner's streaming mode
+    # (apache/beam#18987): collect into this module instead (same process)
+    STREAMING_RESULTS.clear()
+    _ = (bulk.results, single.results) | beam.Flatten() | beam.Map(_collect)
+    finder = _FindBatching()
+    p.visit(finder)
+    assert {label: transform.params.max_buffering_duration_secs for label, transform in finder.found.items()} == {
+        "DeliverBulk/BatchPerStream/GroupIntoBatches": 7, "DeliverOne/BatchPerStream/GroupIntoBatches": 3}
+    p.run().wait_until_finish()
+
+    arrays = [r.json() for r in http_receiver.requests("/live")]
+    assert all(len(a) <= 2 for a in arrays)
+    assert sorted((d for a in arrays for d in a), key=lambda d: d["id"]) == live
+    assert sorted((r.json() for r in http_receiver.requests("/one")), key=lambda d: d["id"]) == one
+    assert sorted((r.stream_id, r.status) for r in STREAMING_RESULTS for _ in range(r.documents)) == (
+        [("live", "delivered")] * 5 + [("one", "delivered")] * 3)
+
+
+def test_bounded_input_is_grouped_with_group_by_key():
+    """A bounded input uses GroupByKey instead (see BatchPerStream for why)."""
+    p = TestPipeline()
+    side = beam.pvalue.AsSingleton(p | "Streams" >> beam.Create([config()]))
+    _ = p | beam.Create([("s", ("usage", usage_doc(1)))]) | "Deliver" >> WriteToRestApiBulk(side)
+    finder = _FindBatching()
+    p.visit(finder)
+    assert [label for label in finder.found if "BatchPerStream" in label] == [
+        "Deliver/BatchPerStream/GroupByStream"]
+
+
+STREAMING_RESULTS: list[Any] = []
+
+
+def _collect(result) -> None:
+    STREAMING_RESULTS.append(result)
