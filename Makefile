@@ -32,12 +32,8 @@ sample-data: $(STAMP) ## Generate the sample fleet (SAMPLE_DIR, SEED; more optio
 	$(PY) -m pipelines.sample_fleet --output_dir $(SAMPLE_DIR) --seed $(SEED)
 	@touch $(SAMPLE_DIR)/.complete
 
-run-local: $(SAMPLE_DIR)/.complete ## Run the job on the DirectRunner over the sample fleet; writes under OUT_DIR
-	$(PY) -m pipelines.data_streamer \
-		--events_input $(SAMPLE_DIR)/raw/events.jsonl \
-		--usage_input $(SAMPLE_DIR)/raw/usage.jsonl \
-		--reference_dir $(SAMPLE_DIR)/reference \
-		--output_dir $(OUT_DIR)
+run-local: $(SAMPLE_DIR)/.complete ## Run the job over the sample fleet, delivering to local REST/DataDog/S3/Kinesis destinations
+	$(PY) -m pipelines.run_local --sample_dir $(SAMPLE_DIR) --output_dir $(OUT_DIR)
 
 test: $(STAMP) ## Run ruff and the whole test suite
 	$(VENV)/bin/ruff check .

@@ -15,6 +15,7 @@ The graph (DESIGN.md's data flow)::
     ReadEvents -> Events[ParseAndValidate -> Deduplicate -> Enrich] -> WriteEvents
     ReadUsage  -> Usage[ParseAndValidate -> Deduplicate -> Enrich]  -> WriteUsage
     ReferenceData (side input of both Enrich steps)
+    with --streams_config: Deliver[Route[event], Route[usage] -> Deliver[<api type>]] -> WriteDeliveries
     dead letters of every step -> WriteDeadLetters
 """
 
@@ -26,10 +27,12 @@ import logging
 import sys
 
 import apache_beam as beam
+import orjson
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.options import (
+    DeliveryOptions,
     InputOptions,
     OptionError,
     OutputOptions,
@@ -38,20 +41,31 @@ from pipelines.options import (
     validate,
 )
 from pipelines.summary import RunSummary, summarize
+from schemas.streams import StreamConfigError
+from sinks.http import Timeouts
+from sinks.results import DeliveryResult
+from transforms.delivery import DeliverToStreams, DeliverySettings
 from transforms.documents import RawToDocuments
 from transforms.files import ReadRawRecords, WriteJsonLines, write_dead_letters
 from transforms.reference import LoadReferenceData, ReferenceDataError, load_reference_data
+from transforms.routing import LoadStreamConfig, load_stream_config
 
 _LOG = logging.getLogger(__name__)
 
 #: (kind, stable label, option attribute): the two record kinds of the job.
 _INPUTS = (("event", "Events", "events_input"), ("usage", "Usage", "usage_input"))
 #: Output sub-directory and file prefix of each output.
-OUTPUT_PREFIXES = {"event": "events/events", "usage": "usage/usage", "dead_letters": "dead_letters/dead_letters"}
+OUTPUT_PREFIXES = {
+    "event": "events/events",
+    "usage": "usage/usage",
+    "dead_letters": "dead_letters/dead_letters",
+    "deliveries": "deliveries/deliveries",
+}
 
 
 def build_pipeline(p: beam.Pipeline, options: PipelineOptions) -> dict[str, beam.PCollection]:
-    """Wire the graph; return the documents per kind and all dead letters.
+    """Wire the graph; return the documents per kind, all dead letters and, when
+    streams are configured, the delivery results (``"deliveries"``).
 
     Tests assert on the returned PCollections; :func:`run` writes them.
     """
@@ -75,6 +89,18 @@ def build_pipeline(p: beam.Pipeline, options: PipelineOptions) -> dict[str, beam
         )
         outputs[kind] = result.documents
         dead_letters.append(result.dead_letters)
+    delivery = options.view_as(DeliveryOptions)
+    if delivery.streams_config:
+        streams = beam.pvalue.AsSingleton(p | "StreamConfig" >> LoadStreamConfig(delivery.streams_config))
+        settings = DeliverySettings(
+            max_buffering_seconds=delivery.max_buffering_seconds,
+            timeouts=Timeouts(delivery.http_connect_timeout, delivery.http_read_timeout),
+            rest_concurrency=delivery.rest_concurrency,
+        )
+        documents = {kind: outputs[kind] for kind in ("event", "usage") if kind in outputs}
+        delivered = documents | "Deliver" >> DeliverToStreams(streams, settings)
+        outputs["deliveries"] = delivered.results
+        dead_letters.append(delivered.dead_letters)
     outputs["dead_letters"] = tuple(dead_letters) | "AllDeadLetters" >> beam.Flatten()
     return outputs
 
@@ -86,6 +112,14 @@ def write_outputs(outputs: dict[str, beam.PCollection], output_dir: str) -> None
     if "usage" in outputs:
         outputs["usage"] | "WriteUsage" >> WriteJsonLines(f"{base}/{OUTPUT_PREFIXES['usage']}")
     outputs["dead_letters"] | "WriteDeadLetters" >> write_dead_letters(f"{base}/{OUTPUT_PREFIXES['dead_letters']}")
+    if "deliveries" in outputs:
+        outputs["deliveries"] | "WriteDeliveries" >> WriteJsonLines(
+            f"{base}/{OUTPUT_PREFIXES['deliveries']}", encode=_delivery_json
+        )
+
+
+def _delivery_json(result: DeliveryResult) -> bytes:
+    return orjson.dumps(result.to_dict())
 
 
 def _clear_previous_outputs(output_dir: str) -> None:
@@ -104,7 +138,7 @@ def _parse_args(argv: list[str] | None) -> PipelineOptions:
         description=__doc__.split("\n\n")[0],
         epilog="Any other flag is a Beam pipeline option (--runner, --direct_num_workers, ...).",
     )
-    for options_class in (InputOptions, ReferenceOptions, ProcessingOptions, OutputOptions):
+    for options_class in (InputOptions, ReferenceOptions, ProcessingOptions, DeliveryOptions, OutputOptions):
         options_class._add_argparse_args(parser)
     known, beam_args = parser.parse_known_args(argv)
     flags = [f"--{key}={value}" for key, value in vars(known).items() if value is not None]
@@ -119,6 +153,9 @@ def run(argv: list[str] | None = None) -> RunSummary:
     # bad file, row and field; workers load the same directory again.
     reference = load_reference_data(options.view_as(ReferenceOptions).reference_dir)
     _LOG.info("reference data: %s", reference.sizes())
+    streams_config = options.view_as(DeliveryOptions).streams_config
+    if streams_config:
+        _LOG.info("streams: %d", len(load_stream_config(streams_config)))
     output_dir = options.view_as(OutputOptions).output_dir
     _clear_previous_outputs(output_dir)
 
@@ -140,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         summary = run(argv)
-    except (OptionError, ReferenceDataError) as err:
+    except (OptionError, ReferenceDataError, StreamConfigError) as err:
         sys.stderr.write(f"error: {err}\n")
         return 2
     return 0 if summary.reconciled else 1

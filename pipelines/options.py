@@ -82,6 +82,41 @@ class OutputOptions(PipelineOptions):
         )
 
 
+class DeliveryOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument(
+            "--streams_config",
+            default=None,
+            help="JSON or YAML file of the customers' data streams (see README). Default: none (documents are "
+            "only written under --output_dir).",
+        )
+        parser.add_argument(
+            "--max_buffering_seconds",
+            type=int,
+            default=5,
+            help="Longest a document waits for a REST or Kinesis batch to fill, in seconds (1 to 300). Default: 5.",
+        )
+        parser.add_argument(
+            "--http_connect_timeout",
+            type=float,
+            default=5.0,
+            help="Connect timeout of REST and DataDog requests, in seconds. Default: 5.",
+        )
+        parser.add_argument(
+            "--http_read_timeout",
+            type=float,
+            default=30.0,
+            help="Read timeout of REST and DataDog requests, in seconds. Default: 30.",
+        )
+        parser.add_argument(
+            "--rest_concurrency",
+            type=int,
+            default=8,
+            help="Concurrent requests per worker and rest_api batch (1 to 64). Default: 8.",
+        )
+
+
 def validate(options: PipelineOptions) -> None:
     """Raise :class:`OptionError` naming the first bad flag."""
     inputs = options.view_as(InputOptions)
@@ -101,3 +136,10 @@ def validate(options: PipelineOptions) -> None:
         raise OptionError("--dedup_horizon_seconds must be a positive number of seconds")
     if processing.max_record_bytes < 1024:
         raise OptionError("--max_record_bytes must be at least 1024")
+    delivery = options.view_as(DeliveryOptions)
+    if not 1 <= delivery.max_buffering_seconds <= 300:
+        raise OptionError("--max_buffering_seconds must be between 1 and 300")
+    if delivery.http_connect_timeout <= 0 or delivery.http_read_timeout <= 0:
+        raise OptionError("--http_connect_timeout and --http_read_timeout must be positive")
+    if not 1 <= delivery.rest_concurrency <= 64:
+        raise OptionError("--rest_concurrency must be between 1 and 64")

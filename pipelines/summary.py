@@ -45,6 +45,10 @@ class KindSummary:
 @dataclass
 class RunSummary:
     kinds: dict[str, KindSummary]
+    #: api type -> {"requests", "documents", "failed_documents", "bytes"}
+    deliveries: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: routed documents no destination can take, "<kind>|<reason>" -> count
+    delivery_dead_letters: dict[str, int] = field(default_factory=dict)
 
     @property
     def reconciled(self) -> bool:
@@ -54,6 +58,8 @@ class RunSummary:
         out: dict[str, Any] = {"reconciled": self.reconciled}
         for kind, summary in self.kinds.items():
             out[kind] = asdict(summary) | {"duplicates": summary.duplicates}
+        out["deliveries"] = self.deliveries
+        out["delivery_dead_letters"] = self.delivery_dead_letters
         return out
 
     def render(self) -> str:
@@ -65,6 +71,11 @@ class RunSummary:
             ("dead letters", ev.dead_letter_total, us.dead_letter_total),
         ]
         lines = ["", "Run summary", f"  {'':<16}{'events':>10}{'usage':>10}{'total':>10}"]
+        if ev.routed or us.routed or ev.filtered or us.filtered:
+            rows += [
+                ("routed", ev.routed, us.routed),
+                ("filtered", ev.filtered, us.filtered),
+            ]
         lines += [f"  {name:<16}{e:>10}{u:>10}{e + u:>10}" for name, e, u in rows]
         verdict = "yes" if self.reconciled else "NO - records are unaccounted for"
         lines.append(f"  reconciled (read = documents + duplicates + dead letters): {verdict}")
@@ -72,6 +83,15 @@ class RunSummary:
             lines.append("  event documents by type:")
             for type_id, count in sorted(ev.documents_by_type.items(), key=lambda kv: int(kv[0])):
                 lines.append(f"    {type_id:>3}  {count}")
+        if self.deliveries:
+            lines.append(f"  {'deliveries':<16}{'requests':>10}{'documents':>11}{'failed':>8}{'bytes':>14}")
+            for api_type, counts in sorted(self.deliveries.items()):
+                lines.append(
+                    f"    {api_type:<14}{counts.get('requests', 0):>10}{counts.get('documents', 0):>11}"
+                    f"{counts.get('failed_documents', 0):>8}{counts.get('bytes', 0):>14}"
+                )
+        for key, count in sorted(self.delivery_dead_letters.items()):
+            lines.append(f"  not deliverable {key:<30}{count:>8}")
         for kind, summary in self.kinds.items():
             if summary.dead_letters:
                 lines.append(f"  {kind} dead letters by reason:")
@@ -90,8 +110,18 @@ def summarize(result: PipelineResult) -> RunSummary:
     kinds: dict[str, KindSummary] = defaultdict(KindSummary)
     for kind in KINDS:
         kinds[kind] = KindSummary()
+    deliveries: dict[str, dict[str, int]] = defaultdict(dict)
+    delivery_dead: dict[str, int] = {}
     for counter in counters:
         name, value = counter.key.metric.name, _value(counter)
+        if name.startswith("deliver|"):
+            _, api_type, measure = name.split("|", 2)
+            deliveries[api_type][measure] = deliveries[api_type].get(measure, 0) + value
+            continue
+        if name.startswith("deliver_dead_letter|"):
+            key = name.split("|", 1)[1]
+            delivery_dead[key] = delivery_dead.get(key, 0) + value
+            continue
         if name.startswith(metrics.DEAD_LETTER_PREFIX + "|"):
             _, kind, reason = name.split("|", 2)
             kinds[kind].dead_letters[reason] = kinds[kind].dead_letters.get(reason, 0) + value
@@ -102,4 +132,4 @@ def summarize(result: PipelineResult) -> RunSummary:
             kinds[kind].documents_by_type[type_id] = kinds[kind].documents_by_type.get(type_id, 0) + value
         elif measure in ("read", "valid", "unique", "documents", "routed", "filtered"):
             setattr(kinds[kind], measure, getattr(kinds[kind], measure) + value)
-    return RunSummary(dict(kinds))
+    return RunSummary(dict(kinds), dict(deliveries), delivery_dead)

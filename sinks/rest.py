@@ -48,6 +48,7 @@ from requests.structures import CaseInsensitiveDict
 
 from schemas.streams import BULK_SIZE_RANGE, DataStream, RestDestination, StreamConfig
 from sinks.http import SessionFactory, Timeouts, new_session
+from sinks.ordering import order_key
 from sinks.results import (
     DEAD_LETTERS,
     DELIVERED,
@@ -61,6 +62,7 @@ from sinks.results import (
 )
 from sinks.secrets import SecretError, SecretResolver
 from transforms import metrics
+from transforms.batching import BatchPerStream
 
 _LOG = logging.getLogger(__name__)
 
@@ -94,25 +96,6 @@ class _Sent(NamedTuple):
     @property
     def ok(self) -> bool:
         return self.error is None
-
-
-def order_key(kind: str, document: Mapping[str, Any]) -> tuple[str, int]:
-    """Sort key: the document's time, then its id.
-
-    Events carry ``2019-07-17T16:28:00.000+0000`` and usage records
-    ``2019-07-17 08:21:11`` (both UTC, guide section 5); both are brought to
-    ``2019-07-17 16:28:00.000`` so a "both" stream orders events and usage on one
-    time line (comparing the raw strings would put every usage record of a day
-    before that day's events).
-    """
-    if kind == "usage":
-        stamp = str(document.get("end_timestamp") or "")
-        moment = f"{stamp}.000" if stamp else ""
-    else:
-        stamp = str(document.get("timestamp") or "")
-        moment = f"{stamp[:10]} {stamp[11:23]}" if stamp else ""
-    record_id = document.get("id")
-    return moment, record_id if isinstance(record_id, int) else 0
 
 
 def mount_pool(session: requests.Session, pool_size: int) -> None:
@@ -354,50 +337,6 @@ class _RestBulkWriteFn(_RestDoFnBase):
         ]
         self._log_failures(stream, results)
         yield from results
-
-
-def _split(keyed: tuple[str, Iterable[Any]], batch_size: int) -> Iterator[tuple[str, list[Any]]]:
-    key, values = keyed
-    batch: list[Any] = []
-    for value in values:
-        batch.append(value)
-        if len(batch) >= batch_size:
-            yield key, batch
-            batch = []
-    if batch:
-        yield key, batch
-
-
-class BatchPerStream(beam.PTransform):
-    """``(stream_id, value)`` -> ``(stream_id, [value, ...])`` of at most
-    ``batch_size`` values: ``GroupIntoBatches`` on unbounded input, where a batch
-    must also leave after ``max_buffering_seconds``.
-
-    A bounded input (a backfill, ``run-local`` over files, tests) has no latency to
-    bound and ends at once, so it is grouped with ``GroupByKey`` and split in
-    order. Reason: ``GroupIntoBatches`` always declares a processing-time timer,
-    which sends the DirectRunner to its bundle-based executor, and there a key
-    whose only batch is flushed by the end-of-window timer reaches a downstream
-    ``GroupByKey`` after that has completed (``AssertionError`` in
-    ``_GroupByKeyOnlyEvaluator``; apache/beam#28716, #36480). The output shape is the
-    same either way.
-    """
-
-    def __init__(self, batch_size: int, max_buffering_seconds: float | None) -> None:
-        super().__init__()
-        self._batch_size = batch_size
-        self._max_buffering_seconds = max_buffering_seconds
-
-    def expand(self, keyed: beam.PCollection) -> beam.PCollection:
-        if keyed.is_bounded:
-            return (
-                keyed
-                | "GroupByStream" >> beam.GroupByKey()
-                | "Split" >> beam.FlatMap(_split, self._batch_size)
-            )
-        return keyed | "GroupIntoBatches" >> beam.GroupIntoBatches(
-            self._batch_size, max_buffering_duration_secs=self._max_buffering_seconds
-        )
 
 
 class WriteToRestApi(beam.PTransform):

@@ -28,6 +28,7 @@ from apache_beam.transforms.window import TimestampedValue
 
 from pipelines.local_destinations import Reply, free_port
 from sinks.http import Timeouts, new_session
+from sinks.ordering import order_key
 from sinks.rest import (
     REDIRECT_NOT_FOLLOWED,
     SECRET_UNAVAILABLE,
@@ -36,7 +37,6 @@ from sinks.rest import (
     WriteToRestApiBulk,
     _RestBulkWriteFn,
     _RestWriteFn,
-    order_key,
 )
 from tests.guide_samples import EXPECTED_EVENTS, EXPECTED_USAGE
 from tests.streams import SECRETS, config, rest_stream

@@ -49,6 +49,11 @@ def delivery(api_type: str, measure: str) -> str:
     return f"deliver|{api_type}|{measure}"
 
 
+def delivery_dead_letter(kind: str, reason: str) -> str:
+    """Routed documents a destination can never take (e.g. over its record size)."""
+    return f"deliver_dead_letter|{kind}|{reason}"
+
+
 def dead_letter_name(kind: str, reason: str) -> str:
     return f"{DEAD_LETTER_PREFIX}|{kind}|{reason}"
 

@@ -1,0 +1,229 @@
+"""Deliver documents to AWS S3 as CSV files: one file per stream, kind and window.
+
+Windows. Each routed element carries its stream's rotation in its key, so
+``PerElementFixedWindows(size_from_key)`` gives every stream its own epoch-aligned
+fixed windows, and ``GroupByKey`` collects one stream's documents of one kind per
+window. With the default trigger a window's file is written once the watermark
+passes its end, so files rotate on time whether or not more data arrives. The
+grouped window is the file: the DoFn keeps no buffer of its own across bundles.
+Not handled yet: documents that arrive behind the watermark (allowed lateness is
+Beam's default of 0, so a streaming run drops them). Firing late panes would need
+names of their own, or they would overwrite the window's on-time file.
+
+File names (guide 6.2) come from the window start in UTC, never from the clock:
+``events_YYYYMMDD_HHmmss.csv`` for events, ``cdr_YYYYMMDD_HHmmss.csv`` for usage
+(a window starting 2026-11-01 08:05:00 is ``events_20261101_080500.csv``), written to
+``<prefix><name>`` in the stream's bucket. The same input gives the same names, so a
+retried or replayed write overwrites its file instead of adding a duplicate.
+
+Flush size. A window with more documents than the stream's ``flush_size`` is split,
+documents sorted by (time, id) (events by ``timestamp``, usage by ``end_timestamp``),
+into files of at most ``flush_size`` rows. The first file has the window-start name;
+each next file's time is ``max(time of its first document, previous file's time +
+1 s)`` (to the second), so names stay in time order, unique and deterministic. Should
+that reach the window's end (more files than the window has seconds, possible with a
+10 s rotation and a small flush size), the name would be the next window's; such
+files are named from the window's last second with a counter instead
+(``events_20261101_080009_1.csv``, ``_2``, ...), so no file ever overwrites another
+window's.
+
+Format: :mod:`sinks.csv_format` (fixed header per kind, flattened ``object_field``
+columns, UTF-8, ``\\r\\n`` line ends), ``Content-Type: text/csv; charset=utf-8``.
+
+Failures. No retries here (a later step adds one policy for all sinks): a
+``put_object`` that raises (missing bucket: ``NoSuchBucket``, denied, timeout, an
+unreadable secret: ``secret_unavailable``) gives a ``failed`` result for the file's
+documents and the next file is still written. A document with a field the CSV does
+not know is a bug: it becomes an ``internal_error`` dead letter and the rest of its
+file is delivered. Nothing is raised out of the DoFn for a destination failure.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import apache_beam as beam
+import orjson
+from apache_beam import pvalue
+from apache_beam.metrics import Metrics
+from apache_beam.utils.timestamp import Timestamp
+from botocore.exceptions import BotoCoreError, ClientError
+
+from schemas.streams import AwsDestination, DataStream, StreamConfig
+from sinks.aws import AwsClients, ClientFactory, boto3_client
+from sinks.csv_format import UnknownFieldError, render_csv, to_row
+from sinks.ordering import document_time, order_key
+from sinks.results import DEAD_LETTERS, DELIVERED, FAILED, DeliveryResult, SinkOutputs, Stopwatch, describe_error
+from sinks.secrets import SecretError, SecretResolver
+from transforms import metrics
+from transforms.records import dead_letter
+from transforms.windows import PerElementFixedWindows, size_from_key
+
+_LOG = logging.getLogger(__name__)
+
+API_TYPE = "aws_s3"
+CONTENT_TYPE = "text/csv; charset=utf-8"
+#: File name prefix per document kind (guide 6.2).
+FILE_PREFIX = {"event": "events", "usage": "cdr"}
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_SECOND = timedelta(seconds=1)
+
+
+def file_name(kind: str, moment: datetime, counter: int | None = None) -> str:
+    suffix = "" if counter is None else f"_{counter}"
+    return f"{FILE_PREFIX[kind]}_{moment:%Y%m%d_%H%M%S}{suffix}.csv"
+
+
+def plan_files(
+    kind: str, window_start: datetime, window_end: datetime, times: Sequence[datetime], flush_size: int
+) -> list[tuple[str, slice]]:
+    """(file name, slice of the sorted documents) for one window; ``times`` are the
+    sorted documents' times. The naming rule is the module docstring's."""
+    files: list[tuple[str, slice]] = []
+    previous: datetime | None = None
+    overflow = 0
+    for begin in range(0, len(times), flush_size):
+        chunk = slice(begin, begin + flush_size)
+        if previous is None:
+            moment = window_start
+        else:
+            first = times[begin].replace(microsecond=0)
+            moment = max(first, previous + _SECOND)
+        if moment >= window_end:
+            overflow += 1
+            name = file_name(kind, window_end - _SECOND, overflow)
+        else:
+            name = file_name(kind, moment)
+        files.append((name, chunk))
+        previous = moment
+    return files
+
+
+def _utc(timestamp: Timestamp) -> datetime:
+    return _EPOCH + timedelta(microseconds=timestamp.micros)
+
+
+def _counter(measure: str) -> Any:
+    return Metrics.counter(metrics.NAMESPACE, metrics.delivery(API_TYPE, measure))
+
+
+def _http_status(err: BaseException) -> int | None:
+    response = getattr(err, "response", None)
+    if isinstance(response, dict):
+        return response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return None
+
+
+class _S3WriteFn(beam.DoFn):
+    """``((stream_id, kind, rotation), documents)`` of one window -> one
+    DeliveryResult per CSV file put, and ``internal_error`` dead letters."""
+
+    def __init__(self, client_factory: ClientFactory) -> None:
+        self._client_factory = client_factory
+
+    def setup(self) -> None:
+        self._clients = AwsClients(self._client_factory, SecretResolver())
+        self._requests = _counter("requests")
+        self._documents = _counter("documents")
+        self._failed_documents = _counter("failed_documents")
+        self._bytes = _counter("bytes")
+        self._dead_letters = _counter("dead_letters")
+
+    def process(
+        self,
+        element: tuple[tuple[str, str, int], Iterable[dict[str, Any]]],
+        streams: StreamConfig,
+        window: Any = beam.DoFn.WindowParam,
+    ) -> Iterator[Any]:
+        (stream_id, kind, _rotation), documents = element
+        rows: list[list[str]] = []
+        times: list[datetime] = []
+        for document in sorted(documents, key=lambda doc: order_key(kind, doc)):
+            try:
+                rows.append(to_row(kind, document))
+            except UnknownFieldError as err:
+                _LOG.error("stream %s: %s", stream_id, err)
+                self._dead_letters.inc()
+                letter = dead_letter(kind, "deliver", "internal_error", str(err),  # type: ignore[arg-type]
+                                     orjson.dumps(document), document.get("id"))
+                yield pvalue.TaggedOutput(DEAD_LETTERS, letter)
+                continue
+            times.append(document_time(kind, document))
+        if not rows:
+            return
+        stream = streams.streams.get(stream_id)
+        if stream is None:  # removed from the config since routing: nowhere to write
+            self._failed_documents.inc(len(rows))
+            yield _result(stream_id, "", len(rows), 0, Stopwatch(), FAILED, None, "unknown_stream")
+            return
+        plan = plan_files(kind, _utc(window.start), _utc(window.end), times, stream.batching.flush_size)
+        for name, chunk in plan:
+            yield self._put(stream, kind, name, rows[chunk])
+
+    def _put(self, stream: DataStream, kind: str, name: str, rows: list[list[str]]) -> DeliveryResult:
+        destination: AwsDestination = stream.destination  # type: ignore[assignment]
+        key = f"{destination.prefix}{name}"
+        target = f"s3://{destination.target}/{key}"
+        body = render_csv(kind, rows)
+        watch = Stopwatch()
+        try:
+            client = self._clients.get("s3", destination)
+        except SecretError:
+            self._failed_documents.inc(len(rows))
+            return _result(stream.id, target, len(rows), len(body), watch, FAILED, None, "secret_unavailable")
+        self._requests.inc()
+        self._bytes.inc(len(body))
+        try:
+            response = client.put_object(Bucket=destination.target, Key=key, Body=body, ContentType=CONTENT_TYPE)
+        except (ClientError, BotoCoreError) as err:
+            self._failed_documents.inc(len(rows))
+            return _result(stream.id, target, len(rows), len(body), watch, FAILED, _http_status(err),
+                           describe_error(err))
+        self._documents.inc(len(rows))
+        status_code = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return _result(stream.id, target, len(rows), len(body), watch, DELIVERED, status_code, None)
+
+    def teardown(self) -> None:
+        self._clients.close()
+
+
+def _result(stream_id: str, target: str, documents: int, size: int, watch: Stopwatch, status: str,
+            status_code: int | None, error: str | None) -> DeliveryResult:
+    return DeliveryResult(
+        stream_id=stream_id,
+        api_type=API_TYPE,
+        documents=documents,
+        bytes=size,
+        status=status,
+        status_code=status_code,
+        error=error,
+        failed_documents=0 if status == DELIVERED else documents,
+        started_at=watch.started_at,
+        duration_ms=watch.elapsed_ms(),
+        target=target,
+    )
+
+
+class WriteToS3(beam.PTransform):
+    """Routed ``((stream_id, kind, rotation_seconds), document)`` with event-time
+    timestamps -> :class:`SinkOutputs`. ``client_factory`` makes the boto3 client of
+    a destination (tests point it at moto)."""
+
+    def __init__(self, streams: pvalue.AsSideInput, *, client_factory: ClientFactory = boto3_client) -> None:
+        super().__init__()
+        self._streams = streams
+        self._client_factory = client_factory
+
+    def expand(self, routed: beam.PCollection) -> SinkOutputs:
+        outputs = (
+            routed
+            | "WindowPerRotation" >> beam.WindowInto(PerElementFixedWindows(size_from_key))
+            | "GroupPerWindow" >> beam.GroupByKey()
+            | "PutObjects" >> beam.ParDo(_S3WriteFn(self._client_factory), self._streams).with_outputs(
+                DEAD_LETTERS, main="results"
+            )
+        )
+        return SinkOutputs(results=outputs.results, dead_letters=outputs[DEAD_LETTERS])

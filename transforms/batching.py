@@ -1,0 +1,56 @@
+"""Batches of routed documents per stream.
+
+Every batching sink (REST, REST bulk, Kinesis) groups a stream's documents before
+sending, keyed by stream id so one stream's batches never mix with another's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import apache_beam as beam
+
+
+def _split(keyed: tuple[str, Iterable[Any]], batch_size: int) -> Iterator[tuple[str, list[Any]]]:
+    key, values = keyed
+    batch: list[Any] = []
+    for value in values:
+        batch.append(value)
+        if len(batch) >= batch_size:
+            yield key, batch
+            batch = []
+    if batch:
+        yield key, batch
+
+
+class BatchPerStream(beam.PTransform):
+    """``(stream_id, value)`` -> ``(stream_id, [value, ...])`` of at most
+    ``batch_size`` values: ``GroupIntoBatches`` on unbounded input, where a batch
+    must also leave after ``max_buffering_seconds``.
+
+    A bounded input (a backfill, ``run-local`` over files, tests) has no latency to
+    bound and ends at once, so it is grouped with ``GroupByKey`` and split in
+    order. Reason: ``GroupIntoBatches`` always declares a processing-time timer,
+    which sends the DirectRunner to its bundle-based executor, and there a key
+    whose only batch is flushed by the end-of-window timer reaches a downstream
+    ``GroupByKey`` after that has completed (``AssertionError`` in
+    ``_GroupByKeyOnlyEvaluator``; apache/beam#28716, #36480). The output shape is the
+    same either way.
+    """
+
+    def __init__(self, batch_size: int, max_buffering_seconds: float | None) -> None:
+        super().__init__()
+        self._batch_size = batch_size
+        self._max_buffering_seconds = max_buffering_seconds
+
+    def expand(self, keyed: beam.PCollection) -> beam.PCollection:
+        if keyed.is_bounded:
+            return (
+                keyed
+                | "GroupByStream" >> beam.GroupByKey()
+                | "Split" >> beam.FlatMap(_split, self._batch_size)
+            )
+        return keyed | "GroupIntoBatches" >> beam.GroupIntoBatches(
+            self._batch_size, max_buffering_duration_secs=self._max_buffering_seconds
+        )
