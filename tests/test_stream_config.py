@@ -140,3 +140,21 @@ def test_destination_description_has_no_secrets():
     stream = stream_from_dict(rest_stream("r", URL))
     assert stream.describe_destination() == f"POST {URL}"
     assert "DS_TEST" not in repr(stream.describe_destination())
+
+
+def test_configs_the_model_accepts_match_the_avro_schema():
+    """The typed model and schemas/avro/data_stream.avsc describe the same format."""
+    from fastavro.validation import validate
+
+    from schemas import load_schema
+
+    schema = load_schema("data_stream")
+    for stream in (
+        rest_stream("r", URL, filters={"event_type_ids": [1, 2], "alert": True}, batching={"bulk_size": 5}),
+        kinesis_stream("k", "http://127.0.0.1:1", "st"),
+        s3_stream("s", "http://127.0.0.1:1", "bucket-a", prefix="p/", batching={"rotation_seconds": 60}),
+        datadog_stream("d", "http://127.0.0.1:1", batching={"metrics_interval_seconds": 120}),
+    ):
+        stream_from_dict(stream)
+        assert validate(stream, schema, raise_errors=True)
+    assert not validate({**rest_stream("r", URL), "api_type": "ftp"}, schema, raise_errors=False)
