@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -39,10 +40,15 @@ class RecordedRequest:
 
 @dataclass(frozen=True)
 class Reply:
+    """How the receiver answers one request. ``delay_seconds`` holds the answer
+    back (a hanging endpoint); ``reset`` sends half a response and then resets the
+    connection (a peer dying mid-response)."""
+
     status: int = 200
     body: bytes = b'{"ok":true}'
     headers: dict[str, str] = field(default_factory=lambda: {"Content-Type": "application/json"})
     delay_seconds: float = 0.0
+    reset: bool = False
 
 
 Responder = Callable[[RecordedRequest], Reply]
@@ -50,6 +56,23 @@ Responder = Callable[[RecordedRequest], Reply]
 
 def always_ok(_: RecordedRequest) -> Reply:
     return Reply(202, b'{"errors":[]}')
+
+
+class Script:
+    """A responder that answers each path with its list of replies in turn (the
+    last one repeats), and :func:`always_ok` on other paths. Thread-safe."""
+
+    def __init__(self, replies: dict[str, list[Reply]], default: Responder = always_ok) -> None:
+        self._replies = {path: list(items) for path, items in replies.items()}
+        self._default = default
+        self._lock = threading.Lock()
+
+    def __call__(self, request: RecordedRequest) -> Reply:
+        with self._lock:
+            queue = self._replies.get(request.path)
+            if not queue:
+                return self._default(request)
+            return queue.pop(0) if len(queue) > 1 else queue[0]
 
 
 class HttpReceiver:
@@ -78,6 +101,13 @@ class HttpReceiver:
                 reply = receiver.responder(request)
                 if reply.delay_seconds:
                     time.sleep(reply.delay_seconds)
+                if reply.reset:
+                    self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n{\"partial")
+                    # SO_LINGER 0: close() sends a TCP reset instead of a clean FIN.
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    self.close_connection = True
+                    self.connection.close()
+                    return
                 self.send_response(reply.status)
                 for key, value in reply.headers.items():
                     self.send_header(key, value)

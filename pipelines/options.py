@@ -117,6 +117,32 @@ class DeliveryOptions(PipelineOptions):
         )
 
 
+class ReliabilityOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--max_attempts", type=int, default=5,
+                            help="Requests per batch before it is parked (1 to 20). Default: 5.")
+        parser.add_argument("--retry_deadline_seconds", type=float, default=30.0,
+                            help="Longest a batch is retried before it is parked, seconds. Default: 30.")
+        parser.add_argument("--retry_base_delay_seconds", type=float, default=0.5,
+                            help="First backoff step; waits are full-jitter exponential. Default: 0.5.")
+        parser.add_argument("--retry_max_delay_seconds", type=float, default=10.0,
+                            help="Longest single backoff wait, seconds. Default: 10.")
+        parser.add_argument("--deactivate_after_failures", type=int, default=3,
+                            help="Consecutive failed batches after which a stream is deactivated "
+                            "(a permanent error deactivates at once). Default: 3.")
+        parser.add_argument("--park_location", default=None,
+                            help="Durable store of parked batches: a directory, gs:// or s3:// path. "
+                            "Default: <output_dir>/parked.")
+        parser.add_argument("--status_location", default=None,
+                            help="Where stream status records are kept (status.jsonl). Default: <output_dir>/status.")
+        parser.add_argument("--park_retention_days", type=int, default=7,
+                            help="Parked batches older than this are reported in the summary. Default: 7.")
+        parser.add_argument("--allow_insecure_destinations", action="store_true", default=False,
+                            help="DEVELOPMENT ONLY: allow http and destinations on loopback, private or "
+                            "metadata addresses and raw IPs (run-local and tests). Default: off.")
+
+
 def validate(options: PipelineOptions) -> None:
     """Raise :class:`OptionError` naming the first bad flag."""
     inputs = options.view_as(InputOptions)
@@ -143,3 +169,14 @@ def validate(options: PipelineOptions) -> None:
         raise OptionError("--http_connect_timeout and --http_read_timeout must be positive")
     if not 1 <= delivery.rest_concurrency <= 64:
         raise OptionError("--rest_concurrency must be between 1 and 64")
+    reliability = options.view_as(ReliabilityOptions)
+    if not 1 <= reliability.max_attempts <= 20:
+        raise OptionError("--max_attempts must be between 1 and 20")
+    if reliability.retry_deadline_seconds <= 0:
+        raise OptionError("--retry_deadline_seconds must be positive")
+    if not 0 < reliability.retry_base_delay_seconds <= reliability.retry_max_delay_seconds:
+        raise OptionError("--retry_base_delay_seconds must be positive and at most --retry_max_delay_seconds")
+    if reliability.deactivate_after_failures < 1:
+        raise OptionError("--deactivate_after_failures must be at least 1")
+    if reliability.park_retention_days < 1:
+        raise OptionError("--park_retention_days must be at least 1")

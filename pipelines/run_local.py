@@ -37,6 +37,7 @@ _LOCAL_SECRETS = {
     "DATASTREAMER_LOCAL_AWS_SECRET": "local-secret-access-key",
     "DATASTREAMER_LOCAL_REST_TOKEN": "Bearer local-rest-token",
     "DATASTREAMER_LOCAL_DD_API_KEY": "local-datadog-api-key",
+    "DATASTREAMER_LOCAL_SIGNING_SECRET": "local-signing-secret",
 }
 _AWS_REFS = {
     "access_key_id": {"env": "DATASTREAMER_LOCAL_AWS_KEY_ID"},
@@ -49,7 +50,8 @@ def local_streams(organisations: list[int], http_url: str, aws_url: str) -> list
     has one stream of each API type, the second a filtered bulk stream and an S3
     stream of events, the others none (their documents are counted as filtered)."""
     created = "2026-10-01T00:00:00Z"
-    rest_auth = {"auth_header": "Authorization", "auth_secret": {"env": "DATASTREAMER_LOCAL_REST_TOKEN"}}
+    rest_auth = {"auth_header": "Authorization", "auth_secret": {"env": "DATASTREAMER_LOCAL_REST_TOKEN"},
+                 "signing_secret": {"env": "DATASTREAMER_LOCAL_SIGNING_SECRET"}}
     first = organisations[0]
     streams: list[dict[str, Any]] = [
         {"id": f"rest-events-{first}", "organisation_id": first, "stream_type": "events", "api_type": "rest_api",

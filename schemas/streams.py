@@ -76,6 +76,7 @@ class Filters:
 @dataclass(frozen=True)
 class RestDestination:
     url: str
+    signing_secret: SecretRef
     method: str = "POST"
     headers: Mapping[str, str] = field(default_factory=dict)
     auth_header: str | None = None
@@ -245,6 +246,7 @@ def _rest(reader: _Reader) -> RestDestination:
         raise reader.error("auth_header", f"is not a valid header name: {auth_header!r}")
     return RestDestination(
         url=url,
+        signing_secret=reader.secret("signing_secret"),
         method=reader.get("method", str, "POST", choices=("POST", "PUT")),
         headers=headers,
         auth_header=auth_header,

@@ -22,7 +22,7 @@ from apache_beam import pvalue
 from transforms.records import dead_letter
 
 DEAD_LETTERS = "dead_letters"
-DELIVERED, FAILED, PARTIAL = "delivered", "failed", "partial"
+DELIVERED, FAILED, PARTIAL, PARKED_STATUS = "delivered", "failed", "partial", "parked"
 
 T = TypeVar("T")
 
@@ -40,6 +40,14 @@ class DeliveryResult:
     started_at: str  # ISO 8601 UTC
     duration_ms: int
     target: str  # destination without credentials: URL, s3 key, kinesis stream
+    attempts: int = 1
+    #: the status token when it failed: unreachable, auth_failed, not_found, ...
+    token: str | None = None
+    #: documents delivered by a retry after an attempt that may also have reached
+    #: the destination: possibly delivered twice (receivers drop duplicates by id)
+    redelivered_documents: int = 0
+    #: documents of this request that were parked instead of delivered
+    parked_documents: int = 0
 
     @property
     def ok(self) -> bool:
@@ -73,10 +81,13 @@ def describe_error(err: BaseException) -> str:
 
 
 class SinkOutputs(NamedTuple):
-    """What a ``WriteTo...`` transform returns."""
+    """What a ``WriteTo...`` transform returns: one delivery result per request
+    (and per batch parked without a request), dead letters of documents no
+    destination can take, and parked batches (``sinks/parking.py``)."""
 
     results: beam.PCollection
     dead_letters: beam.PCollection
+    parked: beam.PCollection | None = None
 
 
 def too_large_dead_letter(kind: str, document: dict[str, Any], size: int, limit: int, api_type: str):

@@ -16,6 +16,7 @@ SECRETS = {
     "DS_TEST_REST_TOKEN": "Bearer rest-token-5f1e9c0b7a3d",
     "DS_TEST_DD_API_KEY": "ddapikey0123456789abcdef01234567",
     "DS_TEST_DD_APP_KEY": "ddappkey89abcdef0123456789abcdef01234567",
+    "DS_TEST_SIGNING_SECRET": "whsec_9c2f4e1a7b3d5f6e8a0c2b4d6f8e0a1c",
 }
 
 REGION = "eu-central-1"
@@ -33,7 +34,8 @@ def rest_stream(stream_id: str, url: str, *, bulk: bool = False, stream_type: st
         "id": stream_id, "organisation_id": organisation_id, "stream_type": stream_type,
         "api_type": "rest_api_bulk" if bulk else "rest_api", "created_at": CREATED,
         "rest": {"url": url, "headers": {"X-Customer": "tests"}, "auth_header": "Authorization",
-                 "auth_secret": {"env": "DS_TEST_REST_TOKEN"}},
+                 "auth_secret": {"env": "DS_TEST_REST_TOKEN"},
+                 "signing_secret": {"env": "DS_TEST_SIGNING_SECRET"}},
         **extra,
     }
 

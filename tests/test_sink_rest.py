@@ -169,7 +169,8 @@ def test_order_key_puts_events_and_usage_on_one_time_line():
 def test_rest_fn_sends_one_document_per_request_with_headers(stream_secrets):
     streams = config(rest_stream("s1", "https://customer.example/hook", rest={
         "url": "https://customer.example/hook", "method": "PUT", "headers": {"X-Customer": "tests"},
-        "auth_header": "Authorization", "auth_secret": {"env": "DS_TEST_REST_TOKEN"}}))
+        "auth_header": "Authorization", "auth_secret": {"env": "DS_TEST_REST_TOKEN"},
+        "signing_secret": {"env": "DS_TEST_SIGNING_SECRET"}}))
     session = FakeSession()
     fn = started(_RestWriteFn(new_session, Timeouts(2, 7), concurrency=3), session)
     docs = [usage_doc(i, seconds=100 - i) for i in range(10)]
@@ -442,7 +443,8 @@ def test_rest_end_to_end_one_document_per_request(http_receiver, stream_secrets)
     streams = config(
         rest_stream("put", f"{url}/put", rest={"url": f"{url}/put", "method": "PUT",
                                                "headers": {"X-Customer": "tests"}, "auth_header": "Authorization",
-                                               "auth_secret": {"env": "DS_TEST_REST_TOKEN"}}),
+                                               "auth_secret": {"env": "DS_TEST_REST_TOKEN"},
+        "signing_secret": {"env": "DS_TEST_SIGNING_SECRET"}}),
         rest_stream("post", f"{url}/post"),
     )
     put_docs = [event_doc(500 + i, seconds=i, sample=s) for i, s in enumerate(sorted(EXPECTED_EVENTS) * 7)]

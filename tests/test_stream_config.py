@@ -47,7 +47,7 @@ def test_a_bare_yaml_list_is_accepted():
   created_at: "2026-10-01T00:00:00Z"
   filters: {{event_type_ids: [1, 2], alert: true}}
   batching: {{bulk_size: 500}}
-  rest: {{url: "{URL}", method: PUT}}
+  rest: {{url: "{URL}", method: PUT, signing_secret: {{env: SIGNING}}}}
 """
     stream = parse_stream_config(text)["bulk-eu"]
     assert stream.filters.event_type_ids == frozenset({1, 2}) and stream.filters.alert is True

@@ -54,6 +54,21 @@ def delivery_dead_letter(kind: str, reason: str) -> str:
     return f"deliver_dead_letter|{kind}|{reason}"
 
 
+def parked(api_type: str) -> str:
+    """Routed documents parked for re-drive, per API type."""
+    return f"deliver|{api_type}|parked"
+
+
+def parked_documents(kind: str) -> str:
+    return f"{kind}.parked"
+
+
+def redelivered(api_type: str) -> str:
+    """Documents delivered by a retry after an attempt that may have reached the
+    destination: possibly delivered twice."""
+    return f"deliver|{api_type}|redelivered"
+
+
 def dead_letter_name(kind: str, reason: str) -> str:
     return f"{DEAD_LETTER_PREFIX}|{kind}|{reason}"
 

@@ -1,0 +1,265 @@
+"""One failure policy for every sink: what is retried, how, for how long, and when a
+stream stops being tried at all.
+
+Retryable (transient): HTTP 408, 425, 429 and 5xx; timeouts, connection errors and
+resets; AWS throttling and 5xx error codes; Kinesis per-record failures (the sink
+resends only the failed records). Permanent: any other 4xx, a 3xx (redirects are
+never followed), invalid credentials, a missing bucket or stream, a payload the
+destination rejects, an unreadable secret, a destination refused by the outbound
+safety rules. A permanent failure is not retried.
+
+Retries wait with exponential backoff and full jitter (tenacity's
+``wait_random_exponential``), or exactly ``Retry-After`` when the destination sends
+one, and are bounded per batch both in attempts and in time: a ``Retry-After`` that
+would end past the deadline ends the retries at once. Nothing retries forever
+inside a bundle (in streaming a raised exception would replay the bundle without
+end); what is not delivered in time is parked (``sinks/parking.py``).
+
+:class:`StreamCircuit` keeps a stream from holding its worker: after
+``deactivate_after`` consecutive failed batches, or at once on a permanent failure,
+the stream is deactivated on that worker and its later batches are parked without
+a request. This is what bounds how long one dead destination can delay the other
+streams sharing a worker thread.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+)
+from tenacity import RetryCallState, Retrying, retry_if_result, wait_random_exponential
+
+RETRYABLE_STATUS = frozenset({408, 425, 429})
+AWS_RETRYABLE_CODES = frozenset({
+    "ThrottlingException", "Throttling", "ThrottledException", "ProvisionedThroughputExceededException",
+    "SlowDown", "RequestLimitExceeded", "TooManyRequestsException", "LimitExceededException",
+    "InternalFailure", "InternalError", "InternalServerError", "ServiceUnavailable", "ServiceUnavailableException",
+    "RequestTimeout", "RequestTimeoutException", "KMSThrottlingException", "503", "500",
+})
+AWS_AUTH_CODES = frozenset({
+    "InvalidClientTokenId", "UnrecognizedClientException", "SignatureDoesNotMatch", "AccessDenied",
+    "AccessDeniedException", "InvalidAccessKeyId", "ExpiredToken", "ExpiredTokenException",
+    "InvalidSignatureException", "MissingAuthenticationToken",
+})
+AWS_NOT_FOUND_CODES = frozenset({"NoSuchBucket", "ResourceNotFoundException", "NotFound", "404"})
+
+#: Stable error tokens of a stream's status (the guide's "remote status").
+UNREACHABLE = "unreachable"
+AUTH_FAILED = "auth_failed"
+NOT_FOUND = "not_found"
+PAYLOAD_REJECTED = "payload_rejected"
+REDIRECTED = "redirected"
+THROTTLED = "throttled"
+REMOTE_ERROR = "remote_error"
+CREDENTIALS_UNAVAILABLE = "credentials_unavailable"
+DESTINATION_REFUSED = "destination_refused"
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """How one request went, classified.
+
+    ``maybe_received``: the destination may have processed the request although we
+    saw no success (a read timeout, a reset mid-response, a 5xx): if a retry then
+    succeeds, its documents may have been delivered twice, and are reported so.
+    """
+
+    ok: bool
+    retryable: bool = False
+    status_code: int | None = None
+    error: str | None = None  # an error code for results: "http_503", "ReadTimeout", an AWS code
+    token: str | None = None  # the status token when it failed (UNREACHABLE, AUTH_FAILED, ...)
+    retry_after: float | None = None
+    maybe_received: bool = False
+
+
+SUCCESS = Attempt(ok=True)
+
+
+def retry_after_seconds(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """``Retry-After`` as seconds: delta-seconds or an HTTP date."""
+    value = headers.get("Retry-After") or headers.get("retry-after")
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, moment.timestamp() - (time.time() if now is None else now))
+
+
+def classify_http(status_code: int, headers: Mapping[str, str] | None = None) -> Attempt:
+    if 200 <= status_code < 300:
+        return SUCCESS
+    error = f"http_{status_code}"
+    if 300 <= status_code < 400:
+        return Attempt(False, False, status_code, error, REDIRECTED)
+    if status_code in RETRYABLE_STATUS or status_code >= 500:
+        token = THROTTLED if status_code == 429 else REMOTE_ERROR
+        retry_after = retry_after_seconds(headers or {}) if status_code in (429, 503) else None
+        return Attempt(False, True, status_code, error, token, retry_after, maybe_received=status_code >= 500)
+    if status_code in (401, 403):
+        return Attempt(False, False, status_code, error, AUTH_FAILED)
+    if status_code in (404, 410):
+        return Attempt(False, False, status_code, error, NOT_FOUND)
+    return Attempt(False, False, status_code, error, PAYLOAD_REJECTED)
+
+
+def classify_aws_code(code: str, status_code: int | None = None) -> Attempt:
+    if code in AWS_RETRYABLE_CODES or (status_code is not None and status_code >= 500):
+        token = THROTTLED if "Throttl" in code or "Exceeded" in code or code == "SlowDown" else REMOTE_ERROR
+        return Attempt(False, True, status_code, code, token, maybe_received=False)
+    if code in AWS_AUTH_CODES or status_code in (401, 403):
+        return Attempt(False, False, status_code, code, AUTH_FAILED)
+    if code in AWS_NOT_FOUND_CODES or status_code == 404:
+        return Attempt(False, False, status_code, code, NOT_FOUND)
+    return Attempt(False, False, status_code, code, PAYLOAD_REJECTED)
+
+
+def classify_exception(err: BaseException) -> Attempt:
+    """An exception raised by requests or botocore while sending."""
+    name = type(err).__name__
+    if isinstance(err, ClientError):
+        meta = err.response.get("ResponseMetadata", {})
+        code = str(err.response.get("Error", {}).get("Code") or name)
+        return classify_aws_code(code, meta.get("HTTPStatusCode"))
+    if isinstance(err, requests.exceptions.SSLError):
+        return Attempt(False, False, None, name, DESTINATION_REFUSED)
+    if isinstance(err, requests.exceptions.ConnectTimeout | ConnectTimeoutError):
+        return Attempt(False, True, None, name, UNREACHABLE)
+    if isinstance(err, requests.exceptions.ConnectionError | EndpointConnectionError):
+        # Refused, reset, DNS failure. A reset may come after the request was read.
+        return Attempt(False, True, None, name, UNREACHABLE, maybe_received=True)
+    if isinstance(err, requests.exceptions.Timeout | ReadTimeoutError):
+        return Attempt(False, True, None, name, UNREACHABLE, maybe_received=True)
+    if isinstance(err, requests.exceptions.ChunkedEncodingError | BotoCoreError):
+        return Attempt(False, True, None, name, UNREACHABLE, maybe_received=True)
+    if isinstance(err, requests.RequestException):
+        return Attempt(False, False, None, name, PAYLOAD_REJECTED)
+    raise err  # not a destination failure: a bug, let the DoFn's caller see it
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounds per batch: ``max_attempts`` requests and ``deadline_seconds`` of time."""
+
+    max_attempts: int = 5
+    deadline_seconds: float = 30.0
+    base_delay_seconds: float = 0.5
+    max_delay_seconds: float = 10.0
+    deactivate_after: int = 3  # consecutive failed batches before a stream is deactivated
+
+    def run(
+        self,
+        attempt: Callable[[], Attempt],
+        *,
+        deadline_seconds: float | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> Outcome:
+        """Call ``attempt`` until it succeeds, fails permanently or the bounds are
+        reached; return the last attempt with the number made.
+
+        ``deadline_seconds`` narrows the policy's deadline, for a request that
+        shares its batch's time budget with others (``rest_api``)."""
+        started = clock()
+        deadline = self.deadline_seconds if deadline_seconds is None else min(deadline_seconds, self.deadline_seconds)
+        history: list[Attempt] = []
+        backoff = wait_random_exponential(multiplier=self.base_delay_seconds, max=self.max_delay_seconds)
+
+        def _attempt() -> Attempt:
+            result = attempt()
+            history.append(result)
+            return result
+
+        def _stop(state: RetryCallState) -> bool:
+            last: Attempt = state.outcome.result()  # type: ignore[union-attr]
+            elapsed = clock() - started
+            if state.attempt_number >= self.max_attempts or elapsed >= deadline:
+                return True
+            return last.retry_after is not None and elapsed + last.retry_after > deadline
+
+        def _wait(state: RetryCallState) -> float:
+            last: Attempt = state.outcome.result()  # type: ignore[union-attr]
+            delay = last.retry_after if last.retry_after is not None else backoff(state)
+            return max(0.0, min(delay, deadline - (clock() - started)))
+
+        retrying = Retrying(
+            stop=_stop,
+            wait=_wait,
+            retry=retry_if_result(lambda a: not a.ok and a.retryable),
+            sleep=sleep,
+            retry_error_callback=lambda state: state.outcome.result(),  # type: ignore[union-attr]
+        )
+        if deadline <= 0:
+            return Outcome(Attempt(False, True, None, "deadline_exceeded", UNREACHABLE), 0)
+        final = retrying(_attempt)
+        maybe_twice = final.ok and any(a.maybe_received for a in history[:-1])
+        return Outcome(final, len(history), maybe_twice)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    last: Attempt
+    attempts: int
+    #: delivered, but an earlier attempt may have reached the destination too
+    maybe_delivered_twice: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.last.ok
+
+
+@dataclass
+class StreamCircuit:
+    """Per worker and sink: which streams are deactivated, and why.
+
+    Mutable on purpose and created in ``setup``: it is the worker's memory of a
+    failing destination within a run; the durable status is computed from the
+    delivery results (``transforms/status.py``) with the same rule.
+    """
+
+    deactivate_after: int = 3
+    _failures: dict[str, int] = field(default_factory=dict)
+    _deactivated: dict[str, str] = field(default_factory=dict)
+
+    def deactivated(self, stream_id: str) -> str | None:
+        """The token the stream was deactivated with, or None while it is tried."""
+        return self._deactivated.get(stream_id)
+
+    def record(self, stream_id: str, outcome: Outcome) -> None:
+        if outcome.ok:
+            self._failures[stream_id] = 0
+            return
+        failures = self._failures.get(stream_id, 0) + 1
+        self._failures[stream_id] = failures
+        if not outcome.last.retryable or failures >= self.deactivate_after:
+            self._deactivated[stream_id] = outcome.last.token or REMOTE_ERROR
+
+    def deactivate(self, stream_id: str, token: str) -> None:
+        self._deactivated[stream_id] = token
+
+
+def policy_from(values: Mapping[str, Any]) -> RetryPolicy:
+    """A policy from option values (the job's ``RetryOptions``)."""
+    return RetryPolicy(
+        max_attempts=int(values["max_attempts"]),
+        deadline_seconds=float(values["retry_deadline_seconds"]),
+        base_delay_seconds=float(values["retry_base_delay_seconds"]),
+        max_delay_seconds=float(values["retry_max_delay_seconds"]),
+        deactivate_after=int(values["deactivate_after_failures"]),
+    )
