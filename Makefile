@@ -11,7 +11,7 @@ SEED ?= 7
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install sample-data run-local test lint clean
+.PHONY: help install sample-data run-local redrive test lint clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -34,6 +34,13 @@ sample-data: $(STAMP) ## Generate the sample fleet (SAMPLE_DIR, SEED; more optio
 
 run-local: $(SAMPLE_DIR)/.complete ## Run the job over the sample fleet, delivering to local REST/DataDog/S3/Kinesis destinations
 	$(PY) -m pipelines.run_local --sample_dir $(SAMPLE_DIR) --output_dir $(OUT_DIR)
+
+STREAMS_CONFIG ?= $(OUT_DIR)/streams.local.json
+REDRIVE_ARGS ?=
+redrive: $(STAMP) ## Re-deliver STREAM's parked batches (STREAMS_CONFIG, OUT_DIR; REDRIVE_ARGS for more flags)
+	@test -n "$(STREAM)" || { echo "usage: make redrive STREAM=<stream id>"; exit 2; }
+	$(PY) -m pipelines.redrive --stream_id $(STREAM) --streams_config $(STREAMS_CONFIG) --output_dir $(OUT_DIR) \
+		$(REDRIVE_ARGS)
 
 test: $(STAMP) ## Run ruff and the whole test suite
 	$(VENV)/bin/ruff check .

@@ -38,17 +38,23 @@ from pipelines.options import (
     OutputOptions,
     ProcessingOptions,
     ReferenceOptions,
+    ReliabilityOptions,
+    as_flags,
     validate,
 )
 from pipelines.summary import RunSummary, summarize
-from schemas.streams import StreamConfigError
+from schemas.streams import StreamConfig, StreamConfigError
 from sinks.http import Timeouts
+from sinks.outbound import DestinationRefusedError, check_url
+from sinks.parking import ParkStore
 from sinks.results import DeliveryResult
+from sinks.retry import RetryPolicy
 from transforms.delivery import DeliverToStreams, DeliverySettings
 from transforms.documents import RawToDocuments
 from transforms.files import ReadRawRecords, WriteJsonLines, write_dead_letters
 from transforms.reference import LoadReferenceData, ReferenceDataError, load_reference_data
 from transforms.routing import LoadStreamConfig, load_stream_config
+from transforms.status import deactivated_streams, load_status, render_status_table
 
 _LOG = logging.getLogger(__name__)
 
@@ -91,18 +97,59 @@ def build_pipeline(p: beam.Pipeline, options: PipelineOptions) -> dict[str, beam
         dead_letters.append(result.dead_letters)
     delivery = options.view_as(DeliveryOptions)
     if delivery.streams_config:
+        settings = delivery_settings(options)
         streams = beam.pvalue.AsSingleton(p | "StreamConfig" >> LoadStreamConfig(delivery.streams_config))
-        settings = DeliverySettings(
-            max_buffering_seconds=delivery.max_buffering_seconds,
-            timeouts=Timeouts(delivery.http_connect_timeout, delivery.http_read_timeout),
-            rest_concurrency=delivery.rest_concurrency,
+        deactivated = beam.pvalue.AsSingleton(
+            p
+            | "StatusLocation" >> beam.Create([settings.status_location])
+            | "PreviousStatus" >> beam.Map(lambda location: deactivated_streams(load_status(location)))
         )
         documents = {kind: outputs[kind] for kind in ("event", "usage") if kind in outputs}
-        delivered = documents | "Deliver" >> DeliverToStreams(streams, settings)
+        delivered = documents | "Deliver" >> DeliverToStreams(streams, deactivated, settings)
         outputs["deliveries"] = delivered.results
+        outputs["parked"] = delivered.parked
+        outputs["status"] = delivered.status
         dead_letters.append(delivered.dead_letters)
     outputs["dead_letters"] = tuple(dead_letters) | "AllDeadLetters" >> beam.Flatten()
     return outputs
+
+
+def delivery_settings(options: PipelineOptions) -> DeliverySettings:
+    """Delivery settings from the flags; park and status default to the output dir."""
+    delivery = options.view_as(DeliveryOptions)
+    reliability = options.view_as(ReliabilityOptions)
+    base = options.view_as(OutputOptions).output_dir.rstrip("/")
+    return DeliverySettings(
+        park_location=reliability.park_location or f"{base}/parked",
+        status_location=reliability.status_location or f"{base}/status",
+        max_buffering_seconds=delivery.max_buffering_seconds,
+        timeouts=Timeouts(delivery.http_connect_timeout, delivery.http_read_timeout),
+        rest_concurrency=delivery.rest_concurrency,
+        policy=RetryPolicy(
+            max_attempts=reliability.max_attempts,
+            deadline_seconds=reliability.retry_deadline_seconds,
+            base_delay_seconds=reliability.retry_base_delay_seconds,
+            max_delay_seconds=reliability.retry_max_delay_seconds,
+            deactivate_after=reliability.deactivate_after_failures,
+        ),
+        allow_insecure=reliability.allow_insecure_destinations,
+    )
+
+
+def check_destinations(config: StreamConfig, allow_insecure: bool) -> None:
+    """Refuse, before anything runs, REST and DataDog destinations the outbound
+    rules forbid (sinks check again when they send)."""
+    for stream in config.streams.values():
+        url = getattr(stream.destination, "url", None) if stream.api_type != "datadog" else stream.destination.base_url
+        if url is None:
+            continue
+        try:
+            check_url(url, allow_insecure=allow_insecure)
+        except DestinationRefusedError as err:
+            raise StreamConfigError(
+                f"stream {stream.id!r}: destination refused: {err} "
+                "(--allow_insecure_destinations allows it for development)"
+            ) from None
 
 
 def write_outputs(outputs: dict[str, beam.PCollection], output_dir: str) -> None:
@@ -138,11 +185,11 @@ def _parse_args(argv: list[str] | None) -> PipelineOptions:
         description=__doc__.split("\n\n")[0],
         epilog="Any other flag is a Beam pipeline option (--runner, --direct_num_workers, ...).",
     )
-    for options_class in (InputOptions, ReferenceOptions, ProcessingOptions, DeliveryOptions, OutputOptions):
+    for options_class in (InputOptions, ReferenceOptions, ProcessingOptions, DeliveryOptions, ReliabilityOptions,
+                          OutputOptions):
         options_class._add_argparse_args(parser)
     known, beam_args = parser.parse_known_args(argv)
-    flags = [f"--{key}={value}" for key, value in vars(known).items() if value is not None]
-    return PipelineOptions(beam_args + flags)
+    return PipelineOptions(beam_args + as_flags(vars(known)))
 
 
 def run(argv: list[str] | None = None) -> RunSummary:
@@ -155,7 +202,9 @@ def run(argv: list[str] | None = None) -> RunSummary:
     _LOG.info("reference data: %s", reference.sizes())
     streams_config = options.view_as(DeliveryOptions).streams_config
     if streams_config:
-        _LOG.info("streams: %d", len(load_stream_config(streams_config)))
+        config = load_stream_config(streams_config)
+        check_destinations(config, options.view_as(ReliabilityOptions).allow_insecure_destinations)
+        _LOG.info("streams: %d", len(config))
     output_dir = options.view_as(OutputOptions).output_dir
     _clear_previous_outputs(output_dir)
 
@@ -170,6 +219,14 @@ def run(argv: list[str] | None = None) -> RunSummary:
         handle.write(json.dumps(summary.to_dict(), indent=2, sort_keys=True).encode("utf-8"))
     sys.stdout.write(summary.render())
     sys.stdout.write(f"  outputs under {output_dir}\n")
+    if streams_config:
+        settings = delivery_settings(options)
+        sys.stdout.write(render_status_table(load_status(settings.status_location).values()))
+        retention = options.view_as(ReliabilityOptions).park_retention_days
+        expired = ParkStore(settings.park_location).expired(retention)
+        if expired:
+            sys.stdout.write(f"  {len(expired)} parked batches are older than {retention} days (not deleted): "
+                             f"{', '.join(expired[:5])}{' ...' if len(expired) > 5 else ''}\n")
     return summary
 
 

@@ -18,6 +18,17 @@ class OptionError(ValueError):
     """A flag has a value the job cannot run with; the message names the flag."""
 
 
+def as_flags(values: dict[str, object], skip: tuple[str, ...] = ()) -> list[str]:
+    """Parsed flag values back into arguments for ``PipelineOptions``: unset ones
+    dropped, booleans as bare flags (``--flag=False`` is not valid for them)."""
+    flags = []
+    for key, value in values.items():
+        if key in skip or value is None or value is False:
+            continue
+        flags.append(f"--{key}" if value is True else f"--{key}={value}")
+    return flags
+
+
 class InputOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):

@@ -25,9 +25,12 @@ class KindSummary:
     unique: int = 0
     documents: int = 0
     routed: int = 0
+    routed_documents: int = 0
     filtered: int = 0
     dead_letters: dict[str, int] = field(default_factory=dict)
     documents_by_type: dict[str, int] = field(default_factory=dict)
+
+    parked_documents: int = 0
 
     @property
     def duplicates(self) -> int:
@@ -49,10 +52,25 @@ class RunSummary:
     deliveries: dict[str, dict[str, int]] = field(default_factory=dict)
     #: routed documents no destination can take, "<kind>|<reason>" -> count
     delivery_dead_letters: dict[str, int] = field(default_factory=dict)
+    #: stream id -> {"routed", "delivered", "parked", "not_deliverable", "redelivered"}
+    streams: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def delivering(self) -> bool:
+        return bool(self.streams) or any(k.routed or k.filtered for k in self.kinds.values())
+
+    def stream_reconciled(self, counts: dict[str, int]) -> bool:
+        return counts.get("routed", 0) == (
+            counts.get("delivered", 0) + counts.get("parked", 0) + counts.get("not_deliverable", 0)
+        )
 
     @property
     def reconciled(self) -> bool:
-        return all(k.reconciled for k in self.kinds.values())
+        records = all(k.reconciled for k in self.kinds.values())
+        if not self.delivering:
+            return records
+        documents = all(k.documents == k.routed_documents + k.filtered for k in self.kinds.values())
+        return records and documents and all(self.stream_reconciled(c) for c in self.streams.values())
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"reconciled": self.reconciled}
@@ -60,6 +78,7 @@ class RunSummary:
             out[kind] = asdict(summary) | {"duplicates": summary.duplicates}
         out["deliveries"] = self.deliveries
         out["delivery_dead_letters"] = self.delivery_dead_letters
+        out["streams"] = self.streams
         return out
 
     def render(self) -> str:
@@ -71,14 +90,26 @@ class RunSummary:
             ("dead letters", ev.dead_letter_total, us.dead_letter_total),
         ]
         lines = ["", "Run summary", f"  {'':<16}{'events':>10}{'usage':>10}{'total':>10}"]
-        if ev.routed or us.routed or ev.filtered or us.filtered:
+        if self.delivering:
             rows += [
-                ("routed", ev.routed, us.routed),
+                ("routed", ev.routed_documents, us.routed_documents),
                 ("filtered", ev.filtered, us.filtered),
+                ("parked", ev.parked_documents, us.parked_documents),
             ]
         lines += [f"  {name:<16}{e:>10}{u:>10}{e + u:>10}" for name, e, u in rows]
-        verdict = "yes" if self.reconciled else "NO - records are unaccounted for"
-        lines.append(f"  reconciled (read = documents + duplicates + dead letters): {verdict}")
+        verdict = "yes" if all(k.reconciled for k in self.kinds.values()) else "NO - records are unaccounted for"
+        lines.append(f"  reconciled: read = documents + duplicates + dead letters: {verdict}")
+        if self.delivering:
+            ok = all(k.documents == k.routed_documents + k.filtered for k in self.kinds.values())
+            lines.append(f"  reconciled: documents = routed + filtered: {'yes' if ok else 'NO'}")
+            lines.append(f"  {'per stream':<28}{'routed':>9}{'delivered':>10}{'parked':>8}{'not deliverable':>16}"
+                         f"{'maybe twice':>12}  reconciled")
+            for stream_id, counts in sorted(self.streams.items()):
+                lines.append(
+                    f"    {stream_id:<26}{counts.get('routed', 0):>9}{counts.get('delivered', 0):>10}"
+                    f"{counts.get('parked', 0):>8}{counts.get('not_deliverable', 0):>16}"
+                    f"{counts.get('redelivered', 0):>12}  {'yes' if self.stream_reconciled(counts) else 'NO'}"
+                )
         if ev.documents_by_type:
             lines.append("  event documents by type:")
             for type_id, count in sorted(ev.documents_by_type.items(), key=lambda kv: int(kv[0])):
@@ -112,8 +143,13 @@ def summarize(result: PipelineResult) -> RunSummary:
         kinds[kind] = KindSummary()
     deliveries: dict[str, dict[str, int]] = defaultdict(dict)
     delivery_dead: dict[str, int] = {}
+    streams: dict[str, dict[str, int]] = defaultdict(dict)
     for counter in counters:
         name, value = counter.key.metric.name, _value(counter)
+        if name.startswith("stream|"):
+            _, stream_id, measure = name.split("|", 2)
+            streams[stream_id][measure] = streams[stream_id].get(measure, 0) + value
+            continue
         if name.startswith("deliver|"):
             _, api_type, measure = name.split("|", 2)
             deliveries[api_type][measure] = deliveries[api_type].get(measure, 0) + value
@@ -130,6 +166,8 @@ def summarize(result: PipelineResult) -> RunSummary:
         if measure.startswith("documents|type|"):
             type_id = measure.rsplit("|", 1)[1]
             kinds[kind].documents_by_type[type_id] = kinds[kind].documents_by_type.get(type_id, 0) + value
-        elif measure in ("read", "valid", "unique", "documents", "routed", "filtered"):
+        elif measure in ("read", "valid", "unique", "documents", "routed", "routed_documents", "filtered"):
             setattr(kinds[kind], measure, getattr(kinds[kind], measure) + value)
-    return RunSummary(dict(kinds), dict(deliveries), delivery_dead)
+        elif measure == "parked":
+            kinds[kind].parked_documents += value
+    return RunSummary(dict(kinds), dict(deliveries), delivery_dead, dict(streams))

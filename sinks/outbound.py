@@ -61,11 +61,11 @@ def _forbidden(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | 
         return _forbidden(address.ipv4_mapped)  # type: ignore[union-attr]
     for attribute, label in (
         ("is_loopback", "a loopback address"),
-        ("is_private", "a private address"),
         ("is_link_local", "a link-local address"),
         ("is_multicast", "a multicast address"),
-        ("is_reserved", "a reserved address"),
         ("is_unspecified", "an unspecified address"),
+        ("is_private", "a private address"),
+        ("is_reserved", "a reserved address"),
     ):
         if getattr(address, attribute):
             return label

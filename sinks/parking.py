@@ -166,6 +166,7 @@ class _WriteParkedFn(beam.DoFn):
     def process(self, batch: ParkedBatch) -> Iterator[str]:
         path = self._store.write(batch)
         Metrics.counter(metrics.NAMESPACE, metrics.parked(batch.api_type)).inc(len(batch.documents))
+        Metrics.counter(metrics.NAMESPACE, metrics.stream_measure(batch.stream_id, "parked")).inc(len(batch.documents))
         for kind, _ in batch.documents:
             Metrics.counter(metrics.NAMESPACE, metrics.parked_documents(kind)).inc()
         _LOG.warning("parked %d documents of stream %s (%s, %s)", len(batch.documents), batch.stream_id,

@@ -90,9 +90,12 @@ class SinkOutputs(NamedTuple):
     parked: beam.PCollection | None = None
 
 
-def too_large_dead_letter(kind: str, document: dict[str, Any], size: int, limit: int, api_type: str):
+def too_large_dead_letter(
+    kind: str, document: dict[str, Any], size: int, limit: int, api_type: str, stream_id: str | None = None
+):
     """A document that can never fit the destination's record limit is not sent:
-    it becomes a dead letter at the deliver stage, with the document as payload."""
+    it becomes a dead letter at the deliver stage, with the document as payload
+    and the stream it was routed to."""
     letter = dead_letter(
         kind,  # type: ignore[arg-type]
         "deliver",
@@ -101,6 +104,8 @@ def too_large_dead_letter(kind: str, document: dict[str, Any], size: int, limit:
         orjson.dumps(document),
         document.get("id"),
     )
+    if stream_id is not None:
+        letter["stream_id"] = stream_id
     return pvalue.TaggedOutput(DEAD_LETTERS, letter)
 
 

@@ -65,6 +65,11 @@ REMOTE_ERROR = "remote_error"
 CREDENTIALS_UNAVAILABLE = "credentials_unavailable"
 DESTINATION_REFUSED = "destination_refused"
 
+#: Tokens of failures that retrying cannot fix: they deactivate a stream at once.
+PERMANENT_TOKENS = frozenset({
+    AUTH_FAILED, NOT_FOUND, PAYLOAD_REJECTED, REDIRECTED, CREDENTIALS_UNAVAILABLE, DESTINATION_REFUSED,
+})
+
 
 @dataclass(frozen=True)
 class Attempt:

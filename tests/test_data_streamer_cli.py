@@ -67,7 +67,7 @@ def test_run_writes_documents_dead_letters_and_summary(tmp_path, sample_referenc
     assert summary["event"]["documents_by_type"] == {"1": 1, "5": 1, "6": 1}
 
     printed = capsys.readouterr().out
-    assert "reconciled (read = documents + duplicates + dead letters): yes" in printed
+    assert "reconciled: read = documents + duplicates + dead letters: yes" in printed
     assert "not_json" in printed
 
 

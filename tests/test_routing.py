@@ -47,34 +47,46 @@ STREAMS = config(
 )
 
 
-def _targets(kind, doc):
+INACTIVE = [("parked", "deactivated"), ("parked", "paused")]
+
+
+def _targets(kind, doc, deactivated=None):
     return sorted(
         (api, element[0] if isinstance(element[0], str) else element[0][0])
-        for api, element in route(kind, doc, STREAMS)
+        for api, element in route(kind, doc, STREAMS, deactivated)
     )
 
 
 def test_event_fan_out_and_filters():
-    assert _targets("event", _event(1, 1, alert=True)) == [
+    assert _targets("event", _event(1, 1, alert=True)) == sorted([
         ("aws_s3", "s3-both"), ("rest_api", "all-events"), ("rest_api", "location-alerts"),
-        ("rest_api_bulk", "bulk-both"),
-    ]
-    assert _targets("event", _event(2, 1, alert=False)) == [
+        ("rest_api_bulk", "bulk-both"), *INACTIVE,
+    ])
+    assert _targets("event", _event(2, 1, alert=False)) == sorted([
         ("aws_s3", "s3-both"), ("rest_api", "all-events"), ("rest_api", "no-alerts"), ("rest_api_bulk", "bulk-both"),
-    ]
-    assert _targets("event", _event(3, 5, alert=True)) == [
-        ("aws_s3", "s3-both"), ("rest_api", "all-events"), ("rest_api_bulk", "bulk-both"),
-    ]
+        *INACTIVE,
+    ])
+    assert _targets("event", _event(3, 5, alert=True)) == sorted([
+        ("aws_s3", "s3-both"), ("rest_api", "all-events"), ("rest_api_bulk", "bulk-both"), *INACTIVE,
+    ])
 
 
 def test_usage_fan_out():
-    assert _targets("usage", _usage(4)) == [
+    assert _targets("usage", _usage(4)) == sorted([
         ("aws_kinesis", "usage-kinesis"), ("aws_s3", "s3-both"), ("datadog", "dd"), ("rest_api", "no-alerts"),
-        ("rest_api_bulk", "bulk-both"),
-    ]
+        ("rest_api_bulk", "bulk-both"), *INACTIVE,
+    ])
 
 
-def test_other_organisations_and_inactive_streams_get_nothing():
+def test_streams_deactivated_by_an_earlier_run_are_parked_not_delivered():
+    targets = _targets("usage", _usage(4), deactivated={"usage-kinesis": "not_found"})
+    assert ("parked", "usage-kinesis") in targets and ("aws_kinesis", "usage-kinesis") not in targets
+    parked = [e for tag, e in route("usage", _usage(4), STREAMS, {"usage-kinesis": "not_found"}) if tag == "parked"]
+    assert ("usage-kinesis", ("aws_kinesis", "stream_deactivated", "not_found", ("usage", _usage(4)))) in parked
+    assert ("paused", ("rest_api", "stream_paused", None, ("usage", _usage(4)))) in parked
+
+
+def test_other_organisations_get_nothing():
     assert _targets("event", _event(5, 1, org=OTHER)) == [("rest_api", "other-org")]
     assert _targets("usage", _usage(6, org=4242)) == []
 
@@ -90,7 +102,8 @@ def test_route_transform_outputs_and_filtered_count():
     events = [_event(1, 1, alert=True), _event(2, 5), _event(3, 1, org=4242)]
     p = TestPipeline()
     streams = beam.pvalue.AsSingleton(p | "Streams" >> beam.Create([STREAMS]))
-    routed = p | beam.Create(events) | RouteToStreams("event", streams)
+    deactivated = beam.pvalue.AsSingleton(p | "Deactivated" >> beam.Create([{}]))
+    routed = p | beam.Create(events) | RouteToStreams("event", streams, deactivated)
     key = beam.Map(lambda e: (e[0], e[1][1]["id"]))
     assert_that(routed.rest_api | "KeyRest" >> key, equal_to(
         [("all-events", 1), ("location-alerts", 1), ("all-events", 2), ("no-alerts", 2)]), label="Rest")
@@ -102,5 +115,6 @@ def test_route_transform_outputs_and_filtered_count():
     result = p.run()
     result.wait_until_finish()
     summary = summarize(result)
-    assert summary.kinds["event"].routed == 8
+    assert summary.kinds["event"].routed == 12  # 8 deliveries and 4 parked for the inactive streams
+    assert summary.kinds["event"].routed_documents == 2
     assert summary.kinds["event"].filtered == 1

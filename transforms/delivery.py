@@ -4,13 +4,17 @@
 applies one sink per API type, each under a stable label (``Deliver[rest_api]``,
 ...), so Dataflow's ``--update`` can match them across releases. One stream's
 batches never mix with another's: every sink groups by stream id (and kind or
-window where its format needs it) before sending.
+window where its format needs it) before sending. What a stream cannot take is
+parked (``sinks/parking.py``): batches a sink gave up on, and the documents of
+paused or deactivated streams. The delivery results update the stream status
+(``transforms/status.py``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import apache_beam as beam
 from apache_beam import pvalue
@@ -20,66 +24,133 @@ from schemas.streams import API_TYPES
 from sinks.datadog import WriteToDataDog
 from sinks.http import Timeouts
 from sinks.kinesis import WriteToKinesis
+from sinks.parking import ParkedBatch, WriteParkedBatches, now_iso
 from sinks.rest import WriteToRestApi, WriteToRestApiBulk
-from sinks.results import SinkOutputs
+from sinks.results import PARKED_STATUS, DeliveryResult
+from sinks.retry import RetryPolicy
 from sinks.s3 import WriteToS3
 from transforms import metrics
-from transforms.routing import RouteToStreams
+from transforms.routing import PARKED, RouteToStreams
+from transforms.status import UpdateStreamStatus
+
+#: Documents per parked batch of a paused or deactivated stream.
+PARK_BATCH_SIZE = 1_000
 
 
 @dataclass(frozen=True)
 class DeliverySettings:
     """Job-wide delivery settings (per-stream ones are in the stream config)."""
 
+    park_location: str
+    status_location: str
     max_buffering_seconds: int = 5
     timeouts: Timeouts = field(default_factory=Timeouts)
     rest_concurrency: int = 8
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
+    allow_insecure: bool = False
 
 
-def _sinks(settings: DeliverySettings, streams: pvalue.AsSideInput) -> dict[str, beam.PTransform]:
+class DeliveryOutputs(NamedTuple):
+    results: beam.PCollection  # DeliveryResult per request or parked batch
+    dead_letters: beam.PCollection  # documents no destination can take
+    parked: beam.PCollection  # paths of the parked batches written
+    status: beam.PCollection  # StreamStatus per configured stream
+
+
+def sinks_for(settings: DeliverySettings, streams: pvalue.AsSideInput) -> dict[str, beam.PTransform]:
+    """The sink transform of every API type, configured from ``settings``."""
+    common = {"policy": settings.policy}
+    http = {**common, "timeouts": settings.timeouts, "allow_insecure": settings.allow_insecure}
     buffering = settings.max_buffering_seconds
     return {
-        "rest_api": WriteToRestApi(
-            streams, timeouts=settings.timeouts, max_buffering_seconds=buffering, concurrency=settings.rest_concurrency
-        ),
-        "rest_api_bulk": WriteToRestApiBulk(streams, timeouts=settings.timeouts, max_buffering_seconds=buffering),
-        "aws_kinesis": WriteToKinesis(streams, max_buffering_seconds=buffering),
-        "aws_s3": WriteToS3(streams),
-        "datadog": WriteToDataDog(streams, timeouts=settings.timeouts),
+        "rest_api": WriteToRestApi(streams, max_buffering_seconds=buffering, concurrency=settings.rest_concurrency,
+                                   **http),
+        "rest_api_bulk": WriteToRestApiBulk(streams, max_buffering_seconds=buffering, **http),
+        "aws_kinesis": WriteToKinesis(streams, max_buffering_seconds=buffering, **common),
+        "aws_s3": WriteToS3(streams, **common),
+        "datadog": WriteToDataDog(streams, **http),
     }
 
 
 def _count_delivery_dead_letter(letter: dict[str, Any]) -> dict[str, Any]:
     Metrics.counter(metrics.NAMESPACE, metrics.delivery_dead_letter(letter["kind"], letter["reason"])).inc()
+    if letter.get("stream_id"):
+        Metrics.counter(metrics.NAMESPACE, metrics.stream_measure(letter["stream_id"], "not_deliverable")).inc()
     return letter
 
 
-class DeliverToStreams(beam.PTransform):
-    """``{"event": documents, "usage": documents}`` -> delivery results and the
-    dead letters of documents no destination can take."""
+def _count_result(result: DeliveryResult) -> DeliveryResult:
+    delivered = 0 if result.status == PARKED_STATUS else result.documents - result.parked_documents
+    if delivered > 0 and result.status != "failed":
+        Metrics.counter(metrics.NAMESPACE, metrics.stream_measure(result.stream_id, "delivered")).inc(delivered)
+    if result.redelivered_documents:
+        Metrics.counter(metrics.NAMESPACE, metrics.stream_measure(result.stream_id, "redelivered")).inc(
+            result.redelivered_documents
+        )
+    return result
 
-    def __init__(self, streams: pvalue.AsSideInput, settings: DeliverySettings = DeliverySettings()) -> None:
+
+def _park_inactive(keyed: tuple[tuple[str, str, str, str | None], Iterable[tuple[str, dict[str, Any]]]]
+                   ) -> Iterator[ParkedBatch]:
+    (stream_id, api_type, reason, token), items = keyed
+    ordered = sorted(items, key=lambda item: (item[0], item[1]["id"]))
+    for start in range(0, len(ordered), PARK_BATCH_SIZE):
+        yield ParkedBatch(stream_id, api_type, reason, None, token, None, 0, now_iso(),
+                          tuple(ordered[start:start + PARK_BATCH_SIZE]))
+
+
+class DeliverToStreams(beam.PTransform):
+    """``{"event": documents, "usage": documents}`` -> :class:`DeliveryOutputs`.
+
+    ``streams`` is the ``AsSingleton`` stream config; ``deactivated`` the
+    ``AsSingleton`` of ``{stream_id: token}`` from the previous status."""
+
+    def __init__(self, streams: pvalue.AsSideInput, deactivated: pvalue.AsSideInput,
+                 settings: DeliverySettings) -> None:
         super().__init__()
         self._streams = streams
+        self._deactivated = deactivated
         self._settings = settings
 
-    def expand(self, documents: dict[str, beam.PCollection]) -> SinkOutputs:
+    def expand(self, documents: dict[str, beam.PCollection]) -> DeliveryOutputs:
+        pipeline = next(iter(documents.values())).pipeline
         routed = [
-            docs | f"Route[{kind}]" >> RouteToStreams(kind, self._streams)  # type: ignore[arg-type]
+            docs | f"Route[{kind}]" >> RouteToStreams(kind, self._streams, self._deactivated)  # type: ignore[arg-type]
             for kind, docs in sorted(documents.items())
         ]
-        sinks = _sinks(self._settings, self._streams)
-        results, dead_letters = [], []
+        sinks = sinks_for(self._settings, self._streams)
+        results, dead_letters, parked = [], [], []
         for api_type in API_TYPES:
-            branch = tuple(r[api_type] for r in routed) | f"Merge[{api_type}]" >> beam.Flatten()
+            branch = tuple(r[api_type] for r in routed) | f"Merge[{api_type}]" >> beam.Flatten(pipeline=pipeline)
             out = branch | f"Deliver[{api_type}]" >> sinks[api_type]
             results.append(out.results)
             dead_letters.append(out.dead_letters)
-        pipeline = next(iter(documents.values())).pipeline
-        all_results = tuple(results) | "DeliveryResults" >> beam.Flatten(pipeline=pipeline)
+            if out.parked is not None:
+                parked.append(out.parked)
+        inactive = (
+            tuple(r[PARKED] for r in routed)
+            | "MergeInactive" >> beam.Flatten(pipeline=pipeline)
+            | "KeyInactive" >> beam.MapTuple(lambda sid, v: ((sid, v[0], v[1], v[2]), v[3]))
+            | "GroupInactive" >> beam.GroupByKey()
+            | "ParkInactive" >> beam.FlatMap(_park_inactive)
+        )
+        parked.append(inactive)
+        all_results = (
+            tuple(results)
+            | "DeliveryResults" >> beam.Flatten(pipeline=pipeline)
+            | "CountPerStream" >> beam.Map(_count_result)
+        )
         all_dead = (
             tuple(dead_letters)
             | "DeliveryDeadLetters" >> beam.Flatten(pipeline=pipeline)
             | "CountDeliveryDeadLetters" >> beam.Map(_count_delivery_dead_letter)
         )
-        return SinkOutputs(all_results, all_dead)
+        parked_paths = (
+            tuple(parked)
+            | "AllParked" >> beam.Flatten(pipeline=pipeline)
+            | "WriteParked" >> WriteParkedBatches(self._settings.park_location)
+        )
+        status = all_results | "StreamStatus" >> UpdateStreamStatus(
+            self._settings.status_location, self._streams, self._settings.policy.deactivate_after
+        )
+        return DeliveryOutputs(all_results, all_dead, parked_paths, status)

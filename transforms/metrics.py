@@ -34,6 +34,17 @@ def routed(kind: str) -> str:
     return f"{kind}.routed"
 
 
+def routed_documents(kind: str) -> str:
+    """Documents routed to at least one stream (each counted once)."""
+    return f"{kind}.routed_documents"
+
+
+def stream_measure(stream_id: str, measure: str) -> str:
+    """Per-stream counters: ``routed``, ``delivered``, ``parked``, ``redelivered``,
+    ``not_deliverable``."""
+    return f"stream|{stream_id}|{measure}"
+
+
 def filtered(kind: str) -> str:
     """Documents that matched no active stream."""
     return f"{kind}.filtered"

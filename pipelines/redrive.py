@@ -1,0 +1,129 @@
+"""Re-drive a stream's parked batches once its destination is fixed.
+
+    python -m pipelines.redrive --stream_id rest-1 --streams_config streams.yaml \\
+        --park_location gs://bucket/parked --status_location gs://bucket/status
+
+(``make redrive STREAM=<id>`` with the local defaults.) The stream is reactivated
+first: its status becomes active with no consecutive failures. Its parked batches
+are then delivered through the same sink, failure policy and circuit as live
+data, as a Beam job on any runner. Batches that fail again are parked again (the
+same documents get the same batch file, so nothing is duplicated) and the stream
+is deactivated again by the usual rule; batches that were delivered are removed
+from the park. The status is updated from the results, and the run prints what
+was delivered, what is still parked, and the stream's status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+import apache_beam as beam
+import orjson
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.transforms.window import TimestampedValue
+
+from pipelines.data_streamer import check_destinations, delivery_settings
+from pipelines.options import DeliveryOptions, OptionError, OutputOptions, ReliabilityOptions, as_flags
+from pipelines.summary import summarize
+from schemas.streams import DataStream, StreamConfigError
+from sinks.ordering import document_time
+from sinks.parking import ParkStore, WriteParkedBatches
+from transforms.delivery import sinks_for
+from transforms.files import WriteJsonLines, write_dead_letters
+from transforms.routing import load_stream_config, routed_element
+from transforms.status import StreamStatus, UpdateStreamStatus, load_status, render_status_table, write_status
+
+_LOG = logging.getLogger(__name__)
+
+
+def _routed(path: str, store_location: str, stream: DataStream) -> Iterator[Any]:
+    batch = ParkStore(store_location).read(path)
+    for kind, document in batch.documents:
+        yield TimestampedValue(routed_element(stream, kind, document), document_time(kind, document).timestamp())
+
+
+def _result_json(result: Any) -> bytes:
+    return orjson.dumps(result.to_dict())
+
+
+def reactivate(status_location: str, stream: DataStream) -> None:
+    """Mark the stream active before re-driving: the customer fixed it."""
+    records = load_status(status_location)
+    current = records.get(stream.id)
+    if current is not None:
+        records[stream.id] = replace(current, state="active", error=None, consecutive_failures=0)
+    else:
+        records[stream.id] = StreamStatus(stream.id, stream.organisation_id, stream.api_type, stream.stream_type,
+                                          stream.describe_destination(), "active", None, None, None, 0, "")
+    write_status(status_location, records.values())
+
+
+def run(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.redrive", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--stream_id", required=True, help="The stream whose parked batches are re-delivered.")
+    for options_class in (DeliveryOptions, ReliabilityOptions, OutputOptions):
+        options_class._add_argparse_args(parser)
+    known, beam_args = parser.parse_known_args(argv)
+    stream_id = known.stream_id
+    options = PipelineOptions(beam_args + as_flags(vars(known), skip=("stream_id",)))
+    if not options.view_as(DeliveryOptions).streams_config:
+        raise OptionError("--streams_config is required")
+    config = load_stream_config(options.view_as(DeliveryOptions).streams_config)
+    if stream_id not in config.streams:
+        raise StreamConfigError(f"stream {stream_id!r} is not in the stream configuration")
+    stream = config[stream_id]
+    if stream.state != "active":
+        raise StreamConfigError(f"stream {stream_id!r} is {stream.state} in its configuration; activate it first")
+    check_destinations(config, options.view_as(ReliabilityOptions).allow_insecure_destinations)
+    settings = delivery_settings(options)
+    store = ParkStore(settings.park_location)
+    before = store.list(stream_id)
+    reactivate(settings.status_location, stream)
+    sys.stdout.write(f"re-driving {len(before)} parked batches of stream {stream_id} ({stream.api_type})\n")
+    if before:
+        out = options.view_as(OutputOptions).output_dir.rstrip("/")
+        pipeline = beam.Pipeline(options=options)
+        streams = beam.pvalue.AsSingleton(pipeline | "StreamConfig" >> beam.Create([config]))
+        routed = (
+            pipeline
+            | "ParkedBatches" >> beam.Create(before)
+            | "Routed" >> beam.FlatMap(_routed, settings.park_location, stream)
+        )
+        delivered = routed | f"Deliver[{stream.api_type}]" >> sinks_for(settings, streams)[stream.api_type]
+        if delivered.parked is not None:
+            delivered.parked | "ParkAgain" >> WriteParkedBatches(settings.park_location)
+        delivered.dead_letters | "WriteDeadLetters" >> write_dead_letters(f"{out}/redrive/dead_letters")
+        delivered.results | "WriteDeliveries" >> WriteJsonLines(f"{out}/redrive/deliveries", encode=_result_json)
+        delivered.results | "StreamStatus" >> UpdateStreamStatus(
+            settings.status_location, streams, settings.policy.deactivate_after
+        )
+        result = pipeline.run()
+        result.wait_until_finish()
+        summary = summarize(result)
+        after = set(store.list(stream_id))
+        store.delete(path for path in before if path not in after)
+        counts = summary.deliveries.get(stream.api_type, {})
+        sys.stdout.write(
+            f"  delivered {counts.get('documents', 0)} documents in {counts.get('requests', 0)} requests; "
+            f"parked again {counts.get('parked', 0)}; {len(after)} batches still parked\n"
+        )
+    sys.stdout.write(render_status_table([load_status(settings.status_location)[stream_id]]))
+    return 0 if not store.list(stream_id) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return run(argv)
+    except (OptionError, StreamConfigError) as err:
+        sys.stderr.write(f"error: {err}\n")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

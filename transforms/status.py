@@ -1,0 +1,195 @@
+"""Stream status: what the portal's overview page shows per stream.
+
+Computed from the delivery results of a run, merged into the previous status (one
+JSON record per stream in ``<status_location>/status.jsonl``): last successful
+delivery time, last remote status (HTTP code or AWS error code), consecutive failed
+batches, and a state: ``active``, ``paused`` (by the customer) or ``deactivated``
+with a stable error token (``unreachable``, ``auth_failed``, ``not_found``,
+``payload_rejected``, ``redirected``, ``throttled``, ``remote_error``,
+``destination_refused``, ``credentials_unavailable``). The rule is the sinks'
+circuit (``sinks/retry.py``): deactivated at once on a permanent error, or after
+``deactivate_after`` consecutive failed batches. A deactivated stream stays
+deactivated in later runs (its documents are parked) until ``make redrive``
+delivers its parked batches and reactivates it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import apache_beam as beam
+import orjson
+from apache_beam.io.filesystems import FileSystems
+
+from schemas.streams import StreamConfig
+from sinks.parking import now_iso
+from sinks.results import DELIVERED, PARKED_STATUS, DeliveryResult
+from sinks.retry import PERMANENT_TOKENS, REMOTE_ERROR
+
+STATUS_FILE = "status.jsonl"
+
+
+@dataclass(frozen=True)
+class StreamStatus:
+    stream_id: str
+    organisation_id: int
+    api_type: str
+    stream_type: str
+    destination: str  # without credentials
+    state: str  # active | paused | deactivated
+    error: str | None  # the deactivation token
+    last_success_at: str | None
+    last_remote_status: str | None
+    consecutive_failures: int
+    updated_at: str
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+
+def status_path(location: str) -> str:
+    return f"{location.rstrip('/')}/{STATUS_FILE}"
+
+
+def load_status(location: str | None) -> dict[str, StreamStatus]:
+    """The last written status per stream id; empty when there is none yet."""
+    if not location:
+        return {}
+    path = status_path(location)
+    if not FileSystems.exists(path):
+        return {}
+    with FileSystems.open(path) as handle:
+        lines = handle.read().splitlines()
+    return {record.stream_id: record for record in (StreamStatus(**orjson.loads(line)) for line in lines if line)}
+
+
+def write_status(location: str, records: Iterable[StreamStatus]) -> str:
+    path = status_path(location)
+    body = b"".join(record.to_json() + b"\n" for record in sorted(records, key=lambda r: r.stream_id))
+    with FileSystems.create(path) as handle:
+        handle.write(body)
+    return path
+
+
+def _remote_status(result: DeliveryResult) -> str:
+    if result.status_code is not None:
+        return str(result.status_code)
+    return result.error or result.status
+
+
+def advance(
+    status: StreamStatus, results: Iterable[DeliveryResult], deactivate_after: int
+) -> StreamStatus:
+    """Apply one run's results, in time order, to a stream's status."""
+    state, error = status.state, status.error
+    failures, last_success, remote = status.consecutive_failures, status.last_success_at, status.last_remote_status
+    for result in sorted(results, key=lambda r: r.started_at):
+        if result.status == PARKED_STATUS and result.attempts == 0:
+            if result.token and state == "active":
+                state, error = "deactivated", result.token
+            continue
+        remote = _remote_status(result)
+        if result.status == DELIVERED:
+            failures, last_success = 0, result.started_at
+            continue
+        failures += 1
+        token = result.token or REMOTE_ERROR
+        if state == "active" and (token in PERMANENT_TOKENS or failures >= deactivate_after):
+            state, error = "deactivated", token
+    return replace(status, state=state, error=error, consecutive_failures=failures, last_success_at=last_success,
+                   last_remote_status=remote, updated_at=now_iso())
+
+
+def merge_status(
+    config: StreamConfig,
+    previous: Mapping[str, StreamStatus],
+    results: Mapping[str, list[DeliveryResult]],
+    deactivate_after: int,
+) -> list[StreamStatus]:
+    """The new status of every configured stream."""
+    records = []
+    for stream_id, stream in sorted(config.streams.items()):
+        before = previous.get(stream_id)
+        base = StreamStatus(
+            stream_id=stream_id,
+            organisation_id=stream.organisation_id,
+            api_type=stream.api_type,
+            stream_type=stream.stream_type,
+            destination=stream.describe_destination(),
+            state=before.state if before else "active",
+            error=before.error if before else None,
+            last_success_at=before.last_success_at if before else None,
+            last_remote_status=before.last_remote_status if before else None,
+            consecutive_failures=before.consecutive_failures if before else 0,
+            updated_at=now_iso(),
+        )
+        if stream.state != "active":
+            # The customer's choice wins: paused or deactivated in the portal.
+            base = replace(base, state=stream.state, error=None if stream.state == "paused" else base.error)
+        records.append(advance(base, results.get(stream_id, []), deactivate_after))
+    return records
+
+
+def deactivated_streams(previous: Mapping[str, StreamStatus]) -> dict[str, str]:
+    """stream id -> token of the streams an earlier run deactivated."""
+    return {sid: s.error or REMOTE_ERROR for sid, s in previous.items() if s.state == "deactivated"}
+
+
+class _UpdateStatusFn(beam.DoFn):
+    def __init__(self, location: str, deactivate_after: int) -> None:
+        self._location = location
+        self._deactivate_after = deactivate_after
+
+    def process(
+        self, _: Any, results: Mapping[str, list[DeliveryResult]], config: StreamConfig
+    ) -> Iterator[StreamStatus]:
+        records = merge_status(config, load_status(self._location), results, self._deactivate_after)
+        write_status(self._location, records)
+        yield from records
+
+
+class UpdateStreamStatus(beam.PTransform):
+    """Delivery results -> the new status records, written to the status location."""
+
+    def __init__(self, location: str, streams: beam.pvalue.AsSideInput, deactivate_after: int) -> None:
+        super().__init__()
+        self._location = location
+        self._streams = streams
+        self._deactivate_after = deactivate_after
+
+    def expand(self, results: beam.PCollection) -> beam.PCollection:
+        per_stream = (
+            results
+            | "KeyByStream" >> beam.Map(lambda r: (r.stream_id, r))
+            | "GroupByStream" >> beam.GroupByKey()
+            | "AsLists" >> beam.MapTuple(lambda stream_id, items: (stream_id, list(items)))
+        )
+        return (
+            results.pipeline
+            | "Once" >> beam.Create([None])
+            | "Merge" >> beam.ParDo(
+                _UpdateStatusFn(self._location, self._deactivate_after),
+                beam.pvalue.AsDict(per_stream),
+                self._streams,
+            )
+        )
+
+
+def render_status_table(records: Iterable[StreamStatus]) -> str:
+    """The portal's overview table: API, type, destination, last data, remote status."""
+    lines = [
+        "",
+        "Stream status",
+        f"  {'stream':<26}{'API':<15}{'type':<8}{'destination':<52}{'last data':<26}{'remote status'}",
+    ]
+    for record in records:
+        remote = record.state if record.state != "deactivated" else f"deactivated ({record.error})"
+        if record.last_remote_status:
+            remote += f", last {record.last_remote_status}"
+        lines.append(
+            f"  {record.stream_id:<26}{record.api_type:<15}{record.stream_type:<8}{record.destination[:50]:<52}"
+            f"{(record.last_success_at or '-'):<26}{remote}"
+        )
+    return "\n".join(lines) + "\n"
