@@ -14,16 +14,24 @@ Shape of the branch::
 
     ((stream_id, interval), usage document)
       -> Window (PerElementFixedWindows, size from the key)
-      -> KeyByEndpoint -> Aggregate (CombinePerKey: sums and a document count)
-      -> KeyByStream -> GroupByStream (one element per stream and window)
-      -> Deliver (series payloads POSTed to {base_url}/api/v2/series)
+      -> KeyByStream -> GroupByStream (GroupByKey: one element per stream and window,
+         holding that window's usage documents)
+      -> Deliver (aggregate per endpoint key; series payloads POSTed to
+         {base_url}/api/v2/series)
+
+Why the documents travel to the delivery step instead of being combined upstream
+(a ``CombinePerKey`` would hold less): a payload that is not delivered is parked
+with the documents whose series it carries, so a re-drive can route them through
+this sink again and get the same series, bit for bit. Sums of numbers could not be
+re-driven, nor reconciled document by document. The cost is memory: one stream's
+usage documents of one window are in memory together on a worker.
 
 Sums, not anything smarter: documents reach this sink de-duplicated by record id
 (``transforms/dedup.py``), so adding them up is exact. A replay that re-sent
 documents without that de-duplication would double-count the volumes and cost.
-The sums are exact and independent of the order Beam combines them in (the partial
-sums of :func:`math.fsum`), so the same documents always give the same values,
-bit for bit, and a re-delivered window sends identical payloads.
+The sums are exact and independent of the order the documents arrive in (the
+partial sums of :func:`math.fsum`), so the same documents always give the same
+values, bit for bit, and a re-delivered window sends identical payloads.
 
 Volumes are those of the ``Data`` traffic type only: an SMS record's ``volume``
 counts messages, not MB. Cost is the cost of every usage document, data and SMS.
@@ -34,28 +42,46 @@ the currency so costs in two currencies are never added into one number.
 
 Payloads: DataDog accepts at most 500 KB (512,000 bytes) of JSON a request; the
 sink splits a window's series into payloads of at most ``max_payload_bytes``.
-The four series of one key always travel together, so each payload's
-``documents`` is exact (the documents aggregated into its series) and a failed
-payload loses whole endpoints, never a part of one. Series are sorted, so the
-same input yields the same payloads.
+The four series of one key always travel together, so each payload's documents
+are exact (the documents aggregated into its series) and a failed payload loses
+whole endpoints, never a part of one. Series are sorted, so the same input yields
+the same payloads. An endpoint whose four series exceed any payload can never be
+sent: its documents become dead letters (``record_too_large``).
 
-What counts as delivered: a 2xx answer (DataDog answers 202). Everything else is a
-failed :class:`~sinks.results.DeliveryResult` with the status code (403: bad API
-key) or an error token (``ConnectionError``, ``ReadTimeout``,
-``secret_unavailable``, ``unknown_stream``, ``redirect_not_followed``); nothing is
-retried in this step and nothing raises out of ``process``: a raised exception
-would replay the bundle, every other stream's metrics with it, indefinitely.
-DataDog drops points more than an hour old or ten minutes in the future, so a
-historic replay through this sink is accepted (202) but not stored.
+Failures follow the one policy of every sink (``sinks/retry.py``). Each payload is
+sent through :meth:`RetryPolicy.run`: 408, 425, 429 (honouring ``Retry-After``),
+5xx, timeouts and connection errors are retried with backoff within the policy's
+attempts and deadline; any other 4xx (403: bad API key), a 3xx (redirects are not
+followed) and an unreadable key fail at once. A payload that is not delivered is
+parked (``sinks/parking.py``) with its usage documents, and its result says why
+(status code, error code, status token, attempts). A permanent failure, or
+``deactivate_after`` consecutive failed payloads, deactivates the stream on this
+worker (:class:`StreamCircuit`): its remaining payloads, in this window and later
+ones, are parked without a request, which is what keeps one dead intake from
+holding the worker the other streams share. A payload delivered by a retry after a
+5xx or a timeout may have reached DataDog twice; its result counts those documents
+as ``redelivered_documents``. (The payload is identical and DataDog keeps one point
+per series and timestamp, so the values do not change; the count is reported anyway,
+as for every sink.) Nothing raises out of ``process`` for a
+destination failure: a raised exception would replay the bundle, every other
+stream's metrics with it, indefinitely. DataDog drops points more than an hour old
+or ten minutes in the future, so a historic replay or a late re-drive through this
+sink is accepted (202) but not stored.
+
+Outbound safety (``sinks/outbound.py``): the base URL must be ``https`` on a public
+host unless ``allow_insecure`` (development, tests); a refused URL gets no request,
+the stream is deactivated with ``destination_refused`` and its payloads parked.
 
 Credentials: ``DD-API-KEY`` (and ``DD-APPLICATION-KEY`` when the stream names one)
 are resolved on the worker from the stream's references and only ever live in the
-request headers; results, dead letters and log lines carry the URL (credential
-free by config validation), status codes and error tokens.
+request headers; results, parked batches, dead letters and log lines carry the URL
+(credential free by config validation), status codes and error tokens.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import math
 import re
@@ -71,16 +97,28 @@ from apache_beam.transforms.window import IntervalWindow
 
 from schemas.streams import DataDogDestination, DataStream, StreamConfig
 from sinks.http import SessionFactory, Timeouts, new_session
+from sinks.outbound import OutboundGuard
+from sinks.parking import PARKED, PERMANENT_FAILURE, RETRIES_EXHAUSTED, STREAM_DEACTIVATED, parked
 from sinks.results import (
     DEAD_LETTERS,
     DELIVERED,
     FAILED,
+    PARKED_STATUS,
     DeliveryResult,
     SinkOutputs,
     Stopwatch,
     chunked,
-    describe_error,
     too_large_dead_letter,
+)
+from sinks.retry import (
+    CREDENTIALS_UNAVAILABLE,
+    DESTINATION_REFUSED,
+    Attempt,
+    Outcome,
+    RetryPolicy,
+    StreamCircuit,
+    classify_exception,
+    classify_http,
 )
 from sinks.secrets import SecretError, SecretResolver
 from transforms import metrics
@@ -89,6 +127,7 @@ from transforms.windows import PerElementFixedWindows, size_from_key
 _LOG = logging.getLogger(__name__)
 
 DATADOG = "datadog"
+USAGE = "usage"
 SERIES_PATH = "/api/v2/series"
 
 #: DataDog's documented limit is 500 KB (512,000 bytes) of uncompressed JSON a
@@ -96,6 +135,7 @@ SERIES_PATH = "/api/v2/series"
 DATADOG_MAX_PAYLOAD_BYTES = 512_000
 DEFAULT_MAX_PAYLOAD_BYTES = 500_000
 DEFAULT_TIMEOUTS = Timeouts()
+DEFAULT_POLICY = RetryPolicy()
 #: Below this a single endpoint's four series (tags of up to 200 characters each)
 #: might not fit at all.
 MIN_PAYLOAD_BYTES = 4_096
@@ -110,11 +150,10 @@ VOLUME_UNIT = "megabyte"  # decimal MB (10^6 bytes), as the documents' volumes; 
 #: (the ``currency`` tag still says which one it is).
 CURRENCY_UNITS = {"EUR": "euro", "USD": "dollar", "GBP": "pound", "JPY": "yen"}
 
-#: Error tokens of failures that are not exceptions (the same as the REST sinks').
+#: Error codes of failures that are not a response or an exception (the same as
+#: the REST sinks'); the status tokens are those of ``sinks/retry.py``.
 SECRET_UNAVAILABLE = "secret_unavailable"
 UNKNOWN_STREAM = "unknown_stream"
-REDIRECT_NOT_FOLLOWED = "redirect_not_followed"
-HTTP_ERROR = "http_error"
 
 _TAG_INVALID = re.compile(r"[^a-z0-9_:./-]")
 MAX_TAG_LENGTH = 200
@@ -196,8 +235,9 @@ _Accumulator = tuple[list[float], list[float], list[float], list[float], int]
 class UsageTotalsFn(beam.CombineFn):
     """Sums of one endpoint key's usage documents in one window.
 
-    Exact and order independent, so bundle boundaries and combiner lifting can
-    never change a value (nor, therefore, a payload)."""
+    Exact and order independent, so the order a GroupByKey hands the documents
+    over in (or, used as a combiner, bundle boundaries and combiner lifting) can
+    never change a value, nor, therefore, a payload."""
 
     def create_accumulator(self) -> _Accumulator:
         return [], [], [], [], 0
@@ -227,6 +267,34 @@ class UsageTotalsFn(beam.CombineFn):
     def extract_output(self, accumulator: _Accumulator) -> UsageTotals:
         volume, rx, tx, cost, count = accumulator
         return UsageTotals(math.fsum(volume), math.fsum(rx), math.fsum(tx), math.fsum(cost), count)
+
+
+class EndpointUsage(NamedTuple):
+    """One endpoint key's totals in one window, and the documents summed into them."""
+
+    key: tuple[Any, ...]
+    totals: UsageTotals
+    documents: tuple[dict[str, Any], ...]
+
+
+def _in_order(documents: Iterable[dict[str, Any]]) -> tuple[dict[str, Any], ...]:
+    """Documents by record id: the same documents always give the same parked batch."""
+    return tuple(sorted(documents, key=lambda document: document["id"]))
+
+
+def aggregate_usage(documents: Iterable[dict[str, Any]]) -> list[EndpointUsage]:
+    """Totals per endpoint key of one stream's documents of one window, each with
+    its documents (what a payload that is not delivered parks)."""
+    fn = UsageTotalsFn()
+    accumulators: dict[tuple[Any, ...], _Accumulator] = {}
+    members: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for document in documents:
+        key = endpoint_key(document)
+        if key not in accumulators:
+            accumulators[key], members[key] = fn.create_accumulator(), []
+        accumulators[key] = fn.add_input(accumulators[key], document)
+        members[key].append(document)
+    return [EndpointUsage(key, fn.extract_output(acc), _in_order(members[key])) for key, acc in accumulators.items()]
 
 
 # --------------------------------------------------------------------------- series
@@ -268,6 +336,7 @@ class SeriesGroup(NamedTuple):
     tags: tuple[str, ...]
     documents: int
     series: tuple[dict[str, Any], ...]
+    usage_documents: tuple[dict[str, Any], ...] = ()
 
 
 def _series(metric: str, unit: str | None, value: float, timestamp: int, interval: int,
@@ -284,34 +353,35 @@ def _series(metric: str, unit: str | None, value: float, timestamp: int, interva
     return series
 
 
-def series_groups(aggregates: Iterable[tuple[Sequence[Any], UsageTotals]], window_start: int,
-                  interval: int) -> list[SeriesGroup]:
+
+def series_groups(aggregates: Iterable[EndpointUsage], window_start: int, interval: int) -> list[SeriesGroup]:
     """The series of one stream and window, one group per key, sorted by tags.
 
     Keys whose tags normalise to the same set (two spellings of one operator name)
     are merged: DataDog would otherwise see two points of one series at one
     timestamp and keep only one of them."""
-    merged: dict[tuple[str, ...], tuple[str, list[UsageTotals]]] = {}
-    for raw_key, totals in aggregates:
-        key = EndpointKey(*raw_key)
+    merged: dict[tuple[str, ...], tuple[str, list[EndpointUsage]]] = {}
+    for usage in aggregates:
+        key = EndpointKey(*usage.key)
         tags = tuple(series_tags(key))
         entry = merged.setdefault(tags, (key.currency, []))
-        entry[1].append(totals)
+        entry[1].append(usage)
     groups = []
     for tags, (currency, parts) in sorted(merged.items()):
         tag_list = list(tags)
         values = {
-            VOLUME: math.fsum(p.volume for p in parts),
-            VOLUME_RX: math.fsum(p.volume_rx for p in parts),
-            VOLUME_TX: math.fsum(p.volume_tx for p in parts),
-            COST: math.fsum(p.cost for p in parts),
+            VOLUME: math.fsum(p.totals.volume for p in parts),
+            VOLUME_RX: math.fsum(p.totals.volume_rx for p in parts),
+            VOLUME_TX: math.fsum(p.totals.volume_tx for p in parts),
+            COST: math.fsum(p.totals.cost for p in parts),
         }
         series = tuple(
             _series(metric, CURRENCY_UNITS.get(currency) if metric == COST else VOLUME_UNIT,
                     values[metric], window_start, interval, tag_list)
             for metric in METRICS
         )
-        groups.append(SeriesGroup(tags, sum(p.documents for p in parts), series))
+        documents = _in_order(d for p in parts for d in p.documents)
+        groups.append(SeriesGroup(tags, sum(p.totals.documents for p in parts), series, documents))
     return groups
 
 
@@ -324,6 +394,9 @@ class Payload(NamedTuple):
     body: bytes
     documents: int
     series: int
+    #: the usage documents whose series the body carries, by id: what is parked
+    #: when the payload is not delivered
+    usage_documents: tuple[dict[str, Any], ...] = ()
 
 
 def build_payloads(groups: Sequence[SeriesGroup], max_bytes: int) -> tuple[list[Payload], list[SeriesGroup]]:
@@ -340,7 +413,8 @@ def build_payloads(groups: Sequence[SeriesGroup], max_bytes: int) -> tuple[list[
     for chunk in chunked(fitting, len(fitting) or 1, budget, lambda item: item[1], overhead=1):
         series = sorted((s for group, _ in chunk for s in group.series), key=lambda s: (s["metric"], s["tags"]))
         body = _ENVELOPE[0] + b",".join(orjson.dumps(s) for s in series) + _ENVELOPE[1]
-        payloads.append(Payload(body, sum(group.documents for group, _ in chunk), len(series)))
+        documents = _in_order(d for group, _ in chunk for d in group.usage_documents)
+        payloads.append(Payload(body, sum(group.documents for group, _ in chunk), len(series), documents))
     return payloads, too_large
 
 
@@ -353,39 +427,51 @@ def window_bounds(window: IntervalWindow) -> tuple[int, int]:
 # --------------------------------------------------------------------------- delivery
 
 
-class _Sent(NamedTuple):
-    status_code: int | None
-    error: str | None
-    started_at: str
-    duration_ms: int
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
+#: Failures decided before any request. The stream's keys cannot be read:
+_SECRET_MISSING = Attempt(False, False, None, SECRET_UNAVAILABLE, CREDENTIALS_UNAVAILABLE)
+#: The outbound rules refuse the stream's base URL.
+_REFUSED = Attempt(False, False, None, DESTINATION_REFUSED, DESTINATION_REFUSED)
+#: The stream is not in the configuration (no status token: there is no stream).
+_UNKNOWN = Attempt(False, False, None, UNKNOWN_STREAM, None)
 
 
 class _DataDogWriteFn(beam.DoFn):
-    """POSTs one stream's series of one window, in payloads up to the size limit.
+    """Aggregates one stream's usage documents of one window and POSTs the series,
+    in payloads up to the size limit, each under the retry policy.
 
-    The session (and its connection pool) lives from ``setup`` to ``teardown``.
-    There is no bundle buffer to reset in ``start_bundle`` or flush in
-    ``finish_bundle``: the GroupByKey upstream hands over one complete (stream,
-    window) group per element, so ``process`` sends it whole and emits its results
-    in that window before returning.
+    The session (and its connection pool), the secret resolver, the outbound guard
+    and the stream circuit live from ``setup`` to ``teardown``: the circuit is this
+    worker's memory of a failing intake across windows. There is no bundle buffer
+    to reset in ``start_bundle`` or flush in ``finish_bundle``: the GroupByKey
+    upstream hands over one complete (stream, window) group per element, so
+    ``process`` sends (or parks) it whole and emits its results in that window
+    before returning.
     """
 
-    def __init__(self, session_factory: SessionFactory, timeouts: Timeouts, max_payload_bytes: int) -> None:
+    def __init__(
+        self,
+        session_factory: SessionFactory,
+        timeouts: Timeouts,
+        max_payload_bytes: int,
+        policy: RetryPolicy,
+        allow_insecure: bool = False,
+    ) -> None:
         self._session_factory = session_factory
         self._timeouts = timeouts
         self._max_payload_bytes = max_payload_bytes
+        self._policy = policy
+        self._allow_insecure = allow_insecure
 
     def setup(self) -> None:
         self._session = self._session_factory()
         self._secrets = SecretResolver()
+        self._guard = OutboundGuard(self._allow_insecure)
+        self._circuit = StreamCircuit(self._policy.deactivate_after)
         self._requests = Metrics.counter(metrics.NAMESPACE, metrics.delivery(DATADOG, "requests"))
         self._delivered = Metrics.counter(metrics.NAMESPACE, metrics.delivery(DATADOG, "documents"))
         self._failed = Metrics.counter(metrics.NAMESPACE, metrics.delivery(DATADOG, "failed_documents"))
         self._bytes = Metrics.counter(metrics.NAMESPACE, metrics.delivery(DATADOG, "bytes"))
+        self._redelivered = Metrics.counter(metrics.NAMESPACE, metrics.redelivered(DATADOG))
 
     def teardown(self) -> None:
         session = getattr(self, "_session", None)
@@ -398,39 +484,141 @@ class _DataDogWriteFn(beam.DoFn):
 
     def process(
         self,
-        element: tuple[str, Iterable[tuple[Sequence[Any], UsageTotals]]],
+        element: tuple[str, Iterable[dict[str, Any]]],
         config: StreamConfig,
         window: IntervalWindow = beam.DoFn.WindowParam,
     ) -> Iterator[DeliveryResult | pvalue.TaggedOutput]:
-        stream_id, aggregates = element
+        stream_id, documents = element
         start, interval = window_bounds(window)
-        groups = series_groups(aggregates, start, interval)
+        groups = series_groups(aggregate_usage(documents), start, interval)
         payloads, too_large = build_payloads(groups, self._max_payload_bytes)
         for group in too_large:
             size = _group_size(group)
-            _LOG.warning("stream %s: the series of one endpoint (%d bytes) exceed the %d-byte payload limit",
-                         stream_id, size, self._max_payload_bytes)
-            yield too_large_dead_letter("usage", {"series": list(group.series)}, size, self._max_payload_bytes,
-                                        DATADOG)
+            _LOG.warning("stream %s: the series of one endpoint (%d bytes) exceed the %d-byte payload limit; "
+                         "its %d usage documents are dead letters", stream_id, size, self._max_payload_bytes,
+                         len(group.usage_documents))
+            for document in group.usage_documents:
+                yield too_large_dead_letter(USAGE, document, size, self._max_payload_bytes, DATADOG, stream_id)
         if not payloads:
             return
         stream = self._stream(stream_id, config)
         if stream is None:
-            _LOG.warning("stream %s is not in the stream configuration; %d metric payloads not sent",
+            _LOG.warning("stream %s is not in the stream configuration; %d metric payloads parked",
                          stream_id, len(payloads))
-            yield from self._not_sent(stream_id, "", payloads, UNKNOWN_STREAM)
+            for payload in payloads:
+                yield from self._failed_payload(stream_id, "", payload, Outcome(_UNKNOWN, 0), Stopwatch())
             return
+        outputs = list(self._deliver(stream, payloads))
+        self._log_failures(stream, [o for o in outputs if isinstance(o, DeliveryResult)])
+        yield from outputs
+
+    # ----------------------------------------------------------------- delivery steps
+
+    def _deliver(self, stream: DataStream, payloads: list[Payload]) -> Iterator[DeliveryResult | pvalue.TaggedOutput]:
+        """Each payload in turn: parked without a request once the stream is
+        deactivated; otherwise checked against the outbound rules and sent under
+        the policy."""
         destination: DataDogDestination = stream.destination  # type: ignore[assignment]
         url = destination.base_url + SERIES_PATH
+        headers: dict[str, str] | None = None
+        for payload in payloads:
+            watch = Stopwatch()
+            token = self._circuit.deactivated(stream.id)
+            if token is not None:
+                yield from self._parked_payload(stream.id, url, payload, token)
+                continue
+            refusal = self._guard.refusal(url)
+            if refusal is not None:
+                _LOG.warning("stream %s: destination refused, nothing sent: %s", stream.id, refusal)
+                self._circuit.deactivate(stream.id, DESTINATION_REFUSED)
+                yield from self._failed_payload(stream.id, url, payload, Outcome(_REFUSED, 0), watch)
+                continue
+            if headers is None:
+                try:
+                    headers = self._headers(destination)
+                except SecretError as err:
+                    _LOG.warning("stream %s: %s; nothing sent", stream.id, err)
+                    outcome = Outcome(_SECRET_MISSING, 0)
+                    self._circuit.record(stream.id, outcome)
+                    yield from self._failed_payload(stream.id, url, payload, outcome, watch)
+                    continue
+            outcome = self._policy.run(functools.partial(self._attempt, url, headers, payload.body))
+            self._circuit.record(stream.id, outcome)
+            if outcome.ok:
+                yield self._delivered_payload(stream.id, url, payload, outcome, watch)
+            else:
+                yield from self._failed_payload(stream.id, url, payload, outcome, watch)
+
+    def _attempt(self, url: str, headers: Mapping[str, str], body: bytes) -> Attempt:
+        """One request, classified; never raises for a destination failure
+        (:func:`classify_exception` re-raises anything else: a bug)."""
+        self._requests.inc()
         try:
-            headers = self._headers(destination)
-        except SecretError as err:
-            _LOG.warning("stream %s: %s; %d metric payloads not sent", stream_id, err, len(payloads))
-            yield from self._not_sent(stream_id, url, payloads, SECRET_UNAVAILABLE)
-            return
-        results = [self._result(stream_id, url, p, self._send(url, headers, p.body)) for p in payloads]
-        self._log_failures(stream, results)
-        yield from results
+            response = self._session.post(
+                url, data=body, headers=headers, timeout=self._timeouts.as_requests(), allow_redirects=False
+            )
+        except requests.RequestException as err:
+            return classify_exception(err)
+        try:
+            attempt = classify_http(response.status_code, response.headers)
+        finally:
+            response.close()
+        # Keep the 2xx code for the result (DataDog answers 202).
+        return dataclasses.replace(attempt, status_code=response.status_code) if attempt.ok else attempt
+
+    # ----------------------------------------------------------------- outputs
+
+    def _delivered_payload(self, stream_id: str, target: str, payload: Payload, outcome: Outcome,
+                           watch: Stopwatch) -> DeliveryResult:
+        size = len(payload.body)
+        self._delivered.inc(payload.documents)
+        self._bytes.inc(size)
+        redelivered = payload.documents if outcome.maybe_delivered_twice else 0
+        if redelivered:
+            self._redelivered.inc(redelivered)
+        return self._result(stream_id, target, payload, watch, DELIVERED, outcome.last, outcome.attempts,
+                            redelivered_documents=redelivered)
+
+    def _failed_payload(self, stream_id: str, target: str, payload: Payload, outcome: Outcome,
+                        watch: Stopwatch) -> Iterator[DeliveryResult | pvalue.TaggedOutput]:
+        """A failed result and the payload's documents parked: retries exhausted
+        when the last failure was transient, a permanent failure otherwise."""
+        last = outcome.last
+        self._failed.inc(payload.documents)
+        yield self._result(stream_id, target, payload, watch, FAILED, last, outcome.attempts,
+                           failed_documents=payload.documents, parked_documents=payload.documents)
+        yield parked(stream_id, DATADOG, RETRIES_EXHAUSTED if last.retryable else PERMANENT_FAILURE,
+                     _usage_items(payload), error=last.error, token=last.token, status_code=last.status_code,
+                     attempts=outcome.attempts)
+
+    def _parked_payload(self, stream_id: str, target: str, payload: Payload,
+                        token: str) -> Iterator[DeliveryResult | pvalue.TaggedOutput]:
+        """The stream is deactivated on this worker: no request, the documents parked."""
+        yield self._result(stream_id, target, payload, Stopwatch(), PARKED_STATUS, Attempt(False, token=token), 0,
+                           parked_documents=payload.documents)
+        yield parked(stream_id, DATADOG, STREAM_DEACTIVATED, _usage_items(payload), token=token)
+
+    @staticmethod
+    def _result(stream_id: str, target: str, payload: Payload, watch: Stopwatch, status: str, last: Attempt,
+                attempts: int, *, failed_documents: int = 0, parked_documents: int = 0,
+                redelivered_documents: int = 0) -> DeliveryResult:
+        return DeliveryResult(
+            stream_id=stream_id,
+            api_type=DATADOG,
+            documents=payload.documents,
+            bytes=len(payload.body),
+            status=status,
+            status_code=last.status_code,
+            error=last.error,
+            failed_documents=failed_documents,
+            started_at=watch.started_at,
+            duration_ms=watch.elapsed_ms(),
+            target=target,
+            attempts=attempts,
+            redelivered_documents=redelivered_documents,
+            parked_documents=parked_documents,
+            token=last.token,
+        )
 
     # ----------------------------------------------------------------- helpers
 
@@ -448,54 +636,6 @@ class _DataDogWriteFn(beam.DoFn):
             headers["DD-APPLICATION-KEY"] = self._secrets.resolve(destination.application_key)
         return headers
 
-    def _send(self, url: str, headers: Mapping[str, str], body: bytes) -> _Sent:
-        """One request; never raises for a destination failure."""
-        watch = Stopwatch()
-        try:
-            response = self._session.post(
-                url, data=body, headers=headers, timeout=self._timeouts.as_requests(), allow_redirects=False
-            )
-        except requests.RequestException as err:
-            return _Sent(None, describe_error(err), watch.started_at, watch.elapsed_ms())
-        status = response.status_code
-        response.close()
-        if 200 <= status < 300:
-            error = None
-        elif 300 <= status < 400:
-            error = REDIRECT_NOT_FOLLOWED
-        else:
-            error = HTTP_ERROR
-        return _Sent(status, error, watch.started_at, watch.elapsed_ms())
-
-    def _result(self, stream_id: str, target: str, payload: Payload, sent: _Sent) -> DeliveryResult:
-        self._requests.inc()
-        size = len(payload.body)
-        if sent.ok:
-            self._delivered.inc(payload.documents)
-            self._bytes.inc(size)
-        else:
-            self._failed.inc(payload.documents)
-        return DeliveryResult(
-            stream_id=stream_id,
-            api_type=DATADOG,
-            documents=payload.documents,
-            bytes=size,
-            status=DELIVERED if sent.ok else FAILED,
-            status_code=sent.status_code,
-            error=sent.error,
-            failed_documents=0 if sent.ok else payload.documents,
-            started_at=sent.started_at,
-            duration_ms=sent.duration_ms,
-            target=target,
-        )
-
-    def _not_sent(self, stream_id: str, target: str, payloads: list[Payload], error: str) -> Iterator[DeliveryResult]:
-        """Failed results for payloads that could not be attempted, one per request
-        that would have been sent, so the counts add up as if they failed on the wire."""
-        watch = Stopwatch()
-        for payload in payloads:
-            yield self._result(stream_id, target, payload, _Sent(None, error, watch.started_at, 0))
-
     @staticmethod
     def _log_failures(stream: DataStream, results: list[DeliveryResult]) -> None:
         """One line per window, not per request."""
@@ -503,19 +643,22 @@ class _DataDogWriteFn(beam.DoFn):
         if failed:
             first = failed[0]
             _LOG.warning(
-                "stream %s: %d of %d datadog requests to %s failed (first: status %s, error %s)",
-                stream.id, len(failed), len(results), stream.describe_destination(), first.status_code, first.error,
+                "stream %s: %d of %d datadog payloads to %s not delivered, %d documents parked "
+                "(first: %s, status %s, error %s, token %s, %d attempts)",
+                stream.id, len(failed), len(results), stream.describe_destination(),
+                sum(r.parked_documents for r in failed), first.status, first.status_code, first.error, first.token,
+                first.attempts,
             )
 
 
-def _by_endpoint(item: tuple[tuple[str, int], dict[str, Any]]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+def _usage_items(payload: Payload) -> list[tuple[str, dict[str, Any]]]:
+    """The payload's documents as parked: (kind, document), as the sink received them."""
+    return [(USAGE, document) for document in payload.usage_documents]
+
+
+def _by_stream(item: tuple[tuple[str, int], dict[str, Any]]) -> tuple[str, dict[str, Any]]:
     (stream_id, _interval), document = item
-    return (stream_id, *endpoint_key(document)), document
-
-
-def _by_stream(item: tuple[tuple[Any, ...], UsageTotals]) -> tuple[str, tuple[tuple[Any, ...], UsageTotals]]:
-    key, totals = item
-    return key[0], (key[1:], totals)
+    return stream_id, document
 
 
 class WriteToDataDog(beam.PTransform):
@@ -525,7 +668,9 @@ class WriteToDataDog(beam.PTransform):
     ``streams`` is the :class:`StreamConfig` side input (``AsSingleton``);
     ``session_factory`` makes the worker's HTTP session (a test can pass one that
     fails or records); ``max_payload_bytes`` bounds each request's JSON (DataDog's
-    limit is 512,000 bytes).
+    limit is 512,000 bytes); ``policy`` bounds retries and says when a stream is
+    deactivated; ``allow_insecure`` lifts the outbound rules (http, loopback) for
+    development and tests only.
     """
 
     def __init__(
@@ -535,6 +680,8 @@ class WriteToDataDog(beam.PTransform):
         session_factory: SessionFactory = new_session,
         timeouts: Timeouts = DEFAULT_TIMEOUTS,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        policy: RetryPolicy = DEFAULT_POLICY,
+        allow_insecure: bool = False,
     ) -> None:
         super().__init__()
         if not MIN_PAYLOAD_BYTES <= max_payload_bytes <= DATADOG_MAX_PAYLOAD_BYTES:
@@ -546,17 +693,17 @@ class WriteToDataDog(beam.PTransform):
         self._session_factory = session_factory
         self._timeouts = timeouts
         self._max_payload_bytes = max_payload_bytes
+        self._policy = policy
+        self._allow_insecure = allow_insecure
 
     def expand(self, usage: beam.PCollection) -> SinkOutputs:
+        write = _DataDogWriteFn(self._session_factory, self._timeouts, self._max_payload_bytes, self._policy,
+                                self._allow_insecure)
         delivered = (
             usage
             | "Window" >> beam.WindowInto(PerElementFixedWindows(size_from_key))
-            | "KeyByEndpoint" >> beam.Map(_by_endpoint)
-            | "Aggregate" >> beam.CombinePerKey(UsageTotalsFn())
             | "KeyByStream" >> beam.Map(_by_stream)
             | "GroupByStream" >> beam.GroupByKey()
-            | "Deliver" >> beam.ParDo(
-                _DataDogWriteFn(self._session_factory, self._timeouts, self._max_payload_bytes), self._streams
-            ).with_outputs(DEAD_LETTERS, main="results")
+            | "Deliver" >> beam.ParDo(write, self._streams).with_outputs(DEAD_LETTERS, PARKED, main="results")
         )
-        return SinkOutputs(results=delivered.results, dead_letters=delivered[DEAD_LETTERS])
+        return SinkOutputs(results=delivered.results, dead_letters=delivered[DEAD_LETTERS], parked=delivered[PARKED])

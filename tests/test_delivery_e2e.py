@@ -120,6 +120,7 @@ def delivered(fleet, tmp_path_factory, moto_server):
                 f"--reference_dir={fleet / 'reference'}",
                 f"--streams_config={config_path}",
                 f"--output_dir={out}",
+                "--allow_insecure_destinations",  # the receivers are http://127.0.0.1
             ]
             code = data_streamer.main(argv)
             http_requests = receiver.requests()

@@ -32,20 +32,21 @@ from datadog_api_client.v2.model.metric_payload import MetricPayload
 from pipelines.local_destinations import RecordedRequest, Reply
 from sinks.datadog import (
     COST,
-    METRICS,
     VOLUME,
     VOLUME_RX,
     VOLUME_TX,
     UsageTotalsFn,
     WriteToDataDog,
     _DataDogWriteFn,
+    aggregate_usage,
     build_payloads,
-    endpoint_key,
     series_groups,
     tag,
 )
 from sinks.http import Timeouts
+from sinks.parking import PARKED
 from sinks.results import DEAD_LETTERS
+from sinks.retry import RetryPolicy
 from tests.guide_samples import EXPECTED_USAGE
 from tests.streams import SECRETS, config, datadog_stream
 from transforms.enrich import volume_mb
@@ -55,6 +56,8 @@ INTERVAL = 60
 #: 2019-07-17 08:21:00 UTC, a multiple of 60: the start of a window.
 T0 = 1_563_351_660
 API_KEY, APP_KEY = SECRETS["DS_TEST_DD_API_KEY"], SECRETS["DS_TEST_DD_APP_KEY"]
+#: Fast retries: the failure policy itself is exercised in test_faults_datadog.py.
+POLICY = RetryPolicy(max_attempts=2, deadline_seconds=5.0, base_delay_seconds=0.01, max_delay_seconds=0.05)
 
 
 # --------------------------------------------------------------------------- documents
@@ -112,14 +115,10 @@ def expected_sums(timed: list[tuple[int, dict[str, Any]]]) -> dict[tuple[int, in
     return {key: math.fsum(vs) for key, vs in values.items()}
 
 
-def aggregate(documents: list[dict[str, Any]]) -> list[tuple[tuple[Any, ...], Any]]:
-    """What the GroupByStream step hands the DoFn: (endpoint key, totals) pairs."""
-    fn = UsageTotalsFn()
-    by_key: dict[tuple[Any, ...], Any] = {}
-    for document in documents:
-        key = endpoint_key(document)
-        by_key[key] = fn.add_input(by_key.get(key) or fn.create_accumulator(), document)
-    return [(key, fn.extract_output(acc)) for key, acc in by_key.items()]
+def aggregate(documents: list[dict[str, Any]]) -> list[Any]:
+    """What the DoFn makes of a (stream, window) group: per endpoint key, the
+    totals and the documents."""
+    return aggregate_usage(documents)
 
 
 # --------------------------------------------------------------------------- DataDog's model
@@ -240,6 +239,7 @@ def test_payloads_respect_the_limit_keep_endpoints_whole_and_are_sorted():
 class FakeResponse:
     def __init__(self, status_code: int) -> None:
         self.status_code = status_code
+        self.headers: dict[str, str] = {}
 
     def close(self) -> None:
         pass
@@ -265,24 +265,28 @@ class FakeSession:
 
 
 def run_fn(session: FakeSession, documents: list[dict[str, Any]], *, streams=None, max_payload_bytes: int = 500_000,
-           stream_id: str = STREAM) -> tuple[list[Any], list[Any]]:
-    fn = _DataDogWriteFn(lambda: session, Timeouts(), max_payload_bytes)
+           stream_id: str = STREAM) -> tuple[list[Any], list[Any], list[Any]]:
+    """Results, dead letters and parked batches of one (stream, window) group."""
+    fn = _DataDogWriteFn(lambda: session, Timeouts(), max_payload_bytes, POLICY, allow_insecure=True)
     fn.setup()
     window = IntervalWindow(Timestamp(T0), Timestamp(T0 + INTERVAL))
     streams = streams or config(datadog_stream(STREAM, "http://127.0.0.1:9"))
-    out = list(fn.process((stream_id, aggregate(documents)), streams, window=window))
+    out = list(fn.process((stream_id, documents), streams, window=window))
     fn.teardown()
     assert session.closed
     results = [o for o in out if not isinstance(o, beam.pvalue.TaggedOutput)]
     letters = [o.value for o in out if isinstance(o, beam.pvalue.TaggedOutput) and o.tag == DEAD_LETTERS]
-    return results, letters
+    parked = [o.value for o in out if isinstance(o, beam.pvalue.TaggedOutput) and o.tag == PARKED]
+    assert len(results) + len(letters) + len(parked) == len(out)
+    return results, letters, parked
 
 
 def test_fn_sends_headers_and_is_deterministic(stream_secrets):
     documents = [usage(i, 9_000_000 + i % 40) for i in range(200)]
     first, second = FakeSession(), FakeSession()
-    results, _ = run_fn(first, documents, max_payload_bytes=20_000)
+    results, _, parked = run_fn(first, documents, max_payload_bytes=20_000)
     run_fn(second, list(reversed(documents)), max_payload_bytes=20_000)
+    assert not parked
     assert [p["data"] for p in first.posts] == [p["data"] for p in second.posts]
     assert len(first.posts) == len(results) > 1
     for post, result in zip(first.posts, results, strict=True):
@@ -291,37 +295,54 @@ def test_fn_sends_headers_and_is_deterministic(stream_secrets):
                                    "DD-APPLICATION-KEY": APP_KEY}
         assert post["allow_redirects"] is False
         assert result.status == "delivered" and result.bytes == len(post["data"])
+        assert (result.status_code, result.attempts, result.token, result.redelivered_documents) == (202, 1, None, 0)
     assert sum(r.documents for r in results) == 200
 
 
-def test_fn_connection_error_is_a_failed_result(stream_secrets):
-    results, letters = run_fn(FakeSession(error=requests.ConnectionError("refused")), [usage(1, 1), usage(2, 2)])
-    assert [(r.status, r.status_code, r.error, r.documents, r.failed_documents) for r in results] == [
-        ("failed", None, "ConnectionError", 2, 2)]
+def test_fn_connection_error_is_a_failed_result_and_parks_the_documents(stream_secrets):
+    session = FakeSession(error=requests.ConnectionError("refused"))
+    documents = [usage(1, 1), usage(2, 2)]
+    results, letters, parked = run_fn(session, documents)
+    assert len(session.posts) == POLICY.max_attempts  # retried: a connection error is transient
+    assert [(r.status, r.status_code, r.error, r.token, r.attempts, r.documents, r.failed_documents,
+             r.parked_documents) for r in results] == [("failed", None, "ConnectionError", "unreachable", 2, 2, 2, 2)]
     assert not letters
+    assert [(b.stream_id, b.api_type, b.reason, b.error, b.token, b.attempts, b.documents) for b in parked] == [
+        (STREAM, "datadog", "retries_exhausted", "ConnectionError", "unreachable", 2,
+         (("usage", documents[0]), ("usage", documents[1])))]
 
 
 def test_fn_missing_secret_sends_nothing(stream_secrets, monkeypatch):
     monkeypatch.delenv("DS_TEST_DD_API_KEY")
     session = FakeSession()
-    results, _ = run_fn(session, [usage(1, 1)])
+    results, _, parked = run_fn(session, [usage(1, 1)])
     assert not session.posts
-    assert [(r.status, r.error, r.failed_documents) for r in results] == [("failed", "secret_unavailable", 1)]
+    assert [(r.status, r.error, r.token, r.attempts, r.failed_documents, r.parked_documents) for r in results] == [
+        ("failed", "secret_unavailable", "credentials_unavailable", 0, 1, 1)]
+    assert [(b.reason, b.token, [d["id"] for _, d in b.documents]) for b in parked] == [
+        ("permanent_failure", "credentials_unavailable", [1])]
 
 
 def test_fn_unknown_stream_is_a_failed_result(stream_secrets):
     session = FakeSession()
-    results, _ = run_fn(session, [usage(1, 1)], stream_id="gone")
+    results, _, parked = run_fn(session, [usage(1, 1)], stream_id="gone")
     assert not session.posts
-    assert [(r.stream_id, r.status, r.error) for r in results] == [("gone", "failed", "unknown_stream")]
+    assert [(r.stream_id, r.status, r.error, r.parked_documents) for r in results] == [
+        ("gone", "failed", "unknown_stream", 1)]
+    assert [(b.stream_id, b.reason, b.error, [d["id"] for _, d in b.documents]) for b in parked] == [
+        ("gone", "permanent_failure", "unknown_stream", [1])]
 
 
 def test_fn_endpoint_larger_than_any_payload_is_a_dead_letter(stream_secrets):
     session = FakeSession()
-    results, letters = run_fn(session, [usage(1, 1)], max_payload_bytes=1_000)
-    assert not results and not session.posts
-    assert [(d["kind"], d["stage"], d["reason"]) for d in letters] == [("usage", "deliver", "record_too_large")]
-    assert {s["metric"] for s in orjson.loads(letters[0]["payload"])["series"]} == set(METRICS)
+    documents = [usage(1, 1), usage(2, 1)]  # one endpoint: one group of four series
+    results, letters, parked = run_fn(session, documents, max_payload_bytes=1_000)
+    assert not results and not parked and not session.posts
+    # Each document of the endpoint is a dead letter, with the document as payload.
+    assert [(d["kind"], d["stage"], d["reason"], d["record_id"]) for d in letters] == [
+        ("usage", "deliver", "record_too_large", 1), ("usage", "deliver", "record_too_large", 2)]
+    assert [orjson.loads(d["payload"]) for d in letters] == documents
+    assert {d["stream_id"] for d in letters} == {STREAM}
 
 
 def test_payload_limit_is_checked_at_construction():
@@ -332,10 +353,16 @@ def test_payload_limit_is_checked_at_construction():
 # --------------------------------------------------------------------------- (b) and (c) pipelines
 
 
+def parked_summary(batch) -> tuple[Any, ...]:
+    return (batch.stream_id, batch.api_type, batch.reason, batch.error, batch.token, batch.status_code,
+            batch.attempts, tuple(sorted((kind, d["id"]) for kind, d in batch.documents)))
+
+
 def run_pipeline(receiver_url: str, timed: list[tuple[int, dict[str, Any]]], *, max_payload_bytes: int = 500_000,
-                 check=None) -> bytes:
+                 check=None, parked: list[tuple[Any, ...]] | None = None) -> bytes:
     """Run the sink over ``timed`` documents; returns the pipeline proto (to search
-    for secrets). ``check(results)`` adds asserts on the results PCollection."""
+    for secrets). ``check(results)`` adds asserts on the results PCollection;
+    ``parked`` is what must be parked (:func:`parked_summary`), nothing by default."""
     streams_config = config(datadog_stream(STREAM, receiver_url, batching={"metrics_interval_seconds": INTERVAL}))
     p = TestPipeline()
     streams = beam.pvalue.AsSingleton(p | "Streams" >> beam.Create([streams_config]))
@@ -343,9 +370,11 @@ def run_pipeline(receiver_url: str, timed: list[tuple[int, dict[str, Any]]], *, 
         p
         | "Usage" >> beam.Create([(at, ((STREAM, INTERVAL), doc)) for at, doc in timed])
         | "Stamp" >> beam.Map(lambda item: TimestampedValue(item[1], item[0]))
-        | "WriteToDataDog" >> WriteToDataDog(streams, max_payload_bytes=max_payload_bytes)
+        | "WriteToDataDog" >> WriteToDataDog(streams, max_payload_bytes=max_payload_bytes, policy=POLICY,
+                                             allow_insecure=True)
     )
     assert_that(outputs.dead_letters, equal_to([]), label="NoDeadLetters")
+    assert_that(outputs.parked | beam.Map(parked_summary), equal_to(parked or []), label="CheckParked")
     if check is not None:
         check(outputs.results)
     proto = p.to_runner_api().SerializeToString()
@@ -432,7 +461,7 @@ def test_payload_limit_gives_several_requests_holding_all_series(http_receiver, 
     assert sum(p.documents for p in expected) == 150
 
 
-def test_forbidden_is_a_failed_result_and_nothing_raises(http_receiver, stream_secrets, caplog):
+def test_forbidden_is_a_failed_result_parks_and_nothing_raises(http_receiver, stream_secrets, caplog):
     caplog.set_level(logging.DEBUG)
     http_receiver.responder = lambda request: Reply(403, b'{"errors":["Forbidden"]}')
     timed = [(T0 + 1, usage(1, 8392037)), (T0 + 2, usage(2, 8392038))]
@@ -440,11 +469,14 @@ def test_forbidden_is_a_failed_result_and_nothing_raises(http_receiver, stream_s
 
     def check(results):
         assert_that(results | beam.Map(result_summary), equal_to([
-            (STREAM, "datadog", "failed", 403, "http_error", 2, 2, target)]), label="CheckFailed")
+            (STREAM, "datadog", "failed", 403, "http_403", 2, 2, target)]), label="CheckFailed")
+        assert_that(results | beam.Map(lambda r: (r.token, r.attempts, r.parked_documents)),
+                    equal_to([("auth_failed", 1, 2)]), label="CheckFailedFields")
         assert_that(results | beam.Map(repr), _no_secret, label="NoSecretInResults")
 
-    run_pipeline(http_receiver.url, timed, check=check)
-    assert len(http_receiver.requests()) == 1
+    run_pipeline(http_receiver.url, timed, check=check, parked=[
+        (STREAM, "datadog", "permanent_failure", "http_403", "auth_failed", 403, 1, (("usage", 1), ("usage", 2)))])
+    assert len(http_receiver.requests()) == 1  # a 403 is permanent: not retried
     assert "403" in caplog.text
     for secret in SECRETS.values():
         assert secret not in caplog.text
