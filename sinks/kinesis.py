@@ -38,13 +38,27 @@ on unbounded input, ``GroupByKey`` and split on bounded input, where the DirectR
 bundle-based executor would lose batches flushed at the end of the input when a
 ``GroupByKey`` follows (apache/beam issue 28716).
 
-Failures. No retries here (a later step adds one policy for all sinks): a request
-that raises (missing stream: ``ResourceNotFoundException``, bad credentials, a
-timeout, an unreadable secret: ``secret_unavailable``) gives a ``failed`` result for
-all its records; a response with ``FailedRecordCount > 0`` gives ``partial`` (or
-``failed`` when every record failed) with the first record ``ErrorCode``. Nothing is
-raised out of the DoFn for a destination failure, so one failing customer stream
-cannot stall the others.
+Failures (the one policy of ``sinks/retry.py``). Each ``PutRecords`` request is
+retried through ``RetryPolicy.run``, and each retry resends only the records still
+pending: the records a response accepted are never sent again, because Kinesis
+would store them twice. A per-record ``ErrorCode`` (``ProvisionedThroughputExceededException``:
+``throttled``; ``InternalFailure``: ``remote_error``) is retryable. A request that
+raises is classified by ``classify_exception``: throttling and 5xx codes, timeouts
+and connection errors retry; a missing stream (``ResourceNotFoundException``:
+``not_found``), invalid credentials (``auth_failed``) or a rejected payload fail at
+once. When the policy gives up, what was accepted is delivered and the records still
+pending are parked (``retries_exhausted``, or ``permanent_failure`` when the last
+error is permanent) as one batch of ``(kind, document)`` pairs: the result is
+``delivered`` (every record), ``partial`` (some parked) or ``failed`` (none
+delivered), and ``parked_documents`` says how many were parked. A permanent error,
+or ``deactivate_after`` failed requests in a row, deactivates the stream on this
+worker (:class:`~sinks.retry.StreamCircuit`): its later requests are parked as
+``stream_deactivated`` without a call, so a dead stream costs the others one
+request's retries, not one per batch. An unreadable secret parks the request
+(``credentials_unavailable``) and deactivates the stream too. Records that a retry
+delivered after an attempt that timed out (the stream may have stored them already)
+are reported as ``redelivered_documents``. Nothing is raised out of the DoFn for a
+destination failure, so one failing customer stream cannot stall the others.
 """
 
 from __future__ import annotations
@@ -61,17 +75,28 @@ from botocore.exceptions import BotoCoreError, ClientError
 from schemas.streams import AwsDestination, DataStream, StreamConfig
 from sinks.aws import AwsClients, ClientFactory, boto3_client
 from sinks.ordering import order_key
+from sinks.parking import PARKED, PERMANENT_FAILURE, RETRIES_EXHAUSTED, STREAM_DEACTIVATED, parked
 from sinks.results import (
     DEAD_LETTERS,
     DELIVERED,
     FAILED,
+    PARKED_STATUS,
     PARTIAL,
     DeliveryResult,
     SinkOutputs,
     Stopwatch,
     chunked,
-    describe_error,
     too_large_dead_letter,
+)
+from sinks.retry import (
+    CREDENTIALS_UNAVAILABLE,
+    REMOTE_ERROR,
+    THROTTLED,
+    Attempt,
+    Outcome,
+    RetryPolicy,
+    StreamCircuit,
+    classify_exception,
 )
 from sinks.secrets import SecretError, SecretResolver
 from transforms import metrics
@@ -83,6 +108,10 @@ MAX_RECORDS_PER_REQUEST = 500
 MAX_REQUEST_BYTES = 5 * 1024 * 1024
 MAX_RECORD_BYTES = 1024 * 1024
 DEFAULT_MAX_BUFFERING_SECONDS = 5
+DEFAULT_POLICY = RetryPolicy()
+#: The per-record error codes PutRecords documents; both are transient.
+THROTTLED_RECORD = "ProvisionedThroughputExceededException"
+INTERNAL_FAILURE = "InternalFailure"
 
 
 def partition_key(document: dict[str, Any]) -> str:
@@ -99,32 +128,103 @@ def _counter(measure: str) -> Any:
 
 
 class _Record(NamedTuple):
+    kind: str
+    document: dict[str, Any]  # as received: parked as (kind, document) for re-drive
     data: bytes
     key: str
     size: int  # data + partition key bytes, as Kinesis counts them
 
 
-def _http_status(err: BaseException) -> int | None:
-    response = getattr(err, "response", None)
-    if isinstance(response, dict):
-        return response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    return None
+def record_failure(code: str) -> Attempt:
+    """A response whose records failed (``FailedRecordCount > 0``): the request
+    itself succeeded, so the remote status is the first record's error code, and
+    those records were not stored (nothing to report as maybe received)."""
+    token = THROTTLED if code == THROTTLED_RECORD else REMOTE_ERROR
+    return Attempt(ok=False, retryable=True, status_code=None, error=code, token=token)
+
+
+class _PutRecordsAttempt:
+    """One ``PutRecords`` request's attempts, for ``RetryPolicy.run``: each call
+    sends the records still pending and keeps what the response accepted, so a
+    retry resends exactly the records that failed."""
+
+    def __init__(self, client: Any, stream_name: str, records: list[_Record], requests: Any, size: Any) -> None:
+        self._client = client
+        self._stream_name = stream_name
+        self._records = records
+        self._requests, self._bytes = requests, size
+        self._pending = list(range(len(records)))  # positions in ``records``
+        self._delivered: list[int] = []
+        #: records an attempt that got no answer may have stored: if a later
+        #: attempt stores them, they may be in the stream twice
+        self._maybe_received: set[int] = set()
+        self.status_code: int | None = None
+
+    @property
+    def pending(self) -> list[_Record]:
+        return [self._records[i] for i in self._pending]
+
+    @property
+    def delivered(self) -> int:
+        return len(self._delivered)
+
+    @property
+    def redelivered(self) -> int:
+        return len(self._maybe_received.intersection(self._delivered))
+
+    def __call__(self) -> Attempt:
+        sending = [self._records[i] for i in self._pending]
+        self._requests.inc()
+        self._bytes.inc(sum(r.size for r in sending))
+        try:
+            response = self._client.put_records(
+                StreamName=self._stream_name,
+                Records=[{"Data": r.data, "PartitionKey": r.key} for r in sending],
+            )
+        except (ClientError, BotoCoreError) as err:
+            attempt = classify_exception(err)
+            if attempt.maybe_received:
+                self._maybe_received.update(self._pending)
+            return attempt
+        self.status_code = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        outcomes = response.get("Records") or []
+        if not int(response.get("FailedRecordCount") or 0):
+            outcomes = [{}] * len(sending)
+        elif len(outcomes) != len(sending):  # the failures cannot be attributed: all stay pending
+            outcomes = [{"ErrorCode": INTERNAL_FAILURE}] * len(sending)
+        failed: list[int] = []
+        first_error: str | None = None
+        for position, outcome in zip(self._pending, outcomes, strict=True):
+            code = outcome.get("ErrorCode")
+            if code:
+                failed.append(position)
+                first_error = first_error or str(code)
+            else:
+                self._delivered.append(position)
+        self._pending = failed
+        if not failed:
+            return Attempt(ok=True, status_code=self.status_code)
+        return record_failure(first_error or INTERNAL_FAILURE)
 
 
 class _KinesisWriteFn(beam.DoFn):
     """``(stream_id, [(kind, document), ...])`` -> one DeliveryResult per
-    ``PutRecords`` request, and ``record_too_large`` dead letters."""
+    ``PutRecords`` request (and per request parked without a call), parked batches
+    and ``record_too_large`` dead letters."""
 
-    def __init__(self, client_factory: ClientFactory) -> None:
+    def __init__(self, client_factory: ClientFactory, policy: RetryPolicy = DEFAULT_POLICY) -> None:
         self._client_factory = client_factory
+        self._policy = policy
 
     def setup(self) -> None:
         self._clients = AwsClients(self._client_factory, SecretResolver())
+        self._circuit = StreamCircuit(self._policy.deactivate_after)
         self._requests = _counter("requests")
         self._documents = _counter("documents")
         self._failed_documents = _counter("failed_documents")
         self._bytes = _counter("bytes")
         self._dead_letters = _counter("dead_letters")
+        self._redelivered = Metrics.counter(metrics.NAMESPACE, metrics.redelivered(API_TYPE))
 
     def process(
         self, element: tuple[str, Iterable[tuple[str, dict[str, Any]]]], streams: StreamConfig
@@ -139,46 +239,59 @@ class _KinesisWriteFn(beam.DoFn):
                 self._dead_letters.inc()
                 yield too_large_dead_letter(kind, document, size, MAX_RECORD_BYTES, API_TYPE)
                 continue
-            records.append(_Record(data, key, size))
+            records.append(_Record(kind, document, data, key, size))
         if not records:
             return
         stream = streams.streams.get(stream_id)
-        if stream is None:  # removed from the config since routing: nothing to send to
-            yield self._result(stream_id, "", records, Stopwatch(), FAILED, None, "unknown_stream", len(records))
+        if stream is None:  # removed from the config since routing: parked until a re-drive finds it again
+            yield parked(stream_id, API_TYPE, PERMANENT_FAILURE, _documents(records), error="unknown_stream")
+            yield self._result(stream_id, "", records, Stopwatch(), FAILED, error="unknown_stream",
+                               parked_documents=len(records), attempts=0)
             return
         for request in chunked(records, MAX_RECORDS_PER_REQUEST, MAX_REQUEST_BYTES, lambda r: r.size):
-            yield self._put(stream, request)
+            yield from self._put(stream, request)
 
-    def _put(self, stream: DataStream, request: list[_Record]) -> DeliveryResult:
+    def _put(self, stream: DataStream, request: list[_Record]) -> Iterator[Any]:
         destination: AwsDestination = stream.destination  # type: ignore[assignment]
         target = stream.describe_destination()
         watch = Stopwatch()
+        token = self._circuit.deactivated(stream.id)
+        if token is not None:
+            yield parked(stream.id, API_TYPE, STREAM_DEACTIVATED, _documents(request), token=token)
+            yield self._result(stream.id, target, request, watch, PARKED_STATUS, token=token,
+                               parked_documents=len(request), attempts=0)
+            return
         try:
             client = self._clients.get("kinesis", destination)
         except SecretError:
-            return self._result(stream.id, target, request, watch, FAILED, None, "secret_unavailable", len(request))
-        self._requests.inc()
-        self._bytes.inc(sum(r.size for r in request))
-        try:
-            response = client.put_records(
-                StreamName=destination.target,
-                Records=[{"Data": r.data, "PartitionKey": r.key} for r in request],
-            )
-        except (ClientError, BotoCoreError) as err:
-            return self._result(stream.id, target, request, watch, FAILED, _http_status(err), describe_error(err),
-                                len(request))
-        failed = int(response.get("FailedRecordCount") or 0)
-        status_code = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        if not failed:
-            return self._result(stream.id, target, request, watch, DELIVERED, status_code, None, 0)
-        error = next((r["ErrorCode"] for r in response.get("Records", ()) if r.get("ErrorCode")), "InternalFailure")
-        status = FAILED if failed >= len(request) else PARTIAL
-        return self._result(stream.id, target, request, watch, status, status_code, error, failed)
+            self._circuit.deactivate(stream.id, CREDENTIALS_UNAVAILABLE)
+            yield parked(stream.id, API_TYPE, PERMANENT_FAILURE, _documents(request), error="secret_unavailable",
+                         token=CREDENTIALS_UNAVAILABLE)
+            yield self._result(stream.id, target, request, watch, FAILED, error="secret_unavailable",
+                               token=CREDENTIALS_UNAVAILABLE, parked_documents=len(request), attempts=0)
+            return
+        put = _PutRecordsAttempt(client, destination.target, request, self._requests, self._bytes)
+        outcome: Outcome = self._policy.run(put)
+        self._circuit.record(stream.id, outcome)
+        self._documents.inc(put.delivered)
+        self._redelivered.inc(put.redelivered)
+        if outcome.ok:
+            yield self._result(stream.id, target, request, watch, DELIVERED, status_code=put.status_code,
+                               attempts=outcome.attempts, redelivered=put.redelivered)
+            return
+        last = outcome.last
+        reason = RETRIES_EXHAUSTED if last.retryable else PERMANENT_FAILURE
+        yield parked(stream.id, API_TYPE, reason, _documents(put.pending), error=last.error, token=last.token,
+                     status_code=last.status_code, attempts=outcome.attempts)
+        yield self._result(stream.id, target, request, watch, PARTIAL if put.delivered else FAILED,
+                           status_code=last.status_code, error=last.error, token=last.token,
+                           parked_documents=len(put.pending), attempts=outcome.attempts,
+                           redelivered=put.redelivered)
 
-    def _result(self, stream_id: str, target: str, request: list[_Record], watch: Stopwatch, status: str,
-                status_code: int | None, error: str | None, failed: int) -> DeliveryResult:
-        self._documents.inc(len(request) - failed)
-        self._failed_documents.inc(failed)
+    def _result(self, stream_id: str, target: str, request: list[_Record], watch: Stopwatch, status: str, *,
+                status_code: int | None = None, error: str | None = None, token: str | None = None,
+                parked_documents: int = 0, attempts: int = 1, redelivered: int = 0) -> DeliveryResult:
+        self._failed_documents.inc(parked_documents)
         return DeliveryResult(
             stream_id=stream_id,
             api_type=API_TYPE,
@@ -187,36 +300,47 @@ class _KinesisWriteFn(beam.DoFn):
             status=status,
             status_code=status_code,
             error=error,
-            failed_documents=failed,
+            failed_documents=parked_documents,
             started_at=watch.started_at,
             duration_ms=watch.elapsed_ms(),
             target=target,
+            attempts=attempts,
+            token=token,
+            redelivered_documents=redelivered,
+            parked_documents=parked_documents,
         )
 
     def teardown(self) -> None:
         self._clients.close()
 
 
+def _documents(records: Iterable[_Record]) -> list[tuple[str, dict[str, Any]]]:
+    return [(r.kind, r.document) for r in records]
+
+
 class WriteToKinesis(beam.PTransform):
-    """Routed ``(stream_id, (kind, document))`` -> :class:`SinkOutputs`.
+    """Routed ``(stream_id, (kind, document))`` -> :class:`SinkOutputs` (results,
+    dead letters, parked batches).
 
     ``client_factory`` makes the boto3 client of a destination (tests wrap moto's);
-    ``max_buffering_seconds`` bounds how long a document waits for its batch to fill.
+    ``max_buffering_seconds`` bounds how long a document waits for its batch to fill;
+    ``policy`` bounds the retries of each request.
     """
 
     def __init__(self, streams: pvalue.AsSideInput, *, client_factory: ClientFactory = boto3_client,
-                 max_buffering_seconds: float = DEFAULT_MAX_BUFFERING_SECONDS) -> None:
+                 max_buffering_seconds: float = DEFAULT_MAX_BUFFERING_SECONDS,
+                 policy: RetryPolicy = DEFAULT_POLICY) -> None:
         super().__init__()
         self._streams = streams
         self._client_factory = client_factory
         self._max_buffering_seconds = max_buffering_seconds
+        self._policy = policy
 
     def expand(self, routed: beam.PCollection) -> SinkOutputs:
         outputs = (
             routed
             | "BatchPerStream" >> BatchPerStream(MAX_RECORDS_PER_REQUEST, self._max_buffering_seconds)
-            | "PutRecords" >> beam.ParDo(_KinesisWriteFn(self._client_factory), self._streams).with_outputs(
-                DEAD_LETTERS, main="results"
-            )
+            | "PutRecords" >> beam.ParDo(_KinesisWriteFn(self._client_factory, self._policy),
+                                         self._streams).with_outputs(DEAD_LETTERS, PARKED, main="results")
         )
-        return SinkOutputs(results=outputs.results, dead_letters=outputs[DEAD_LETTERS])
+        return SinkOutputs(results=outputs.results, dead_letters=outputs[DEAD_LETTERS], parked=outputs[PARKED])

@@ -30,12 +30,23 @@ window's.
 Format: :mod:`sinks.csv_format` (fixed header per kind, flattened ``object_field``
 columns, UTF-8, ``\\r\\n`` line ends), ``Content-Type: text/csv; charset=utf-8``.
 
-Failures. No retries here (a later step adds one policy for all sinks): a
-``put_object`` that raises (missing bucket: ``NoSuchBucket``, denied, timeout, an
-unreadable secret: ``secret_unavailable``) gives a ``failed`` result for the file's
-documents and the next file is still written. A document with a field the CSV does
-not know is a bug: it becomes an ``internal_error`` dead letter and the rest of its
-file is delivered. Nothing is raised out of the DoFn for a destination failure.
+Failures (the one policy of ``sinks/retry.py``). Each ``put_object`` is retried
+through ``RetryPolicy.run``; a retry rewrites the same key, so it cannot add a
+second file. Retried: ``SlowDown`` and other throttling or 5xx codes, timeouts,
+connection errors. Permanent, not retried: a missing bucket (``NoSuchBucket``:
+``not_found``), denied or invalid credentials (``AccessDenied``,
+``InvalidAccessKeyId``: ``auth_failed``), any other 4xx (``payload_rejected``). A
+file that is not written is parked with its documents as ``(kind, document)`` pairs
+(``retries_exhausted`` or ``permanent_failure``) and gives a ``failed`` result. A
+permanent error, or ``deactivate_after`` failed files in a row, deactivates the
+stream on this worker (:class:`~sinks.retry.StreamCircuit`): its later files are
+parked as ``stream_deactivated`` without a request. An unreadable secret parks the
+file (``credentials_unavailable``) and deactivates the stream too. A file written
+by a retry after an attempt that got no answer is reported as
+``redelivered_documents``: the key was overwritten, but a reader notified of the
+first write may have seen it twice. A document with a field the CSV does not know
+is a bug: it becomes an ``internal_error`` dead letter and the rest of its file is
+delivered. Nothing is raised out of the DoFn for a destination failure.
 """
 
 from __future__ import annotations
@@ -56,7 +67,9 @@ from schemas.streams import AwsDestination, DataStream, StreamConfig
 from sinks.aws import AwsClients, ClientFactory, boto3_client
 from sinks.csv_format import UnknownFieldError, render_csv, to_row
 from sinks.ordering import document_time, order_key
-from sinks.results import DEAD_LETTERS, DELIVERED, FAILED, DeliveryResult, SinkOutputs, Stopwatch, describe_error
+from sinks.parking import PARKED, PERMANENT_FAILURE, RETRIES_EXHAUSTED, STREAM_DEACTIVATED, parked
+from sinks.results import DEAD_LETTERS, DELIVERED, FAILED, PARKED_STATUS, DeliveryResult, SinkOutputs, Stopwatch
+from sinks.retry import CREDENTIALS_UNAVAILABLE, SUCCESS, Attempt, RetryPolicy, StreamCircuit, classify_exception
 from sinks.secrets import SecretError, SecretResolver
 from transforms import metrics
 from transforms.records import dead_letter
@@ -70,6 +83,7 @@ CONTENT_TYPE = "text/csv; charset=utf-8"
 FILE_PREFIX = {"event": "events", "usage": "cdr"}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SECOND = timedelta(seconds=1)
+DEFAULT_POLICY = RetryPolicy()
 
 
 def file_name(kind: str, moment: datetime, counter: int | None = None) -> str:
@@ -110,27 +124,24 @@ def _counter(measure: str) -> Any:
     return Metrics.counter(metrics.NAMESPACE, metrics.delivery(API_TYPE, measure))
 
 
-def _http_status(err: BaseException) -> int | None:
-    response = getattr(err, "response", None)
-    if isinstance(response, dict):
-        return response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    return None
-
-
 class _S3WriteFn(beam.DoFn):
     """``((stream_id, kind, rotation), documents)`` of one window -> one
-    DeliveryResult per CSV file put, and ``internal_error`` dead letters."""
+    DeliveryResult per CSV file (put, or parked without a request), parked
+    batches and ``internal_error`` dead letters."""
 
-    def __init__(self, client_factory: ClientFactory) -> None:
+    def __init__(self, client_factory: ClientFactory, policy: RetryPolicy = DEFAULT_POLICY) -> None:
         self._client_factory = client_factory
+        self._policy = policy
 
     def setup(self) -> None:
         self._clients = AwsClients(self._client_factory, SecretResolver())
+        self._circuit = StreamCircuit(self._policy.deactivate_after)
         self._requests = _counter("requests")
         self._documents = _counter("documents")
         self._failed_documents = _counter("failed_documents")
         self._bytes = _counter("bytes")
         self._dead_letters = _counter("dead_letters")
+        self._redelivered = Metrics.counter(metrics.NAMESPACE, metrics.redelivered(API_TYPE))
 
     def process(
         self,
@@ -140,6 +151,7 @@ class _S3WriteFn(beam.DoFn):
     ) -> Iterator[Any]:
         (stream_id, kind, _rotation), documents = element
         rows: list[list[str]] = []
+        kept: list[dict[str, Any]] = []  # the documents of ``rows``, for parking
         times: list[datetime] = []
         for document in sorted(documents, key=lambda doc: order_key(kind, doc)):
             try:
@@ -151,47 +163,81 @@ class _S3WriteFn(beam.DoFn):
                                      orjson.dumps(document), document.get("id"))
                 yield pvalue.TaggedOutput(DEAD_LETTERS, letter)
                 continue
+            kept.append(document)
             times.append(document_time(kind, document))
         if not rows:
             return
         stream = streams.streams.get(stream_id)
-        if stream is None:  # removed from the config since routing: nowhere to write
+        if stream is None:  # removed from the config since routing: parked until a re-drive finds it again
             self._failed_documents.inc(len(rows))
-            yield _result(stream_id, "", len(rows), 0, Stopwatch(), FAILED, None, "unknown_stream")
+            yield parked(stream_id, API_TYPE, PERMANENT_FAILURE, [(kind, d) for d in kept], error="unknown_stream")
+            yield _result(stream_id, "", len(rows), 0, Stopwatch(), FAILED, error="unknown_stream", attempts=0)
             return
         plan = plan_files(kind, _utc(window.start), _utc(window.end), times, stream.batching.flush_size)
         for name, chunk in plan:
-            yield self._put(stream, kind, name, rows[chunk])
+            yield from self._put(stream, kind, name, rows[chunk], kept[chunk])
 
-    def _put(self, stream: DataStream, kind: str, name: str, rows: list[list[str]]) -> DeliveryResult:
+    def _put(self, stream: DataStream, kind: str, name: str, rows: list[list[str]],
+             documents: list[dict[str, Any]]) -> Iterator[Any]:
         destination: AwsDestination = stream.destination  # type: ignore[assignment]
         key = f"{destination.prefix}{name}"
         target = f"s3://{destination.target}/{key}"
+        pairs = [(kind, document) for document in documents]
         body = render_csv(kind, rows)
         watch = Stopwatch()
+        token = self._circuit.deactivated(stream.id)
+        if token is not None:
+            self._failed_documents.inc(len(rows))
+            yield parked(stream.id, API_TYPE, STREAM_DEACTIVATED, pairs, token=token)
+            yield _result(stream.id, target, len(rows), len(body), watch, PARKED_STATUS, token=token, attempts=0)
+            return
         try:
             client = self._clients.get("s3", destination)
         except SecretError:
             self._failed_documents.inc(len(rows))
-            return _result(stream.id, target, len(rows), len(body), watch, FAILED, None, "secret_unavailable")
-        self._requests.inc()
-        self._bytes.inc(len(body))
-        try:
-            response = client.put_object(Bucket=destination.target, Key=key, Body=body, ContentType=CONTENT_TYPE)
-        except (ClientError, BotoCoreError) as err:
-            self._failed_documents.inc(len(rows))
-            return _result(stream.id, target, len(rows), len(body), watch, FAILED, _http_status(err),
-                           describe_error(err))
-        self._documents.inc(len(rows))
-        status_code = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        return _result(stream.id, target, len(rows), len(body), watch, DELIVERED, status_code, None)
+            self._circuit.deactivate(stream.id, CREDENTIALS_UNAVAILABLE)
+            yield parked(stream.id, API_TYPE, PERMANENT_FAILURE, pairs, error="secret_unavailable",
+                         token=CREDENTIALS_UNAVAILABLE)
+            yield _result(stream.id, target, len(rows), len(body), watch, FAILED, error="secret_unavailable",
+                          token=CREDENTIALS_UNAVAILABLE, attempts=0)
+            return
+        status_codes: list[int | None] = []
+
+        def attempt() -> Attempt:
+            self._requests.inc()
+            self._bytes.inc(len(body))
+            try:
+                response = client.put_object(Bucket=destination.target, Key=key, Body=body, ContentType=CONTENT_TYPE)
+            except (ClientError, BotoCoreError) as err:
+                return classify_exception(err)
+            status_codes.append(response.get("ResponseMetadata", {}).get("HTTPStatusCode"))
+            return SUCCESS
+
+        outcome = self._policy.run(attempt)
+        self._circuit.record(stream.id, outcome)
+        if outcome.ok:
+            redelivered = len(rows) if outcome.maybe_delivered_twice else 0
+            self._documents.inc(len(rows))
+            self._redelivered.inc(redelivered)
+            yield _result(stream.id, target, len(rows), len(body), watch, DELIVERED, status_code=status_codes[-1],
+                          attempts=outcome.attempts, redelivered=redelivered)
+            return
+        last = outcome.last
+        self._failed_documents.inc(len(rows))
+        yield parked(stream.id, API_TYPE, RETRIES_EXHAUSTED if last.retryable else PERMANENT_FAILURE, pairs,
+                     error=last.error, token=last.token, status_code=last.status_code, attempts=outcome.attempts)
+        yield _result(stream.id, target, len(rows), len(body), watch, FAILED, status_code=last.status_code,
+                      error=last.error, token=last.token, attempts=outcome.attempts)
 
     def teardown(self) -> None:
         self._clients.close()
 
 
-def _result(stream_id: str, target: str, documents: int, size: int, watch: Stopwatch, status: str,
-            status_code: int | None, error: str | None) -> DeliveryResult:
+def _result(stream_id: str, target: str, documents: int, size: int, watch: Stopwatch, status: str, *,
+            status_code: int | None = None, error: str | None = None, token: str | None = None, attempts: int = 1,
+            redelivered: int = 0) -> DeliveryResult:
+    """A file's result; every document of a file not delivered is parked."""
+    undelivered = 0 if status == DELIVERED else documents
     return DeliveryResult(
         stream_id=stream_id,
         api_type=API_TYPE,
@@ -200,30 +246,37 @@ def _result(stream_id: str, target: str, documents: int, size: int, watch: Stopw
         status=status,
         status_code=status_code,
         error=error,
-        failed_documents=0 if status == DELIVERED else documents,
+        failed_documents=undelivered,
         started_at=watch.started_at,
         duration_ms=watch.elapsed_ms(),
         target=target,
+        attempts=attempts,
+        token=token,
+        redelivered_documents=redelivered,
+        parked_documents=undelivered,
     )
 
 
 class WriteToS3(beam.PTransform):
     """Routed ``((stream_id, kind, rotation_seconds), document)`` with event-time
-    timestamps -> :class:`SinkOutputs`. ``client_factory`` makes the boto3 client of
-    a destination (tests point it at moto)."""
+    timestamps -> :class:`SinkOutputs` (results, dead letters, parked batches).
+    ``client_factory`` makes the boto3 client of a destination (tests point it at
+    moto); ``policy`` bounds the retries of each file."""
 
-    def __init__(self, streams: pvalue.AsSideInput, *, client_factory: ClientFactory = boto3_client) -> None:
+    def __init__(self, streams: pvalue.AsSideInput, *, client_factory: ClientFactory = boto3_client,
+                 policy: RetryPolicy = DEFAULT_POLICY) -> None:
         super().__init__()
         self._streams = streams
         self._client_factory = client_factory
+        self._policy = policy
 
     def expand(self, routed: beam.PCollection) -> SinkOutputs:
         outputs = (
             routed
             | "WindowPerRotation" >> beam.WindowInto(PerElementFixedWindows(size_from_key))
             | "GroupPerWindow" >> beam.GroupByKey()
-            | "PutObjects" >> beam.ParDo(_S3WriteFn(self._client_factory), self._streams).with_outputs(
-                DEAD_LETTERS, main="results"
+            | "PutObjects" >> beam.ParDo(_S3WriteFn(self._client_factory, self._policy), self._streams).with_outputs(
+                DEAD_LETTERS, PARKED, main="results"
             )
         )
-        return SinkOutputs(results=outputs.results, dead_letters=outputs[DEAD_LETTERS])
+        return SinkOutputs(results=outputs.results, dead_letters=outputs[DEAD_LETTERS], parked=outputs[PARKED])

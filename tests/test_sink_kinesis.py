@@ -1,6 +1,7 @@
 """The Kinesis sink: the DoFn with injected clients, the composite under
 TestPipeline, and end to end on moto's Kinesis (records read back from every shard
-and compared exactly to the documents sent)."""
+and compared exactly to the documents sent). Fault injection against moto is in
+tests/test_faults_aws.py."""
 
 from __future__ import annotations
 
@@ -27,12 +28,16 @@ from sinks.kinesis import (
     _KinesisWriteFn,
     partition_key,
 )
+from sinks.parking import PARKED, PERMANENT_FAILURE, RETRIES_EXHAUSTED, ParkedBatch
 from sinks.results import DEAD_LETTERS, DeliveryResult
+from sinks.retry import RetryPolicy
 from tests.guide_samples import EXPECTED_EVENTS, EXPECTED_USAGE
 from tests.streams import SECRETS, config, kinesis_stream
 from transforms.timestamps import format_event_time, format_usage_time
 
 BASE = datetime(2026, 11, 1, 8, 0, 0, tzinfo=UTC)
+#: Three attempts with millisecond backoff, so retries do not slow the tests.
+FAST = RetryPolicy(max_attempts=3, base_delay_seconds=0.01, max_delay_seconds=0.05)
 
 
 # --------------------------------------------------------------------------- documents
@@ -159,16 +164,19 @@ class RecordingClient:
 
 
 class FailingClient:
-    """Answers put_records like Kinesis under throttling: the records at the
-    given positions fail, the others succeed."""
+    """Answers put_records like Kinesis under throttling: the records of the given
+    document ids (None: every record) fail on every call, the others succeed. The
+    ids of each call are recorded, per stream name."""
 
-    def __init__(self, failing_positions: frozenset[int] | None) -> None:
-        self._failing = failing_positions
+    def __init__(self, failing_ids: frozenset[int] | None, token: str) -> None:
+        self._failing, self._token = failing_ids, token
 
     def put_records(self, StreamName: str, Records: list[dict[str, Any]]) -> dict[str, Any]:  # noqa: N803
+        ids = [json.loads(r["Data"])["id"] for r in Records]
+        CALLS[self._token].append({"stream": StreamName, "ids": ids})
         out = []
-        for position, _ in enumerate(Records):
-            if self._failing is None or position in self._failing:
+        for position, doc_id in enumerate(ids):
+            if self._failing is None or doc_id in self._failing:
                 out.append({"ErrorCode": "ProvisionedThroughputExceededException", "ErrorMessage": "Rate exceeded"})
             else:
                 out.append({"SequenceNumber": str(position), "ShardId": "shardId-000000000000"})
@@ -180,11 +188,17 @@ class FailingClient:
 
 
 class FailingFactory:
-    def __init__(self, failing_positions: frozenset[int] | None) -> None:
-        self._failing = failing_positions
+    def __init__(self, failing_ids: frozenset[int] | None) -> None:
+        self._failing = failing_ids
+        self.token = uuid.uuid4().hex
+        CALLS[self.token] = []
+
+    @property
+    def calls(self) -> list[dict[str, Any]]:
+        return CALLS[self.token]
 
     def __call__(self, *args: Any) -> FailingClient:
-        return FailingClient(self._failing)
+        return FailingClient(self._failing, self.token)
 
 
 def pipeline() -> TestPipeline:
@@ -199,7 +213,13 @@ def summary(result: DeliveryResult) -> tuple[Any, ...]:
     return (result.stream_id, result.status, result.documents, result.failed_documents, result.error)
 
 
-def run_fn(fn: _KinesisWriteFn, element: Any, streams: Any) -> tuple[list[DeliveryResult], list[dict[str, Any]]]:
+def parked_summary(batch: ParkedBatch) -> tuple[Any, ...]:
+    return (batch.stream_id, batch.reason, batch.token, batch.attempts, sorted(d["id"] for _, d in batch.documents))
+
+
+def run_fn(
+    fn: _KinesisWriteFn, element: Any, streams: Any
+) -> tuple[list[DeliveryResult], list[dict[str, Any]], list[ParkedBatch]]:
     fn.setup()
     try:
         outputs = list(fn.process(element, streams))
@@ -207,8 +227,9 @@ def run_fn(fn: _KinesisWriteFn, element: Any, streams: Any) -> tuple[list[Delive
         fn.teardown()
     results = [o for o in outputs if isinstance(o, DeliveryResult)]
     letters = [o.value for o in outputs if getattr(o, "tag", None) == DEAD_LETTERS]
-    assert len(results) + len(letters) == len(outputs)
-    return results, letters
+    parked = [o.value for o in outputs if getattr(o, "tag", None) == PARKED]
+    assert len(results) + len(letters) + len(parked) == len(outputs)
+    return results, letters, parked
 
 
 # --------------------------------------------------------------------------- unit and DoFn
@@ -221,17 +242,34 @@ def test_partition_key_is_the_endpoint_or_the_organisation():
 
 
 @pytest.mark.parametrize(
-    ("failing", "status", "failed_documents"),
-    [(frozenset({1, 3}), "partial", 2), (None, "failed", 5), (frozenset(), "delivered", 0)],
+    ("failing", "status", "failed_documents", "calls"),
+    [
+        (frozenset({1, 3}), "partial", 2, [[0, 1, 2, 3, 4], [1, 3], [1, 3]]),
+        (None, "failed", 5, [[0, 1, 2, 3, 4]] * 3),
+        (frozenset(), "delivered", 0, [[0, 1, 2, 3, 4]]),
+    ],
 )
-def test_fn_reports_failed_records_of_a_response(stream_secrets, failing, status, failed_documents):
+def test_fn_retries_only_the_failed_records_and_parks_what_still_fails(stream_secrets, failing, status,
+                                                                        failed_documents, calls):
     streams = config(kinesis_stream("k1", "http://127.0.0.1:9", "s"))
     items = [("event", event_doc("5.1.1", i, BASE + timedelta(seconds=i))) for i in range(5)]
-    results, letters = run_fn(_KinesisWriteFn(FailingFactory(failing)), ("k1", items), streams)
+    factory = FailingFactory(failing)
+    results, letters, parked = run_fn(_KinesisWriteFn(factory, FAST), ("k1", items), streams)
     error = None if status == "delivered" else "ProvisionedThroughputExceededException"
     assert [summary(r) for r in results] == [("k1", status, 5, failed_documents, error)]
+    assert [(r.attempts, r.parked_documents, r.token) for r in results] == [
+        (len(calls), failed_documents, None if status == "delivered" else "throttled")
+    ]
     assert results[0].target == "kinesis://eu-central-1/s"
+    assert [c["ids"] for c in factory.calls] == calls
     assert letters == []
+    if status == "delivered":
+        assert parked == []
+    else:
+        parked_ids = [1, 3] if failing else [0, 1, 2, 3, 4]
+        assert [parked_summary(b) for b in parked] == [("k1", RETRIES_EXHAUSTED, "throttled", 3, parked_ids)]
+        assert list(parked[0].documents) == [item for item in items if item[1]["id"] in parked_ids]
+        assert (parked[0].api_type, parked[0].error) == ("aws_kinesis", "ProvisionedThroughputExceededException")
 
 
 def test_fn_unreadable_secret_is_a_failed_result_without_the_secret(monkeypatch):
@@ -239,9 +277,13 @@ def test_fn_unreadable_secret_is_a_failed_result_without_the_secret(monkeypatch)
     monkeypatch.setenv("DS_TEST_AWS_SECRET", SECRETS["DS_TEST_AWS_SECRET"])
     streams = config(kinesis_stream("k1", "http://127.0.0.1:9", "s"))
     items = [("usage", usage_doc(1, BASE, 7))]
-    results, _ = run_fn(_KinesisWriteFn(FailingFactory(frozenset())), ("k1", items), streams)
+    factory = FailingFactory(frozenset())
+    results, _, parked = run_fn(_KinesisWriteFn(factory, FAST), ("k1", items), streams)
     assert [summary(r) for r in results] == [("k1", "failed", 1, 1, "secret_unavailable")]
-    assert SECRETS["DS_TEST_AWS_SECRET"] not in repr(results)
+    assert [(r.token, r.attempts, r.parked_documents) for r in results] == [("credentials_unavailable", 0, 1)]
+    assert [parked_summary(b) for b in parked] == [("k1", PERMANENT_FAILURE, "credentials_unavailable", 0, [1])]
+    assert factory.calls == []
+    assert SECRETS["DS_TEST_AWS_SECRET"] not in repr(results) + repr(parked)
 
 
 # --------------------------------------------------------------------------- end to end on moto
@@ -260,6 +302,7 @@ def test_delivers_every_document_in_endpoint_order_on_moto(stream_secrets, moto_
         assert_that(out.results | beam.Map(lambda r: any(v in repr(r) for v in SECRETS.values())),
                     equal_to([False]), label="CheckNoSecrets")
         assert_that(out.dead_letters, equal_to([]), label="CheckNoDeadLetters")
+        assert_that(out.parked, equal_to([]), label="CheckNothingParked")
 
     shards = read_stream(kinesis, name)
     received = [doc for records in shards.values() for _, doc in records]
@@ -300,6 +343,7 @@ def test_requests_stay_within_the_count_and_byte_limits_on_moto(stream_secrets, 
                     equal_to([("k1", "delivered", 0), ("k2", "delivered", 0)]), label="CheckDelivered")
         assert_that(out.results | beam.Map(lambda r: (r.stream_id, r.documents)) | beam.CombinePerKey(sum),
                     equal_to([("k1", len(small)), ("k2", len(large))]), label="CheckCounts")
+        assert_that(out.parked, equal_to([]), label="CheckNothingParked")
 
     calls = factory.calls
     assert all(c["count"] <= MAX_RECORDS_PER_REQUEST and c["bytes"] <= MAX_REQUEST_BYTES for c in calls)
@@ -331,6 +375,7 @@ def test_a_record_over_one_mib_is_dead_lettered_and_not_sent(stream_secrets, mot
         assert_that(out.dead_letters | beam.Map(lambda d: (d["kind"], d["stage"], d["reason"], d["record_id"],
                                                             json.loads(d["payload"]) == too_large[1])),
                     equal_to([("event", "deliver", "record_too_large", 99, True)]), label="CheckDeadLetter")
+        assert_that(out.parked, equal_to([]), label="CheckNothingParked")
 
     assert [i for c in factory.calls for i in c["ids"]] == [0, 1, 2]
     received = [doc for records in read_stream(kinesis, name).values() for _, doc in records]
@@ -342,21 +387,31 @@ def test_a_missing_stream_gives_a_failed_result_with_the_aws_error(stream_secret
     items = [("usage", usage_doc(i, BASE + timedelta(seconds=i), 7)) for i in range(4)]
     with pipeline() as p:
         side = beam.pvalue.AsSingleton(p | "Streams" >> beam.Create([streams]))
-        out = p | beam.Create([("k1", item) for item in items]) | WriteToKinesis(side, max_buffering_seconds=1)
-        assert_that(out.results | beam.Map(lambda r: (*summary(r), r.status_code)),
-                    equal_to([("k1", "failed", 4, 4, "ResourceNotFoundException", 400)]))
+        out = p | beam.Create([("k1", item) for item in items]) | WriteToKinesis(
+            side, max_buffering_seconds=1, policy=FAST)
+        assert_that(out.results | beam.Map(lambda r: (*summary(r), r.status_code, r.token, r.attempts)),
+                    equal_to([("k1", "failed", 4, 4, "ResourceNotFoundException", 400, "not_found", 1)]),
+                    label="CheckResults")
+        assert_that(out.parked | beam.Map(parked_summary),
+                    equal_to([("k1", PERMANENT_FAILURE, "not_found", 1, [0, 1, 2, 3])]), label="CheckParked")
 
 
-def test_a_partial_failure_in_the_pipeline_counts_the_failed_records(stream_secrets):
+def test_a_partial_failure_in_the_pipeline_counts_and_parks_the_failed_records(stream_secrets):
     streams = config(kinesis_stream("k1", "http://127.0.0.1:9", "s"), kinesis_stream("k2", "http://127.0.0.1:9", "t"))
     items = [(sid, ("event", event_doc("5.1.1", i, BASE + timedelta(seconds=i)))) for sid in ("k1", "k2")
              for i in range(6)]
+    factory = FailingFactory(frozenset({0, 4, 5}))
     with pipeline() as p:
         side = beam.pvalue.AsSingleton(p | "Streams" >> beam.Create([streams]))
-        out = p | beam.Create(items) | WriteToKinesis(
-            side, client_factory=FailingFactory(frozenset({0, 4, 5})), max_buffering_seconds=1
-        )
-        assert_that(out.results | beam.Map(summary), equal_to([
-            ("k1", "partial", 6, 3, "ProvisionedThroughputExceededException"),
-            ("k2", "partial", 6, 3, "ProvisionedThroughputExceededException"),
-        ]))
+        out = p | beam.Create(items) | WriteToKinesis(side, client_factory=factory, max_buffering_seconds=1,
+                                                      policy=FAST)
+        assert_that(out.results | beam.Map(lambda r: (*summary(r), r.attempts, r.parked_documents)), equal_to([
+            ("k1", "partial", 6, 3, "ProvisionedThroughputExceededException", 3, 3),
+            ("k2", "partial", 6, 3, "ProvisionedThroughputExceededException", 3, 3),
+        ]), label="CheckResults")
+        assert_that(out.parked | beam.Map(parked_summary), equal_to([
+            ("k1", RETRIES_EXHAUSTED, "throttled", 3, [0, 4, 5]),
+            ("k2", RETRIES_EXHAUSTED, "throttled", 3, [0, 4, 5]),
+        ]), label="CheckParked")
+    for name in ("s", "t"):
+        assert [c["ids"] for c in factory.calls if c["stream"] == name] == [[0, 1, 2, 3, 4, 5], [0, 4, 5], [0, 4, 5]]

@@ -1,6 +1,7 @@
 """The S3 sink and its CSV format: flattening against the guide's samples, the
 file naming rule, the DoFn with an injected client, and end to end on moto's S3
-(objects listed, read back and parsed, compared exactly to the documents sent)."""
+(objects listed, read back and parsed, compared exactly to the documents sent).
+Fault injection against moto is in tests/test_faults_aws.py."""
 
 from __future__ import annotations
 
@@ -29,7 +30,9 @@ from sinks.csv_format import (
     render_csv,
     to_row,
 )
+from sinks.parking import PARKED, PERMANENT_FAILURE
 from sinks.results import DEAD_LETTERS, DeliveryResult
+from sinks.retry import RetryPolicy
 from sinks.s3 import WriteToS3, _S3WriteFn, plan_files
 from tests.conftest import reference_from_tables
 from tests.guide_samples import EXPECTED_EVENTS, EXPECTED_USAGE, RAW_EVENTS, RAW_USAGE, reference_tables
@@ -39,6 +42,7 @@ from transforms.parse import parse_record
 from transforms.timestamps import format_event_time, format_usage_time
 
 BASE = datetime(2026, 11, 1, 8, 5, 0, tzinfo=UTC)
+FAST = RetryPolicy(max_attempts=3, base_delay_seconds=0.01, max_delay_seconds=0.05)
 
 # --------------------------------------------------------------------------- documents
 
@@ -136,6 +140,7 @@ def run_s3(streams: Any, elements: list[Any]) -> None:
         assert_that(out.results | beam.Map(lambda r: r.status), equal_to(["delivered"] * len(set(
             _expected_files(elements)))), label="CheckDelivered")
         assert_that(out.dead_letters, equal_to([]), label="CheckNoDeadLetters")
+        assert_that(out.parked, equal_to([]), label="CheckNothingParked")
 
 
 def _expected_files(elements: list[Any]) -> list[tuple[str, str, int]]:
@@ -342,6 +347,7 @@ def test_fn_dead_letters_a_document_with_an_unknown_field_and_writes_the_rest(st
     fn.teardown()
     letters = [o.value for o in outputs if getattr(o, "tag", None) == DEAD_LETTERS]
     results = [o for o in outputs if isinstance(o, DeliveryResult)]
+    assert len(letters) + len(results) == len(outputs)  # nothing parked
     assert [(d["stage"], d["reason"], d["record_id"]) for d in letters] == [("deliver", "internal_error", 2)]
     assert "detail_roaming" in letters[0]["detail"]
     assert [(r.status, r.documents, r.target) for r in results] == [
@@ -358,13 +364,23 @@ def test_fn_unreadable_secret_is_a_failed_result(monkeypatch):
     monkeypatch.setenv("DS_TEST_AWS_KEY_ID", SECRETS["DS_TEST_AWS_KEY_ID"])
     monkeypatch.delenv("DS_TEST_AWS_SECRET", raising=False)
     streams = config(s3_stream("s1", "http://127.0.0.1:9", "bucket"))
-    fn = _S3WriteFn(lambda *args: RecordingS3())
+    client = RecordingS3()
+    fn = _S3WriteFn(lambda *args: client, FAST)
     fn.setup()
     window = IntervalWindow(Timestamp.of(BASE.timestamp()), Timestamp.of(BASE.timestamp() + 300))
-    results = list(fn.process((("s1", "usage", 300), [usage_doc(1, BASE)]), streams, window=window))
+    doc = usage_doc(1, BASE)
+    outputs = list(fn.process((("s1", "usage", 300), [doc]), streams, window=window))
     fn.teardown()
-    assert [(r.status, r.error, r.failed_documents) for r in results] == [("failed", "secret_unavailable", 1)]
-    assert SECRETS["DS_TEST_AWS_KEY_ID"] not in repr(results)
+    results = [o for o in outputs if isinstance(o, DeliveryResult)]
+    parked = [o.value for o in outputs if getattr(o, "tag", None) == PARKED]
+    assert [(r.status, r.error, r.token, r.failed_documents, r.parked_documents, r.attempts) for r in results] == [
+        ("failed", "secret_unavailable", "credentials_unavailable", 1, 1, 0)
+    ]
+    assert [(b.stream_id, b.reason, b.token, b.documents) for b in parked] == [
+        ("s1", PERMANENT_FAILURE, "credentials_unavailable", (("usage", doc),))
+    ]
+    assert client.puts == []
+    assert SECRETS["DS_TEST_AWS_KEY_ID"] not in repr(outputs)
 
 
 # --------------------------------------------------------------------------- end to end on moto
@@ -463,7 +479,11 @@ def test_a_missing_bucket_gives_a_failed_result(stream_secrets, moto_server):
     elements = [routed("s1", 300, "usage", usage_doc(i, BASE + timedelta(seconds=i))) for i in range(3)]
     with TestPipeline() as p:
         side = beam.pvalue.AsSingleton(p | "Streams" >> beam.Create([streams]))
-        out = p | beam.Create(elements) | beam.Map(stamp) | WriteToS3(side)
+        out = p | beam.Create(elements) | beam.Map(stamp) | WriteToS3(side, policy=FAST)
         assert_that(out.results | beam.Map(lambda r: (r.status, r.error, r.status_code, r.documents,
-                                                       r.failed_documents)),
-                    equal_to([("failed", "NoSuchBucket", 404, 3, 3)]))
+                                                       r.failed_documents, r.token, r.attempts)),
+                    equal_to([("failed", "NoSuchBucket", 404, 3, 3, "not_found", 1)]), label="CheckResults")
+        assert_that(out.parked | beam.Map(lambda b: (b.reason, b.token, b.attempts,
+                                                      [(kind, d["id"]) for kind, d in b.documents])),
+                    equal_to([(PERMANENT_FAILURE, "not_found", 1, [("usage", 0), ("usage", 1), ("usage", 2)])]),
+                    label="CheckParked")
