@@ -1,9 +1,13 @@
 """REST API and REST API bulk sinks.
 
 Three tiers: the DoFns called directly with an injected session (what is sent,
-how outcomes become results); the composites under ``TestPipeline`` with
-``assert_that`` on their results; and end to end against a real loopback HTTP
-receiver, comparing what it received with the documents sent.
+how outcomes become results and parked batches); the composites under
+``TestPipeline`` with ``assert_that`` on their outputs; and end to end against a
+real loopback HTTP receiver, comparing what it received with the documents sent.
+The failure policy's fault cases against real endpoints are in
+``tests/test_faults_rest.py``. The local receiver is plain http on 127.0.0.1, which
+the outbound rules refuse, so these tests pass ``allow_insecure=True`` (what
+``make run-local`` does too).
 """
 
 from __future__ import annotations
@@ -29,8 +33,9 @@ from apache_beam.transforms.window import TimestampedValue
 from pipelines.local_destinations import Reply, free_port
 from sinks.http import Timeouts, new_session
 from sinks.ordering import order_key
+from sinks.outbound import SIGNATURE_HEADER, OutboundGuard, verify_signature
+from sinks.parking import ParkedBatch
 from sinks.rest import (
-    REDIRECT_NOT_FOLLOWED,
     SECRET_UNAVAILABLE,
     UNKNOWN_STREAM,
     WriteToRestApi,
@@ -38,11 +43,16 @@ from sinks.rest import (
     _RestBulkWriteFn,
     _RestWriteFn,
 )
+from sinks.retry import RetryPolicy
 from tests.guide_samples import EXPECTED_EVENTS, EXPECTED_USAGE
 from tests.streams import SECRETS, config, rest_stream
 from transforms import metrics
 
 TOKEN = SECRETS["DS_TEST_REST_TOKEN"]
+SIGNING_SECRET = SECRETS["DS_TEST_SIGNING_SECRET"]
+#: Two attempts a request, milliseconds apart: the retry policy's own timing is
+#: tested in tests/test_faults_rest.py.
+FAST = RetryPolicy(max_attempts=2, base_delay_seconds=0.01, max_delay_seconds=0.05)
 BASE = datetime(2019, 7, 17, 8, 0, 0, tzinfo=UTC)
 ELEMENT_TS = 1_563_350_400  # 2019-07-17T08:00:00Z, the element timestamp of every test input
 
@@ -86,6 +96,18 @@ def run_sink(transform_factory, streams_config, elements):
     return p, routed | "Deliver" >> transform_factory(streams)
 
 
+def rest_sink(**options):
+    """A ``WriteToRestApi`` factory for :func:`run_sink`: to the loopback receiver
+    (``allow_insecure``), quick retries, 1 s buffering."""
+    return lambda streams: WriteToRestApi(streams, **{"allow_insecure": True, "policy": FAST,
+                                                      "max_buffering_seconds": 1, **options})
+
+
+def bulk_sink(**options):
+    return lambda streams: WriteToRestApiBulk(streams, **{"allow_insecure": True, "policy": FAST,
+                                                          "max_buffering_seconds": 1, **options})
+
+
 # --------------------------------------------------------------------------- matchers
 
 
@@ -120,6 +142,7 @@ def totals_per_stream(expected: dict[str, tuple[int, str]]):
 class FakeResponse:
     def __init__(self, status_code: int) -> None:
         self.status_code = status_code
+        self.headers: dict[str, str] = {}
         self.closed = False
 
     def close(self) -> None:
@@ -149,10 +172,31 @@ class FakeSession(requests.Session):
         super().close()
 
 
+def public_dns(host: str) -> list[str]:
+    """A resolver for the outbound guard: every name is a public address."""
+    return ["93.184.216.34"]
+
+
 def started(fn, session: FakeSession):
+    """``fn`` set up with ``session``, and a guard whose DNS answers a public
+    address (the fake hosts do not resolve here)."""
     fn._session_factory = lambda: session
     fn.setup()
+    fn._guard = OutboundGuard(fn._allow_insecure, resolver=public_dns)
     return fn
+
+
+def split_outputs(outputs) -> tuple[list[Any], list[ParkedBatch], list[dict[str, Any]]]:
+    """A DoFn's outputs as (results, parked batches, dead letters)."""
+    results, parked, letters = [], [], []
+    for output in outputs:
+        if not isinstance(output, beam.pvalue.TaggedOutput):
+            results.append(output)
+        elif output.tag == "parked":
+            parked.append(output.value)
+        else:
+            letters.append(output.value)
+    return results, parked, letters
 
 
 # =========================================================================== tier a: DoFns
@@ -185,10 +229,11 @@ def test_rest_fn_sends_one_document_per_request_with_headers(stream_secrets):
         assert call["url"] == "https://customer.example/hook"
         assert call["timeout"] == (2, 7)
         assert call["allow_redirects"] is False
-        assert dict(call["headers"]) == {"X-Customer": "tests", "Content-Type": "application/json",
-                                         "Authorization": TOKEN}
-    assert {(r.status, r.documents, r.failed_documents, r.status_code, r.target) for r in results} == {
-        ("delivered", 1, 0, 200, "https://customer.example/hook")}
+        headers = dict(call["headers"])
+        assert verify_signature(SIGNING_SECRET, headers.pop(SIGNATURE_HEADER), call["data"])
+        assert headers == {"X-Customer": "tests", "Content-Type": "application/json", "Authorization": TOKEN}
+    assert {(r.status, r.documents, r.failed_documents, r.status_code, r.target, r.attempts) for r in results} == {
+        ("delivered", 1, 0, 200, "https://customer.example/hook", 1)}
     assert sum(r.bytes for r in results) == sum(len(orjson.dumps(d)) for d in docs)
 
 
@@ -204,45 +249,83 @@ def test_rest_fn_pool_matches_concurrency():
         fn.teardown()
 
 
-def test_rest_fn_outcomes_become_results_without_raising(stream_secrets):
+def test_rest_fn_outcomes_become_results_and_parked_batches_without_raising(stream_secrets):
     streams = config(
-        rest_stream("ok", "http://a.example/ok"),
-        rest_stream("moved", "http://a.example/moved"),
-        rest_stream("broken", "http://a.example/broken"),
-        rest_stream("down", "http://a.example/down"),
-        rest_stream("slow", "http://a.example/slow"),
+        rest_stream("ok", "https://a.example/ok"),
+        rest_stream("moved", "https://a.example/moved"),
+        rest_stream("broken", "https://a.example/broken"),
+        rest_stream("down", "https://a.example/down"),
+        rest_stream("slow", "https://a.example/slow"),
+        rest_stream("rejected", "https://a.example/rejected"),
     )
     answers = {"/ok": 204, "/moved": 301, "/broken": 503, "/down": requests.ConnectionError("refused"),
-               "/slow": requests.ReadTimeout("too slow")}
+               "/slow": requests.ReadTimeout("too slow"), "/rejected": 422}
     session = FakeSession(lambda url: answers["/" + url.rsplit("/", 1)[1]])
-    fn = started(_RestWriteFn(new_session, Timeouts(), concurrency=2), session)
-    got = {}
+    fn = started(_RestWriteFn(new_session, Timeouts(), concurrency=2, policy=FAST), session)
+    got, parked_by_stream = {}, {}
     for sid in answers:
-        got[sid.strip("/")] = [(r.status, r.status_code, r.error, r.failed_documents)
-                               for r in fn.process((sid.strip("/"), [("event", event_doc(1))]), streams)]
+        document = event_doc(1)
+        results, parked, _ = split_outputs(fn.process((sid.strip("/"), [("event", document)]), streams))
+        got[sid.strip("/")] = [(r.status, r.status_code, r.error, r.token, r.attempts, r.failed_documents,
+                                r.parked_documents) for r in results]
+        parked_by_stream[sid.strip("/")] = [(b.reason, b.token, b.attempts, b.documents == (("event", document),))
+                                            for b in parked]
     fn.teardown()
     assert got == {
-        "ok": [("delivered", 204, None, 0)],
-        "moved": [("failed", 301, REDIRECT_NOT_FOLLOWED, 1)],
-        "broken": [("failed", 503, "http_error", 1)],
-        "down": [("failed", None, "ConnectionError", 1)],
-        "slow": [("failed", None, "ReadTimeout", 1)],
+        "ok": [("delivered", 204, None, None, 1, 0, 0)],
+        "moved": [("failed", 301, "http_301", "redirected", 1, 1, 1)],
+        "broken": [("failed", 503, "http_503", "remote_error", 2, 1, 1)],
+        "down": [("failed", None, "ConnectionError", "unreachable", 2, 1, 1)],
+        "slow": [("failed", None, "ReadTimeout", "unreachable", 2, 1, 1)],
+        "rejected": [("failed", 422, "http_422", "payload_rejected", 1, 1, 1)],
     }
+    assert parked_by_stream == {
+        "ok": [],
+        "moved": [("permanent_failure", "redirected", 1, True)],
+        "broken": [("retries_exhausted", "remote_error", 2, True)],
+        "down": [("retries_exhausted", "unreachable", 2, True)],
+        "slow": [("retries_exhausted", "unreachable", 2, True)],
+        "rejected": [("permanent_failure", "payload_rejected", 1, True)],
+    }
+    assert Counter(call["url"].rsplit("/", 1)[1] for call in session.calls) == {
+        "ok": 1, "moved": 1, "broken": 2, "down": 2, "slow": 2, "rejected": 1}
+
+
+def test_rest_fn_programming_errors_are_not_swallowed(stream_secrets):
+    """Only destination failures become results: anything else is a bug and raises."""
+    streams = config(rest_stream("s", "https://a.example/s"))
+    fn = started(_RestWriteFn(new_session, Timeouts(), concurrency=1, policy=FAST),
+                 FakeSession(lambda url: KeyError("a bug")))
+    try:
+        with pytest.raises(KeyError):
+            list(fn.process(("s", [("event", event_doc(1))]), streams))
+    finally:
+        fn.teardown()
 
 
 def test_missing_secret_and_unknown_stream_fail_without_sending(monkeypatch):
     monkeypatch.delenv("DS_TEST_REST_TOKEN", raising=False)
     streams = config(rest_stream("s1", "http://a.example/x", bulk=True))
     session = FakeSession()
-    fn = started(_RestBulkWriteFn(new_session, Timeouts(), max_request_bytes=1024 * 1024), session)
+    fn = started(_RestBulkWriteFn(new_session, Timeouts(), allow_insecure=True,
+                                  max_request_bytes=1024 * 1024), session)
     batch = [("usage", usage_doc(i)) for i in range(5)]
-    no_secret = list(fn.process(("s1", batch), streams))
-    unknown = list(fn.process(("gone", batch), streams))
+    no_secret, parked_no_secret, _ = split_outputs(fn.process(("s1", batch), streams))
+    again, parked_again, _ = split_outputs(fn.process(("s1", batch), streams))
+    unknown, parked_unknown, _ = split_outputs(fn.process(("gone", batch), streams))
     fn.teardown()
     assert session.calls == []
-    assert [(r.status, r.error, r.documents, r.failed_documents) for r in no_secret] == [
-        ("failed", SECRET_UNAVAILABLE, 5, 5)]
+    assert [(r.status, r.error, r.token, r.documents, r.parked_documents, r.attempts) for r in no_secret] == [
+        ("failed", SECRET_UNAVAILABLE, "credentials_unavailable", 5, 5, 0)]
+    assert [(b.reason, b.error, b.token, b.documents) for b in parked_no_secret] == [
+        ("permanent_failure", SECRET_UNAVAILABLE, "credentials_unavailable", tuple(batch))]
+    # the stream is deactivated on this worker: its next batch is parked as such
+    assert [(r.status, r.token, r.attempts) for r in again] == [("parked", "credentials_unavailable", 0)]
+    assert [(b.reason, b.token, len(b.documents)) for b in parked_again] == [
+        ("stream_deactivated", "credentials_unavailable", 5)]
     assert [(r.status, r.error, r.documents) for r in unknown] == [("failed", UNKNOWN_STREAM, 5)]
+    assert [(b.stream_id, b.reason, b.error, b.documents) for b in parked_unknown] == [
+        ("gone", "permanent_failure", UNKNOWN_STREAM, tuple(batch))]
 
 
 def test_bulk_fn_splits_by_count_and_bytes_in_time_order(stream_secrets):
@@ -252,7 +335,8 @@ def test_bulk_fn_splits_by_count_and_bytes_in_time_order(stream_secrets):
     one = len(orjson.dumps(docs[0][1]))
     limit = 3 * one + 300  # about 3 usage docs: bytes, not bulk_size 4, must split some requests
     session = FakeSession()
-    fn = started(_RestBulkWriteFn(new_session, Timeouts(), max_request_bytes=limit), session)
+    fn = started(_RestBulkWriteFn(new_session, Timeouts(), allow_insecure=True,
+                                  max_request_bytes=limit), session)
     results = list(fn.process(("b", docs), streams))
     fn.teardown()
 
@@ -282,7 +366,8 @@ def test_bulk_fn_byte_limit_is_exact(stream_secrets, spare, per_request):
     assert {len(orjson.dumps(d)) for d in docs} == {size}
     limit = 3 * size + 2 + 2 + spare
     session = FakeSession()
-    fn = started(_RestBulkWriteFn(new_session, Timeouts(), max_request_bytes=limit), session)
+    fn = started(_RestBulkWriteFn(new_session, Timeouts(), allow_insecure=True,
+                                  max_request_bytes=limit), session)
     list(fn.process(("b", [("usage", d) for d in docs]), streams))
     fn.teardown()
     counts = [len(orjson.loads(c["data"])) for c in session.calls]
@@ -296,7 +381,8 @@ def test_bulk_fn_too_large_boundary(stream_secrets, spare, sent):
     streams = config(rest_stream("b", "http://a.example/bulk", bulk=True))
     doc = usage_doc(1)
     session = FakeSession()
-    fn = started(_RestBulkWriteFn(new_session, Timeouts(), max_request_bytes=len(orjson.dumps(doc)) + 2 + spare),
+    fn = started(_RestBulkWriteFn(new_session, Timeouts(), allow_insecure=True,
+                                  max_request_bytes=len(orjson.dumps(doc)) + 2 + spare),
                  session)
     out = list(fn.process(("b", [("usage", doc)]), streams))
     fn.teardown()
@@ -310,7 +396,8 @@ def test_bulk_fn_dead_letters_a_document_too_large_for_any_request(stream_secret
     big["imsi"] = "9" * 5000
     small = [usage_doc(2), usage_doc(3)]
     session = FakeSession()
-    fn = started(_RestBulkWriteFn(new_session, Timeouts(), max_request_bytes=4000), session)
+    fn = started(_RestBulkWriteFn(new_session, Timeouts(), allow_insecure=True,
+                                  max_request_bytes=4000), session)
     out = list(fn.process(("b", [("usage", small[0]), ("usage", big), ("usage", small[1])]), streams))
     fn.teardown()
     letters = [o.value for o in out if isinstance(o, beam.pvalue.TaggedOutput)]
@@ -340,10 +427,10 @@ def test_two_streams_of_one_organisation_never_share_a_request(http_receiver, st
     single_a = [event_doc(2000 + i, seconds=i) for i in range(6)]
     single_b = [event_doc(3000 + i, seconds=i) for i in range(4)]
 
-    p, bulk = run_sink(lambda s: WriteToRestApiBulk(s, max_buffering_seconds=1), streams, interleaved)
+    p, bulk = run_sink(bulk_sink(), streams, interleaved)
     assert_that(bulk.results, totals_per_stream({"first": (15, "delivered"), "second": (12, "delivered")}))
     p.run().wait_until_finish()
-    p, single = run_sink(lambda s: WriteToRestApi(s, max_buffering_seconds=1), streams,
+    p, single = run_sink(rest_sink(), streams,
                          as_elements("single-a", single_a) + as_elements("single-b", single_b))
     assert_that(single.results, totals_per_stream({"single-a": (6, "delivered"), "single-b": (4, "delivered")}))
     p.run().wait_until_finish()
@@ -358,40 +445,68 @@ def test_two_streams_of_one_organisation_never_share_a_request(http_receiver, st
     }
 
 
-@pytest.mark.parametrize("status", [500, 301])
-def test_error_and_redirect_answers_are_failed_results(http_receiver, stream_secrets, status):
+def parked_summary(batch: ParkedBatch) -> tuple[Any, ...]:
+    ids = tuple(sorted(d["id"] for _, d in batch.documents))
+    return batch.stream_id, batch.reason, batch.token, batch.attempts, ids
+
+
+@pytest.mark.parametrize(("status", "single_expected", "bulk_expected", "single_parked", "bulk_parked", "sent"), [
+    # retried (2 attempts), every request fails: each is parked on its own
+    (500,
+     [("failed", 500, 1, 1, 2)] * 3,
+     [("failed", 500, 2, 2, 2), ("failed", 500, 2, 2, 2), ("failed", 500, 1, 1, 2)],
+     [("single", "retries_exhausted", "remote_error", 2, (i,)) for i in range(3)],
+     [("bulk", "retries_exhausted", "remote_error", 2, ids) for ids in ((0, 1), (2, 3), (4,))],
+     {"/single": 6, "/bulk": 6}),
+    # permanent: one attempt, the stream is deactivated, the rest parked without a request
+    (301,
+     [("failed", 301, 1, 1, 1), ("parked", None, 2, 2, 0)],
+     [("failed", 301, 2, 2, 1), ("parked", None, 3, 3, 0)],
+     [("single", "permanent_failure", "redirected", 1, (0,)),
+      ("single", "stream_deactivated", "redirected", 0, (1, 2))],
+     [("bulk", "permanent_failure", "redirected", 1, (0, 1)),
+      ("bulk", "stream_deactivated", "redirected", 0, (2, 3, 4))],
+     {"/single": 1, "/bulk": 1}),
+], ids=["500", "301"])
+def test_error_and_redirect_answers_are_failed_results(http_receiver, stream_secrets, status, single_expected,
+                                                        bulk_expected, single_parked, bulk_parked, sent):
     http_receiver.responder = lambda request: Reply(status, b"{}", {"Location": "http://127.0.0.1:1/elsewhere"})
     url = http_receiver.url
     streams = config(rest_stream("single", f"{url}/single"),
                      rest_stream("bulk", f"{url}/bulk", bulk=True, batching={"bulk_size": 2}))
-    p, single = run_sink(lambda s: WriteToRestApi(s, max_buffering_seconds=1), streams,
-                         as_elements("single", [event_doc(i) for i in range(3)]))
-    assert_that(single.results | beam.Map(lambda r: (r.status, r.status_code, r.documents, r.failed_documents)),
-                equal_to([("failed", status, 1, 1)] * 3))
+    fields = beam.Map(lambda r: (r.status, r.status_code, r.documents, r.parked_documents, r.attempts))
+    p, single = run_sink(rest_sink(concurrency=1), streams,
+                         as_elements("single", [event_doc(i, seconds=i) for i in range(3)]))
+    assert_that(single.results | fields, equal_to(single_expected))
+    assert_that(single.parked | beam.Map(parked_summary), equal_to(single_parked), label="Parked")
     p.run().wait_until_finish()
-    p, bulk = run_sink(lambda s: WriteToRestApiBulk(s, max_buffering_seconds=1), streams,
-                       as_elements("bulk", [usage_doc(i, seconds=i) for i in range(5)]))
-    assert_that(bulk.results | beam.Map(lambda r: (r.status, r.status_code, r.documents, r.failed_documents)),
-                equal_to([("failed", status, 2, 2), ("failed", status, 2, 2), ("failed", status, 1, 1)]))
+    p, bulk = run_sink(bulk_sink(), streams, as_elements("bulk", [usage_doc(i, seconds=i) for i in range(5)]))
+    assert_that(bulk.results | fields, equal_to(bulk_expected))
+    assert_that(bulk.parked | beam.Map(parked_summary), equal_to(bulk_parked), label="Parked")
     p.run().wait_until_finish()
     # nothing followed the Location header: the receiver saw only the configured paths
-    assert Counter(r.path for r in http_receiver.requests()) == {"/single": 3, "/bulk": 3}
+    assert Counter(r.path for r in http_receiver.requests()) == sent
 
 
 def test_connection_refused_is_a_failed_result_with_an_error_token(stream_secrets):
     closed = f"http://127.0.0.1:{free_port()}"
     streams = config(rest_stream("single", f"{closed}/single"), rest_stream("bulk", f"{closed}/bulk", bulk=True))
-    p, single = run_sink(lambda s: WriteToRestApi(s, max_buffering_seconds=1), streams,
+    p, single = run_sink(rest_sink(), streams,
                          as_elements("single", [event_doc(1), event_doc(2)]))
-    assert_that(single.results | beam.Map(lambda r: (r.stream_id, r.status, r.status_code, r.error)),
-                equal_to([("single", "failed", None, "ConnectionError")] * 2))
+    assert_that(single.results | beam.Map(lambda r: (r.stream_id, r.status, r.status_code, r.error, r.token)),
+                equal_to([("single", "failed", None, "ConnectionError", "unreachable")] * 2))
+    assert_that(single.parked | beam.Map(parked_summary),
+                equal_to([("single", "retries_exhausted", "unreachable", 2, (i,)) for i in (1, 2)]), label="Parked")
     result = p.run()
     result.wait_until_finish()
-    assert delivery_counters(result) == {"deliver|rest_api|requests": 2, "deliver|rest_api|failed_documents": 2}
-    p, bulk = run_sink(lambda s: WriteToRestApiBulk(s, max_buffering_seconds=1), streams,
+    # "requests" counts attempts: two documents, two attempts each
+    assert delivery_counters(result) == {"deliver|rest_api|requests": 4, "deliver|rest_api|failed_documents": 2}
+    p, bulk = run_sink(bulk_sink(), streams,
                        as_elements("bulk", [usage_doc(1), usage_doc(2)]))
     assert_that(bulk.results | beam.Map(lambda r: (r.stream_id, r.status, r.documents, r.error, r.target)),
                 equal_to([("bulk", "failed", 2, "ConnectionError", f"{closed}/bulk")]))
+    assert_that(bulk.parked | beam.Map(parked_summary),
+                equal_to([("bulk", "retries_exhausted", "unreachable", 2, (1, 2))]), label="Parked")
     p.run().wait_until_finish()
 
 
@@ -418,12 +533,13 @@ def test_bulk_end_to_end_25000_documents_respect_bulk_size(http_receiver, stream
     generated = numbers | "Big" >> beam.Map(lambda i: ("big", ("usage", big_doc(i))))
     given = p | "Tiny" >> beam.Create(as_elements("tiny", tiny))
     routed = (generated, given) | beam.Flatten() | "Stamp" >> beam.Map(lambda e: TimestampedValue(e, ELEMENT_TS))
-    outputs = routed | "Deliver" >> WriteToRestApiBulk(side, max_buffering_seconds=5)
+    outputs = routed | "Deliver" >> WriteToRestApiBulk(side, max_buffering_seconds=5, allow_insecure=True)
     assert_that(outputs.results, totals_per_stream({"big": (25_000, "delivered"), "tiny": (103, "delivered")}),
                 label="Totals")
     assert_that(outputs.results, _check(lambda rs: all(r.failed_documents == 0 and r.status_code == 202
                                                        for r in rs), "a request failed"), label="AllOk")
     assert_that(outputs.dead_letters, equal_to([]), label="NoDeadLetters")
+    assert_that(outputs.parked, equal_to([]), label="NothingParked")
     p.run().wait_until_finish()
 
     for path, docs, limit in (("/big", big, 3000), ("/tiny", tiny, 7)):
@@ -449,10 +565,11 @@ def test_rest_end_to_end_one_document_per_request(http_receiver, stream_secrets)
     )
     put_docs = [event_doc(500 + i, seconds=i, sample=s) for i, s in enumerate(sorted(EXPECTED_EVENTS) * 7)]
     post_docs = [usage_doc(900 + i, seconds=i) for i in range(9)] + list(EXPECTED_EVENTS.values())
-    p, outputs = run_sink(lambda s: WriteToRestApi(s, max_buffering_seconds=1, concurrency=4), streams,
+    p, outputs = run_sink(rest_sink(concurrency=4), streams,
                           as_elements("put", put_docs) + as_elements("post", post_docs))
     assert_that(outputs.results, totals_per_stream({"put": (21, "delivered"), "post": (12, "delivered")}))
     assert_that(outputs.results | beam.Map(lambda r: r.documents), equal_to([1] * 33), label="OnePerResult")
+    assert_that(outputs.parked, equal_to([]), label="NothingParked")
     p.run().wait_until_finish()
 
     for path, method, docs in (("/put", "PUT", put_docs), ("/post", "POST", post_docs)):
@@ -467,6 +584,7 @@ def test_rest_end_to_end_one_document_per_request(http_receiver, stream_secrets)
             assert headers["content-type"] == "application/json"
             assert headers["x-customer"] == "tests"
             assert headers["authorization"] == SECRETS["DS_TEST_REST_TOKEN"]
+            assert verify_signature(SIGNING_SECRET, headers[SIGNATURE_HEADER.lower()], request.body)
 
 
 def test_bulk_end_to_end_too_large_document_is_dead_lettered_not_sent(http_receiver, stream_secrets):
@@ -475,7 +593,7 @@ def test_bulk_end_to_end_too_large_document_is_dead_lettered_not_sent(http_recei
     docs = [usage_doc(i, seconds=i) for i in range(4)]
     big = event_doc(77, sample="5.1.2")
     big["description"] = "x" * 20_000
-    p, outputs = run_sink(lambda s: WriteToRestApiBulk(s, max_buffering_seconds=1, max_request_bytes=16_000),
+    p, outputs = run_sink(bulk_sink(max_request_bytes=16_000),
                           streams, as_elements("bulk", [*docs[:2], big, *docs[2:]]))
     assert_that(outputs.dead_letters | beam.Map(lambda d: (d["reason"], d["kind"], d["record_id"],
                                                           orjson.loads(d["payload"]) == big)),
@@ -517,30 +635,35 @@ def test_no_secret_in_results_dead_letters_logs_or_graph(http_receiver, stream_s
 
     def no_secret(items):
         text = repr(list(items))
-        if TOKEN in text or "rest-token" in text:
+        if TOKEN in text or "rest-token" in text or SIGNING_SECRET in text:
             raise BeamAssertException("secret found in sink output")
 
-    p, bulk = run_sink(lambda s: WriteToRestApiBulk(s, max_buffering_seconds=1, max_request_bytes=2000),
+    p, bulk = run_sink(bulk_sink(max_request_bytes=2000),
                        streams, bulk_elements)
     assert_that(bulk.results, no_secret, label="ResultsClean")
     assert_that(bulk.dead_letters, no_secret, label="DeadLettersClean")
+    assert_that(bulk.parked, no_secret, label="ParkedClean")
     assert_that(bulk.dead_letters | beam.Map(lambda d: d["reason"]), equal_to(["record_too_large"]), label="DL")
-    assert TOKEN.encode() not in p.to_runner_api().SerializeToString()  # the graph holds references only
+    graph = p.to_runner_api().SerializeToString()
+    assert TOKEN.encode() not in graph and SIGNING_SECRET.encode() not in graph  # the graph holds references only
     p.run().wait_until_finish()
-    p, single = run_sink(lambda s: WriteToRestApi(s, max_buffering_seconds=1), streams, single_elements)
+    p, single = run_sink(rest_sink(), streams, single_elements)
     assert_that(single.results | beam.Map(lambda r: (r.stream_id, r.status, r.status_code, r.error)),
-                equal_to([("refused", "failed", None, "ConnectionError"), ("single", "failed", 503, "http_error")]))
+                equal_to([("refused", "failed", None, "ConnectionError"), ("single", "failed", 503, "http_503")]))
     assert_that(single.results, no_secret, label="ResultsClean")
+    assert_that(single.parked, no_secret, label="ParkedClean")
     p.run().wait_until_finish()
 
-    # the test can fail: the secret really was sent, and failures really were logged
+    # the test can fail: the secrets really were used, and failures really were logged
     assert all(r.headers.get("Authorization") == TOKEN for r in http_receiver.requests())
+    assert all(verify_signature(SIGNING_SECRET, r.headers[SIGNATURE_HEADER], r.body) for r in http_receiver.requests())
     assert any("requests to" in record.getMessage() and "failed" in record.getMessage()
                for record in caplog.records)
     for record in caplog.records:
-        assert TOKEN not in record.getMessage() and "rest-token" not in record.getMessage()
-        assert TOKEN not in repr(record.args) and TOKEN not in (record.exc_text or "")
-    assert TOKEN not in caplog.text
+        for secret in (TOKEN, "rest-token", SIGNING_SECRET):
+            assert secret not in record.getMessage()
+            assert secret not in repr(record.args) and secret not in (record.exc_text or "")
+    assert TOKEN not in caplog.text and SIGNING_SECRET not in caplog.text
 
 
 class _FindBatching(PipelineVisitor):
@@ -575,9 +698,9 @@ def test_streaming_input_goes_through_group_into_batches(http_receiver, stream_s
     side = beam.pvalue.AsSingleton(p | "Streams" >> beam.Create([streams]))
     routed = p | "Live" >> events
     bulk = routed | "Bulk" >> beam.Filter(lambda e: e[0] == "live") | "DeliverBulk" >> WriteToRestApiBulk(
-        side, max_buffering_seconds=7)
+        side, max_buffering_seconds=7, allow_insecure=True)
     single = routed | "Single" >> beam.Filter(lambda e: e[0] == "one") | "DeliverOne" >> WriteToRestApi(
-        side, max_buffering_seconds=3)
+        side, max_buffering_seconds=3, allow_insecure=True)
     # assert_that misses outputs of timers in the DirectRunner's streaming mode
     # (apache/beam#18987): collect into this module instead (same process)
     STREAMING_RESULTS.clear()
