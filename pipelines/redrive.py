@@ -6,10 +6,11 @@
 (``make redrive STREAM=<id>`` with the local defaults.) The stream is reactivated
 first: its status becomes active with no consecutive failures. Its parked batches
 are then delivered through the same sink, failure policy and circuit as live
-data, as a Beam job on any runner. Batches that fail again are parked again (the
-same documents get the same batch file, so nothing is duplicated) and the stream
-is deactivated again by the usual rule; batches that were delivered are removed
-from the park. The status is updated from the results, and the run prints what
+data, as a Beam job on any runner, each parked document once (a replayed input
+may have parked a document twice, in different batches). What fails again is
+parked again and the stream is deactivated again by the usual rule; the batches
+re-driven are removed from the park once their documents are delivered or parked
+anew. The status is updated from the results, and the run prints what
 was delivered, what is still parked, and the stream's status.
 """
 
@@ -32,7 +33,7 @@ from pipelines.options import DeliveryOptions, OptionError, OutputOptions, Relia
 from pipelines.summary import summarize
 from schemas.streams import DataStream, StreamConfigError
 from sinks.ordering import document_time
-from sinks.parking import ParkStore, WriteParkedBatches
+from sinks.parking import ParkStore, WriteParkedBatches, now_iso
 from transforms.delivery import sinks_for
 from transforms.files import WriteJsonLines, write_dead_letters
 from transforms.routing import load_stream_config, routed_element
@@ -41,10 +42,15 @@ from transforms.status import StreamStatus, UpdateStreamStatus, load_status, ren
 _LOG = logging.getLogger(__name__)
 
 
-def _routed(path: str, store_location: str, stream: DataStream) -> Iterator[Any]:
-    batch = ParkStore(store_location).read(path)
-    for kind, document in batch.documents:
-        yield TimestampedValue(routed_element(stream, kind, document), document_time(kind, document).timestamp())
+def _parked_documents(path: str, store_location: str) -> Iterator[tuple[tuple[str, int], dict[str, Any]]]:
+    for kind, document in ParkStore(store_location).read(path).documents:
+        yield (kind, document["id"]), document
+
+
+def _routed(keyed: tuple[tuple[str, int], Any], stream: DataStream) -> Any:
+    (kind, _), documents = keyed
+    document = next(iter(documents))
+    return TimestampedValue(routed_element(stream, kind, document), document_time(kind, document).timestamp())
 
 
 def _result_json(result: Any) -> bytes:
@@ -92,7 +98,10 @@ def run(argv: list[str] | None = None) -> int:
         routed = (
             pipeline
             | "ParkedBatches" >> beam.Create(before)
-            | "Routed" >> beam.FlatMap(_routed, settings.park_location, stream)
+            | "Documents" >> beam.FlatMap(_parked_documents, settings.park_location)
+            # A replayed input parks its documents again, in other batches: deliver each once.
+            | "OncePerDocument" >> beam.GroupByKey()
+            | "Routed" >> beam.Map(_routed, stream)
         )
         delivered = routed | f"Deliver[{stream.api_type}]" >> sinks_for(settings, streams)[stream.api_type]
         if delivered.parked is not None:
@@ -102,11 +111,14 @@ def run(argv: list[str] | None = None) -> int:
         delivered.results | "StreamStatus" >> UpdateStreamStatus(
             settings.status_location, streams, settings.policy.deactivate_after
         )
+        started = now_iso()
         result = pipeline.run()
         result.wait_until_finish()
         summary = summarize(result)
-        after = set(store.list(stream_id))
-        store.delete(path for path in before if path not in after)
+        # Batches this run parked again were rewritten (parked_at after the start);
+        # every other batch re-driven has had all its documents delivered or re-parked.
+        store.delete(path for path in before if store.read(path).parked_at < started)
+        after = store.list(stream_id)
         counts = summary.deliveries.get(stream.api_type, {})
         sys.stdout.write(
             f"  delivered {counts.get('documents', 0)} documents in {counts.get('requests', 0)} requests; "

@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindows
 
 from schemas.streams import API_TYPES
 from sinks.datadog import WriteToDataDog
@@ -119,37 +120,44 @@ class DeliverToStreams(beam.PTransform):
             for kind, docs in sorted(documents.items())
         ]
         sinks = sinks_for(self._settings, self._streams)
+        write_parked = WriteParkedBatches(self._settings.park_location)
+        # Everything that counts is applied per branch, before any Flatten: on the
+        # DirectRunner's bundle-based executor, metrics recorded downstream of a
+        # Flatten fed by a keyed step are lost although the elements arrive (seen
+        # with Beam 2.77; the per-stream reconciliation in the job tests would catch it).
         results, dead_letters, parked = [], [], []
         for api_type in API_TYPES:
             branch = tuple(r[api_type] for r in routed) | f"Merge[{api_type}]" >> beam.Flatten(pipeline=pipeline)
             out = branch | f"Deliver[{api_type}]" >> sinks[api_type]
-            results.append(out.results)
-            dead_letters.append(out.dead_letters)
+            # S3 and DataDog outputs are in their streams' windows; results, dead
+            # letters and parked batches are accounted for across all windows.
+            results.append(
+                out.results
+                | f"CountPerStream[{api_type}]" >> beam.Map(_count_result)
+                | f"Unwindow[{api_type}]" >> beam.WindowInto(GlobalWindows())
+            )
+            dead_letters.append(
+                out.dead_letters
+                | f"CountDeadLetters[{api_type}]" >> beam.Map(_count_delivery_dead_letter)
+                | f"UnwindowDeadLetters[{api_type}]" >> beam.WindowInto(GlobalWindows())
+            )
             if out.parked is not None:
-                parked.append(out.parked)
-        inactive = (
-            tuple(r[PARKED] for r in routed)
-            | "MergeInactive" >> beam.Flatten(pipeline=pipeline)
-            | "KeyInactive" >> beam.MapTuple(lambda sid, v: ((sid, v[0], v[1], v[2]), v[3]))
-            | "GroupInactive" >> beam.GroupByKey()
-            | "ParkInactive" >> beam.FlatMap(_park_inactive)
-        )
-        parked.append(inactive)
-        all_results = (
-            tuple(results)
-            | "DeliveryResults" >> beam.Flatten(pipeline=pipeline)
-            | "CountPerStream" >> beam.Map(_count_result)
-        )
-        all_dead = (
-            tuple(dead_letters)
-            | "DeliveryDeadLetters" >> beam.Flatten(pipeline=pipeline)
-            | "CountDeliveryDeadLetters" >> beam.Map(_count_delivery_dead_letter)
-        )
-        parked_paths = (
-            tuple(parked)
-            | "AllParked" >> beam.Flatten(pipeline=pipeline)
-            | "WriteParked" >> WriteParkedBatches(self._settings.park_location)
-        )
+                parked.append(
+                    out.parked
+                    | f"WriteParked[{api_type}]" >> write_parked
+                    | f"UnwindowParked[{api_type}]" >> beam.WindowInto(GlobalWindows())
+                )
+        for kind, routes in zip(sorted(documents), routed, strict=True):
+            parked.append(
+                routes[PARKED]
+                | f"KeyInactive[{kind}]" >> beam.MapTuple(lambda sid, v: ((sid, v[0], v[1], v[2]), v[3]))
+                | f"GroupInactive[{kind}]" >> beam.GroupByKey()
+                | f"ParkInactive[{kind}]" >> beam.FlatMap(_park_inactive)
+                | f"WriteParked[inactive {kind}]" >> write_parked
+            )
+        all_results = tuple(results) | "DeliveryResults" >> beam.Flatten(pipeline=pipeline)
+        all_dead = tuple(dead_letters) | "DeliveryDeadLetters" >> beam.Flatten(pipeline=pipeline)
+        parked_paths = tuple(parked) | "ParkedPaths" >> beam.Flatten(pipeline=pipeline)
         status = all_results | "StreamStatus" >> UpdateStreamStatus(
             self._settings.status_location, self._streams, self._settings.policy.deactivate_after
         )
