@@ -182,7 +182,7 @@ def render_status_table(records: Iterable[StreamStatus]) -> str:
     lines = [
         "",
         "Stream status",
-        f"  {'stream':<26}{'API':<15}{'type':<8}{'destination':<52}{'last data':<26}{'remote status'}",
+        f"  {'stream':<26}{'API':<15}{'type':<8}{'destination':<52}{'last data':<31}{'remote status'}",
     ]
     for record in records:
         remote = record.state if record.state != "deactivated" else f"deactivated ({record.error})"
@@ -190,6 +190,6 @@ def render_status_table(records: Iterable[StreamStatus]) -> str:
             remote += f", last {record.last_remote_status}"
         lines.append(
             f"  {record.stream_id:<26}{record.api_type:<15}{record.stream_type:<8}{record.destination[:50]:<52}"
-            f"{(record.last_success_at or '-'):<26}{remote}"
+            f"{(record.last_success_at or '-'):<31}{remote}"
         )
     return "\n".join(lines) + "\n"
