@@ -92,7 +92,6 @@ import apache_beam as beam
 import orjson
 import requests
 from apache_beam import pvalue
-from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import IntervalWindow
 
 from schemas.streams import DataDogDestination, DataStream, StreamConfig
@@ -104,6 +103,7 @@ from sinks.results import (
     DELIVERED,
     FAILED,
     PARKED_STATUS,
+    DeliveryCounters,
     DeliveryResult,
     SinkOutputs,
     Stopwatch,
@@ -121,7 +121,6 @@ from sinks.retry import (
     classify_http,
 )
 from sinks.secrets import SecretError, SecretResolver
-from transforms import metrics
 from transforms.windows import PerElementFixedWindows, size_from_key
 
 _LOG = logging.getLogger(__name__)
@@ -467,11 +466,7 @@ class _DataDogWriteFn(beam.DoFn):
         self._secrets = SecretResolver()
         self._guard = OutboundGuard(self._allow_insecure)
         self._circuit = StreamCircuit(self._policy.deactivate_after)
-        self._requests = Metrics.counter(metrics.NAMESPACE, metrics.delivery(DATADOG, "requests"))
-        self._delivered = Metrics.counter(metrics.NAMESPACE, metrics.delivery(DATADOG, "documents"))
-        self._failed = Metrics.counter(metrics.NAMESPACE, metrics.delivery(DATADOG, "failed_documents"))
-        self._bytes = Metrics.counter(metrics.NAMESPACE, metrics.delivery(DATADOG, "bytes"))
-        self._redelivered = Metrics.counter(metrics.NAMESPACE, metrics.redelivered(DATADOG))
+        self._counters = DeliveryCounters(DATADOG)
 
     def teardown(self) -> None:
         session = getattr(self, "_session", None)
@@ -552,7 +547,7 @@ class _DataDogWriteFn(beam.DoFn):
     def _attempt(self, url: str, headers: Mapping[str, str], body: bytes) -> Attempt:
         """One request, classified; never raises for a destination failure
         (:func:`classify_exception` re-raises anything else: a bug)."""
-        self._requests.inc()
+        self._counters.requests.inc()
         try:
             response = self._session.post(
                 url, data=body, headers=headers, timeout=self._timeouts.as_requests(), allow_redirects=False
@@ -571,11 +566,11 @@ class _DataDogWriteFn(beam.DoFn):
     def _delivered_payload(self, stream_id: str, target: str, payload: Payload, outcome: Outcome,
                            watch: Stopwatch) -> DeliveryResult:
         size = len(payload.body)
-        self._delivered.inc(payload.documents)
-        self._bytes.inc(size)
+        self._counters.documents.inc(payload.documents)
+        self._counters.bytes.inc(size)
         redelivered = payload.documents if outcome.maybe_delivered_twice else 0
         if redelivered:
-            self._redelivered.inc(redelivered)
+            self._counters.redelivered.inc(redelivered)
         return self._result(stream_id, target, payload, watch, DELIVERED, outcome.last, outcome.attempts,
                             redelivered_documents=redelivered)
 
@@ -584,7 +579,7 @@ class _DataDogWriteFn(beam.DoFn):
         """A failed result and the payload's documents parked: retries exhausted
         when the last failure was transient, a permanent failure otherwise."""
         last = outcome.last
-        self._failed.inc(payload.documents)
+        self._counters.failed_documents.inc(payload.documents)
         yield self._result(stream_id, target, payload, watch, FAILED, last, outcome.attempts,
                            failed_documents=payload.documents, parked_documents=payload.documents)
         yield parked(stream_id, DATADOG, RETRIES_EXHAUSTED if last.retryable else PERMANENT_FAILURE,

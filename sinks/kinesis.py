@@ -69,7 +69,6 @@ from typing import Any, NamedTuple
 import apache_beam as beam
 import orjson
 from apache_beam import pvalue
-from apache_beam.metrics import Metrics
 from botocore.exceptions import BotoCoreError, ClientError
 
 from schemas.streams import AwsDestination, DataStream, StreamConfig
@@ -82,6 +81,7 @@ from sinks.results import (
     FAILED,
     PARKED_STATUS,
     PARTIAL,
+    DeliveryCounters,
     DeliveryResult,
     SinkOutputs,
     Stopwatch,
@@ -99,7 +99,6 @@ from sinks.retry import (
     classify_exception,
 )
 from sinks.secrets import SecretError, SecretResolver
-from transforms import metrics
 from transforms.batching import BatchPerStream
 
 API_TYPE = "aws_kinesis"
@@ -123,9 +122,6 @@ def partition_key(document: dict[str, Any]) -> str:
     return f"org-{document['organisation']['id']}"
 
 
-def _counter(measure: str) -> Any:
-    return Metrics.counter(metrics.NAMESPACE, metrics.delivery(API_TYPE, measure))
-
 
 class _Record(NamedTuple):
     kind: str
@@ -148,11 +144,11 @@ class _PutRecordsAttempt:
     sends the records still pending and keeps what the response accepted, so a
     retry resends exactly the records that failed."""
 
-    def __init__(self, client: Any, stream_name: str, records: list[_Record], requests: Any, size: Any) -> None:
+    def __init__(self, client: Any, stream_name: str, records: list[_Record], counters: DeliveryCounters) -> None:
         self._client = client
         self._stream_name = stream_name
         self._records = records
-        self._requests, self._bytes = requests, size
+        self._counters = counters
         self._pending = list(range(len(records)))  # positions in ``records``
         self._delivered: list[int] = []
         #: records an attempt that got no answer may have stored: if a later
@@ -174,8 +170,8 @@ class _PutRecordsAttempt:
 
     def __call__(self) -> Attempt:
         sending = [self._records[i] for i in self._pending]
-        self._requests.inc()
-        self._bytes.inc(sum(r.size for r in sending))
+        self._counters.requests.inc()
+        self._counters.bytes.inc(sum(r.size for r in sending))
         try:
             response = self._client.put_records(
                 StreamName=self._stream_name,
@@ -219,12 +215,7 @@ class _KinesisWriteFn(beam.DoFn):
     def setup(self) -> None:
         self._clients = AwsClients(self._client_factory, SecretResolver())
         self._circuit = StreamCircuit(self._policy.deactivate_after)
-        self._requests = _counter("requests")
-        self._documents = _counter("documents")
-        self._failed_documents = _counter("failed_documents")
-        self._bytes = _counter("bytes")
-        self._dead_letters = _counter("dead_letters")
-        self._redelivered = Metrics.counter(metrics.NAMESPACE, metrics.redelivered(API_TYPE))
+        self._counters = DeliveryCounters(API_TYPE)
 
     def process(
         self, element: tuple[str, Iterable[tuple[str, dict[str, Any]]]], streams: StreamConfig
@@ -236,7 +227,7 @@ class _KinesisWriteFn(beam.DoFn):
             key = partition_key(document)
             size = len(data) + len(key.encode("utf-8"))
             if size > MAX_RECORD_BYTES:
-                self._dead_letters.inc()
+                self._counters.dead_letters.inc()
                 yield too_large_dead_letter(kind, document, size, MAX_RECORD_BYTES, API_TYPE)
                 continue
             records.append(_Record(kind, document, data, key, size))
@@ -270,11 +261,11 @@ class _KinesisWriteFn(beam.DoFn):
             yield self._result(stream.id, target, request, watch, FAILED, error="secret_unavailable",
                                token=CREDENTIALS_UNAVAILABLE, parked_documents=len(request), attempts=0)
             return
-        put = _PutRecordsAttempt(client, destination.target, request, self._requests, self._bytes)
+        put = _PutRecordsAttempt(client, destination.target, request, self._counters)
         outcome: Outcome = self._policy.run(put)
         self._circuit.record(stream.id, outcome)
-        self._documents.inc(put.delivered)
-        self._redelivered.inc(put.redelivered)
+        self._counters.documents.inc(put.delivered)
+        self._counters.redelivered.inc(put.redelivered)
         if outcome.ok:
             yield self._result(stream.id, target, request, watch, DELIVERED, status_code=put.status_code,
                                attempts=outcome.attempts, redelivered=put.redelivered)
@@ -291,7 +282,7 @@ class _KinesisWriteFn(beam.DoFn):
     def _result(self, stream_id: str, target: str, request: list[_Record], watch: Stopwatch, status: str, *,
                 status_code: int | None = None, error: str | None = None, token: str | None = None,
                 parked_documents: int = 0, attempts: int = 1, redelivered: int = 0) -> DeliveryResult:
-        self._failed_documents.inc(parked_documents)
+        self._counters.failed_documents.inc(parked_documents)
         return DeliveryResult(
             stream_id=stream_id,
             api_type=API_TYPE,

@@ -69,7 +69,6 @@ import apache_beam as beam
 import orjson
 import requests
 from apache_beam import pvalue
-from apache_beam.metrics import Metrics
 from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
 
@@ -83,6 +82,7 @@ from sinks.results import (
     DELIVERED,
     FAILED,
     PARKED_STATUS,
+    DeliveryCounters,
     DeliveryResult,
     SinkOutputs,
     Stopwatch,
@@ -100,7 +100,6 @@ from sinks.retry import (
     classify_http,
 )
 from sinks.secrets import SecretError, SecretResolver
-from transforms import metrics
 from transforms.batching import BatchPerStream
 
 _LOG = logging.getLogger(__name__)
@@ -184,15 +183,8 @@ class _RestDoFnBase(beam.DoFn):
         # The rest_api sink records outcomes from its pool's threads.
         self._circuit_lock = threading.Lock()
         self._guard = OutboundGuard(self._allow_insecure)
-        self._requests = self._counter("requests")
-        self._delivered = self._counter("documents")
-        self._failed = self._counter("failed_documents")
-        self._bytes = self._counter("bytes")
-        self._dead_letters = self._counter("dead_letters")
-        self._redelivered = Metrics.counter(metrics.NAMESPACE, metrics.redelivered(self.api_type))
+        self._counters = DeliveryCounters(self.api_type)
 
-    def _counter(self, measure: str) -> Any:
-        return Metrics.counter(metrics.NAMESPACE, metrics.delivery(self.api_type, measure))
 
     def teardown(self) -> None:
         session = getattr(self, "_session", None)
@@ -308,15 +300,15 @@ class _RestDoFnBase(beam.DoFn):
         "requests" counts attempts, "documents" and "bytes" what was delivered."""
         outcome, last = sent.outcome, sent.outcome.last
         documents, size = len(prepared.items), len(prepared.body)
-        self._requests.inc(outcome.attempts)
+        self._counters.requests.inc(outcome.attempts)
         if outcome.ok:
             redelivered = documents if outcome.maybe_delivered_twice else 0
-            self._delivered.inc(documents)
-            self._bytes.inc(size)
-            self._redelivered.inc(redelivered)
+            self._counters.documents.inc(documents)
+            self._counters.bytes.inc(size)
+            self._counters.redelivered.inc(redelivered)
             return [self._result(stream_id, target, documents, size, DELIVERED, status_code=last.status_code,
                                  attempts=outcome.attempts, redelivered=redelivered, sent=sent)]
-        self._failed.inc(documents)
+        self._counters.failed_documents.inc(documents)
         reason = RETRIES_EXHAUSTED if last.retryable else PERMANENT_FAILURE
         return [
             self._result(stream_id, target, documents, size, FAILED, status_code=last.status_code,
@@ -330,7 +322,7 @@ class _RestDoFnBase(beam.DoFn):
                   error: str | None, token: str | None) -> list[Any]:
         """One result and one parked batch for requests never attempted."""
         items = [item for p in prepared for item in p.items]
-        self._failed.inc(len(items))
+        self._counters.failed_documents.inc(len(items))
         return [
             self._result(stream_id, target, len(items), sum(len(p.body) for p in prepared), status, error=error,
                          token=token, attempts=0, parked_documents=len(items)),
@@ -482,7 +474,7 @@ class _RestBulkWriteFn(_RestDoFnBase):
                 # counter reconciles input records, and this document was
                 # already counted as one (delivery dead letters are counted
                 # where the sinks' outputs are joined).
-                self._dead_letters.inc()
+                self._counters.dead_letters.inc()
                 yield too_large_dead_letter(kind, document, len(body), self._max_request_bytes, self.api_type,
                                             stream_id=stream_id)
                 continue

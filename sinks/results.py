@@ -18,7 +18,9 @@ from typing import Any, NamedTuple, TypeVar
 import apache_beam as beam
 import orjson
 from apache_beam import pvalue
+from apache_beam.metrics import Metrics
 
+from transforms import metrics
 from transforms.records import dead_letter
 
 DEAD_LETTERS = "dead_letters"
@@ -55,6 +57,22 @@ class DeliveryResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+class DeliveryCounters:
+    """The delivery counters of one API type (names in ``transforms/metrics.py``);
+    create them in a sink's ``setup``."""
+
+    def __init__(self, api_type: str) -> None:
+        def counter(measure: str) -> Any:
+            return Metrics.counter(metrics.NAMESPACE, metrics.delivery(api_type, measure))
+
+        self.requests = counter("requests")  # attempts
+        self.documents = counter("documents")  # delivered
+        self.failed_documents = counter("failed_documents")
+        self.bytes = counter("bytes")  # delivered
+        self.dead_letters = counter("dead_letters")
+        self.redelivered = Metrics.counter(metrics.NAMESPACE, metrics.redelivered(api_type))
 
 
 class Stopwatch:

@@ -59,7 +59,6 @@ from typing import Any
 import apache_beam as beam
 import orjson
 from apache_beam import pvalue
-from apache_beam.metrics import Metrics
 from apache_beam.utils.timestamp import Timestamp
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -68,10 +67,18 @@ from sinks.aws import AwsClients, ClientFactory, boto3_client
 from sinks.csv_format import UnknownFieldError, render_csv, to_row
 from sinks.ordering import document_time, order_key
 from sinks.parking import PARKED, PERMANENT_FAILURE, RETRIES_EXHAUSTED, STREAM_DEACTIVATED, parked
-from sinks.results import DEAD_LETTERS, DELIVERED, FAILED, PARKED_STATUS, DeliveryResult, SinkOutputs, Stopwatch
+from sinks.results import (
+    DEAD_LETTERS,
+    DELIVERED,
+    FAILED,
+    PARKED_STATUS,
+    DeliveryCounters,
+    DeliveryResult,
+    SinkOutputs,
+    Stopwatch,
+)
 from sinks.retry import CREDENTIALS_UNAVAILABLE, SUCCESS, Attempt, RetryPolicy, StreamCircuit, classify_exception
 from sinks.secrets import SecretError, SecretResolver
-from transforms import metrics
 from transforms.records import dead_letter
 from transforms.windows import PerElementFixedWindows, size_from_key
 
@@ -120,9 +127,6 @@ def _utc(timestamp: Timestamp) -> datetime:
     return _EPOCH + timedelta(microseconds=timestamp.micros)
 
 
-def _counter(measure: str) -> Any:
-    return Metrics.counter(metrics.NAMESPACE, metrics.delivery(API_TYPE, measure))
-
 
 class _S3WriteFn(beam.DoFn):
     """``((stream_id, kind, rotation), documents)`` of one window -> one
@@ -136,12 +140,7 @@ class _S3WriteFn(beam.DoFn):
     def setup(self) -> None:
         self._clients = AwsClients(self._client_factory, SecretResolver())
         self._circuit = StreamCircuit(self._policy.deactivate_after)
-        self._requests = _counter("requests")
-        self._documents = _counter("documents")
-        self._failed_documents = _counter("failed_documents")
-        self._bytes = _counter("bytes")
-        self._dead_letters = _counter("dead_letters")
-        self._redelivered = Metrics.counter(metrics.NAMESPACE, metrics.redelivered(API_TYPE))
+        self._counters = DeliveryCounters(API_TYPE)
 
     def process(
         self,
@@ -158,7 +157,7 @@ class _S3WriteFn(beam.DoFn):
                 rows.append(to_row(kind, document))
             except UnknownFieldError as err:
                 _LOG.error("stream %s: %s", stream_id, err)
-                self._dead_letters.inc()
+                self._counters.dead_letters.inc()
                 letter = dead_letter(kind, "deliver", "internal_error", str(err),  # type: ignore[arg-type]
                                      orjson.dumps(document), document.get("id"))
                 yield pvalue.TaggedOutput(DEAD_LETTERS, letter)
@@ -169,7 +168,7 @@ class _S3WriteFn(beam.DoFn):
             return
         stream = streams.streams.get(stream_id)
         if stream is None:  # removed from the config since routing: parked until a re-drive finds it again
-            self._failed_documents.inc(len(rows))
+            self._counters.failed_documents.inc(len(rows))
             yield parked(stream_id, API_TYPE, PERMANENT_FAILURE, [(kind, d) for d in kept], error="unknown_stream")
             yield _result(stream_id, "", len(rows), 0, Stopwatch(), FAILED, error="unknown_stream", attempts=0)
             return
@@ -187,14 +186,14 @@ class _S3WriteFn(beam.DoFn):
         watch = Stopwatch()
         token = self._circuit.deactivated(stream.id)
         if token is not None:
-            self._failed_documents.inc(len(rows))
+            self._counters.failed_documents.inc(len(rows))
             yield parked(stream.id, API_TYPE, STREAM_DEACTIVATED, pairs, token=token)
             yield _result(stream.id, target, len(rows), len(body), watch, PARKED_STATUS, token=token, attempts=0)
             return
         try:
             client = self._clients.get("s3", destination)
         except SecretError:
-            self._failed_documents.inc(len(rows))
+            self._counters.failed_documents.inc(len(rows))
             self._circuit.deactivate(stream.id, CREDENTIALS_UNAVAILABLE)
             yield parked(stream.id, API_TYPE, PERMANENT_FAILURE, pairs, error="secret_unavailable",
                          token=CREDENTIALS_UNAVAILABLE)
@@ -204,8 +203,8 @@ class _S3WriteFn(beam.DoFn):
         status_codes: list[int | None] = []
 
         def attempt() -> Attempt:
-            self._requests.inc()
-            self._bytes.inc(len(body))
+            self._counters.requests.inc()
+            self._counters.bytes.inc(len(body))
             try:
                 response = client.put_object(Bucket=destination.target, Key=key, Body=body, ContentType=CONTENT_TYPE)
             except (ClientError, BotoCoreError) as err:
@@ -217,13 +216,13 @@ class _S3WriteFn(beam.DoFn):
         self._circuit.record(stream.id, outcome)
         if outcome.ok:
             redelivered = len(rows) if outcome.maybe_delivered_twice else 0
-            self._documents.inc(len(rows))
-            self._redelivered.inc(redelivered)
+            self._counters.documents.inc(len(rows))
+            self._counters.redelivered.inc(redelivered)
             yield _result(stream.id, target, len(rows), len(body), watch, DELIVERED, status_code=status_codes[-1],
                           attempts=outcome.attempts, redelivered=redelivered)
             return
         last = outcome.last
-        self._failed_documents.inc(len(rows))
+        self._counters.failed_documents.inc(len(rows))
         yield parked(stream.id, API_TYPE, RETRIES_EXHAUSTED if last.retryable else PERMANENT_FAILURE, pairs,
                      error=last.error, token=last.token, status_code=last.status_code, attempts=outcome.attempts)
         yield _result(stream.id, target, len(rows), len(body), watch, FAILED, status_code=last.status_code,
