@@ -95,6 +95,7 @@ class _RouteFn(beam.DoFn):
         self._routed = Metrics.counter(metrics.NAMESPACE, metrics.routed(self._kind))
         self._routed_documents = Metrics.counter(metrics.NAMESPACE, metrics.routed_documents(self._kind))
         self._filtered = Metrics.counter(metrics.NAMESPACE, metrics.filtered(self._kind))
+        self._per_stream: dict[str, Any] = {}  # stream id -> its "routed" counter
 
     def process(
         self, document: dict[str, Any], config: StreamConfig, deactivated: Mapping[str, str]
@@ -107,7 +108,11 @@ class _RouteFn(beam.DoFn):
         self._routed.inc(len(routed))
         for tag, element in routed:
             stream_id = element[0] if isinstance(element[0], str) else element[0][0]
-            Metrics.counter(metrics.NAMESPACE, metrics.stream_measure(stream_id, "routed")).inc()
+            counter = self._per_stream.get(stream_id)
+            if counter is None:
+                counter = Metrics.counter(metrics.NAMESPACE, metrics.stream_measure(stream_id, "routed"))
+                self._per_stream[stream_id] = counter
+            counter.inc()
             yield pvalue.TaggedOutput(tag, element)
 
 
