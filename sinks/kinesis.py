@@ -1,7 +1,8 @@
 """Deliver documents to AWS Kinesis data streams: one JSON document per record.
 
-Batching. ``GroupIntoBatches`` keyed by stream id collects up to 500 documents or
-``max_buffering_seconds`` of them (Beam's batching is by count and time, not bytes),
+Batching. :class:`~transforms.batching.BatchPerStream` keyed by stream id collects up
+to 500 documents (on unbounded input also bounded by ``max_buffering_seconds``:
+Beam's ``GroupIntoBatches`` batches by count and time, not bytes),
 then each batch is cut with :func:`~sinks.results.chunked` into ``PutRecords``
 requests within the API's limits: at most 500 records and 5 MiB, where a record
 counts its data plus its partition key bytes. A record over 1 MiB (data + key) can
