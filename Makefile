@@ -11,7 +11,7 @@ SEED ?= 7
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install sample-data run-local redrive test lint clean
+.PHONY: help install sample-data run-local redrive backfill test lint clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -41,6 +41,15 @@ redrive: $(STAMP) ## Re-deliver STREAM's parked batches (STREAMS_CONFIG, OUT_DIR
 	@test -n "$(STREAM)" || { echo "usage: make redrive STREAM=<stream id>"; exit 2; }
 	$(PY) -m pipelines.redrive --stream_id $(STREAM) --streams_config $(STREAMS_CONFIG) --output_dir $(OUT_DIR) \
 		$(REDRIVE_ARGS)
+
+ARCHIVE ?= $(OUT_DIR)/archive
+BACKFILL_ARGS ?=
+backfill: $(STAMP) ## Backfill STREAM from the archive for FROM..TO (ISO times; STREAMS_CONFIG, ARCHIVE, BACKFILL_ARGS)
+	@test -n "$(STREAM)" -a -n "$(FROM)" -a -n "$(TO)" || \
+		{ echo "usage: make backfill STREAM=<stream id> FROM=<ISO time> TO=<ISO time>"; exit 2; }
+	$(PY) -m pipelines.backfill --stream_id $(STREAM) --from $(FROM) --to $(TO) --archive_location $(ARCHIVE) \
+		--reference_dir $(SAMPLE_DIR)/reference --streams_config $(STREAMS_CONFIG) --output_dir $(OUT_DIR) \
+		$(BACKFILL_ARGS)
 
 test: $(STAMP) ## Run ruff and the whole test suite
 	$(VENV)/bin/ruff check .

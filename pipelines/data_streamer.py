@@ -32,6 +32,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.options import (
+    ArchiveOptions,
     DeliveryOptions,
     InputOptions,
     OptionError,
@@ -49,6 +50,7 @@ from sinks.outbound import DestinationRefusedError, check_url
 from sinks.parking import ParkStore
 from sinks.results import DeliveryResult
 from sinks.retry import RetryPolicy
+from transforms.archive import ArchiveRawRecords
 from transforms.delivery import DeliverToStreams, DeliverySettings
 from transforms.documents import RawToDocuments
 from transforms.files import ReadRawRecords, WriteJsonLines, write_dead_letters
@@ -95,6 +97,9 @@ def build_pipeline(p: beam.Pipeline, options: PipelineOptions) -> dict[str, beam
         )
         outputs[kind] = result.documents
         dead_letters.append(result.dead_letters)
+        archive = options.view_as(ArchiveOptions).archive_location
+        if archive:
+            result.valid | f"Archive[{label}]" >> ArchiveRawRecords(kind, archive)
     delivery = options.view_as(DeliveryOptions)
     if delivery.streams_config:
         settings = delivery_settings(options)
@@ -161,11 +166,11 @@ def write_outputs(outputs: dict[str, beam.PCollection], output_dir: str) -> None
     outputs["dead_letters"] | "WriteDeadLetters" >> write_dead_letters(f"{base}/{OUTPUT_PREFIXES['dead_letters']}")
     if "deliveries" in outputs:
         outputs["deliveries"] | "WriteDeliveries" >> WriteJsonLines(
-            f"{base}/{OUTPUT_PREFIXES['deliveries']}", encode=_delivery_json
+            f"{base}/{OUTPUT_PREFIXES['deliveries']}", encode=delivery_json
         )
 
 
-def _delivery_json(result: DeliveryResult) -> bytes:
+def delivery_json(result: DeliveryResult) -> bytes:
     return orjson.dumps(result.to_dict())
 
 
@@ -186,7 +191,7 @@ def _parse_args(argv: list[str] | None) -> PipelineOptions:
         epilog="Any other flag is a Beam pipeline option (--runner, --direct_num_workers, ...).",
     )
     for options_class in (InputOptions, ReferenceOptions, ProcessingOptions, DeliveryOptions, ReliabilityOptions,
-                          OutputOptions):
+                          ArchiveOptions, OutputOptions):
         options_class._add_argparse_args(parser)
     known, beam_args = parser.parse_known_args(argv)
     return PipelineOptions(beam_args + as_flags(vars(known)))

@@ -82,6 +82,17 @@ class ProcessingOptions(PipelineOptions):
         )
 
 
+class ArchiveOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument(
+            "--archive_location",
+            default=None,
+            help="Where every valid raw record is archived in hourly Avro files for backfill (directory, gs:// "
+            "or s3://). Default: none (no archive).",
+        )
+
+
 class OutputOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):

@@ -183,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             f"--reference_dir={sample / 'reference'}",
             f"--streams_config={config_path}",
             f"--output_dir={out}",
+            f"--archive_location={out / 'archive'}",
             "--allow_insecure_destinations",  # the local destinations are http://127.0.0.1
             *job_args,
         ])

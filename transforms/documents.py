@@ -20,6 +20,7 @@ from transforms.records import Kind
 class DocumentsAndDeadLetters(NamedTuple):
     documents: beam.PCollection
     dead_letters: beam.PCollection
+    valid: beam.PCollection  # validated raw records, before de-duplication (for the archive)
 
 
 class RawToDocuments(beam.PTransform):
@@ -43,4 +44,4 @@ class RawToDocuments(beam.PTransform):
         unique = parsed.records | "Deduplicate" >> DeduplicateById(self._kind, self._horizon)
         enriched = unique | "Enrich" >> Enrich(self._kind, self._reference)
         dead = (parsed.dead_letters, enriched.dead_letters) | "DeadLetters" >> beam.Flatten()
-        return DocumentsAndDeadLetters(enriched.documents, dead)
+        return DocumentsAndDeadLetters(enriched.documents, dead, parsed.records)

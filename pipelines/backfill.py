@@ -1,0 +1,152 @@
+"""Backfill a historic time range to one data stream from the raw archive.
+
+    python -m pipelines.backfill --stream_id rest-1 --from 2026-11-01T06:00:00Z \\
+        --to 2026-11-01T12:00:00Z --archive_location gs://bucket/archive \\
+        --reference_dir gs://bucket/reference --streams_config streams.yaml
+
+(``make backfill STREAM=<id> FROM=<time> TO=<time>`` with the local defaults.)
+Reads the archived raw records of the hours overlapping ``[from, to)`` (at most
+``--max_backfill_days``, default 7), runs them through the same parse, de-duplication
+and enrichment as live data, with the *current* reference data, keeps the documents
+whose time is in the range, and delivers them only to the given stream, through the
+same routing (its stream type and filters hold), batching, sinks, failure policy,
+parking and status as live data. No other stream receives anything. A backfill is a
+replay: receivers drop documents they already have by ``id``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from datetime import datetime, timedelta
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.io.avroio import ReadAllFromAvro
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipelines.data_streamer import check_destinations, delivery_json, delivery_settings
+from pipelines.options import (
+    ArchiveOptions,
+    DeliveryOptions,
+    OptionError,
+    OutputOptions,
+    ProcessingOptions,
+    ReferenceOptions,
+    ReliabilityOptions,
+    as_flags,
+)
+from pipelines.summary import summarize
+from schemas.streams import StreamConfigError, build_stream_config
+from sinks.ordering import document_time
+from transforms.archive import archive_paths
+from transforms.delivery import DeliverToStreams
+from transforms.documents import RawToDocuments
+from transforms.files import WriteJsonLines, write_dead_letters
+from transforms.reference import LoadReferenceData, ReferenceDataError
+from transforms.routing import load_stream_config
+from transforms.status import deactivated_streams, load_status, render_status_table
+from transforms.timestamps import parse_iso
+
+_LOG = logging.getLogger(__name__)
+_KINDS = (("event", "Events"), ("usage", "Usage"))
+
+
+def _in_range(document: dict[str, Any], kind: str, start: datetime, end: datetime) -> bool:
+    return start <= document_time(kind, document) < end
+
+
+def _parse_args(argv: list[str] | None) -> tuple[Any, PipelineOptions]:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.backfill", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--stream_id", required=True, help="The only stream that receives the backfill.")
+    parser.add_argument("--from", dest="start", required=True, help="Start of the range, ISO 8601 with offset.")
+    parser.add_argument("--to", dest="end", required=True, help="End of the range (exclusive), ISO 8601.")
+    parser.add_argument("--max_backfill_days", type=int, default=7, help="Longest range accepted. Default: 7.")
+    for options_class in (ReferenceOptions, ProcessingOptions, DeliveryOptions, ReliabilityOptions, ArchiveOptions,
+                          OutputOptions):
+        options_class._add_argparse_args(parser)
+    known, beam_args = parser.parse_known_args(argv)
+    skip = ("stream_id", "start", "end", "max_backfill_days")
+    return known, PipelineOptions(beam_args + as_flags(vars(known), skip=skip))
+
+
+def run(argv: list[str] | None = None) -> int:
+    known, options = _parse_args(argv)
+    try:
+        start, end = parse_iso(known.start), parse_iso(known.end)
+    except ValueError as err:
+        raise OptionError(f"--from/--to: {err}") from None
+    if not start < end:
+        raise OptionError("--from must be before --to")
+    if end - start > timedelta(days=known.max_backfill_days):
+        raise OptionError(f"--from/--to: the range is longer than --max_backfill_days ({known.max_backfill_days})")
+    archive = options.view_as(ArchiveOptions).archive_location
+    if not archive:
+        raise OptionError("--archive_location is required")
+    if not options.view_as(ReferenceOptions).reference_dir:
+        raise OptionError("--reference_dir is required")
+    config_path = options.view_as(DeliveryOptions).streams_config
+    if not config_path:
+        raise OptionError("--streams_config is required")
+    config = load_stream_config(config_path)
+    if known.stream_id not in config.streams:
+        raise StreamConfigError(f"stream {known.stream_id!r} is not in the stream configuration")
+    only = build_stream_config([config[known.stream_id]])
+    check_destinations(only, options.view_as(ReliabilityOptions).allow_insecure_destinations)
+    settings = delivery_settings(options)
+    processing = options.view_as(ProcessingOptions)
+    out = options.view_as(OutputOptions).output_dir.rstrip("/")
+
+    pipeline = beam.Pipeline(options=options)
+    reference = beam.pvalue.AsSingleton(
+        pipeline | "ReferenceData" >> LoadReferenceData(options.view_as(ReferenceOptions).reference_dir)
+    )
+    documents, dead_letters, files = {}, [], 0
+    for kind, label in _KINDS:
+        paths = list(archive_paths(archive, kind, start, end))
+        files += len(paths)
+        if not paths:
+            continue
+        result = (
+            pipeline
+            | f"Archive[{label}]" >> beam.Create(paths)
+            | f"Read[{label}]" >> ReadAllFromAvro()
+            | label >> RawToDocuments(kind, reference, processing.dedup_horizon_seconds, processing.max_record_bytes)
+        )
+        documents[kind] = result.documents | f"InRange[{label}]" >> beam.Filter(_in_range, kind, start, end)
+        dead_letters.append(result.dead_letters)
+    sys.stdout.write(f"backfilling {known.stream_id} from {start.isoformat()} to {end.isoformat()}: "
+                     f"{files} archive files\n")
+    if not documents:
+        sys.stdout.write("  nothing archived in that range\n")
+        return 0
+    streams = beam.pvalue.AsSingleton(pipeline | "StreamConfig" >> beam.Create([only]))
+    deactivated = beam.pvalue.AsSingleton(
+        pipeline | "PreviousStatus" >> beam.Create([deactivated_streams(load_status(settings.status_location))])
+    )
+    delivered = documents | "Deliver" >> DeliverToStreams(streams, deactivated, settings)
+    dead_letters.append(delivered.dead_letters)
+    tuple(dead_letters) | "AllDeadLetters" >> beam.Flatten() | "WriteDeadLetters" >> write_dead_letters(
+        f"{out}/backfill/dead_letters"
+    )
+    delivered.results | "WriteDeliveries" >> WriteJsonLines(f"{out}/backfill/deliveries", encode=delivery_json)
+    result = pipeline.run()
+    result.wait_until_finish()
+    summary = summarize(result)
+    sys.stdout.write(summary.render())
+    sys.stdout.write(render_status_table([load_status(settings.status_location)[known.stream_id]]))
+    return 0 if summary.reconciled else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return run(argv)
+    except (OptionError, StreamConfigError, ReferenceDataError) as err:
+        sys.stderr.write(f"error: {err}\n")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
