@@ -5,7 +5,6 @@ tests/test_faults_aws.py."""
 
 from __future__ import annotations
 
-import copy
 import json
 import random
 import uuid
@@ -31,9 +30,9 @@ from sinks.kinesis import (
 from sinks.parking import PARKED, PERMANENT_FAILURE, RETRIES_EXHAUSTED, ParkedBatch
 from sinks.results import DEAD_LETTERS, DeliveryResult
 from sinks.retry import RetryPolicy
+from tests.documents import event_doc, usage_doc
 from tests.guide_samples import EXPECTED_EVENTS, EXPECTED_USAGE
 from tests.streams import SECRETS, config, kinesis_stream
-from transforms.timestamps import format_event_time, format_usage_time
 
 BASE = datetime(2026, 11, 1, 8, 0, 0, tzinfo=UTC)
 #: Three attempts with millisecond backoff, so retries do not slow the tests.
@@ -41,24 +40,6 @@ FAST = RetryPolicy(max_attempts=3, base_delay_seconds=0.01, max_delay_seconds=0.
 
 
 # --------------------------------------------------------------------------- documents
-
-
-def event_doc(sample: str, doc_id: int, moment: datetime, endpoint_id: int | None = None) -> dict[str, Any]:
-    doc = copy.deepcopy(EXPECTED_EVENTS[sample])
-    doc["id"] = doc_id
-    doc["timestamp"] = format_event_time(moment)
-    if endpoint_id is not None:
-        doc["endpoint"]["id"] = endpoint_id
-    return doc
-
-
-def usage_doc(doc_id: int, end: datetime, endpoint_id: int) -> dict[str, Any]:
-    doc = copy.deepcopy(EXPECTED_USAGE["5.2"])
-    doc["id"] = doc_id
-    doc["endpoint"]["id"] = endpoint_id
-    doc["start_timestamp"] = format_usage_time(end - timedelta(seconds=45))
-    doc["end_timestamp"] = format_usage_time(end)
-    return doc
 
 
 def padded(doc: dict[str, Any], size: int) -> dict[str, Any]:

@@ -30,45 +30,22 @@ from sinks.csv_format import (
     render_csv,
     to_row,
 )
+from sinks.ordering import document_time
 from sinks.parking import PARKED, PERMANENT_FAILURE
 from sinks.results import DEAD_LETTERS, DeliveryResult
 from sinks.retry import RetryPolicy
 from sinks.s3 import WriteToS3, _S3WriteFn, plan_files
 from tests.conftest import reference_from_tables
+from tests.documents import event_doc, usage_doc
 from tests.guide_samples import EXPECTED_EVENTS, EXPECTED_USAGE, RAW_EVENTS, RAW_USAGE, reference_tables
 from tests.streams import REGION, SECRETS, config, s3_stream
 from transforms.enrich import PDP_CONTEXT_KEYS, enrich_event, enrich_usage
 from transforms.parse import parse_record
-from transforms.timestamps import format_event_time, format_usage_time
 
 BASE = datetime(2026, 11, 1, 8, 5, 0, tzinfo=UTC)
 FAST = RetryPolicy(max_attempts=3, base_delay_seconds=0.01, max_delay_seconds=0.05)
 
 # --------------------------------------------------------------------------- documents
-
-
-def event_doc(sample: str, doc_id: int, moment: datetime, endpoint_id: int | None = None) -> dict[str, Any]:
-    doc = copy.deepcopy(EXPECTED_EVENTS[sample])
-    doc["id"] = doc_id
-    doc["timestamp"] = format_event_time(moment)
-    if endpoint_id is not None:
-        doc["endpoint"]["id"] = endpoint_id
-    return doc
-
-
-def usage_doc(doc_id: int, end: datetime, endpoint_id: int = 8392037) -> dict[str, Any]:
-    doc = copy.deepcopy(EXPECTED_USAGE["5.2"])
-    doc["id"] = doc_id
-    doc["endpoint"]["id"] = endpoint_id
-    doc["start_timestamp"] = format_usage_time(end - timedelta(seconds=45))
-    doc["end_timestamp"] = format_usage_time(end)
-    return doc
-
-
-def moment_of(kind: str, doc: dict[str, Any]) -> datetime:
-    if kind == "event":
-        return datetime.strptime(doc["timestamp"], "%Y-%m-%dT%H:%M:%S.%f%z")
-    return datetime.strptime(doc["end_timestamp"], "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
 
 
 def routed(stream_id: str, rotation: int, kind: str, doc: dict[str, Any]) -> Any:
@@ -78,7 +55,7 @@ def routed(stream_id: str, rotation: int, kind: str, doc: dict[str, Any]) -> Any
 def stamp(element: Any) -> TimestampedValue:
     """Event time of a routed element: its document's time, as upstream sets it."""
     (_, kind, _), doc = element
-    return TimestampedValue(element, moment_of(kind, doc).timestamp())
+    return TimestampedValue(element, document_time(kind, doc).timestamp())
 
 
 def expected_row(kind: str, doc: dict[str, Any]) -> dict[str, str]:
@@ -106,7 +83,7 @@ def expected_row(kind: str, doc: dict[str, Any]) -> dict[str, str]:
 
 
 def sort_key(kind: str):
-    return lambda doc: (moment_of(kind, doc), doc["id"])
+    return lambda doc: (document_time(kind, doc), doc["id"])
 
 
 # --------------------------------------------------------------------------- moto helpers
@@ -148,7 +125,7 @@ def _expected_files(elements: list[Any]) -> list[tuple[str, str, int]]:
     window is split."""
     out = []
     for (stream_id, kind, rotation), doc in elements:
-        seconds = int(moment_of(kind, doc).timestamp())
+        seconds = int(document_time(kind, doc).timestamp())
         out.append((stream_id, kind, seconds - seconds % rotation))
     return out
 
