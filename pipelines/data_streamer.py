@@ -22,15 +22,20 @@ The graph (DESIGN.md's data flow)::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import sys
+from dataclasses import dataclass
+from typing import Any
 
 import apache_beam as beam
 import orjson
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.runners.runner import PipelineState
 
+from pipelines.direct_runner import apply_direct_runner_fixes
 from pipelines.options import (
     ArchiveOptions,
     DeliveryOptions,
@@ -40,7 +45,9 @@ from pipelines.options import (
     ProcessingOptions,
     ReferenceOptions,
     ReliabilityOptions,
+    StreamingOptions,
     as_flags,
+    is_streaming,
     validate,
 )
 from pipelines.summary import RunSummary, summarize
@@ -53,10 +60,13 @@ from sinks.retry import RetryPolicy
 from transforms.archive import ArchiveRawRecords
 from transforms.delivery import DeliverToStreams, DeliverySettings
 from transforms.documents import RawToDocuments
-from transforms.files import ReadRawRecords, WriteJsonLines, write_dead_letters
-from transforms.reference import LoadReferenceData, ReferenceDataError, load_reference_data
+from transforms.files import ReadRawRecords, WriteJsonLines, WriteWindowedJsonLines, write_dead_letters
+from transforms.lateness import window_lateness_seconds
+from transforms.records import dead_letter_json
+from transforms.reference import LoadReferenceData, ReferenceData, ReferenceDataError, load_reference_data
+from transforms.refresh import RefreshingSnapshot, SnapshotWindows, Ticks, first_refresh, location
 from transforms.routing import LoadStreamConfig, load_stream_config
-from transforms.status import deactivated_streams, load_status, render_status_table
+from transforms.status import StreamHolds, load_status, render_status_table, stream_holds
 
 _LOG = logging.getLogger(__name__)
 
@@ -71,46 +81,142 @@ OUTPUT_PREFIXES = {
 }
 
 
-def build_pipeline(p: beam.Pipeline, options: PipelineOptions) -> dict[str, beam.PCollection]:
-    """Wire the graph; return the documents per kind, all dead letters and, when
-    streams are configured, the delivery results (``"deliveries"``).
+@dataclass
+class SideInputs:
+    """The side inputs of a run: global one-shot snapshots in a batch run,
+    refreshing snapshots (``transforms/refresh.py``) in a streaming run."""
 
-    Tests assert on the returned PCollections; :func:`run` writes them.
-    """
-    inputs = options.view_as(InputOptions)
-    processing = options.view_as(ProcessingOptions)
+    reference: beam.pvalue.AsSideInput
+    streams: beam.pvalue.AsSideInput | None
+    holds: beam.pvalue.AsSideInput | None
+    #: the windows enrichment and routing run in (streaming), else None
+    windows: SnapshotWindows | None = None
+    #: the refresh ticks (streaming), also the lateness gate's heartbeats
+    ticks: beam.PCollection | None = None
+
+
+def _batch_side_inputs(p: beam.Pipeline, options: PipelineOptions,
+                       settings: DeliverySettings | None) -> SideInputs:
     reference = beam.pvalue.AsSingleton(
         p | "ReferenceData" >> LoadReferenceData(options.view_as(ReferenceOptions).reference_dir)
     )
+    streams = holds = None
+    config_path = options.view_as(DeliveryOptions).streams_config
+    if config_path and settings is not None:
+        streams = beam.pvalue.AsSingleton(p | "StreamConfig" >> LoadStreamConfig(config_path))
+        holds = beam.pvalue.AsSingleton(
+            p
+            | "StatusLocation" >> beam.Create([settings.status_location])
+            | "PreviousStatus" >> beam.Map(lambda location: stream_holds(location))
+        )
+    return SideInputs(reference, streams, holds)
+
+
+def _streaming_side_inputs(p: beam.Pipeline, options: PipelineOptions, settings: DeliverySettings | None,
+                           ticks: beam.PCollection | None, first_refresh_seconds: int | None) -> SideInputs:
+    """Reference data, stream configuration and holds, re-read every refresh
+    interval from one shared ``PeriodicImpulse`` (or the test's ``ticks``)."""
+    interval = options.view_as(StreamingOptions).refresh_interval_seconds
+    first = first_refresh(interval) if first_refresh_seconds is None else first_refresh_seconds
+    windows = SnapshotWindows(interval, first)
+    if ticks is None:
+        ticks = p | "RefreshTicks" >> Ticks(interval, first)
+    directory = options.view_as(ReferenceOptions).reference_dir
+    reference = beam.pvalue.AsSingleton(ticks | "ReferenceData" >> RefreshingSnapshot(
+        "reference", functools.partial(_load_reference, directory), load_reference_data(directory), windows))
+    streams = holds = None
+    config_path = options.view_as(DeliveryOptions).streams_config
+    if config_path and settings is not None:
+        streams = beam.pvalue.AsSingleton(ticks | "StreamConfig" >> RefreshingSnapshot(
+            "streams", functools.partial(_load_streams, config_path), load_stream_config(config_path), windows))
+        status = settings.status_location
+        holds = beam.pvalue.AsSingleton(ticks | "StreamHolds" >> RefreshingSnapshot(
+            "holds", functools.partial(_load_holds, status), stream_holds(status), windows))
+    return SideInputs(reference, streams, holds, windows, ticks)
+
+
+def _load_reference(directory: str, tick: Any) -> ReferenceData:
+    return load_reference_data(location(tick, "reference_dir", directory))
+
+
+def _load_streams(path: str, tick: Any) -> StreamConfig:
+    return load_stream_config(location(tick, "streams_config", path))
+
+
+def _load_holds(status_location: str, tick: Any) -> StreamHolds:
+    return stream_holds(location(tick, "status_location", status_location))
+
+
+def _sources(p: beam.Pipeline, options: PipelineOptions) -> dict[str, beam.PCollection]:
+    """Raw elements per kind: Pub/Sub messages (streaming) or file rows (batch)."""
+    inputs = options.view_as(InputOptions)
+    sources = {}
+    for kind, label, attribute in _INPUTS:
+        subscription = getattr(inputs, attribute.replace("_input", "_subscription"))
+        pattern = getattr(inputs, attribute)
+        if subscription:
+            sources[kind] = p | f"Read{label}" >> beam.io.ReadFromPubSub(
+                subscription=subscription, timestamp_attribute=inputs.pubsub_timestamp_attribute
+            )
+        elif pattern:
+            sources[kind] = p | f"Read{label}" >> ReadRawRecords(pattern, inputs.input_format)
+    return sources
+
+
+def build_pipeline(
+    p: beam.Pipeline,
+    options: PipelineOptions,
+    sources: dict[str, beam.PCollection] | None = None,
+    ticks: beam.PCollection | None = None,
+    first_refresh_seconds: int | None = None,
+) -> dict[str, beam.PCollection]:
+    """Wire the graph; return the documents per kind, all dead letters and, when
+    streams are configured, the delivery results (``"deliveries"``), parked batch
+    paths and status records.
+
+    Batch and streaming share this graph; only the source and the side inputs
+    differ. ``sources`` replaces the raw inputs of the options (``{"event": ...,
+    "usage": ...}``), and ``ticks``/``first_refresh_seconds`` the refresh
+    impulse, for tests that drive a streaming run from a ``TestStream``. Tests
+    assert on the returned PCollections; :func:`run` writes them.
+    """
+    inputs = _sources(p, options) if sources is None else sources
+    streaming = any(not raw.is_bounded for raw in inputs.values())
+    processing = options.view_as(ProcessingOptions)
+    lateness = options.view_as(StreamingOptions).allowed_lateness_seconds
+    refresh = options.view_as(StreamingOptions).refresh_interval_seconds
+    delivery = options.view_as(DeliveryOptions)
+    settings = delivery_settings(options, streaming) if delivery.streams_config else None
+    if options.view_as(StandardOptions).runner in (None, "DirectRunner", "BundleBasedDirectRunner"):
+        apply_direct_runner_fixes()
+    if streaming:
+        side = _streaming_side_inputs(p, options, settings, ticks, first_refresh_seconds)
+    else:
+        side = _batch_side_inputs(p, options, settings)
     outputs: dict[str, beam.PCollection] = {}
     dead_letters = []
-    for kind, label, attribute in _INPUTS:
-        pattern = getattr(inputs, attribute)
-        if not pattern:
+    archive = options.view_as(ArchiveOptions).archive_location
+    for kind, label, _ in _INPUTS:
+        if kind not in inputs:
             continue
-        raw = p | f"Read{label}" >> ReadRawRecords(pattern, inputs.input_format)
-        result = raw | label >> RawToDocuments(
+        result = inputs[kind] | label >> RawToDocuments(
             kind,
-            reference,
+            side.reference,
             dedup_horizon_seconds=processing.dedup_horizon_seconds,
             max_record_bytes=processing.max_record_bytes,
+            allowed_lateness_seconds=lateness,
+            snapshot_windows=side.windows,
+            heartbeats=side.ticks,
+            refresh_interval_seconds=refresh,
         )
         outputs[kind] = result.documents
         dead_letters.append(result.dead_letters)
-        archive = options.view_as(ArchiveOptions).archive_location
         if archive:
-            result.valid | f"Archive[{label}]" >> ArchiveRawRecords(kind, archive)
-    delivery = options.view_as(DeliveryOptions)
-    if delivery.streams_config:
-        settings = delivery_settings(options)
-        streams = beam.pvalue.AsSingleton(p | "StreamConfig" >> LoadStreamConfig(delivery.streams_config))
-        deactivated = beam.pvalue.AsSingleton(
-            p
-            | "StatusLocation" >> beam.Create([settings.status_location])
-            | "PreviousStatus" >> beam.Map(lambda location: deactivated_streams(load_status(location)))
-        )
+            result.valid | f"Archive[{label}]" >> ArchiveRawRecords(
+                kind, archive, window_lateness_seconds(lateness, refresh) if streaming else 0)
+    if settings is not None:
         documents = {kind: outputs[kind] for kind in ("event", "usage") if kind in outputs}
-        delivered = documents | "Deliver" >> DeliverToStreams(streams, deactivated, settings)
+        delivered = documents | "Deliver" >> DeliverToStreams(side.streams, side.holds, settings)
         outputs["deliveries"] = delivered.results
         outputs["parked"] = delivered.parked
         outputs["status"] = delivered.status
@@ -119,8 +225,9 @@ def build_pipeline(p: beam.Pipeline, options: PipelineOptions) -> dict[str, beam
     return outputs
 
 
-def delivery_settings(options: PipelineOptions) -> DeliverySettings:
+def delivery_settings(options: PipelineOptions, streaming: bool = False) -> DeliverySettings:
     """Delivery settings from the flags; park and status default to the output dir."""
+    stream_options = options.view_as(StreamingOptions)
     delivery = options.view_as(DeliveryOptions)
     reliability = options.view_as(ReliabilityOptions)
     base = options.view_as(OutputOptions).output_dir.rstrip("/")
@@ -138,6 +245,9 @@ def delivery_settings(options: PipelineOptions) -> DeliverySettings:
             deactivate_after=reliability.deactivate_after_failures,
         ),
         allow_insecure=reliability.allow_insecure_destinations,
+        window_lateness_seconds=window_lateness_seconds(
+            stream_options.allowed_lateness_seconds, stream_options.refresh_interval_seconds) if streaming else 0,
+        output_window_seconds=stream_options.output_window_seconds if streaming else None,
     )
 
 
@@ -157,8 +267,19 @@ def check_destinations(config: StreamConfig, allow_insecure: bool) -> None:
             ) from None
 
 
-def write_outputs(outputs: dict[str, beam.PCollection], output_dir: str) -> None:
+def write_outputs(outputs: dict[str, beam.PCollection], output_dir: str, window_seconds: int | None = None) -> None:
+    """Documents, dead letters and delivery results as JSON lines under
+    ``output_dir``: sharded files at the end of a batch run, or a file per window
+    of ``window_seconds`` in a streaming run."""
     base = output_dir.rstrip("/")
+    if window_seconds is not None:
+        encoders = {"event": orjson.dumps, "usage": orjson.dumps, "dead_letters": dead_letter_json,
+                    "deliveries": delivery_json}
+        for key, encode in encoders.items():
+            if key in outputs:
+                outputs[key] | f"Write[{key}]" >> WriteWindowedJsonLines(
+                    f"{base}/{OUTPUT_PREFIXES[key]}", window_seconds, encode)
+        return
     if "event" in outputs:
         outputs["event"] | "WriteEvents" >> WriteJsonLines(f"{base}/{OUTPUT_PREFIXES['event']}")
     if "usage" in outputs:
@@ -190,8 +311,8 @@ def _parse_args(argv: list[str] | None) -> PipelineOptions:
         description=__doc__.split("\n\n")[0],
         epilog="Any other flag is a Beam pipeline option (--runner, --direct_num_workers, ...).",
     )
-    for options_class in (InputOptions, ReferenceOptions, ProcessingOptions, DeliveryOptions, ReliabilityOptions,
-                          ArchiveOptions, OutputOptions):
+    for options_class in (InputOptions, ReferenceOptions, ProcessingOptions, StreamingOptions, DeliveryOptions,
+                          ReliabilityOptions, ArchiveOptions, OutputOptions):
         options_class._add_argparse_args(parser)
     known, beam_args = parser.parse_known_args(argv)
     return PipelineOptions(beam_args + as_flags(vars(known)))
@@ -212,17 +333,29 @@ def run(argv: list[str] | None = None) -> RunSummary:
         _LOG.info("streams: %d", len(config))
     output_dir = options.view_as(OutputOptions).output_dir
     _clear_previous_outputs(output_dir)
+    streaming = is_streaming(options)
+    stream_options = options.view_as(StreamingOptions)
 
     pipeline = beam.Pipeline(options=options)
-    write_outputs(build_pipeline(pipeline, options), output_dir)
+    write_outputs(build_pipeline(pipeline, options), output_dir,
+                  stream_options.output_window_seconds if streaming else None)
     result = pipeline.run()
-    result.wait_until_finish()
+    if streaming and stream_options.run_seconds:
+        # A bounded streaming run (run-local-streaming, demos): stop after the time.
+        result.wait_until_finish(duration=stream_options.run_seconds * 1000)
+        if result.state not in (PipelineState.DONE, PipelineState.FAILED):
+            result.cancel()
+    else:
+        result.wait_until_finish()
 
     summary = summarize(result)
     summary_path = f"{output_dir.rstrip('/')}/summary.json"
     with FileSystems.create(summary_path) as handle:
         handle.write(json.dumps(summary.to_dict(), indent=2, sort_keys=True).encode("utf-8"))
     sys.stdout.write(summary.render())
+    if streaming:
+        sys.stdout.write("  (a stopped streaming run: records still in flight when it stopped are not in "
+                         "these counts, so they need not reconcile)\n")
     sys.stdout.write(f"  outputs under {output_dir}\n")
     if streams_config:
         settings = delivery_settings(options)
@@ -242,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OptionError, ReferenceDataError, StreamConfigError) as err:
         sys.stderr.write(f"error: {err}\n")
         return 2
-    return 0 if summary.reconciled else 1
+    return 0 if summary.reconciled or is_streaming(_parse_args(argv)) else 1
 
 
 if __name__ == "__main__":

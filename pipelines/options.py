@@ -7,11 +7,17 @@ on the submitting machine instead of on a worker an hour later.
 
 from __future__ import annotations
 
-from apache_beam.options.pipeline_options import PipelineOptions
+import re
+
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from transforms.dedup import DEFAULT_HORIZON_SECONDS
 from transforms.files import FORMATS, detect_format
+from transforms.lateness import DEFAULT_ALLOWED_LATENESS_SECONDS
 from transforms.parse import DEFAULT_MAX_RECORD_BYTES
+from transforms.refresh import DEFAULT_REFRESH_SECONDS
+
+DEFAULT_OUTPUT_WINDOW_SECONDS = 60
 
 
 class OptionError(ValueError):
@@ -49,6 +55,60 @@ class InputOptions(PipelineOptions):
             choices=FORMATS,
             help="Format of both inputs. Default: detected from each pattern's extension "
             "(.jsonl/.ndjson/.json, .avro, .parquet).",
+        )
+        parser.add_argument(
+            "--events_subscription",
+            default=None,
+            help="Pub/Sub subscription of raw network events, projects/<project>/subscriptions/<name>: a "
+            "streaming run (needs --streaming). Default: none.",
+        )
+        parser.add_argument(
+            "--usage_subscription",
+            default=None,
+            help="Pub/Sub subscription of raw usage records (streaming). Default: none.",
+        )
+        parser.add_argument(
+            "--pubsub_timestamp_attribute",
+            default=None,
+            help="Message attribute with the record's event time (epoch millis or RFC 3339), when the "
+            "publisher sets one: runners then estimate the watermark from event time instead of publish time. "
+            "The record's own timestamp is the element's event time either way. Default: none.",
+        )
+
+
+class StreamingOptions(PipelineOptions):
+    """Settings that only matter when the input is unbounded (Pub/Sub, ``--streaming``)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument(
+            "--allowed_lateness_seconds",
+            type=int,
+            default=DEFAULT_ALLOWED_LATENESS_SECONDS,
+            help="How far behind the watermark a record may arrive and still be delivered (counted as late); "
+            "older records are dead-lettered as too_late. At most --dedup_horizon_seconds. "
+            f"Default: {DEFAULT_ALLOWED_LATENESS_SECONDS}.",
+        )
+        parser.add_argument(
+            "--refresh_interval_seconds",
+            type=int,
+            default=DEFAULT_REFRESH_SECONDS,
+            help="How often reference data, stream configurations and stream holds are re-read while "
+            f"streaming; a change takes effect within one interval. Default: {DEFAULT_REFRESH_SECONDS}.",
+        )
+        parser.add_argument(
+            "--output_window_seconds",
+            type=int,
+            default=DEFAULT_OUTPUT_WINDOW_SECONDS,
+            help="Window of the streaming run's output files (documents, dead letters, deliveries) and "
+            f"status updates. Default: {DEFAULT_OUTPUT_WINDOW_SECONDS}.",
+        )
+        parser.add_argument(
+            "--run_seconds",
+            type=int,
+            default=None,
+            help="Stop a streaming run after this many seconds and print its summary (local runs, demos). "
+            "Default: run until cancelled.",
         )
 
 
@@ -168,7 +228,10 @@ class ReliabilityOptions(PipelineOptions):
 def validate(options: PipelineOptions) -> None:
     """Raise :class:`OptionError` naming the first bad flag."""
     inputs = options.view_as(InputOptions)
-    if not inputs.events_input and not inputs.usage_input:
+    streaming = is_streaming(options)
+    if streaming:
+        validate_streaming(options)
+    elif not inputs.events_input and not inputs.usage_input:
         raise OptionError("--events_input or --usage_input: give at least one input file pattern")
     if inputs.input_format is None:
         for flag, pattern in (("--events_input", inputs.events_input), ("--usage_input", inputs.usage_input)):
@@ -202,3 +265,32 @@ def validate(options: PipelineOptions) -> None:
         raise OptionError("--deactivate_after_failures must be at least 1")
     if reliability.park_retention_days < 1:
         raise OptionError("--park_retention_days must be at least 1")
+
+
+def is_streaming(options: PipelineOptions) -> bool:
+    """A streaming run reads Pub/Sub subscriptions instead of files."""
+    inputs = options.view_as(InputOptions)
+    return bool(inputs.events_subscription or inputs.usage_subscription)
+
+
+def validate_streaming(options: PipelineOptions) -> None:
+    inputs = options.view_as(InputOptions)
+    if inputs.events_input or inputs.usage_input:
+        raise OptionError("--events_input/--usage_input and --events_subscription/--usage_subscription: "
+                          "a run reads files or Pub/Sub, not both (backfill reads the archive)")
+    for flag, path in (("--events_subscription", inputs.events_subscription),
+                       ("--usage_subscription", inputs.usage_subscription)):
+        if path and not re.fullmatch(r"projects/[a-z][-a-z0-9]{4,28}[a-z0-9]/subscriptions/[A-Za-z][-\w.~+%]{2,254}",
+                                     path):
+            raise OptionError(f"{flag}: expected projects/<project>/subscriptions/<name>, got {path!r}")
+    if not options.view_as(StandardOptions).streaming:
+        raise OptionError("--events_subscription/--usage_subscription need --streaming")
+    streaming = options.view_as(StreamingOptions)
+    horizon = options.view_as(ProcessingOptions).dedup_horizon_seconds
+    if not 0 <= streaming.allowed_lateness_seconds <= horizon:
+        raise OptionError(f"--allowed_lateness_seconds must be between 0 and --dedup_horizon_seconds ({horizon}): "
+                          "a record later than the de-duplication horizon could be delivered twice")
+    if not 1 <= streaming.refresh_interval_seconds <= 86_400:
+        raise OptionError("--refresh_interval_seconds must be between 1 and 86400")
+    if not 1 <= streaming.output_window_seconds <= 3600:
+        raise OptionError("--output_window_seconds must be between 1 and 3600")

@@ -22,6 +22,7 @@ from transforms.records import KINDS
 class KindSummary:
     read: int = 0
     valid: int = 0
+    late: int = 0  # streaming: delivered although behind the watermark
     unique: int = 0
     documents: int = 0
     routed: int = 0
@@ -34,7 +35,9 @@ class KindSummary:
 
     @property
     def duplicates(self) -> int:
-        return self.valid - self.unique
+        # Too-late records are valid but stop at the lateness gate, before
+        # de-duplication, as dead letters.
+        return self.valid - self.dead_letters.get("too_late", 0) - self.unique
 
     @property
     def dead_letter_total(self) -> int:
@@ -54,6 +57,8 @@ class RunSummary:
     delivery_dead_letters: dict[str, int] = field(default_factory=dict)
     #: stream id -> {"routed", "delivered", "parked", "not_deliverable", "redelivered"}
     streams: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: streaming: "reference" / "streams" / "holds" -> {"loaded", "failed"}
+    refreshes: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def delivering(self) -> bool:
@@ -79,6 +84,7 @@ class RunSummary:
         out["deliveries"] = self.deliveries
         out["delivery_dead_letters"] = self.delivery_dead_letters
         out["streams"] = self.streams
+        out["refreshes"] = self.refreshes
         return out
 
     def render(self) -> str:
@@ -89,6 +95,8 @@ class RunSummary:
             ("duplicates", ev.duplicates, us.duplicates),
             ("dead letters", ev.dead_letter_total, us.dead_letter_total),
         ]
+        if ev.late or us.late:
+            rows.insert(2, ("late", ev.late, us.late))
         lines = ["", "Run summary", f"  {'':<16}{'events':>10}{'usage':>10}{'total':>10}"]
         if self.delivering:
             rows += [
@@ -123,6 +131,9 @@ class RunSummary:
                 )
         for key, count in sorted(self.delivery_dead_letters.items()):
             lines.append(f"  not deliverable {key:<30}{count:>8}")
+        for what, outcomes in sorted(self.refreshes.items()):
+            lines.append(f"  refreshes of {what}: {outcomes.get('loaded', 0)} loaded, "
+                         f"{outcomes.get('failed', 0)} failed (kept the previous)")
         for kind, summary in self.kinds.items():
             if summary.dead_letters:
                 lines.append(f"  {kind} dead letters by reason:")
@@ -143,12 +154,19 @@ def summarize(result: PipelineResult) -> RunSummary:
         kinds[kind] = KindSummary()
     deliveries: dict[str, dict[str, int]] = defaultdict(dict)
     delivery_dead: dict[str, int] = {}
+    refreshes: dict[str, dict[str, int]] = {}
     streams: dict[str, dict[str, int]] = defaultdict(dict)
     for counter in counters:
         name, value = counter.key.metric.name, _value(counter)
         if name.startswith("stream|"):
             _, stream_id, measure = name.split("|", 2)
             streams[stream_id][measure] = streams[stream_id].get(measure, 0) + value
+            continue
+        if name.startswith("archive|"):
+            continue
+        if name.startswith("refresh|"):
+            _, what, outcome = name.split("|", 2)
+            refreshes.setdefault(what, {})[outcome] = value
             continue
         if name.startswith("deliver|"):
             _, api_type, measure = name.split("|", 2)
@@ -166,8 +184,8 @@ def summarize(result: PipelineResult) -> RunSummary:
         if measure.startswith("documents|type|"):
             type_id = measure.rsplit("|", 1)[1]
             kinds[kind].documents_by_type[type_id] = kinds[kind].documents_by_type.get(type_id, 0) + value
-        elif measure in ("read", "valid", "unique", "documents", "routed", "routed_documents", "filtered"):
+        elif measure in ("read", "valid", "late", "unique", "documents", "routed", "routed_documents", "filtered"):
             setattr(kinds[kind], measure, getattr(kinds[kind], measure) + value)
         elif measure == "parked":
             kinds[kind].parked_documents += value
-    return RunSummary(dict(kinds), dict(deliveries), delivery_dead, dict(streams))
+    return RunSummary(dict(kinds), dict(deliveries), delivery_dead, dict(streams), refreshes)

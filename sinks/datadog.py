@@ -121,7 +121,7 @@ from sinks.retry import (
     classify_http,
 )
 from sinks.secrets import SecretError, SecretResolver
-from transforms.windows import PerElementFixedWindows, size_from_key
+from transforms.windows import PerElementFixedWindows, size_from_key, window_with_late_panes
 
 _LOG = logging.getLogger(__name__)
 
@@ -482,9 +482,14 @@ class _DataDogWriteFn(beam.DoFn):
         element: tuple[str, Iterable[dict[str, Any]]],
         config: StreamConfig,
         window: IntervalWindow = beam.DoFn.WindowParam,
+        pane: Any = beam.DoFn.PaneInfoParam,
     ) -> Iterator[DeliveryResult | pvalue.TaggedOutput]:
         stream_id, documents = element
         start, interval = window_bounds(window)
+        # A late pane (streaming) carries only the documents that came after the
+        # window fired; its points go one second per pane index after the window
+        # start, so they add to the window's count instead of replacing its point.
+        start += min(pane.index, interval - 1)
         groups = series_groups(aggregate_usage(documents), start, interval)
         payloads, too_large = build_payloads(groups, self._max_payload_bytes)
         for group in too_large:
@@ -677,8 +682,10 @@ class WriteToDataDog(beam.PTransform):
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         policy: RetryPolicy = DEFAULT_POLICY,
         allow_insecure: bool = False,
+        allowed_lateness_seconds: int = 0,
     ) -> None:
         super().__init__()
+        self._lateness = allowed_lateness_seconds
         if not MIN_PAYLOAD_BYTES <= max_payload_bytes <= DATADOG_MAX_PAYLOAD_BYTES:
             raise ValueError(
                 f"max_payload_bytes must be between {MIN_PAYLOAD_BYTES:,} and {DATADOG_MAX_PAYLOAD_BYTES:,} "
@@ -696,7 +703,7 @@ class WriteToDataDog(beam.PTransform):
                                 self._allow_insecure)
         delivered = (
             usage
-            | "Window" >> beam.WindowInto(PerElementFixedWindows(size_from_key))
+            | "Window" >> window_with_late_panes(PerElementFixedWindows(size_from_key), self._lateness)
             | "KeyByStream" >> beam.Map(_by_stream)
             | "GroupByStream" >> beam.GroupByKey()
             | "Deliver" >> beam.ParDo(write, self._streams).with_outputs(DEAD_LETTERS, PARKED, main="results")

@@ -40,6 +40,8 @@ DEFAULT_RETENTION_DAYS = 7
 #: why its delivery failed).
 STREAM_PAUSED = "stream_paused"
 STREAM_DEACTIVATED = "stream_deactivated"
+#: A stream with the historic-data flag, until its history has been delivered.
+AWAITING_HISTORY = "awaiting_history"
 RETRIES_EXHAUSTED = "retries_exhausted"
 PERMANENT_FAILURE = "permanent_failure"
 

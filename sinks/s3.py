@@ -6,9 +6,12 @@ fixed windows, and ``GroupByKey`` collects one stream's documents of one kind pe
 window. With the default trigger a window's file is written once the watermark
 passes its end, so files rotate on time whether or not more data arrives. The
 grouped window is the file: the DoFn keeps no buffer of its own across bundles.
-Not handled yet: documents that arrive behind the watermark (allowed lateness is
-Beam's default of 0, so a streaming run drops them). Firing late panes would need
-names of their own, or they would overwrite the window's on-time file.
+Documents that arrive behind the watermark (streaming) fire late panes of their
+window, up to the sink's allowed lateness (``transforms/lateness.py`` sets it
+above the job's lateness gate, so nothing the gate let through is dropped here). A
+late pane's files get names of their own, the pane index after the time
+(``events_20261101_080500_late1.csv``), so they never overwrite the window's
+on-time file.
 
 File names (guide 6.2) come from the window start in UTC, never from the clock:
 ``events_YYYYMMDD_HHmmss.csv`` for events, ``cdr_YYYYMMDD_HHmmss.csv`` for usage
@@ -80,7 +83,7 @@ from sinks.results import (
 from sinks.retry import CREDENTIALS_UNAVAILABLE, SUCCESS, Attempt, RetryPolicy, StreamCircuit, classify_exception
 from sinks.secrets import SecretError, SecretResolver
 from transforms.records import dead_letter
-from transforms.windows import PerElementFixedWindows, size_from_key
+from transforms.windows import PerElementFixedWindows, size_from_key, window_with_late_panes
 
 _LOG = logging.getLogger(__name__)
 
@@ -93,16 +96,19 @@ _SECOND = timedelta(seconds=1)
 DEFAULT_POLICY = RetryPolicy()
 
 
-def file_name(kind: str, moment: datetime, counter: int | None = None) -> str:
+def file_name(kind: str, moment: datetime, counter: int | None = None, pane_index: int = 0) -> str:
     suffix = "" if counter is None else f"_{counter}"
-    return f"{FILE_PREFIX[kind]}_{moment:%Y%m%d_%H%M%S}{suffix}.csv"
+    late = f"_late{pane_index}" if pane_index else ""
+    return f"{FILE_PREFIX[kind]}_{moment:%Y%m%d_%H%M%S}{suffix}{late}.csv"
 
 
 def plan_files(
-    kind: str, window_start: datetime, window_end: datetime, times: Sequence[datetime], flush_size: int
+    kind: str, window_start: datetime, window_end: datetime, times: Sequence[datetime], flush_size: int,
+    pane_index: int = 0,
 ) -> list[tuple[str, slice]]:
-    """(file name, slice of the sorted documents) for one window; ``times`` are the
-    sorted documents' times. The naming rule is the module docstring's."""
+    """(file name, slice of the sorted documents) for one pane of one window;
+    ``times`` are the sorted documents' times. The naming rule is the module
+    docstring's."""
     files: list[tuple[str, slice]] = []
     previous: datetime | None = None
     overflow = 0
@@ -115,9 +121,9 @@ def plan_files(
             moment = max(first, previous + _SECOND)
         if moment >= window_end:
             overflow += 1
-            name = file_name(kind, window_end - _SECOND, overflow)
+            name = file_name(kind, window_end - _SECOND, overflow, pane_index)
         else:
-            name = file_name(kind, moment)
+            name = file_name(kind, moment, pane_index=pane_index)
         files.append((name, chunk))
         previous = moment
     return files
@@ -147,6 +153,7 @@ class _S3WriteFn(beam.DoFn):
         element: tuple[tuple[str, str, int], Iterable[dict[str, Any]]],
         streams: StreamConfig,
         window: Any = beam.DoFn.WindowParam,
+        pane: Any = beam.DoFn.PaneInfoParam,
     ) -> Iterator[Any]:
         (stream_id, kind, _rotation), documents = element
         rows: list[list[str]] = []
@@ -172,7 +179,7 @@ class _S3WriteFn(beam.DoFn):
             yield parked(stream_id, API_TYPE, PERMANENT_FAILURE, [(kind, d) for d in kept], error="unknown_stream")
             yield _result(stream_id, "", len(rows), 0, Stopwatch(), FAILED, error="unknown_stream", attempts=0)
             return
-        plan = plan_files(kind, _utc(window.start), _utc(window.end), times, stream.batching.flush_size)
+        plan = plan_files(kind, _utc(window.start), _utc(window.end), times, stream.batching.flush_size, pane.index)
         for name, chunk in plan:
             yield from self._put(stream, kind, name, rows[chunk], kept[chunk])
 
@@ -260,19 +267,21 @@ class WriteToS3(beam.PTransform):
     """Routed ``((stream_id, kind, rotation_seconds), document)`` with event-time
     timestamps -> :class:`SinkOutputs` (results, dead letters, parked batches).
     ``client_factory`` makes the boto3 client of a destination (tests point it at
-    moto); ``policy`` bounds the retries of each file."""
+    moto); ``policy`` bounds the retries of each file; ``allowed_lateness_seconds``
+    how long after its end a window still takes documents (streaming)."""
 
     def __init__(self, streams: pvalue.AsSideInput, *, client_factory: ClientFactory = boto3_client,
-                 policy: RetryPolicy = DEFAULT_POLICY) -> None:
+                 policy: RetryPolicy = DEFAULT_POLICY, allowed_lateness_seconds: int = 0) -> None:
         super().__init__()
         self._streams = streams
         self._client_factory = client_factory
         self._policy = policy
+        self._lateness = allowed_lateness_seconds
 
     def expand(self, routed: beam.PCollection) -> SinkOutputs:
         outputs = (
             routed
-            | "WindowPerRotation" >> beam.WindowInto(PerElementFixedWindows(size_from_key))
+            | "WindowPerRotation" >> window_with_late_panes(PerElementFixedWindows(size_from_key), self._lateness)
             | "GroupPerWindow" >> beam.GroupByKey()
             | "PutObjects" >> beam.ParDo(_S3WriteFn(self._client_factory, self._policy), self._streams).with_outputs(
                 DEAD_LETTERS, PARKED, main="results"

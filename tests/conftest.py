@@ -101,3 +101,19 @@ def aws_session(moto_server):
                             aws_access_key_id="test", aws_secret_access_key="test")
 
     return client
+
+
+@pytest.fixture(scope="module")
+def pubsub_emulator():
+    """The real Pub/Sub emulator (``gcloud beta emulators pubsub start``) on a free
+    loopback port, shared by a test module; ``PUBSUB_EMULATOR_HOST`` points at it
+    meanwhile. Missing tools fail the test with what to install: the streaming
+    tests are not optional."""
+    from pipelines.pubsub_emulator import EmulatorToolsError, PubSubEmulator, check_tools
+
+    try:
+        check_tools()
+    except EmulatorToolsError as err:
+        pytest.fail(str(err), pytrace=False)
+    with PubSubEmulator() as emulator:
+        yield emulator

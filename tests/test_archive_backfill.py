@@ -50,8 +50,11 @@ def _valid_per_hour(path: Path, kind: str) -> Counter:
 def _archived_per_hour(archive: Path, prefix: str) -> Counter:
     counts: Counter = Counter()
     for path in archive.glob(f"{prefix}-*.avro"):
+        # <prefix>-<hour>-<digest of the ids>.avro; a batch run writes one file an hour.
+        hour = path.stem.split("-")[1]
+        assert hour not in counts, f"two archive files for {prefix} {hour}"
         with path.open("rb") as handle:
-            counts[path.stem.split("-", 1)[1]] = sum(1 for _ in fastavro.reader(handle))
+            counts[hour] = sum(1 for _ in fastavro.reader(handle))
     return counts
 
 

@@ -25,6 +25,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import IntervalWindow, TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
+from apache_beam.utils.windowed_value import PANE_INFO_UNKNOWN
 from datadog_api_client import Configuration
 from datadog_api_client.model_utils import model_to_dict, validate_and_convert_types
 from datadog_api_client.v2.model.metric_payload import MetricPayload
@@ -271,7 +272,7 @@ def run_fn(session: FakeSession, documents: list[dict[str, Any]], *, streams=Non
     fn.setup()
     window = IntervalWindow(Timestamp(T0), Timestamp(T0 + INTERVAL))
     streams = streams or config(datadog_stream(STREAM, "http://127.0.0.1:9"))
-    out = list(fn.process((stream_id, documents), streams, window=window))
+    out = list(fn.process((stream_id, documents), streams, window=window, pane=PANE_INFO_UNKNOWN))
     fn.teardown()
     assert session.closed
     results = [o for o in out if not isinstance(o, beam.pvalue.TaggedOutput)]

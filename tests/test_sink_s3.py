@@ -20,6 +20,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import IntervalWindow, TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
+from apache_beam.utils.windowed_value import PANE_INFO_UNKNOWN
 
 from sinks.csv_format import (
     EVENT_COLUMNS,
@@ -320,7 +321,7 @@ def test_fn_dead_letters_a_document_with_an_unknown_field_and_writes_the_rest(st
     fn = _S3WriteFn(lambda *args: client)
     fn.setup()
     window = IntervalWindow(Timestamp.of(BASE.timestamp()), Timestamp.of(BASE.timestamp() + 300))
-    outputs = list(fn.process((("s1", "event", 300), docs), streams, window=window))
+    outputs = list(fn.process((("s1", "event", 300), docs), streams, window=window, pane=PANE_INFO_UNKNOWN))
     fn.teardown()
     letters = [o.value for o in outputs if getattr(o, "tag", None) == DEAD_LETTERS]
     results = [o for o in outputs if isinstance(o, DeliveryResult)]
@@ -346,7 +347,7 @@ def test_fn_unreadable_secret_is_a_failed_result(monkeypatch):
     fn.setup()
     window = IntervalWindow(Timestamp.of(BASE.timestamp()), Timestamp.of(BASE.timestamp() + 300))
     doc = usage_doc(1, BASE)
-    outputs = list(fn.process((("s1", "usage", 300), [doc]), streams, window=window))
+    outputs = list(fn.process((("s1", "usage", 300), [doc]), streams, window=window, pane=PANE_INFO_UNKNOWN))
     fn.teardown()
     results = [o for o in outputs if isinstance(o, DeliveryResult)]
     parked = [o.value for o in outputs if getattr(o, "tag", None) == PARKED]

@@ -1,30 +1,45 @@
 """The raw archive: every valid raw record, in hourly Avro files, for backfill.
 
-Records are archived after validation and before de-duplication, as they arrived
-(the raw field names and values of ``schemas/avro/raw_*.avsc``), into one file per
-kind and event-time hour: ``<location>/events-20261101T08.avro``,
-``<location>/usage-20261101T08.avro``. The name comes from the window, so a replay
-of an hour rewrites its file instead of adding a second copy, and a backfill finds
-an hour's records without listing the whole archive. Written with Beam's
-``fileio.WriteToFiles`` (windowed, one shard per window) through a small fastavro
-sink, readable with ``ReadAllFromAvro`` anywhere Beam's filesystems reach
-(a directory here; ``gs://`` or ``s3://`` in production).
+Records are archived after validation (and, streaming, after the lateness gate)
+and before de-duplication, as they arrived (the raw field names and values of
+``schemas/avro/raw_*.avsc``), into files per kind and event-time hour:
+``<location>/events-20261101T08-<digest>.avro``, ``<location>/usage-...``. The
+digest is the first 12 hex digits of a SHA-256 over the sorted record ids of the
+file, so the name comes from the window *and* the content: a replay of an hour
+with the same records rewrites its file instead of adding a second copy, while a
+streaming run's late pane for an hour, or the same hour written again after a
+restart, gets a file of its own instead of overwriting the first (repeats across
+such files are dropped by the backfill's de-duplication). A backfill finds an
+hour's files with one glob, without listing the whole archive.
+
+Streaming: the hourly windows fire when the watermark passes the hour and again
+for records that arrive later, up to the gate's lateness plus a margin
+(``transforms/lateness.py``), so no record the gate let through is dropped here.
+
+Hand-written rather than ``fileio.WriteToFiles``: fileio names files from the
+window alone (it passes no pane to the naming function), so a late pane would
+overwrite the hour's file. Each hour's records are grouped per kind and written by
+one worker with fastavro to a temporary name, then renamed into place through
+Beam's ``FileSystems`` (a directory here, ``gs://`` or ``s3://`` in production).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import hashlib
+import uuid
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any, BinaryIO
+from typing import Any
 
 import apache_beam as beam
-from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.value_provider import StaticValueProvider
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.trigger import AccumulationMode, AfterCount, AfterWatermark
 from apache_beam.transforms.window import FixedWindows
 from fastavro.write import Writer
 
 from schemas import load_schema
+from transforms import metrics
 from transforms.records import Kind
 
 HOUR_SECONDS = 3600
@@ -32,67 +47,75 @@ _PREFIX = {"event": "events", "usage": "usage"}
 _SCHEMA = {"event": "raw_event", "usage": "raw_usage"}
 
 
-def archive_file_name(kind: str, hour: datetime) -> str:
-    return f"{_PREFIX[kind]}-{hour:%Y%m%dT%H}.avro"
+def archive_file_name(kind: str, hour: datetime, digest: str) -> str:
+    return f"{_PREFIX[kind]}-{hour:%Y%m%dT%H}-{digest}.avro"
 
 
 def archive_paths(location: str, kind: str, start: datetime, end: datetime) -> Iterator[str]:
-    """The archive files of ``kind`` whose hour overlaps ``[start, end)`` and exist."""
+    """The archive files of ``kind`` whose hour overlaps ``[start, end)``."""
     hour = start.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
     while hour < end:
-        path = f"{location.rstrip('/')}/{archive_file_name(kind, hour)}"
-        if FileSystems.exists(path):
-            yield path
+        pattern = f"{location.rstrip('/')}/{archive_file_name(kind, hour, '*')}"
+        for result in FileSystems.match([pattern]):
+            yield from sorted(m.path for m in result.metadata_list)
         hour += timedelta(hours=1)
 
 
-class AvroRecordSink(fileio.FileSink):
-    """Writes raw records of one schema to an Avro container file (fastavro)."""
-
-    def __init__(self, schema_name: str) -> None:
-        self._schema_name = schema_name
-        self._writer: Writer | None = None
-
-    def open(self, fh: BinaryIO) -> None:
-        self._writer = Writer(fh, load_schema(self._schema_name))
-
-    def write(self, record: dict[str, Any]) -> None:
-        self._writer.write(record)  # type: ignore[union-attr]
-
-    def flush(self) -> None:
-        self._writer.flush()  # type: ignore[union-attr]
+def _digest(ids: list[int]) -> str:
+    digest = hashlib.sha256()
+    for record_id in sorted(ids):
+        digest.update(record_id.to_bytes(8, "big", signed=True))
+    return digest.hexdigest()[:12]
 
 
-def _hourly_naming(kind: str):
-    def naming(window: Any, pane: Any, shard_index: int, total_shards: int, compression: Any,
-               destination: Any) -> str:
-        start = datetime.fromtimestamp(int(window.start), tz=UTC)
-        return archive_file_name(kind, start)
+class _WriteHourFn(beam.DoFn):
+    """``(kind, records)`` of one hour window -> the path of the file written."""
 
-    return naming
+    def __init__(self, location: str) -> None:
+        self._location = location.rstrip("/")
+
+    def process(self, element: tuple[str, Iterable[dict[str, Any]]],
+                window: Any = beam.DoFn.WindowParam) -> Iterator[str]:
+        kind, records = element
+        hour = datetime.fromtimestamp(int(window.start), tz=UTC)
+        temp = f"{self._location}/_temp/{archive_file_name(kind, hour, uuid.uuid4().hex)}"
+        ids: list[int] = []
+        with FileSystems.create(temp) as handle:
+            writer = Writer(handle, load_schema(_SCHEMA[kind]))
+            for record in records:
+                writer.write(record)
+                ids.append(record["id"])
+            writer.flush()
+        final = f"{self._location}/{archive_file_name(kind, hour, _digest(ids))}"
+        if FileSystems.exists(final):
+            FileSystems.delete([final])
+        FileSystems.rename([temp], [final])
+        Metrics.counter(metrics.NAMESPACE, metrics.archived(kind)).inc(len(ids))
+        yield final
 
 
 class ArchiveRawRecords(beam.PTransform):
     """Valid raw records of one kind (with event-time timestamps) -> hourly Avro
-    files under ``location``; outputs the written file results."""
+    files under ``location``; outputs the paths written. ``allowed_lateness_seconds``
+    is the lateness the hourly windows accept (streaming)."""
 
-    def __init__(self, kind: Kind, location: str) -> None:
+    def __init__(self, kind: Kind, location: str, allowed_lateness_seconds: int = 0) -> None:
         super().__init__()
         self._kind = kind
         self._location = location
+        self._lateness = allowed_lateness_seconds
 
     def expand(self, records: beam.PCollection) -> beam.PCollection:
-        schema = _SCHEMA[self._kind]
+        kind = self._kind
         return (
             records
-            | "Hourly" >> beam.WindowInto(FixedWindows(HOUR_SECONDS))
-            | "Write" >> fileio.WriteToFiles(
-                path=self._location,
-                file_naming=_hourly_naming(self._kind),
-                sink=lambda _: AvroRecordSink(schema),
-                shards=1,
-                # fileio leaves an empty temporary directory per run behind; keep
-                # them out of the way of the hourly files.
-                temp_directory=StaticValueProvider(str, f"{self._location.rstrip('/')}/_temp"),
+            | "Hourly" >> beam.WindowInto(
+                FixedWindows(HOUR_SECONDS),
+                trigger=AfterWatermark(late=AfterCount(1)),
+                accumulation_mode=AccumulationMode.DISCARDING,
+                allowed_lateness=self._lateness,
             )
+            | "KeyByKind" >> beam.Map(lambda record: (kind, record))
+            | "GroupPerHour" >> beam.GroupByKey()
+            | "WriteHour" >> beam.ParDo(_WriteHourFn(self._location))
         )

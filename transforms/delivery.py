@@ -19,7 +19,6 @@ from typing import Any, NamedTuple
 import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
-from apache_beam.transforms.window import GlobalWindows
 
 from schemas.streams import API_TYPES
 from sinks.datadog import WriteToDataDog
@@ -33,6 +32,7 @@ from sinks.s3 import WriteToS3
 from transforms import metrics
 from transforms.routing import PARKED, RouteToStreams
 from transforms.status import UpdateStreamStatus
+from transforms.windows import GatherWindows
 
 #: Documents per parked batch of a paused or deactivated stream.
 PARK_BATCH_SIZE = 1_000
@@ -49,6 +49,12 @@ class DeliverySettings:
     rest_concurrency: int = 8
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     allow_insecure: bool = False
+    #: Streaming: how long after its end a sink's window still takes documents.
+    window_lateness_seconds: int = 0
+    #: Streaming: results, dead letters and parked batches are gathered in fixed
+    #: windows of processing time of this size (status updates, output files);
+    #: ``None`` (batch) gathers them in the global window.
+    output_window_seconds: int | None = None
 
 
 class DeliveryOutputs(NamedTuple):
@@ -68,8 +74,8 @@ def sinks_for(settings: DeliverySettings, streams: pvalue.AsSideInput) -> dict[s
                                    **http),
         "rest_api_bulk": WriteToRestApiBulk(streams, max_buffering_seconds=buffering, **http),
         "aws_kinesis": WriteToKinesis(streams, max_buffering_seconds=buffering, **common),
-        "aws_s3": WriteToS3(streams, **common),
-        "datadog": WriteToDataDog(streams, **http),
+        "aws_s3": WriteToS3(streams, allowed_lateness_seconds=settings.window_lateness_seconds, **common),
+        "datadog": WriteToDataDog(streams, allowed_lateness_seconds=settings.window_lateness_seconds, **http),
     }
 
 
@@ -125,6 +131,7 @@ class DeliverToStreams(beam.PTransform):
         # DirectRunner's bundle-based executor, metrics recorded downstream of a
         # Flatten fed by a keyed step are lost although the elements arrive (seen
         # with Beam 2.77; the per-stream reconciliation in the job tests would catch it).
+        gather = self._settings.output_window_seconds
         results, dead_letters, parked = [], [], []
         for api_type in API_TYPES:
             branch = tuple(r[api_type] for r in routed) | f"Merge[{api_type}]" >> beam.Flatten(pipeline=pipeline)
@@ -134,22 +141,23 @@ class DeliverToStreams(beam.PTransform):
             results.append(
                 out.results
                 | f"CountPerStream[{api_type}]" >> beam.Map(_count_result)
-                | f"Unwindow[{api_type}]" >> beam.WindowInto(GlobalWindows())
+                | f"Gather[{api_type}]" >> GatherWindows(gather)
             )
             dead_letters.append(
                 out.dead_letters
                 | f"CountDeadLetters[{api_type}]" >> beam.Map(_count_delivery_dead_letter)
-                | f"UnwindowDeadLetters[{api_type}]" >> beam.WindowInto(GlobalWindows())
+                | f"GatherDeadLetters[{api_type}]" >> GatherWindows(gather)
             )
             if out.parked is not None:
                 parked.append(
                     out.parked
                     | f"WriteParked[{api_type}]" >> write_parked
-                    | f"UnwindowParked[{api_type}]" >> beam.WindowInto(GlobalWindows())
+                    | f"GatherParked[{api_type}]" >> GatherWindows(gather)
                 )
         for kind, routes in zip(sorted(documents), routed, strict=True):
             parked.append(
                 routes[PARKED]
+                | f"GatherInactive[{kind}]" >> GatherWindows(gather)
                 | f"KeyInactive[{kind}]" >> beam.MapTuple(lambda sid, v: ((sid, v[0], v[1], v[2]), v[3]))
                 | f"GroupInactive[{kind}]" >> beam.GroupByKey()
                 | f"ParkInactive[{kind}]" >> beam.FlatMap(_park_inactive)

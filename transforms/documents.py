@@ -1,7 +1,11 @@
 """Raw records of one kind to customer documents: parse, deduplicate, enrich.
 
 One composite per kind (``'Events' >> RawToDocuments('event', ...)``) so the graph
-reads like the data flow of DESIGN.md and every step has a stable label.
+reads like the data flow of DESIGN.md and every step has a stable label. Batch and
+streaming runs share it; on unbounded input two steps join in: the lateness gate
+after parsing (``transforms/lateness.py``), and fixed windows of the refresh
+interval before enrichment, so each record meets the reference snapshot of its
+interval (``transforms/refresh.py``).
 """
 
 from __future__ import annotations
@@ -10,9 +14,11 @@ from typing import NamedTuple
 
 import apache_beam as beam
 from apache_beam import pvalue
+from apache_beam.transforms.window import GlobalWindows, WindowFn
 
 from transforms.dedup import DEFAULT_HORIZON_SECONDS, DeduplicateById
 from transforms.enrich import Enrich
+from transforms.lateness import DEFAULT_ALLOWED_LATENESS_SECONDS, GateLateRecords, window_lateness_seconds
 from transforms.parse import DEFAULT_MAX_RECORD_BYTES, ParseRecords
 from transforms.records import Kind
 
@@ -32,16 +38,41 @@ class RawToDocuments(beam.PTransform):
         reference: pvalue.AsSideInput,
         dedup_horizon_seconds: int = DEFAULT_HORIZON_SECONDS,
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+        allowed_lateness_seconds: int = DEFAULT_ALLOWED_LATENESS_SECONDS,
+        snapshot_windows: WindowFn | None = None,
+        heartbeats: beam.PCollection | None = None,
+        refresh_interval_seconds: int = 0,
     ) -> None:
+        """``snapshot_windows``: the windows enrichment runs in when ``reference``
+        is a refreshing (windowed) side input; ``None`` for a global one.
+        ``heartbeats`` (the refresh ticks) and ``refresh_interval_seconds`` feed the
+        lateness gate of a streaming run."""
         super().__init__()
         self._kind = kind
         self._reference = reference
         self._horizon = dedup_horizon_seconds
         self._max_bytes = max_record_bytes
+        self._lateness = allowed_lateness_seconds
+        self._snapshot_windows = snapshot_windows
+        self._heartbeats = heartbeats
+        self._window_lateness = window_lateness_seconds(allowed_lateness_seconds, refresh_interval_seconds)
 
     def expand(self, raw: beam.PCollection) -> DocumentsAndDeadLetters:
         parsed = raw | "ParseAndValidate" >> ParseRecords(self._kind, self._max_bytes)
-        unique = parsed.records | "Deduplicate" >> DeduplicateById(self._kind, self._horizon)
+        valid, dead = parsed.records, [parsed.dead_letters]
+        if not raw.is_bounded:
+            gated = valid | "GateLateRecords" >> GateLateRecords(self._kind, self._lateness, self._heartbeats)
+            valid = gated.records
+            dead.append(gated.dead_letters)
+        unique = valid | "Deduplicate" >> DeduplicateById(self._kind, self._horizon)
+        if self._snapshot_windows is not None:
+            # Late records (behind the watermark, let through by the gate) must not be
+            # dropped by the stateful steps in these windows (batching): allow them.
+            unique = unique | "SnapshotWindows" >> beam.WindowInto(
+                self._snapshot_windows, allowed_lateness=self._window_lateness)
         enriched = unique | "Enrich" >> Enrich(self._kind, self._reference)
-        dead = (parsed.dead_letters, enriched.dead_letters) | "DeadLetters" >> beam.Flatten()
-        return DocumentsAndDeadLetters(enriched.documents, dead, parsed.records)
+        enrich_dead = enriched.dead_letters
+        if self._snapshot_windows is not None:
+            enrich_dead = enrich_dead | "UnwindowDeadLetters" >> beam.WindowInto(GlobalWindows())
+        dead.append(enrich_dead)
+        return DocumentsAndDeadLetters(enriched.documents, tuple(dead) | "DeadLetters" >> beam.Flatten(), valid)

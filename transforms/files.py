@@ -15,11 +15,14 @@ from typing import Any
 import apache_beam as beam
 import orjson
 from apache_beam.coders import BytesCoder
+from apache_beam.io import fileio
 from apache_beam.io.avroio import ReadFromAvro
 from apache_beam.io.parquetio import ReadFromParquet
 from apache_beam.io.textio import ReadFromText, WriteToText
+from apache_beam.options.value_provider import StaticValueProvider
 
 from transforms.records import dead_letter_json
+from transforms.windows import GatherWindows
 
 FORMATS = ("jsonl", "avro", "parquet")
 _BY_EXTENSION = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".avro": "avro", ".parquet": "parquet"}
@@ -75,3 +78,30 @@ class WriteJsonLines(beam.PTransform):
 def write_dead_letters(prefix: str) -> WriteJsonLines:
     """Dead letters as JSON lines, their payload in base64."""
     return WriteJsonLines(prefix, encode=dead_letter_json)
+
+
+class WriteWindowedJsonLines(beam.PTransform):
+    """A streaming run's output: elements as JSON lines, one file per window of
+    ``window_seconds`` of processing time (:class:`transforms.windows.GatherWindows`),
+    named ``<dir>/<name>-<window start>-<window end>-<shard>-of-<shards>.jsonl`` by
+    Beam's ``fileio.WriteToFiles``. Every window fires once, so no file is ever
+    written twice."""
+
+    def __init__(self, prefix: str, window_seconds: int, encode: Callable[[Any], bytes] = orjson.dumps) -> None:
+        super().__init__()
+        self._directory, _, self._name = prefix.rstrip("/").rpartition("/")
+        self._window_seconds = window_seconds
+        self._encode = encode
+
+    def expand(self, elements: beam.PCollection) -> beam.PCollection:
+        return (
+            elements
+            | "Gather" >> GatherWindows(self._window_seconds)
+            | "ToJson" >> beam.Map(lambda element, encode=self._encode: encode(element).decode("utf-8"))
+            | "Write" >> fileio.WriteToFiles(
+                path=self._directory,
+                file_naming=fileio.default_file_naming(prefix=self._name, suffix=".jsonl"),
+                shards=1,
+                temp_directory=StaticValueProvider(str, f"{self._directory}/_temp"),
+            )
+        )

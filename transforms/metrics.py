@@ -21,6 +21,20 @@ def valid(kind: str) -> str:
     return f"{kind}.valid"
 
 
+def late(kind: str) -> str:
+    """Records delivered although they arrived behind the watermark (streaming)."""
+    return f"{kind}.late"
+
+
+def refresh(what: str, outcome: str) -> str:
+    """Side-input refreshes of a streaming run: ``refresh|reference|loaded``, ``...|failed``."""
+    return f"refresh|{what}|{outcome}"
+
+
+def archived(kind: str) -> str:
+    return f"archive|{kind}"
+
+
 def unique(kind: str) -> str:
     return f"{kind}.unique"
 

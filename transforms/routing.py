@@ -12,8 +12,10 @@ look the stream up again just to key or window its elements:
 - ``aws_s3``: ``((stream_id, kind, rotation_seconds), document)``
 - ``datadog``: ``((stream_id, metrics_interval_seconds), document)`` (usage only)
 
-A stream that is paused (by the customer) or deactivated (by the customer, or by
-an earlier run's status after its destination kept failing) receives nothing: its
+A stream that is paused (by the customer), deactivated (by the customer, or by
+an earlier run's status after its destination kept failing), or flagged for
+historic data whose history is not delivered yet (``awaiting_history``; the
+holds are a :class:`transforms.status.StreamHolds`) receives nothing live: its
 documents go to the ``parked`` output as ``(stream_id, (api_type, reason, token,
 (kind, document)))`` and are kept for re-drive, the way emnify keeps a paused
 stream's records.
@@ -30,9 +32,10 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from schemas.streams import API_TYPES, DataStream, StreamConfig, StreamConfigError, parse_stream_config
-from sinks.parking import STREAM_DEACTIVATED, STREAM_PAUSED
+from sinks.parking import AWAITING_HISTORY, STREAM_DEACTIVATED, STREAM_PAUSED
 from transforms import metrics
 from transforms.records import Kind
+from transforms.status import StreamHolds
 
 
 def load_stream_config(path: str) -> StreamConfig:
@@ -82,6 +85,10 @@ def route(
         if stream.state == "paused" or stream.state == "deactivated" or token:
             reason = STREAM_PAUSED if stream.state == "paused" else STREAM_DEACTIVATED
             routed.append((PARKED, (stream.id, (stream.api_type, reason, token, (kind, document)))))
+            continue
+        if (stream.historic_data and isinstance(deactivated, StreamHolds)
+                and stream.id not in deactivated.history_delivered):
+            routed.append((PARKED, (stream.id, (stream.api_type, AWAITING_HISTORY, None, (kind, document)))))
             continue
         routed.append((stream.api_type, routed_element(stream, kind, document)))
     return routed

@@ -137,21 +137,68 @@ def deactivated_streams(previous: Mapping[str, StreamStatus]) -> dict[str, str]:
     return {sid: s.error or REMOTE_ERROR for sid, s in previous.items() if s.state == "deactivated"}
 
 
+class StreamHolds(dict):
+    """What holds streams back from live delivery, read from the status location:
+    ``{stream_id: token}`` of the streams an earlier run deactivated, and
+    ``history_delivered``, the streams with the historic-data flag whose history
+    has been delivered (``pipelines/historic.py``). A stream with the flag whose
+    history is not delivered yet has its live documents parked
+    (``awaiting_history``) until then; see README, "Historic data"."""
+
+    def __init__(self, deactivated: Mapping[str, str], history_delivered: Iterable[str] = ()) -> None:
+        super().__init__(deactivated)
+        self.history_delivered = frozenset(history_delivered)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return StreamHolds, (dict(self), tuple(sorted(self.history_delivered)))
+
+
+def history_marker(location: str, stream_id: str) -> str:
+    """The file that says a stream's history has been delivered."""
+    return f"{location.rstrip('/')}/history/{stream_id}.json"
+
+
+def mark_history_delivered(location: str, stream_id: str, detail: Mapping[str, Any]) -> str:
+    path = history_marker(location, stream_id)
+    with FileSystems.create(path) as handle:
+        handle.write(orjson.dumps({"stream_id": stream_id, "delivered_at": now_iso(), **detail}))
+    return path
+
+
+def history_delivered(location: str | None) -> frozenset[str]:
+    if not location:
+        return frozenset()
+    matched = FileSystems.match([history_marker(location, "*")])[0].metadata_list
+    return frozenset(m.path.rsplit("/", 1)[-1].removesuffix(".json") for m in matched)
+
+
+def stream_holds(location: str | None) -> StreamHolds:
+    """The :class:`StreamHolds` of the status location (re-read every refresh
+    interval by a streaming run)."""
+    return StreamHolds(deactivated_streams(load_status(location)), history_delivered(location))
+
+
 class _UpdateStatusFn(beam.DoFn):
     def __init__(self, location: str, deactivate_after: int) -> None:
         self._location = location
         self._deactivate_after = deactivate_after
 
     def process(
-        self, _: Any, results: Mapping[str, list[DeliveryResult]], config: StreamConfig
+        self, element: tuple[None, Iterable[tuple[str, list[DeliveryResult]]]], config: StreamConfig
     ) -> Iterator[StreamStatus]:
+        results = {stream_id: items for stream_id, items in element[1] if stream_id is not None}
         records = merge_status(config, load_status(self._location), results, self._deactivate_after)
         write_status(self._location, records)
         yield from records
 
 
 class UpdateStreamStatus(beam.PTransform):
-    """Delivery results -> the new status records, written to the status location."""
+    """Delivery results -> the new status records, written to the status location.
+
+    Once per window of results: at the end of a batch run (the global window), and
+    every output window of a streaming run. All of a window's results meet in one
+    merge (one key), so two updates never race to write the status file.
+    """
 
     def __init__(self, location: str, streams: beam.pvalue.AsSideInput, deactivate_after: int) -> None:
         super().__init__()
@@ -164,16 +211,17 @@ class UpdateStreamStatus(beam.PTransform):
             results
             | "KeyByStream" >> beam.Map(lambda r: (r.stream_id, r))
             | "GroupByStream" >> beam.GroupByKey()
-            | "AsLists" >> beam.MapTuple(lambda stream_id, items: (stream_id, list(items)))
+            | "AsLists" >> beam.MapTuple(lambda stream_id, items: (None, (stream_id, list(items))))
         )
+        if results.is_bounded:
+            # A batch run writes the status even when no stream got a result
+            # (every stream paused, nothing routed).
+            always = results.pipeline | "Always" >> beam.Create([(None, (None, []))])
+            per_stream = (per_stream, always) | "WithAlways" >> beam.Flatten()
         return (
-            results.pipeline
-            | "Once" >> beam.Create([None])
-            | "Merge" >> beam.ParDo(
-                _UpdateStatusFn(self._location, self._deactivate_after),
-                beam.pvalue.AsDict(per_stream),
-                self._streams,
-            )
+            per_stream
+            | "AllStreams" >> beam.GroupByKey()
+            | "Merge" >> beam.ParDo(_UpdateStatusFn(self._location, self._deactivate_after), self._streams)
         )
 
 

@@ -9,11 +9,21 @@ so a replay of the same data gets the same windows and the same file names.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
+import apache_beam as beam
 from apache_beam.coders import coders
-from apache_beam.transforms.window import IntervalWindow, NonMergingWindowFn
+from apache_beam.transforms.trigger import AccumulationMode, AfterCount, AfterWatermark
+from apache_beam.transforms.window import (
+    FixedWindows,
+    GlobalWindows,
+    IntervalWindow,
+    NonMergingWindowFn,
+    TimestampedValue,
+    WindowFn,
+)
 from apache_beam.utils.timestamp import Timestamp
 
 
@@ -40,3 +50,42 @@ def size_from_key(element: tuple[tuple[Any, ...], Any]) -> int:
     """The window size when the element is ``(key, value)`` and the size is the
     key's last item."""
     return element[0][-1]
+
+
+def window_with_late_panes(windowfn: WindowFn, allowed_lateness_seconds: int) -> beam.WindowInto:
+    """``WindowInto(windowfn)`` firing once when the watermark passes the window's
+    end and again for every bundle of records arriving later, up to
+    ``allowed_lateness_seconds`` (streaming; a bounded run fires once). Panes
+    discard what they fired, so every record is in exactly one pane; steps that
+    name files per window tell the panes apart by their index."""
+    return beam.WindowInto(
+        windowfn,
+        trigger=AfterWatermark(late=AfterCount(1)),
+        accumulation_mode=AccumulationMode.DISCARDING,
+        allowed_lateness=allowed_lateness_seconds,
+    )
+
+
+def _stamp_now(element: Any) -> TimestampedValue:
+    return TimestampedValue(element, time.time())
+
+
+class GatherWindows(beam.PTransform):
+    """Re-window what the delivery steps report for gathering: the global window
+    in a batch run; in a streaming run fixed windows of *processing* time, so a
+    result of a late pane (whose event time is long past) still lands in the
+    current window instead of being dropped as late, and every gathered window
+    fires exactly once (its files and status update are never overwritten)."""
+
+    def __init__(self, window_seconds: int | None) -> None:
+        super().__init__()
+        self._window_seconds = window_seconds
+
+    def expand(self, pcoll: beam.PCollection) -> beam.PCollection:
+        if self._window_seconds is None:
+            return pcoll | "Global" >> beam.WindowInto(GlobalWindows())
+        return (
+            pcoll
+            | "StampArrival" >> beam.Map(_stamp_now)
+            | "Fixed" >> beam.WindowInto(FixedWindows(self._window_seconds))
+        )

@@ -1,0 +1,198 @@
+"""The streaming graph driven by ``TestStream``: the same ``build_pipeline`` as
+batch and Pub/Sub runs, with the raw events and the refresh ticks coming from a
+test stream whose watermark the test moves.
+
+Times: the refresh interval is 60 s and the first refresh is at ``F``, so the
+snapshot windows are ``[epoch, F + 60)``, ``[F + 60, F + 120)``, ... Records are
+placed relative to ``F``.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+import orjson
+import pytest
+from apache_beam.metrics import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.testing.test_stream import TestStream
+from apache_beam.testing.util import assert_that, equal_to, equal_to_per_window
+from apache_beam.transforms.window import IntervalWindow, TimestampedValue
+from apache_beam.utils.timestamp import Timestamp
+
+from pipelines.data_streamer import build_pipeline
+from tests.conftest import write_reference
+from tests.guide_samples import RAW_EVENTS
+from transforms import metrics
+from transforms.refresh import SnapshotWindows, _LoadKeepingLastGood
+
+F = 1_793_520_000  # 2026-11-01T08:00:00Z, a multiple of 60
+INTERVAL = 60
+LATENESS = 600
+
+
+def _at(seconds: float) -> str:
+    return (datetime.fromtimestamp(F + seconds, tz=UTC)).isoformat().replace("+00:00", "Z")
+
+
+def raw_event(record_id: int, seconds: float) -> bytes:
+    return orjson.dumps(RAW_EVENTS["5.1.1"] | {"id": record_id, "timestamp": _at(seconds)})
+
+
+def _stamped(record_id: int, seconds: float) -> TimestampedValue:
+    # Pub/Sub would stamp publish time; parsing replaces it with the record's own time.
+    return TimestampedValue(raw_event(record_id, seconds), F + seconds + 1)
+
+
+def _options(reference_dir: Path, **extra: Any) -> PipelineOptions:
+    flags = [f"--reference_dir={reference_dir}", "--streaming", f"--refresh_interval_seconds={INTERVAL}",
+             f"--allowed_lateness_seconds={LATENESS}"]
+    flags += [f"--{key}={value}" for key, value in extra.items()]
+    return PipelineOptions(flags)
+
+
+def _counter(result: Any, name: str) -> int:
+    found = result.metrics().query(MetricsFilter().with_namespace(metrics.NAMESPACE).with_name(name))["counters"]
+    return sum(c.committed for c in found)
+
+
+def _first_window() -> IntervalWindow:
+    return IntervalWindow(Timestamp(0), Timestamp(F + INTERVAL))
+
+
+def _window(k: int) -> IntervalWindow:
+    return IntervalWindow(Timestamp(F + k * INTERVAL), Timestamp(F + (k + 1) * INTERVAL))
+
+
+def test_on_time_late_and_too_late_records(sample_reference_dir):
+    """On time: delivered in its window. Late (behind the watermark, within the
+    allowed lateness): delivered in its own, already fired, window and counted.
+    Too late: a dead letter with the reason, in no window."""
+    stream = (
+        TestStream(output_tags=["event", "tick"])
+        .advance_watermark_to(F, tag="event").advance_watermark_to(F, tag="tick")
+        .add_elements([TimestampedValue({"tick": k}, F + k * INTERVAL) for k in range(18)], tag="tick")
+        .advance_watermark_to(F + 18 * INTERVAL, tag="tick")
+        .add_elements([_stamped(1, 10), _stamped(2, 70), _stamped(3, 130)], tag="event")
+        .advance_watermark_to(F + 200, tag="event")
+        # 180 s behind the watermark: late, allowed (600 s).
+        .add_elements([_stamped(4, 20)], tag="event")
+        .advance_watermark_to(F + 1000, tag="event")
+        # 970 s behind: too late.
+        .add_elements([_stamped(5, 30)], tag="event")
+        .add_elements([_stamped(6, 990)], tag="event")
+        .advance_watermark_to_infinity(tag="event").advance_watermark_to_infinity(tag="tick")
+    )
+    p = beam.Pipeline(options=_options(sample_reference_dir))
+    source = p | stream
+    outputs = build_pipeline(p, p.options, sources={"event": source["event"]}, ticks=source["tick"],
+                             first_refresh_seconds=F)
+    ids = outputs["event"] | "Ids" >> beam.Map(lambda document: document["id"])
+    assert_that(ids, equal_to_per_window({
+        _first_window(): [1, 4],  # 4 arrived after the watermark passed its window's end
+        _window(1): [2],
+        _window(2): [3],
+        _window(16): [6],
+    }), label="PerWindow")
+    letters = outputs["dead_letters"] | "Letters" >> beam.Map(lambda d: (d["reason"], d["record_id"], d["stage"]))
+    assert_that(letters, equal_to([("too_late", 5, "lateness")]), label="DeadLetters")
+    result = p.run()
+    result.wait_until_finish()
+    assert _counter(result, metrics.dead_letter_name("event", "too_late")) == 1
+    assert _counter(result, metrics.late("event")) == 1
+    assert _counter(result, metrics.documents("event")) == 5
+
+
+def test_reference_refresh_changes_enrichment_from_its_interval_on(tmp_path, sample_tables):
+    """The organisation is renamed in a new reference directory; the tick of the
+    second interval reads it, so records of that interval on carry the new name.
+    A third refresh fails to load (a broken directory) and keeps the last good
+    snapshot."""
+    v1 = write_reference(tmp_path / "v1", sample_tables)
+    renamed = json.loads(json.dumps(sample_tables))
+    renamed["organisation"][0]["name"] = "WBV Renamed"
+    v2 = write_reference(tmp_path / "v2", renamed)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    stream = (
+        TestStream(output_tags=["event", "tick"])
+        .advance_watermark_to(F, tag="event").advance_watermark_to(F, tag="tick")
+        .add_elements([TimestampedValue({"tick": 0}, F)], tag="tick")
+        .advance_watermark_to(F + INTERVAL, tag="tick")
+        .add_elements([_stamped(1, 10)], tag="event")
+        .advance_watermark_to(F + INTERVAL, tag="event")
+        .add_elements([TimestampedValue({"reference_dir": str(v2)}, F + INTERVAL)], tag="tick")
+        .advance_watermark_to(F + 2 * INTERVAL, tag="tick")
+        .add_elements([_stamped(2, 70)], tag="event")
+        .advance_watermark_to(F + 2 * INTERVAL, tag="event")
+        .add_elements([TimestampedValue({"reference_dir": str(broken)}, F + 2 * INTERVAL)], tag="tick")
+        .advance_watermark_to(F + 3 * INTERVAL, tag="tick")
+        .add_elements([_stamped(3, 130)], tag="event")
+        .advance_watermark_to_infinity(tag="event").advance_watermark_to_infinity(tag="tick")
+    )
+    p = beam.Pipeline(options=_options(v1))
+    source = p | stream
+    outputs = build_pipeline(p, p.options, sources={"event": source["event"]}, ticks=source["tick"],
+                             first_refresh_seconds=F)
+    names = outputs["event"] | "Names" >> beam.Map(lambda d: (d["id"], d["organisation"]["name"]))
+    assert_that(names, equal_to_per_window({
+        _first_window(): [(1, "WBV Tester")],
+        _window(1): [(2, "WBV Renamed")],
+        _window(2): [(3, "WBV Renamed")],  # the broken refresh kept v2
+    }))
+    result = p.run()
+    result.wait_until_finish()
+    assert _counter(result, metrics.refresh("reference", "loaded")) == 2
+    assert _counter(result, metrics.refresh("reference", "failed")) == 1
+
+
+def test_snapshot_windows_reach_back_to_the_epoch():
+    windows = SnapshotWindows(INTERVAL, F)
+
+    def assign(seconds: float) -> IntervalWindow:
+        return windows.assign(type("Context", (), {"timestamp": Timestamp(seconds)})())[0]
+
+    assert assign(F - 86_400) == _first_window()
+    assert assign(F + 59) == _first_window()
+    assert assign(F + 60) == _window(1)
+    with pytest.raises(ValueError, match="aligned"):
+        SnapshotWindows(INTERVAL, F + 1)
+
+
+class _State:
+    def __init__(self) -> None:
+        self.value: Any = None
+
+    def read(self) -> Any:
+        return self.value
+
+    def write(self, value: Any) -> None:
+        self.value = value
+
+
+def test_a_failed_refresh_keeps_the_last_good_snapshot(caplog):
+    loads = iter([OSError("reference/sim.json: no such file"), {"v": 2}, OSError("reference/sim.json: no such file")])
+
+    def load(_tick: Any) -> Any:
+        value = next(loads)
+        if isinstance(value, Exception):
+            raise value
+        return value
+
+    fn = _LoadKeepingLastGood("reference", load, {"v": 1})
+    fn.setup()
+    state = _State()
+    out = [v for k in range(3) for v in fn.process((None, k), timestamp=Timestamp(F + 60 * k), last_good=state)]
+    # Before any refresh succeeded the job's first snapshot stands in.
+    assert [v.value for v in out] == [{"v": 1}, {"v": 2}, {"v": 2}]
+    assert [v.timestamp for v in out] == [Timestamp(F), Timestamp(F + 60), Timestamp(F + 120)]
+    assert "refreshing reference failed, keeping the previous snapshot: reference/sim.json: no such file" in caplog.text
+
+
+def test_the_fixed_first_refresh_is_an_interval_start():
+    assert datetime.fromtimestamp(F, tz=UTC) == datetime(2026, 11, 1, 8, tzinfo=UTC)
+    assert timedelta(seconds=F % INTERVAL) == timedelta(0)

@@ -1,0 +1,166 @@
+"""Slowly updating side inputs: reference data and stream configurations that
+change while a streaming job runs.
+
+Beam's pattern (PeriodicImpulse with ``apply_windowing``): an impulse every
+``interval`` seconds re-reads the files; each snapshot is the only element of its
+window, and a consumer sees the snapshot of the window its element maps to. A new
+SIM, a renamed organisation or a new, paused or deleted stream therefore takes
+effect for records of the next interval, without a restart.
+
+Windows (:class:`SnapshotWindows`): epoch-aligned fixed windows of ``interval``,
+except that the first one reaches back to the epoch. The first snapshot is taken
+when the job starts, so records older than that (a Pub/Sub backlog after a restart,
+late records) are enriched with it instead of finding no snapshot at all. Consumers
+must be in time windows (any ``IntervalWindow``): a consumer in the global window
+would map to the window at the end of time and wait for it forever. The streaming
+graph puts enrichment and routing in ``FixedWindows(interval)`` for that reason.
+
+A refresh that fails (a missing file, a bad row: the loaders raise with the file,
+row and field) keeps the last good snapshot, logs the loader's message and counts
+``refresh|<what>|failed``; a good one counts ``refresh|<what>|loaded``. The first
+snapshot is loaded when the graph is built, so a job never starts without one.
+
+DirectRunner caveats (Beam 2.77): it keeps every snapshot it ever received in
+memory (fine for bounded local runs; Dataflow and Flink garbage-collect expired
+side-input windows), and it fails on empty bundles reaching a step with a windowed
+side input (:mod:`pipelines.direct_runner`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.coders import PickleCoder, coders
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.periodicsequence import PeriodicImpulse
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
+from apache_beam.transforms.window import IntervalWindow, NonMergingWindowFn, TimestampedValue
+from apache_beam.utils.timestamp import Timestamp
+
+from transforms import metrics
+
+_LOG = logging.getLogger(__name__)
+
+DEFAULT_REFRESH_SECONDS = 300
+
+
+def first_refresh(interval_seconds: int, now: float | None = None) -> int:
+    """The start of the interval the job starts in (epoch seconds)."""
+    now = time.time() if now is None else now
+    return int(now) - int(now) % interval_seconds
+
+
+class SnapshotWindows(NonMergingWindowFn):
+    """``FixedWindows(interval)`` whose first window, ``[epoch, first + interval)``,
+    also holds everything before ``first`` (module docstring)."""
+
+    def __init__(self, interval_seconds: int, first_seconds: int) -> None:
+        if interval_seconds <= 0 or first_seconds % interval_seconds:
+            raise ValueError("the first refresh must be aligned to the interval")
+        self._size = interval_seconds * 1_000_000
+        self._first_end = (first_seconds + interval_seconds) * 1_000_000
+
+    def assign(self, context: NonMergingWindowFn.AssignContext) -> list[IntervalWindow]:
+        micros = context.timestamp.micros
+        if micros < self._first_end:
+            return [IntervalWindow(Timestamp(0), Timestamp(micros=self._first_end))]
+        start = micros - micros % self._size
+        return [IntervalWindow(Timestamp(micros=start), Timestamp(micros=start + self._size))]
+
+    def get_window_coder(self) -> coders.Coder:
+        return coders.IntervalWindowCoder()
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, SnapshotWindows) and self._size == other._size
+                and self._first_end == other._first_end)
+
+    def __hash__(self) -> int:
+        return hash((self._size, self._first_end))
+
+
+class _LoadKeepingLastGood(beam.DoFn):
+    """``(None, tick)`` -> the snapshot loaded now, or the last good one if loading
+    fails. The last good snapshot is kept in state (one key), not in the DoFn
+    instance: runners may create instances per bundle (the DirectRunner does), and
+    a fresh instance would fall back to the snapshot of the job's start."""
+
+    LAST_GOOD = ReadModifyWriteStateSpec("last_good", PickleCoder())
+    _LAST_GOOD_PARAM = beam.DoFn.StateParam(LAST_GOOD)
+
+    def __init__(self, what: str, load: Callable[[Any], Any], initial: Any) -> None:
+        self._what = what
+        self._load = load
+        self._initial = initial
+
+    def setup(self) -> None:
+        self._loaded = Metrics.counter(metrics.NAMESPACE, metrics.refresh(self._what, "loaded"))
+        self._failed = Metrics.counter(metrics.NAMESPACE, metrics.refresh(self._what, "failed"))
+
+    def process(self, keyed: tuple[None, Any], timestamp: Timestamp = beam.DoFn.TimestampParam,
+                last_good: Any = _LAST_GOOD_PARAM) -> Iterator[Any]:
+        try:
+            snapshot = self._load(keyed[1])
+        except Exception as err:  # noqa: BLE001 - any failure keeps the last good snapshot
+            self._failed.inc()
+            _LOG.error("refreshing %s failed, keeping the previous snapshot: %s", self._what, err)
+            snapshot = last_good.read()
+            if snapshot is None:
+                snapshot = self._initial
+        else:
+            self._loaded.inc()
+            last_good.write(snapshot)
+        yield TimestampedValue(snapshot, timestamp)
+
+
+def location(tick: Any, key: str, default: str) -> str:
+    """Where a refresh reads ``key`` from: ``default``, unless the tick is a dict
+    naming another location (tests drive refreshes from a ``TestStream`` with
+    ticks such as ``{"reference_dir": ".../v2"}``; PeriodicImpulse's ticks are
+    timestamps)."""
+    return tick.get(key, default) if isinstance(tick, dict) else default
+
+
+class Ticks(beam.PTransform):
+    """PBegin -> a tick every ``interval_seconds`` from ``first_seconds`` on
+    (``PeriodicImpulse``), the input of :class:`RefreshingSnapshot`."""
+
+    def __init__(self, interval_seconds: int, first_seconds: int) -> None:
+        super().__init__()
+        self._interval = interval_seconds
+        self._first = first_seconds
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
+        return pbegin | "PeriodicImpulse" >> PeriodicImpulse(
+            start_timestamp=self._first, fire_interval=self._interval, apply_windowing=False
+        )
+
+
+class RefreshingSnapshot(beam.PTransform):
+    """Ticks -> one snapshot per tick in :class:`SnapshotWindows`; use it as
+    ``AsSingleton``.
+
+    ``load(tick)`` is called on a worker at every tick; ``initial`` is the snapshot
+    loaded when the graph was built (the fallback until a refresh succeeds). Ticks
+    come from :class:`Ticks` (timestamps), or from a ``TestStream`` in tests that
+    refresh at chosen points of event time (one timestamped element per interval,
+    which :func:`location` lets name another location to read).
+    """
+
+    def __init__(self, what: str, load: Callable[[Any], Any], initial: Any, windows: SnapshotWindows) -> None:
+        super().__init__()
+        self._what = what
+        self._load = load
+        self._initial = initial
+        self._windows = windows
+
+    def expand(self, ticks: beam.PCollection) -> beam.PCollection:
+        return (
+            ticks
+            | "OneKey" >> beam.Map(lambda tick: (None, tick))
+            | "Load" >> beam.ParDo(_LoadKeepingLastGood(self._what, self._load, self._initial))
+            | "Window" >> beam.WindowInto(self._windows)
+        )
