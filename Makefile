@@ -11,7 +11,7 @@ SEED ?= 7
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install sample-data run-local redrive backfill test lint clean
+.PHONY: help install sample-data run-local run-local-streaming redrive backfill historic test lint clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -35,6 +35,11 @@ sample-data: $(STAMP) ## Generate the sample fleet (SAMPLE_DIR, SEED; more optio
 run-local: $(SAMPLE_DIR)/.complete ## Run the job over the sample fleet, delivering to local REST/DataDog/S3/Kinesis destinations
 	$(PY) -m pipelines.run_local --sample_dir $(SAMPLE_DIR) --output_dir $(OUT_DIR)
 
+RUN_SECONDS ?= 90
+run-local-streaming: $(SAMPLE_DIR)/.complete ## Stream the sample fleet through the Pub/Sub emulator to local destinations for RUN_SECONDS (needs gcloud + Java)
+	$(PY) -m pipelines.run_local_streaming --sample_dir $(SAMPLE_DIR) --output_dir $(OUT_DIR)/streaming \
+		--run_seconds $(RUN_SECONDS)
+
 STREAMS_CONFIG ?= $(OUT_DIR)/streams.local.json
 REDRIVE_ARGS ?=
 redrive: $(STAMP) ## Re-deliver STREAM's parked batches (STREAMS_CONFIG, OUT_DIR; REDRIVE_ARGS for more flags)
@@ -50,6 +55,13 @@ backfill: $(STAMP) ## Backfill STREAM from the archive for FROM..TO (ISO times; 
 	$(PY) -m pipelines.backfill --stream_id $(STREAM) --from $(FROM) --to $(TO) --archive_location $(ARCHIVE) \
 		--reference_dir $(SAMPLE_DIR)/reference --streams_config $(STREAMS_CONFIG) --output_dir $(OUT_DIR) \
 		$(BACKFILL_ARGS)
+
+HISTORIC_ARGS ?=
+historic: $(STAMP) ## Deliver STREAM's 7 days of history from the archive, then release its held live data
+	@test -n "$(STREAM)" || { echo "usage: make historic STREAM=<stream id>"; exit 2; }
+	$(PY) -m pipelines.historic --stream_id $(STREAM) --archive_location $(ARCHIVE) \
+		--reference_dir $(SAMPLE_DIR)/reference --streams_config $(STREAMS_CONFIG) --output_dir $(OUT_DIR) \
+		$(HISTORIC_ARGS)
 
 test: $(STAMP) ## Run ruff and the whole test suite
 	$(VENV)/bin/ruff check .

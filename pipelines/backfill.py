@@ -125,7 +125,9 @@ def run(argv: list[str] | None = None) -> int:
     deactivated = beam.pvalue.AsSingleton(
         pipeline | "PreviousStatus" >> beam.Create([deactivated_streams(load_status(settings.status_location))])
     )
-    delivered = documents | "Deliver" >> DeliverToStreams(streams, deactivated, settings)
+    # The status keeps every stream's record, not only the backfilled one's.
+    all_streams = beam.pvalue.AsSingleton(pipeline | "AllStreams" >> beam.Create([config]))
+    delivered = documents | "Deliver" >> DeliverToStreams(streams, deactivated, settings, status_streams=all_streams)
     dead_letters.append(delivered.dead_letters)
     tuple(dead_letters) | "AllDeadLetters" >> beam.Flatten() | "WriteDeadLetters" >> write_dead_letters(
         f"{out}/backfill/dead_letters"

@@ -26,6 +26,7 @@ import functools
 import json
 import logging
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,7 +120,10 @@ def _streaming_side_inputs(p: beam.Pipeline, options: PipelineOptions, settings:
     interval = options.view_as(StreamingOptions).refresh_interval_seconds
     first = first_refresh(interval) if first_refresh_seconds is None else first_refresh_seconds
     windows = SnapshotWindows(interval, first)
-    if ticks is None:
+    refresh_subscription = options.view_as(StreamingOptions).refresh_subscription
+    if ticks is None and refresh_subscription:
+        ticks = p | "RefreshTicks" >> beam.io.ReadFromPubSub(subscription=refresh_subscription)
+    elif ticks is None:
         ticks = p | "RefreshTicks" >> Ticks(interval, first)
     directory = options.view_as(ReferenceOptions).reference_dir
     reference = beam.pvalue.AsSingleton(ticks | "ReferenceData" >> RefreshingSnapshot(
@@ -342,8 +346,11 @@ def run(argv: list[str] | None = None) -> RunSummary:
     result = pipeline.run()
     if streaming and stream_options.run_seconds:
         # A bounded streaming run (run-local-streaming, demos): stop after the time.
-        result.wait_until_finish(duration=stream_options.run_seconds * 1000)
-        if result.state not in (PipelineState.DONE, PipelineState.FAILED):
+        # (Polled: the DirectRunner's wait_until_finish takes no duration.)
+        deadline = time.monotonic() + stream_options.run_seconds
+        while time.monotonic() < deadline and not PipelineState.is_terminal(result.state):
+            time.sleep(0.5)
+        if not PipelineState.is_terminal(result.state):
             result.cancel()
     else:
         result.wait_until_finish()

@@ -1,4 +1,4 @@
-"""Workarounds for two bugs of the Python DirectRunner's bundle-based executor
+"""Workarounds for three problems of the Python DirectRunner's bundle-based executor
 (Beam 2.77), the one streaming runs and every graph with timers (de-duplication)
 run on. Applied by :func:`apply_direct_runner_fixes` when a graph is built for the
 DirectRunner; other runners never see them.
@@ -23,21 +23,49 @@ not affected, which is why batch runs never see it.
 The patch gives an empty bundle the window ``[epoch, epoch + 1 µs)``. The bundle has
 nothing to look up, so which window it maps to does not matter; this one maps to
 the earliest side-input window, which is ready as soon as the side input has
-produced anything. Applied only to the DirectRunner, only by the streaming graph
-and its tests; other runners never load this module's effect.
+produced anything.
+
+3. Slow Pub/Sub reads. The DirectRunner's Pub/Sub reader pulls at most 10
+messages with a 30-second deadline, and the executor has a single worker thread:
+an idle subscription (the usage topic when only events flow) answers only at the
+deadline, stalling every other step for 30 s per pull (records took 100 s to get
+through in the end-to-end test). The fix pulls up to ``PULL_MAX_MESSAGES`` with
+a one-second deadline, treating a missed deadline as "no messages yet".
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from apache_beam.runners.direct import executor
+from apache_beam.runners.direct import executor, transform_evaluator
 from apache_beam.runners.worker import statesampler
 from apache_beam.transforms.window import IntervalWindow
 from apache_beam.utils import counters
 from apache_beam.utils.timestamp import Timestamp
 
 _EMPTY_BUNDLE_WINDOW = IntervalWindow(Timestamp(0), Timestamp(micros=1))
+PULL_MAX_MESSAGES = 500
+PULL_DEADLINE_SECONDS = 1.0
+
+
+class _QuickPull:
+    """The DirectRunner's subscriber client, pulling more with a short deadline."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def pull(self, subscription: str, max_messages: int, timeout: float) -> Any:
+        from google.api_core import exceptions
+        from google.cloud.pubsub_v1.types import PullResponse
+
+        try:
+            return self._client.pull(subscription=subscription, max_messages=max(max_messages, PULL_MAX_MESSAGES),
+                                     timeout=min(timeout, PULL_DEADLINE_SECONDS))
+        except exceptions.DeadlineExceeded:
+            return PullResponse()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
 _applied = False
 
 
@@ -62,6 +90,13 @@ def apply_direct_runner_fixes() -> None:
         finally:
             statesampler.set_current_tracker(state_sampler)
 
+    reader = transform_evaluator._PubSubReadEvaluator
+    original_client = reader._get_subscriber_client.__func__
+
+    def quick_client(cls: Any, transform: Any) -> Any:
+        return _QuickPull(original_client(cls, transform))
+
     executor.TransformExecutor.__init__ = init
     executor.TransformExecutor.call = call
+    reader._get_subscriber_client = classmethod(quick_client)
     _applied = True

@@ -97,6 +97,13 @@ class StreamingOptions(PipelineOptions):
             f"streaming; a change takes effect within one interval. Default: {DEFAULT_REFRESH_SECONDS}.",
         )
         parser.add_argument(
+            "--refresh_subscription",
+            default=None,
+            help="Pub/Sub subscription whose messages trigger the refreshes instead of a PeriodicImpulse (a "
+            "ticker, or storage notifications when reference files change). Required on the DirectRunner, "
+            "where PeriodicImpulse cannot run beside ReadFromPubSub (Beam 2.77). Default: none.",
+        )
+        parser.add_argument(
             "--output_window_seconds",
             type=int,
             default=DEFAULT_OUTPUT_WINDOW_SECONDS,
@@ -267,6 +274,9 @@ def validate(options: PipelineOptions) -> None:
         raise OptionError("--park_retention_days must be at least 1")
 
 
+_SUBSCRIPTION = re.compile(r"projects/[a-z][-a-z0-9]{4,28}[a-z0-9]/subscriptions/[A-Za-z][-\w.~+%]{2,254}")
+
+
 def is_streaming(options: PipelineOptions) -> bool:
     """A streaming run reads Pub/Sub subscriptions instead of files."""
     inputs = options.view_as(InputOptions)
@@ -280,11 +290,17 @@ def validate_streaming(options: PipelineOptions) -> None:
                           "a run reads files or Pub/Sub, not both (backfill reads the archive)")
     for flag, path in (("--events_subscription", inputs.events_subscription),
                        ("--usage_subscription", inputs.usage_subscription)):
-        if path and not re.fullmatch(r"projects/[a-z][-a-z0-9]{4,28}[a-z0-9]/subscriptions/[A-Za-z][-\w.~+%]{2,254}",
-                                     path):
+        if path and not _SUBSCRIPTION.fullmatch(path):
             raise OptionError(f"{flag}: expected projects/<project>/subscriptions/<name>, got {path!r}")
     if not options.view_as(StandardOptions).streaming:
         raise OptionError("--events_subscription/--usage_subscription need --streaming")
+    refresh = options.view_as(StreamingOptions).refresh_subscription
+    if refresh and not _SUBSCRIPTION.fullmatch(refresh):
+        raise OptionError(f"--refresh_subscription: expected projects/<project>/subscriptions/<name>, got {refresh!r}")
+    if not refresh and options.view_as(StandardOptions).runner in (None, "DirectRunner", "BundleBasedDirectRunner"):
+        raise OptionError("--refresh_subscription is required on the DirectRunner: its streaming mode cannot run "
+                          "PeriodicImpulse beside ReadFromPubSub (Beam 2.77); publish a message to it every refresh "
+                          "interval (make run-local-streaming does)")
     streaming = options.view_as(StreamingOptions)
     horizon = options.view_as(ProcessingOptions).dedup_horizon_seconds
     if not 0 <= streaming.allowed_lateness_seconds <= horizon:

@@ -585,6 +585,7 @@ class PacedPublisher:
         *,
         rate: float,
         shift_to_now: bool = False,
+        restamp: bool = False,
         timestamp_attribute: str | None = None,
         host: str | None = None,
     ) -> None:
@@ -594,6 +595,9 @@ class PacedPublisher:
             raise ValueError(f"rate must be positive, not {rate}")
         self.project, self.topic, self.kind, self.rate = project, topic, kind, rate
         self.shift_to_now = shift_to_now
+        #: Move each record's times so its own time is the moment it is published
+        #: (a live replay at any rate); a usage record keeps its duration.
+        self.restamp = restamp
         self.timestamp_attribute = timestamp_attribute
         self._lines = lines
         self._host = emulator_host(host)
@@ -662,6 +666,13 @@ class PacedPublisher:
         if not isinstance(record, dict):
             return line, None
         moment = record_time(record, self.kind)
+        if self.restamp and moment is not None:
+            # Every record at the moment it is published: event time keeps pace
+            # with the wall clock whatever the publishing rate.
+            offset = round((datetime.now(tz=UTC) - moment) / _SECOND) * _SECOND
+            if shift_record(record, self.kind, offset):
+                return orjson.dumps(record), moment + offset
+            return line, moment
         if not self.shift_to_now:
             return line, moment
         if self.offset is None:
@@ -724,3 +735,36 @@ class PacedPublisher:
             if self._error is None:
                 self._error = error
         self._stop.set()
+
+
+class Ticker:
+    """Publishes a tick message to a topic every ``interval_seconds`` in a
+    background thread: the refresh signal of a streaming run on the DirectRunner
+    (``--refresh_subscription``), where PeriodicImpulse cannot run beside
+    ReadFromPubSub."""
+
+    def __init__(self, project: str, topic: str, interval_seconds: float, *, host: str | None = None) -> None:
+        self._project, self._topic, self._interval, self._host = project, topic, interval_seconds, host
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"ticker-{topic}", daemon=True)
+        self.ticks = 0
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            publish(self._project, self._topic, [b"tick"], host=self._host)
+            self.ticks += 1
+            self._stop.wait(self._interval)
+
+    def start(self) -> Ticker:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def __enter__(self) -> Ticker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -25,6 +25,7 @@ from typing import Any
 
 import apache_beam as beam
 import orjson
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms.window import TimestampedValue
 
@@ -37,7 +38,14 @@ from sinks.parking import ParkStore, WriteParkedBatches, now_iso
 from transforms.delivery import sinks_for
 from transforms.files import WriteJsonLines, write_dead_letters
 from transforms.routing import load_stream_config, routed_element
-from transforms.status import StreamStatus, UpdateStreamStatus, load_status, render_status_table, write_status
+from transforms.status import (
+    StreamStatus,
+    UpdateStreamStatus,
+    history_marker,
+    load_status,
+    render_status_table,
+    write_status,
+)
 
 _LOG = logging.getLogger(__name__)
 
@@ -87,6 +95,9 @@ def run(argv: list[str] | None = None) -> int:
         raise StreamConfigError(f"stream {stream_id!r} is {stream.state} in its configuration; activate it first")
     check_destinations(config, options.view_as(ReliabilityOptions).allow_insecure_destinations)
     settings = delivery_settings(options)
+    if stream.historic_data and not FileSystems.exists(history_marker(settings.status_location, stream_id)):
+        raise StreamConfigError(f"stream {stream_id!r} is awaiting its history: run pipelines.historic first "
+                                "(make historic STREAM=...), which delivers it and then releases the live data")
     store = ParkStore(settings.park_location)
     before = store.list(stream_id)
     reactivate(settings.status_location, stream)

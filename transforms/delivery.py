@@ -113,9 +113,12 @@ class DeliverToStreams(beam.PTransform):
     ``AsSingleton`` of ``{stream_id: token}`` from the previous status."""
 
     def __init__(self, streams: pvalue.AsSideInput, deactivated: pvalue.AsSideInput,
-                 settings: DeliverySettings) -> None:
+                 settings: DeliverySettings, status_streams: pvalue.AsSideInput | None = None) -> None:
+        """``status_streams``: the config whose streams the status file keeps, when
+        it is more than the streams delivered to (a backfill delivers to one)."""
         super().__init__()
         self._streams = streams
+        self._status_streams = status_streams or streams
         self._deactivated = deactivated
         self._settings = settings
 
@@ -167,6 +170,6 @@ class DeliverToStreams(beam.PTransform):
         all_dead = tuple(dead_letters) | "DeliveryDeadLetters" >> beam.Flatten(pipeline=pipeline)
         parked_paths = tuple(parked) | "ParkedPaths" >> beam.Flatten(pipeline=pipeline)
         status = all_results | "StreamStatus" >> UpdateStreamStatus(
-            self._settings.status_location, self._streams, self._settings.policy.deactivate_after
+            self._settings.status_location, self._status_streams, self._settings.policy.deactivate_after
         )
         return DeliveryOutputs(all_results, all_dead, parked_paths, status)

@@ -163,4 +163,7 @@ class RefreshingSnapshot(beam.PTransform):
             | "OneKey" >> beam.Map(lambda tick: (None, tick))
             | "Load" >> beam.ParDo(_LoadKeepingLastGood(self._what, self._load, self._initial))
             | "Window" >> beam.WindowInto(self._windows)
+            # One snapshot per window even when ticks come closer together (ticks
+            # from Pub/Sub, a manual refresh): the newest wins.
+            | "LatestPerWindow" >> beam.combiners.Latest.Globally().without_defaults()
         )

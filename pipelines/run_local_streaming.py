@@ -1,0 +1,122 @@
+"""``make run-local-streaming``: the streaming job on this machine, for a bounded time.
+
+Starts the Pub/Sub emulator (gcloud; it needs Java) and the local destinations of
+``make run-local`` (an HTTP receiver, moto's server), creates the raw topics and
+subscriptions, publishes the sample fleet's records at a realistic pace with their
+times moved to now (so they are on time for the watermark), and ticks the refresh
+topic. Runs the streaming job (``ReadFromPubSub`` on the DirectRunner) for
+``--run_seconds``, then stops it, prints what each destination received, the
+run's counts and the stream status, and shuts everything down. If gcloud, its
+Pub/Sub emulator or Java is missing it says what to install.
+
+    python -m pipelines.run_local_streaming --sample_dir data/sample --output_dir out/streaming
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from pipelines import data_streamer
+from pipelines.local_destinations import HttpReceiver, MotoServer
+from pipelines.pubsub_emulator import (
+    EmulatorStartError,
+    EmulatorToolsError,
+    PacedPublisher,
+    PubSubEmulator,
+    Ticker,
+    check_tools,
+    create_topic_and_subscription,
+)
+from pipelines.run_local import _LOCAL_SECRETS, _prepare_aws, local_streams, report
+from transforms.reference import load_table
+
+REFRESH_SECONDS = 20
+
+
+def _streaming_streams(organisations: list[int], http_url: str, aws_url: str) -> list[dict]:
+    """run-local's streams, with S3 files and DataDog points every 30 s so a short
+    run sees them rotate."""
+    streams = local_streams(organisations, http_url, aws_url)
+    for stream in streams:
+        if stream["api_type"] == "aws_s3":
+            stream.setdefault("batching", {})["rotation_seconds"] = 30
+        if stream["api_type"] == "datadog":
+            stream["batching"]["metrics_interval_seconds"] = 30
+    return streams
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.run_local_streaming",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sample_dir", default="data/sample", help="Sample fleet directory. Default: data/sample.")
+    parser.add_argument("--output_dir", default="out/streaming", help="Job outputs. Default: out/streaming.")
+    parser.add_argument("--run_seconds", type=int, default=90, help="How long the job runs. Default: 90.")
+    parser.add_argument("--rate", type=float, default=150.0,
+                        help="Records published per second and kind. Default: 150.")
+    args, job_args = parser.parse_known_args(argv)
+    try:
+        check_tools()
+    except EmulatorToolsError as err:
+        sys.stderr.write(f"error: {err}\n")
+        return 2
+    sample = Path(args.sample_dir)
+    for name, value in _LOCAL_SECRETS.items():
+        os.environ.setdefault(name, value)
+    organisations = sorted(load_table(str(sample / "reference"), "organisation"))
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    try:
+        emulator = PubSubEmulator(work_dir=out / "emulator")
+        with emulator, HttpReceiver() as receiver, MotoServer() as moto:
+            project = emulator.project
+            subscriptions = {name: create_topic_and_subscription(project, f"raw-{name}", f"datastreamer-{name}")
+                             for name in ("events", "usage", "refresh")}
+            streams = _streaming_streams(organisations, receiver.url, moto.url)
+            _prepare_aws(moto.url, streams)
+            config_path = out / "streams.local.json"
+            config_path.write_text(json.dumps({"streams": streams}, indent=2))
+            publishers = [
+                PacedPublisher(project, f"raw-{kind}", (sample / "raw" / f"{kind}.jsonl").read_bytes().splitlines(),
+                               "event" if kind == "events" else "usage", rate=args.rate, restamp=True).start()
+                for kind in ("events", "usage")
+            ]
+            # Several ticks per interval, so every refresh window has one.
+            with Ticker(project, "raw-refresh", REFRESH_SECONDS / 4):
+                sys.stdout.write(f"streaming for {args.run_seconds} s: Pub/Sub emulator {emulator.host}, "
+                                 f"{args.rate:.0f} records/s per kind\n")
+                sys.stdout.flush()
+                code = data_streamer.main([
+                    "--streaming",
+                    f"--events_subscription={subscriptions['events']}",
+                    f"--usage_subscription={subscriptions['usage']}",
+                    f"--refresh_subscription={subscriptions['refresh']}",
+                    f"--refresh_interval_seconds={REFRESH_SECONDS}",
+                    f"--run_seconds={args.run_seconds}",
+                    f"--reference_dir={sample / 'reference'}",
+                    f"--streams_config={config_path}",
+                    f"--output_dir={out}",
+                    f"--archive_location={out / 'archive'}",
+                    "--output_window_seconds=10",
+                    "--allow_insecure_destinations",  # the local destinations are http://127.0.0.1
+                    *job_args,
+                ])
+            for publisher in publishers:
+                publisher.stop()
+            published = sum(p.published for p in publishers)
+            sys.stdout.write(report(receiver, moto.url, streams))
+            sys.stdout.write(f"  published {published} raw records; stream config: {config_path}\n")
+    except (EmulatorStartError, EmulatorToolsError) as err:
+        sys.stderr.write(f"error: {err}\n")
+        return 2
+    sys.stdout.write(f"  stopped the job, the emulator and the destinations; took {time.monotonic() - started:.0f} s\n")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
