@@ -356,6 +356,7 @@ def run(argv: list[str] | None = None) -> RunSummary:
         result.wait_until_finish()
 
     summary = summarize(result)
+    summary.streaming = streaming
     summary_path = f"{output_dir.rstrip('/')}/summary.json"
     with FileSystems.create(summary_path) as handle:
         handle.write(json.dumps(summary.to_dict(), indent=2, sort_keys=True).encode("utf-8"))
@@ -382,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OptionError, ReferenceDataError, StreamConfigError) as err:
         sys.stderr.write(f"error: {err}\n")
         return 2
-    return 0 if summary.reconciled or is_streaming(_parse_args(argv)) else 1
+    return 0 if summary.reconciled or summary.streaming else 1
 
 
 if __name__ == "__main__":

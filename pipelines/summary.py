@@ -59,6 +59,8 @@ class RunSummary:
     streams: dict[str, dict[str, int]] = field(default_factory=dict)
     #: streaming: "reference" / "streams" / "holds" -> {"loaded", "failed"}
     refreshes: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: a stopped streaming run: in-flight records are in no count
+    streaming: bool = False
 
     @property
     def delivering(self) -> bool:
