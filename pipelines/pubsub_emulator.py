@@ -35,8 +35,6 @@ import http.client
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -55,6 +53,7 @@ from google.cloud import pubsub_v1
 from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
 from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
 
+from pipelines.processes import free_port, stop_group
 from transforms.records import Kind
 from transforms.timestamps import parse_iso, to_epoch_ms
 
@@ -181,13 +180,6 @@ def _sdk_root(gcloud: str) -> Path:
             f"`gcloud info` did not name the SDK's installation directory ({result.stderr.strip()!r}): {_INSTALL_CLI}"
         )
     return Path(root)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free on ``host`` right now (the OS picks it)."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 class PubSubEmulator:
@@ -344,11 +336,7 @@ class PubSubEmulator:
         if process is None:
             return
         atexit.unregister(self.stop)
-        group = process.pid  # start_new_session: the group id is gcloud's pid
-        _signal_group(group, signal.SIGTERM)
-        if not _wait_group_gone(process, group, grace_seconds):
-            _signal_group(group, signal.SIGKILL)
-            _wait_group_gone(process, group, grace_seconds)
+        stop_group(process, grace_seconds)  # gcloud and its JVM: one process group
 
     def __enter__(self) -> PubSubEmulator:
         self.start()
@@ -362,48 +350,6 @@ class PubSubEmulator:
         else:
             os.environ[EMULATOR_HOST_ENV] = self._saved_env
         self.stop()
-
-
-def _signal_group(group: int, signum: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):  # the whole group has gone already
-        os.killpg(group, signum)
-
-
-def _group_alive(group: int) -> bool:
-    """Whether a process of the group still runs. A zombie does not count: once
-    gcloud has gone, the JVM's exit status waits for init to collect it (over a
-    second on some machines), but it holds no port any more."""
-    try:
-        os.killpg(group, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    proc = Path("/proc")
-    if not proc.is_dir():  # not Linux: trust the signal probe
-        return True
-    for stat in proc.glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:  # the process ended while we looked
-            continue
-        state, _ppid, pgrp = text[text.rfind(")") + 2 :].split()[:3]  # after "pid (comm) "
-        if int(pgrp) == group and state != "Z":
-            return True
-    return False
-
-
-def _wait_group_gone(process: subprocess.Popen[bytes], group: int, timeout: float) -> bool:
-    """Wait until no process of the group is left; True if none is. Reaps gcloud
-    on the way (the JVM is reaped by init once gcloud has gone)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        process.poll()
-        if not _group_alive(group):
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.05)
 
 
 # --- Clients -----------------------------------------------------------------
