@@ -159,14 +159,21 @@ def report(receiver: HttpReceiver, aws_url: str, streams: list[dict[str, Any]]) 
     return "\n".join(lines) + "\n"
 
 
+def set_local_secrets() -> None:
+    """Put the local destinations' placeholder credentials into this process's
+    environment, where the stream config's ``{"env": ...}`` references find them
+    (real values set by the caller win)."""
+    for name, value in _LOCAL_SECRETS.items():
+        os.environ.setdefault(name, value)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.run_local", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sample_dir", default="data/sample", help="Sample fleet directory. Default: data/sample.")
     parser.add_argument("--output_dir", default="out", help="Job outputs. Default: out.")
     args, job_args = parser.parse_known_args(argv)
     sample = Path(args.sample_dir)
-    for name, value in _LOCAL_SECRETS.items():
-        os.environ.setdefault(name, value)
+    set_local_secrets()
     organisations = sorted(load_table(str(sample / "reference"), "organisation"))
 
     started = time.monotonic()
