@@ -11,7 +11,8 @@ SEED ?= 7
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install sample-data run-local run-local-streaming redrive backfill historic test lint clean
+.PHONY: help install sample-data run-local run-local-streaming run-portable submit-flink submit-dataflow redrive backfill \
+	historic test lint clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -35,10 +36,40 @@ sample-data: $(STAMP) ## Generate the sample fleet (SAMPLE_DIR, SEED; more optio
 run-local: $(SAMPLE_DIR)/.complete ## Run the job over the sample fleet, delivering to local REST/DataDog/S3/Kinesis destinations
 	$(PY) -m pipelines.run_local --sample_dir $(SAMPLE_DIR) --output_dir $(OUT_DIR)
 
+PORTABLE_ENVIRONMENT ?= EXTERNAL
+run-portable: $(SAMPLE_DIR)/.complete ## run-local through a Beam job service and SDK worker pool (PortableRunner; outputs in out/portable)
+	$(PY) -m pipelines.run_portable --sample_dir $(SAMPLE_DIR) --output_dir $(OUT_DIR)/portable \
+		--environment_type $(PORTABLE_ENVIRONMENT)
+
 RUN_SECONDS ?= 90
 run-local-streaming: $(SAMPLE_DIR)/.complete ## Stream the sample fleet through the Pub/Sub emulator to local destinations for RUN_SECONDS (needs gcloud + Java)
 	$(PY) -m pipelines.run_local_streaming --sample_dir $(SAMPLE_DIR) --output_dir $(OUT_DIR)/streaming \
 		--run_seconds $(RUN_SECONDS)
+
+# Deployment (submit-flink, submit-dataflow): shared locations every worker reaches.
+JOB_NAME ?= datastreamer
+DEPLOY_ARGS = $(if $(EVENTS_SUBSCRIPTION),--events_subscription=$(EVENTS_SUBSCRIPTION)) \
+	$(if $(USAGE_SUBSCRIPTION),--usage_subscription=$(USAGE_SUBSCRIPTION)) \
+	--reference_dir=$(REFERENCE_LOCATION) --streams_config=$(STREAMS_LOCATION) --output_dir=$(OUTPUT_LOCATION) \
+	$(if $(ARCHIVE_LOCATION),--archive_location=$(ARCHIVE_LOCATION)) --job_name=$(JOB_NAME) \
+	$(if $(DRY_RUN),--dry_run) $(SUBMIT_ARGS)
+DEPLOY_USAGE = EVENTS_SUBSCRIPTION=projects/<p>/subscriptions/<s> USAGE_SUBSCRIPTION=... \
+	REFERENCE_LOCATION=gs://... STREAMS_LOCATION=gs://... OUTPUT_LOCATION=gs://... [ARCHIVE_LOCATION=gs://...] \
+	[JOB_NAME=datastreamer] [DRY_RUN=1] [SUBMIT_ARGS=...]
+
+submit-flink: $(STAMP) ## Submit the streaming job to Flink: FLINK_MASTER=host:port (or JOB_ENDPOINT=) + deployment vars (README)
+	@test -n "$(FLINK_MASTER)$(JOB_ENDPOINT)" -a -n "$(REFERENCE_LOCATION)" -a -n "$(STREAMS_LOCATION)" \
+		-a -n "$(OUTPUT_LOCATION)" || { echo "usage: make submit-flink FLINK_MASTER=host:port (or JOB_ENDPOINT=host:port)" \
+		"$(DEPLOY_USAGE)"; exit 2; }
+	$(PY) -m pipelines.submit flink \
+		$(if $(FLINK_MASTER),--flink_master=$(FLINK_MASTER),--job_endpoint=$(JOB_ENDPOINT)) $(DEPLOY_ARGS)
+
+submit-dataflow: $(STAMP) ## Submit the streaming job to Dataflow: PROJECT= REGION= TEMP_LOCATION=gs://... + deployment vars (README)
+	@test -n "$(PROJECT)" -a -n "$(REGION)" -a -n "$(TEMP_LOCATION)" -a -n "$(REFERENCE_LOCATION)" \
+		-a -n "$(STREAMS_LOCATION)" -a -n "$(OUTPUT_LOCATION)" || { echo "usage: make submit-dataflow PROJECT=<project>" \
+		"REGION=<region> TEMP_LOCATION=gs://... [UPDATE=1] $(DEPLOY_USAGE)"; exit 2; }
+	$(PY) -m pipelines.submit dataflow --project=$(PROJECT) --region=$(REGION) --temp_location=$(TEMP_LOCATION) \
+		$(if $(UPDATE),--update) $(DEPLOY_ARGS)
 
 STREAMS_CONFIG ?= $(OUT_DIR)/streams.local.json
 REDRIVE_ARGS ?=

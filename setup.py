@@ -15,6 +15,7 @@ RUNTIME = [
     "google-cloud-pubsub>=2.20,<3",
     "boto3>=1.34,<2",
     "requests>=2.31,<3",
+    "tenacity>=8,<10",
     "orjson>=3.10,<4",
     "PyYAML>=6,<7",
 ]
@@ -34,7 +35,6 @@ setup(
     packages=find_packages(include=["pipelines", "pipelines.*", "transforms", "transforms.*",
                                     "sinks", "sinks.*", "schemas", "schemas.*"]),
     package_data={"schemas": ["avro/*.avsc", "avro/reference/*.avsc"]},
-    include_package_data=True,
     install_requires=RUNTIME,
     extras_require={"test": TEST},
 )

@@ -33,8 +33,9 @@ from typing import Any
 import apache_beam as beam
 import orjson
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineState
+from apache_beam.transforms.window import GlobalWindows
 
 from pipelines.direct_runner import apply_direct_runner_fixes
 from pipelines.options import (
@@ -46,9 +47,11 @@ from pipelines.options import (
     ProcessingOptions,
     ReferenceOptions,
     ReliabilityOptions,
+    RunOptions,
     StreamingOptions,
     as_flags,
     is_streaming,
+    runner_name,
     validate,
 )
 from pipelines.summary import RunSummary, summarize
@@ -122,20 +125,21 @@ def _streaming_side_inputs(p: beam.Pipeline, options: PipelineOptions, settings:
     windows = SnapshotWindows(interval, first)
     refresh_subscription = options.view_as(StreamingOptions).refresh_subscription
     if ticks is None and refresh_subscription:
-        ticks = p | "RefreshTicks" >> beam.io.ReadFromPubSub(subscription=refresh_subscription)
+        ticks = p | "RefreshTicks" >> read_pubsub(
+            refresh_subscription, None, options.view_as(InputOptions).pubsub_expansion_service)
     elif ticks is None:
         ticks = p | "RefreshTicks" >> Ticks(interval, first)
     directory = options.view_as(ReferenceOptions).reference_dir
     reference = beam.pvalue.AsSingleton(ticks | "ReferenceData" >> RefreshingSnapshot(
-        "reference", functools.partial(_load_reference, directory), load_reference_data(directory), windows))
+        "reference", functools.partial(_load_reference, directory), windows))
     streams = holds = None
     config_path = options.view_as(DeliveryOptions).streams_config
     if config_path and settings is not None:
         streams = beam.pvalue.AsSingleton(ticks | "StreamConfig" >> RefreshingSnapshot(
-            "streams", functools.partial(_load_streams, config_path), load_stream_config(config_path), windows))
+            "streams", functools.partial(_load_streams, config_path), windows))
         status = settings.status_location
         holds = beam.pvalue.AsSingleton(ticks | "StreamHolds" >> RefreshingSnapshot(
-            "holds", functools.partial(_load_holds, status), stream_holds(status), windows))
+            "holds", functools.partial(_load_holds, status), windows))
     return SideInputs(reference, streams, holds, windows, ticks)
 
 
@@ -151,6 +155,33 @@ def _load_holds(status_location: str, tick: Any) -> StreamHolds:
     return stream_holds(location(tick, "status_location", status_location))
 
 
+def read_pubsub(subscription: str, timestamp_attribute: str | None,
+                expansion_service: str | None) -> beam.PTransform:
+    """Message bodies of ``subscription``: Python's ``ReadFromPubSub`` (Dataflow
+    replaces it with its native read; the DirectRunner with a pulling one), or
+    with ``expansion_service`` Beam's Java PubsubIO as a cross-language
+    transform, the only Pub/Sub read portable runners such as Flink can run."""
+    if not expansion_service:
+        return beam.io.ReadFromPubSub(subscription=subscription, timestamp_attribute=timestamp_attribute)
+    from apache_beam.io.external.gcp.pubsub import ReadFromPubSub as ExternalReadFromPubSub
+
+    return ExternalReadFromPubSub(subscription=subscription, timestamp_attribute=timestamp_attribute,
+                                  expansion_service=resolve_expansion_service(expansion_service))
+
+
+def resolve_expansion_service(value: str) -> Any:
+    """``--pubsub_expansion_service`` as Beam takes it: an address as is, a jar
+    run with local Java, or ``auto`` for Beam's released GCP IO expansion service
+    jar (downloaded from Maven Central once, into ~/.apache_beam/cache/jars)."""
+    from apache_beam.transforms.external import BeamJarExpansionService, JavaJarExpansionService
+
+    if value == "auto":
+        return BeamJarExpansionService("sdks:java:io:google-cloud-platform:expansion-service:shadowJar")
+    if value.endswith(".jar"):
+        return JavaJarExpansionService(value)
+    return value
+
+
 def _sources(p: beam.Pipeline, options: PipelineOptions) -> dict[str, beam.PCollection]:
     """Raw elements per kind: Pub/Sub messages (streaming) or file rows (batch)."""
     inputs = options.view_as(InputOptions)
@@ -159,9 +190,8 @@ def _sources(p: beam.Pipeline, options: PipelineOptions) -> dict[str, beam.PColl
         subscription = getattr(inputs, attribute.replace("_input", "_subscription"))
         pattern = getattr(inputs, attribute)
         if subscription:
-            sources[kind] = p | f"Read{label}" >> beam.io.ReadFromPubSub(
-                subscription=subscription, timestamp_attribute=inputs.pubsub_timestamp_attribute
-            )
+            sources[kind] = p | f"Read{label}" >> read_pubsub(
+                subscription, inputs.pubsub_timestamp_attribute, inputs.pubsub_expansion_service)
         elif pattern:
             sources[kind] = p | f"Read{label}" >> ReadRawRecords(pattern, inputs.input_format)
     return sources
@@ -191,7 +221,7 @@ def build_pipeline(
     refresh = options.view_as(StreamingOptions).refresh_interval_seconds
     delivery = options.view_as(DeliveryOptions)
     settings = delivery_settings(options, streaming) if delivery.streams_config else None
-    if options.view_as(StandardOptions).runner in (None, "DirectRunner", "BundleBasedDirectRunner"):
+    if runner_name(options) in ("DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner"):
         apply_direct_runner_fixes()
     if streaming:
         side = _streaming_side_inputs(p, options, settings, ticks, first_refresh_seconds)
@@ -224,7 +254,13 @@ def build_pipeline(
         outputs["deliveries"] = delivered.results
         outputs["parked"] = delivered.parked
         outputs["status"] = delivered.status
-        dead_letters.append(delivered.dead_letters)
+        delivery_dead = delivered.dead_letters
+        if streaming:
+            # Gathered in processing-time windows; a Flatten needs one windowing
+            # (its output would claim the first input's, and a runner encoding
+            # these elements with the global window's coder would fail).
+            delivery_dead = delivery_dead | "UnwindowDeliveryDeadLetters" >> beam.WindowInto(GlobalWindows())
+        dead_letters.append(delivery_dead)
     outputs["dead_letters"] = tuple(dead_letters) | "AllDeadLetters" >> beam.Flatten()
     return outputs
 
@@ -316,14 +352,34 @@ def _parse_args(argv: list[str] | None) -> PipelineOptions:
         epilog="Any other flag is a Beam pipeline option (--runner, --direct_num_workers, ...).",
     )
     for options_class in (InputOptions, ReferenceOptions, ProcessingOptions, StreamingOptions, DeliveryOptions,
-                          ReliabilityOptions, ArchiveOptions, OutputOptions):
+                          ReliabilityOptions, ArchiveOptions, OutputOptions, RunOptions):
         options_class._add_argparse_args(parser)
     known, beam_args = parser.parse_known_args(argv)
     return PipelineOptions(beam_args + as_flags(vars(known)))
 
 
-def run(argv: list[str] | None = None) -> RunSummary:
-    """Parse flags, run the job to completion, write and print the summary."""
+def job_graph(options: PipelineOptions) -> beam.Pipeline:
+    """The job as :func:`run` submits it: the graph and the writers of its
+    outputs, not yet run (``pipelines.submit --dry_run`` and the runner API
+    tests build it too)."""
+    pipeline = beam.Pipeline(options=options)
+    window = options.view_as(StreamingOptions).output_window_seconds if is_streaming(options) else None
+    write_outputs(build_pipeline(pipeline, options), options.view_as(OutputOptions).output_dir, window)
+    return pipeline
+
+
+def _job_id(result: Any) -> str:
+    """The runner's id of a submitted job (Dataflow's job id, the job service's
+    invocation id), or "unknown"."""
+    job_id = getattr(result, "job_id", None)
+    if callable(job_id):
+        return str(job_id())
+    return str(getattr(result, "_job_id", None) or "unknown")
+
+
+def run(argv: list[str] | None = None) -> RunSummary | None:
+    """Parse flags, run the job to completion, write and print the summary;
+    with ``--detach``, submit the job and return None."""
     options = _parse_args(argv)
     validate(options)
     # Fail fast, on the submitting machine, with the loader's message naming the
@@ -340,10 +396,12 @@ def run(argv: list[str] | None = None) -> RunSummary:
     streaming = is_streaming(options)
     stream_options = options.view_as(StreamingOptions)
 
-    pipeline = beam.Pipeline(options=options)
-    write_outputs(build_pipeline(pipeline, options), output_dir,
-                  stream_options.output_window_seconds if streaming else None)
+    pipeline = job_graph(options)
     result = pipeline.run()
+    if options.view_as(RunOptions).detach:
+        job_id = _job_id(result)
+        sys.stdout.write(f"submitted to the {runner_name(options)}: job {job_id}, state {result.state}\n")
+        return None
     if streaming and stream_options.run_seconds:
         # A bounded streaming run (run-local-streaming, demos): stop after the time.
         # (Polled: the DirectRunner's wait_until_finish takes no duration.)
@@ -383,8 +441,15 @@ def main(argv: list[str] | None = None) -> int:
     except (OptionError, ReferenceDataError, StreamConfigError) as err:
         sys.stderr.write(f"error: {err}\n")
         return 2
+    if summary is None:  # --detach: submitted
+        return 0
     return 0 if summary.reconciled or summary.streaming else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the importable module rather than ``__main__``: what the job pickles
+    # then refers to ``pipelines.data_streamer``, which workers import from the
+    # installed package, instead of functions of a main session they do not have.
+    from pipelines import data_streamer as _importable
+
+    sys.exit(_importable.main())

@@ -74,6 +74,15 @@ class InputOptions(PipelineOptions):
             "publisher sets one: runners then estimate the watermark from event time instead of publish time. "
             "The record's own timestamp is the element's event time either way. Default: none.",
         )
+        parser.add_argument(
+            "--pubsub_expansion_service",
+            default=None,
+            help="Read Pub/Sub through Beam's cross-language (Java) PubsubIO expanded by this expansion service: "
+            "host:port of a running one, a path to its jar, or 'auto' (Beam's GCP IO expansion service jar from "
+            "Maven Central, run with local Java). Required for streaming on portable runners (Flink, "
+            "PortableRunner): Python's own Pub/Sub read only runs on Dataflow and the DirectRunner. "
+            "Default: none (Python's read).",
+        )
 
 
 class StreamingOptions(PipelineOptions):
@@ -116,6 +125,18 @@ class StreamingOptions(PipelineOptions):
             default=None,
             help="Stop a streaming run after this many seconds and print its summary (local runs, demos). "
             "Default: run until cancelled.",
+        )
+
+
+class RunOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument(
+            "--detach",
+            action="store_true",
+            default=False,
+            help="Return as soon as the runner has accepted the job and print its id, without waiting or a summary "
+            "(submitting to Flink or Dataflow). Default: off (wait, then print the summary).",
         )
 
 
@@ -283,8 +304,25 @@ def is_streaming(options: PipelineOptions) -> bool:
     return bool(inputs.events_subscription or inputs.usage_subscription)
 
 
+#: Runners on which Python's own ``ReadFromPubSub`` runs (it is a native source
+#: that only these replace with a working implementation).
+NATIVE_PUBSUB_RUNNERS = ("DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner", "DataflowRunner",
+                         "TestDataflowRunner")
+
+
+def runner_name(options: PipelineOptions) -> str:
+    """The ``--runner`` as a class name (``DirectRunner`` when unset)."""
+    runner = options.view_as(StandardOptions).runner or "DirectRunner"
+    return runner if isinstance(runner, str) else type(runner).__name__
+
+
 def validate_streaming(options: PipelineOptions) -> None:
     inputs = options.view_as(InputOptions)
+    runner = runner_name(options).rsplit(".", 1)[-1]
+    if runner not in NATIVE_PUBSUB_RUNNERS and not inputs.pubsub_expansion_service:
+        raise OptionError(f"--pubsub_expansion_service is required to read Pub/Sub on the {runner}: Python's "
+                          "ReadFromPubSub only runs on Dataflow and the DirectRunner; give the host:port of an "
+                          "expansion service with Beam's GCP IO, its jar, or 'auto' (README, Runners)")
     if inputs.events_input or inputs.usage_input:
         raise OptionError("--events_input/--usage_input and --events_subscription/--usage_subscription: "
                           "a run reads files or Pub/Sub, not both (backfill reads the archive)")
@@ -297,7 +335,7 @@ def validate_streaming(options: PipelineOptions) -> None:
     refresh = options.view_as(StreamingOptions).refresh_subscription
     if refresh and not _SUBSCRIPTION.fullmatch(refresh):
         raise OptionError(f"--refresh_subscription: expected projects/<project>/subscriptions/<name>, got {refresh!r}")
-    if not refresh and options.view_as(StandardOptions).runner in (None, "DirectRunner", "BundleBasedDirectRunner"):
+    if not refresh and runner in ("DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner"):
         raise OptionError("--refresh_subscription is required on the DirectRunner: its streaming mode cannot run "
                           "PeriodicImpulse beside ReadFromPubSub (Beam 2.77); publish a message to it every refresh "
                           "interval (make run-local-streaming does)")

@@ -28,7 +28,7 @@ from pipelines.data_streamer import build_pipeline
 from tests.conftest import write_reference
 from tests.guide_samples import RAW_EVENTS
 from transforms import metrics
-from transforms.refresh import SnapshotWindows, _LoadKeepingLastGood
+from transforms.refresh import RefreshError, SnapshotWindows, _LoadKeepingLastGood
 
 F = 1_793_520_000  # 2026-11-01T08:00:00Z, a multiple of 60
 INTERVAL = 60
@@ -175,7 +175,8 @@ class _State:
 
 
 def test_a_failed_refresh_keeps_the_last_good_snapshot(caplog):
-    loads = iter([OSError("reference/sim.json: no such file"), {"v": 2}, OSError("reference/sim.json: no such file")])
+    missing = OSError("reference/sim.json: no such file")
+    loads = iter([missing, {"v": 2}, missing])
 
     def load(_tick: Any) -> Any:
         value = next(loads)
@@ -183,13 +184,16 @@ def test_a_failed_refresh_keeps_the_last_good_snapshot(caplog):
             raise value
         return value
 
-    fn = _LoadKeepingLastGood("reference", load, {"v": 1})
+    fn = _LoadKeepingLastGood("reference", load)
     fn.setup()
     state = _State()
-    out = [v for k in range(3) for v in fn.process((None, k), timestamp=Timestamp(F + 60 * k), last_good=state)]
-    # Before any refresh succeeded the job's first snapshot stands in.
-    assert [v.value for v in out] == [{"v": 1}, {"v": 2}, {"v": 2}]
-    assert [v.timestamp for v in out] == [Timestamp(F), Timestamp(F + 60), Timestamp(F + 120)]
+    # No good snapshot yet: the tick fails (the runner retries it) instead of
+    # enriching with nothing; no snapshot was pickled into the graph to fall back on.
+    with pytest.raises(RefreshError, match="loading reference failed and there is no earlier snapshot"):
+        list(fn.process((None, 0), timestamp=Timestamp(F), last_good=state))
+    out = [v for k in (1, 2) for v in fn.process((None, k), timestamp=Timestamp(F + 60 * k), last_good=state)]
+    assert [v.value for v in out] == [{"v": 2}, {"v": 2}]
+    assert [v.timestamp for v in out] == [Timestamp(F + 60), Timestamp(F + 120)]
     assert "refreshing reference failed, keeping the previous snapshot: reference/sim.json: no such file" in caplog.text
 
 

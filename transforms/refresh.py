@@ -17,8 +17,12 @@ graph puts enrichment and routing in ``FixedWindows(interval)`` for that reason.
 
 A refresh that fails (a missing file, a bad row: the loaders raise with the file,
 row and field) keeps the last good snapshot, logs the loader's message and counts
-``refresh|<what>|failed``; a good one counts ``refresh|<what>|loaded``. The first
-snapshot is loaded when the graph is built, so a job never starts without one.
+``refresh|<what>|failed``; a good one counts ``refresh|<what>|loaded``. Snapshots
+are only ever loaded on workers, never pickled into the job graph: a fleet's
+reference data can be far larger than a runner accepts for a graph (Dataflow's
+request limit is 10 MB). The submitting machine loads the files once to fail fast
+on bad data; if a worker's very first load fails, there is no good snapshot to
+keep, so the tick fails and the runner retries it.
 
 DirectRunner caveats (Beam 2.77): it keeps every snapshot it ever received in
 memory (fine for bounded local runs; Dataflow and Flink garbage-collect expired
@@ -82,6 +86,10 @@ class SnapshotWindows(NonMergingWindowFn):
         return hash((self._size, self._first_end))
 
 
+class RefreshError(RuntimeError):
+    """The first snapshot of a side input could not be loaded on a worker."""
+
+
 class _LoadKeepingLastGood(beam.DoFn):
     """``(None, tick)`` -> the snapshot loaded now, or the last good one if loading
     fails. The last good snapshot is kept in state (one key), not in the DoFn
@@ -91,10 +99,9 @@ class _LoadKeepingLastGood(beam.DoFn):
     LAST_GOOD = ReadModifyWriteStateSpec("last_good", PickleCoder())
     _LAST_GOOD_PARAM = beam.DoFn.StateParam(LAST_GOOD)
 
-    def __init__(self, what: str, load: Callable[[Any], Any], initial: Any) -> None:
+    def __init__(self, what: str, load: Callable[[Any], Any]) -> None:
         self._what = what
         self._load = load
-        self._initial = initial
 
     def setup(self) -> None:
         self._loaded = Metrics.counter(metrics.NAMESPACE, metrics.refresh(self._what, "loaded"))
@@ -104,12 +111,13 @@ class _LoadKeepingLastGood(beam.DoFn):
                 last_good: Any = _LAST_GOOD_PARAM) -> Iterator[Any]:
         try:
             snapshot = self._load(keyed[1])
-        except Exception as err:  # noqa: BLE001 - any failure keeps the last good snapshot
+        except Exception as err:
             self._failed.inc()
-            _LOG.error("refreshing %s failed, keeping the previous snapshot: %s", self._what, err)
             snapshot = last_good.read()
             if snapshot is None:
-                snapshot = self._initial
+                raise RefreshError(f"loading {self._what} failed and there is no earlier snapshot to keep "
+                                   f"(the runner retries): {err}") from err
+            _LOG.error("refreshing %s failed, keeping the previous snapshot: %s", self._what, err)
         else:
             self._loaded.inc()
             last_good.write(snapshot)
@@ -143,25 +151,23 @@ class RefreshingSnapshot(beam.PTransform):
     """Ticks -> one snapshot per tick in :class:`SnapshotWindows`; use it as
     ``AsSingleton``.
 
-    ``load(tick)`` is called on a worker at every tick; ``initial`` is the snapshot
-    loaded when the graph was built (the fallback until a refresh succeeds). Ticks
+    ``load(tick)`` is called on a worker at every tick. Ticks
     come from :class:`Ticks` (timestamps), or from a ``TestStream`` in tests that
     refresh at chosen points of event time (one timestamped element per interval,
     which :func:`location` lets name another location to read).
     """
 
-    def __init__(self, what: str, load: Callable[[Any], Any], initial: Any, windows: SnapshotWindows) -> None:
+    def __init__(self, what: str, load: Callable[[Any], Any], windows: SnapshotWindows) -> None:
         super().__init__()
         self._what = what
         self._load = load
-        self._initial = initial
         self._windows = windows
 
     def expand(self, ticks: beam.PCollection) -> beam.PCollection:
         return (
             ticks
             | "OneKey" >> beam.Map(lambda tick: (None, tick))
-            | "Load" >> beam.ParDo(_LoadKeepingLastGood(self._what, self._load, self._initial))
+            | "Load" >> beam.ParDo(_LoadKeepingLastGood(self._what, self._load))
             | "Window" >> beam.WindowInto(self._windows)
             # One snapshot per window even when ticks come closer together (ticks
             # from Pub/Sub, a manual refresh): the newest wins.
