@@ -16,7 +16,8 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.deduplicate import DeduplicatePerKey
-from apache_beam.utils.timestamp import Duration
+from apache_beam.transforms.window import TimestampedValue
+from apache_beam.utils.timestamp import Duration, Timestamp
 
 from transforms import metrics
 from transforms.records import Kind
@@ -26,6 +27,24 @@ DEFAULT_HORIZON_SECONDS = 6 * 3600
 
 def _key_by_id(record: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     return record["id"], record
+
+
+def _key_by_id_with_time(record: dict[str, Any], timestamp: Timestamp = beam.DoFn.TimestampParam,
+                         ) -> tuple[int, tuple[dict[str, Any], Timestamp]]:
+    return record["id"], (record, timestamp)
+
+
+def _restamp(keyed: tuple[int, tuple[dict[str, Any], Timestamp]]) -> TimestampedValue:
+    record_id, (record, timestamp) = keyed
+    return TimestampedValue((record_id, record), timestamp)
+
+
+def _any_copy(copies: Any) -> Any:
+    """One copy of a record id (associative: a combine may apply it to partial
+    results). Which copy is kept is as arbitrary as the arrival order that
+    ``DeduplicatePerKey`` keeps in a batch run; repeats are re-sends of the same
+    record."""
+    return next(iter(copies))
 
 
 class _CountUnique(beam.DoFn):
@@ -51,9 +70,19 @@ class DeduplicateById(beam.PTransform):
         self._horizon = horizon_seconds
 
     def expand(self, records: beam.PCollection) -> beam.PCollection:
-        return (
-            records
-            | "KeyById" >> beam.Map(_key_by_id).with_output_types(tuple[int, dict[str, Any]])
-            | "FirstPerId" >> DeduplicatePerKey(event_time_duration=Duration(seconds=self._horizon))
-            | "CountUnique" >> beam.ParDo(_CountUnique(self._kind))
-        )
+        if records.is_bounded:
+            # A combine's output is stamped with the end of its window, so each
+            # copy carries its event time through it and gets it back after.
+            first = (
+                records
+                | "KeyById" >> beam.Map(_key_by_id_with_time)
+                | "FirstPerId" >> beam.CombinePerKey(_any_copy)
+                | "RestoreEventTime" >> beam.Map(_restamp)
+            )
+        else:
+            first = (
+                records
+                | "KeyById" >> beam.Map(_key_by_id).with_output_types(tuple[int, dict[str, Any]])
+                | "FirstPerId" >> DeduplicatePerKey(event_time_duration=Duration(seconds=self._horizon))
+            )
+        return first | "CountUnique" >> beam.ParDo(_CountUnique(self._kind))
