@@ -726,8 +726,30 @@ def test_bounded_input_is_grouped_with_group_by_key():
     _ = p | beam.Create([("s", ("usage", usage_doc(1)))]) | "Deliver" >> WriteToRestApiBulk(side)
     finder = _FindBatching()
     p.visit(finder)
-    assert [label for label in finder.found if "BatchPerStream" in label] == [
+    assert [label for label in finder.found if "BatchPerStream" in label and "CountPerStream" not in label] == [
         "Deliver/BatchPerStream/GroupByStream"]
+
+
+def test_a_large_bounded_stream_is_grouped_in_shards_that_keep_each_endpoint_together():
+    """A bounded stream is grouped in shards of about four batches, not as one
+    group holding the whole stream; an endpoint's documents share a shard."""
+    from transforms.batching import _shard_by_endpoint, _split_shard
+
+    routed = [("s", ("usage", {"id": i, "endpoint": {"id": i % 10}})) for i in range(1000)]
+    keyed = [_shard_by_endpoint(element, {"s": 1000}, 120) for element in routed]
+    shards: dict[Any, list[Any]] = {}
+    for key, value in keyed:
+        shards.setdefault(key, []).append(value)
+    assert {stream for stream, _ in shards} == {"s"}
+    assert 1 < len(shards) <= 9  # ceil(1000 / 120) shards at most, endpoints hashed into them
+    for values in shards.values():
+        endpoints = {doc["endpoint"]["id"] for _, doc in values}
+        for other in shards.values():
+            if other is not values:
+                assert endpoints.isdisjoint({doc["endpoint"]["id"] for _, doc in other})
+    batches = [batch for key, values in shards.items() for batch in _split_shard((key, values), 30)]
+    assert all(stream == "s" and 1 <= len(batch) <= 30 for stream, batch in batches)
+    assert sorted(doc["id"] for _, batch in batches for _, doc in batch) == list(range(1000))
 
 
 STREAMING_RESULTS: list[Any] = []

@@ -30,13 +30,14 @@ def _key_by_id(record: dict[str, Any]) -> tuple[int, dict[str, Any]]:
 
 
 def _key_by_id_with_time(record: dict[str, Any], timestamp: Timestamp = beam.DoFn.TimestampParam,
-                         ) -> tuple[int, tuple[dict[str, Any], Timestamp]]:
-    return record["id"], (record, timestamp)
+                         ) -> tuple[int, tuple[dict[str, Any], int]]:
+    # Microseconds, not the Timestamp: the shuffle's coder would pickle that.
+    return record["id"], (record, timestamp.micros)
 
 
-def _restamp(keyed: tuple[int, tuple[dict[str, Any], Timestamp]]) -> TimestampedValue:
-    record_id, (record, timestamp) = keyed
-    return TimestampedValue((record_id, record), timestamp)
+def _restamp(keyed: tuple[int, tuple[dict[str, Any], int]]) -> TimestampedValue:
+    record_id, (record, micros) = keyed
+    return TimestampedValue((record_id, record), Timestamp(micros=micros))
 
 
 def _any_copy(copies: Any) -> Any:
