@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help install sample-data run-local run-local-streaming run-portable submit-flink submit-dataflow redrive backfill \
-	historic test lint clean
+	historic test lint clean bench
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -93,6 +93,10 @@ historic: $(STAMP) ## Deliver STREAM's 7 days of history from the archive, then 
 	$(PY) -m pipelines.historic --stream_id $(STREAM) --archive_location $(ARCHIVE) \
 		--reference_dir $(SAMPLE_DIR)/reference --streams_config $(STREAMS_CONFIG) --output_dir $(OUT_DIR) \
 		$(HISTORIC_ARGS)
+
+BENCH_ARGS ?=
+bench: $(SAMPLE_DIR)/.complete ## Benchmark: baseline vs batch pipeline, memory scaling, streaming (BENCH_ARGS, e.g. --records 200000)
+	$(PY) -m pipelines.bench $(BENCH_ARGS)
 
 test: $(STAMP) ## Run ruff and the whole test suite
 	$(VENV)/bin/ruff check .

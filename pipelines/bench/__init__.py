@@ -1,0 +1,9 @@
+"""``make bench``: the job's throughput against a plain-Python baseline, its memory
+as the input grows, and its streaming latency (``python -m pipelines.bench --help``).
+
+- ``baseline``: the batch job's work as a single-process loop (no Beam pipeline).
+- ``batch``: runs the baseline and the pipeline as child processes over one
+  generated fleet, delivering to a loopback receiver (``receiver``), and checks
+  they delivered the same documents; the memory-scaling runs.
+- ``streaming``: the streaming benchmark.
+"""

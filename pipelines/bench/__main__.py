@@ -1,0 +1,192 @@
+"""``make bench`` / ``python -m pipelines.bench``: throughput and memory of the job.
+
+In one run, on a generated fleet (cached under ``bench/work/``):
+
+1. batch: the baseline (``pipelines/bench/baseline.py``, a plain Python loop) and
+   the real batch pipeline on the DirectRunner, each a child process over the same
+   input delivering to the same loopback REST bulk streams; records per second,
+   the ratio pipeline / baseline, peak RSS of each, and a check that both delivered
+   the same documents (exit 1 if not);
+2. memory: peak RSS of the batch pipeline at ``--memory_records`` and 5x that;
+3. streaming: ``pipelines/bench/streaming.py`` when present.
+
+Results go to ``bench/results/bench-<UTC time>.json`` and ``bench/results/latest.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from pipelines.bench import batch
+
+DEFAULT_RECORDS = 1_000_000
+DEFAULT_MEMORY_RECORDS = 200_000
+
+
+def _streaming_module() -> tuple[ModuleType | None, str | None]:
+    """``pipelines.bench.streaming``, or why it is not there."""
+    try:
+        from pipelines.bench import streaming
+    except ImportError as err:
+        return None, f"pipelines.bench.streaming is not available ({err})"
+    return streaming, None
+
+
+def build_parser(streaming: ModuleType | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--records", type=int, default=DEFAULT_RECORDS,
+                        help="Raw records (events and usage) of the batch fleet; the fleet is generated with "
+                             f"ceil(records / {batch.RECORDS_PER_ENDPOINT}) endpoints, so it has at least about "
+                             f"this many. Default: {DEFAULT_RECORDS:,}.")
+    parser.add_argument("--memory_records", type=int, default=DEFAULT_MEMORY_RECORDS,
+                        help="Records of the 1x memory-scaling fleet; the 5x fleet has five times as many. Not 5x "
+                             "the --records default: the batch pipeline on the DirectRunner took about 6 min and "
+                             "10 GiB of RSS per million records on a 2-CPU, 23 GiB machine, so 5 million would "
+                             "need about 30 min and 50 GiB. A size equal to the batch fleet reuses the batch "
+                             "run's measurement. "
+                             f"Default: {DEFAULT_MEMORY_RECORDS:,}.")
+    parser.add_argument("--seed", type=int, default=7, help="Fleet generator seed. Default: 7.")
+    parser.add_argument("--skip_batch", action="store_true", help="Skip the baseline vs pipeline comparison.")
+    parser.add_argument("--skip_memory", action="store_true", help="Skip the memory-scaling runs.")
+    parser.add_argument("--skip_streaming", action="store_true", help="Skip the streaming bench.")
+    parser.add_argument("--results_dir", default="bench/results",
+                        help="Where the result JSON files go. Default: bench/results.")
+    parser.add_argument("--work_dir", default="bench/work",
+                        help="Generated fleets and run outputs (git-ignored). Default: bench/work.")
+    parser.add_argument("--pipeline_args", type=shlex.split, default=[],
+                        help="Extra flags for the pipeline child, one string (e.g. '--direct_num_workers=2').")
+    if streaming is not None:
+        streaming.add_arguments(parser)
+    return parser
+
+
+def _cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def _memory_total_mib() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 1024, 0)
+    except OSError:
+        pass
+    return None
+
+
+def machine() -> dict[str, Any]:
+    def version(name: str) -> str | None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return {
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "processor": platform.processor() or None,
+        "machine": platform.machine(),
+        "cpu_model": _cpu_model(),
+        "memory_total_mib": _memory_total_mib(),
+        "platform": platform.platform(),
+        "apache_beam": version("apache-beam"),
+        "orjson": version("orjson"),
+    }
+
+
+def write_results(results: dict[str, Any], results_dir: Path) -> Path:
+    results_dir.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    text = json.dumps(results, indent=2, sort_keys=False) + "\n"
+    path = results_dir / f"bench-{stamp}.json"
+    path.write_text(text)
+    (results_dir / "latest.json").write_text(text)
+    return path
+
+
+def _run_streaming(streaming: ModuleType, args: argparse.Namespace, work_dir: Path, results: dict[str, Any],
+                   out: Any) -> bool:
+    """The streaming phase; False when it failed. Missing tools (gcloud, Java: the
+    Pub/Sub emulator) skip it with the reason instead of failing the bench, so the
+    batch figures of a machine without them still count."""
+    from pipelines.pubsub_emulator import EmulatorToolsError
+
+    try:
+        result = streaming.run(args, work_dir)
+    except EmulatorToolsError as err:
+        results["streaming"] = {"skipped": f"missing tools: {err}"}
+        out.write(f"\nStreaming: skipped, {err}\n")
+        return True
+    except Exception as err:  # noqa: BLE001 - record it with the other results, then fail the run
+        results["streaming"] = {"error": f"{type(err).__name__}: {err}"}
+        out.write(f"\nStreaming: FAILED, {type(err).__name__}: {err}\n")
+        return False
+    results["streaming"] = result
+    out.write(streaming.render(result))
+    return not (isinstance(result, dict) and result.get("ok") is False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    streaming, missing = _streaming_module()
+    args = build_parser(streaming).parse_args(argv)
+    work_dir = batch.prepare_work_dir(Path(args.work_dir))
+    started = time.monotonic()
+    results: dict[str, Any] = {
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "parameters": {k: v for k, v in vars(args).items()},
+    }
+    out = sys.stdout
+    ok = True
+    batch_result = None
+    if args.skip_batch:
+        results["batch"] = {"skipped": "--skip_batch"}
+    else:
+        batch_result = batch.run_batch(args, work_dir, out)
+        results["batch"] = batch_result
+        out.write(batch.render_batch(batch_result))
+        ok = ok and batch_result["check"]["ok"]
+    if args.skip_memory:
+        results["memory"] = {"skipped": "--skip_memory"}
+    else:
+        memory = batch.run_memory(args, work_dir, batch_result, out)
+        results["memory"] = memory
+        out.write(batch.render_memory(memory))
+        ok = ok and memory["ok"]
+    if args.skip_streaming:
+        results["streaming"] = {"skipped": "--skip_streaming"}
+    elif streaming is None:
+        results["streaming"] = {"skipped": missing}
+        out.write(f"\nStreaming: skipped, {missing}\n")
+    else:
+        ok = _run_streaming(streaming, args, work_dir, results, out) and ok
+    results["total_seconds"] = round(time.monotonic() - started, 1)
+    results["ok"] = ok
+    path = write_results(results, Path(args.results_dir))
+    out.write(f"\nResults: {path} (and latest.json); took {results['total_seconds']:.0f} s\n")
+    if not ok:
+        out.write("FAILED: see the checks above\n")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
