@@ -4,6 +4,7 @@ endpoint changed, so tests can make many distinct, realistic documents."""
 from __future__ import annotations
 
 import copy
+import json
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -28,3 +29,18 @@ def usage_doc(doc_id: int, end: datetime, endpoint_id: int = 8392037) -> dict[st
     doc["start_timestamp"] = format_usage_time(end - timedelta(seconds=45))
     doc["end_timestamp"] = format_usage_time(end)
     return doc
+
+
+def kinesis_documents(client: Any, stream_name: str) -> list[dict[str, Any]]:
+    """Every record of a Kinesis stream (moto's), from the start of each shard, as documents."""
+    documents = []
+    for shard in client.list_shards(StreamName=stream_name)["Shards"]:
+        iterator = client.get_shard_iterator(StreamName=stream_name, ShardId=shard["ShardId"],
+                                             ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+        while iterator:
+            response = client.get_records(ShardIterator=iterator, Limit=10_000)
+            documents += [json.loads(record["Data"]) for record in response["Records"]]
+            if not response["Records"]:
+                break
+            iterator = response["NextShardIterator"]
+    return documents

@@ -22,6 +22,7 @@ from pipelines import data_streamer
 from pipelines.sample_fleet import generate
 from schemas.streams import parse_stream_config
 from sinks.csv_format import flatten
+from tests.documents import kinesis_documents
 from tests.streams import REGION, datadog_stream, kinesis_stream, rest_stream, s3_stream
 from transforms.routing import route
 
@@ -56,20 +57,6 @@ def _documents(out: Path) -> dict[str, list[dict[str, Any]]]:
         docs[kind] = [json.loads(line) for path in sorted((out / folder).glob("*.jsonl"))
                       for line in path.read_text(encoding="utf-8").splitlines()]
     return docs
-
-
-def _kinesis_documents(client) -> list[dict[str, Any]]:
-    documents = []
-    for shard in client.list_shards(StreamName=KINESIS)["Shards"]:
-        iterator = client.get_shard_iterator(StreamName=KINESIS, ShardId=shard["ShardId"],
-                                             ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
-        while iterator:
-            response = client.get_records(ShardIterator=iterator, Limit=10_000)
-            documents += [json.loads(record["Data"]) for record in response["Records"]]
-            if not response["Records"]:
-                break
-            iterator = response["NextShardIterator"]
-    return documents
 
 
 def _csv_rows(value: Any) -> str:
@@ -182,7 +169,7 @@ def test_paused_stream_receives_nothing(delivered):
 
 
 def test_kinesis_receives_the_usage_documents(delivered):
-    assert _by_id(_kinesis_documents(delivered["kinesis"])) == _by_id(_expected(delivered, "kinesis-usage"))
+    assert _by_id(kinesis_documents(delivered["kinesis"], KINESIS)) == _by_id(_expected(delivered, "kinesis-usage"))
 
 
 def test_s3_receives_one_csv_per_kind_and_window(delivered):

@@ -27,6 +27,7 @@ from pipelines.local_destinations import HttpReceiver
 from pipelines.portable import JobService, WorkerPool, portable_flags
 from pipelines.processes import group_alive
 from pipelines.sample_fleet import generate
+from tests.documents import kinesis_documents
 from tests.streams import REGION, SECRETS, datadog_stream, kinesis_stream, rest_stream, s3_stream
 
 
@@ -62,21 +63,6 @@ def _streams(org: int, other: int, http_url: str, aws_url: str, suffix: str) -> 
 def _aws(service: str, url: str) -> Any:
     return boto3.client(service, endpoint_url=url, region_name=REGION, aws_access_key_id="t",
                         aws_secret_access_key="t")
-
-
-def _kinesis_documents(url: str, name: str) -> list[dict[str, Any]]:
-    client = _aws("kinesis", url)
-    documents = []
-    for shard in client.list_shards(StreamName=name)["Shards"]:
-        iterator = client.get_shard_iterator(StreamName=name, ShardId=shard["ShardId"],
-                                             ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
-        while iterator:
-            response = client.get_records(ShardIterator=iterator, Limit=10_000)
-            documents += [json.loads(record["Data"]) for record in response["Records"]]
-            if not response["Records"]:
-                break
-            iterator = response["NextShardIterator"]
-    return documents
 
 
 def _s3_files(url: str, bucket: str) -> dict[str, list[str]]:
@@ -134,7 +120,7 @@ def _run(fleet: Path, out: Path, moto_url: str, suffix: str, runner_flags: list[
         "rest-events": _canonical(by_path.get("/rest-events", [])),
         "bulk-both": _canonical([doc for array in by_path.get("/bulk-both", []) for doc in array]),
         "bulk-other": _canonical([doc for array in by_path.get("/bulk-other", []) for doc in array]),
-        "kinesis-usage": _canonical(_kinesis_documents(moto_url, f"portable-{suffix}")),
+        "kinesis-usage": _canonical(kinesis_documents(_aws("kinesis", moto_url), f"portable-{suffix}")),
         "s3-both": _s3_files(moto_url, f"portable-{suffix}"),
         "dd": points,
     }
