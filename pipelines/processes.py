@@ -90,6 +90,14 @@ def stop_group(process: subprocess.Popen[bytes], grace_seconds: float = 5.0) -> 
         wait_group_gone(process, group, grace_seconds)
 
 
+def log_tail(path: Path | None, lines: int = 30) -> str:
+    """The last lines of a service's log, for error messages."""
+    if path is None or not path.exists():
+        return "(no log)"
+    text = path.read_bytes().decode("utf-8", errors="replace")
+    return "\n".join(text.splitlines()[-lines:])
+
+
 class ServiceStartError(RuntimeError):
     """A local service exited or did not listen in time; the message has its log."""
 
@@ -155,10 +163,7 @@ class PortService:
             time.sleep(0.1)
 
     def log_tail(self, lines: int = 30) -> str:
-        if self.log_path is None or not self.log_path.exists():
-            return "(no log)"
-        text = self.log_path.read_bytes().decode("utf-8", errors="replace")
-        return "\n".join(text.splitlines()[-lines:])
+        return log_tail(self.log_path, lines)
 
     def stop(self, grace_seconds: float = 5.0) -> None:
         """Stop the service and everything it started. Safe to call more than once;

@@ -53,7 +53,7 @@ from google.cloud import pubsub_v1
 from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
 from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
 
-from pipelines.processes import free_port, stop_group
+from pipelines.processes import free_port, log_tail, stop_group
 from transforms.records import Kind
 from transforms.timestamps import parse_iso, to_epoch_ms
 
@@ -318,10 +318,7 @@ class PubSubEmulator:
 
     def log_tail(self, lines: int = 30) -> str:
         """The last lines of the emulator's log (gcloud's and the emulator's output)."""
-        if self.log_path is None or not self.log_path.exists():
-            return "(no log)"
-        text = self.log_path.read_bytes().decode("utf-8", errors="replace")
-        return "\n".join(text.splitlines()[-lines:])
+        return log_tail(self.log_path, lines)
 
     def stop(self, grace_seconds: float = 5.0) -> None:
         """Stop gcloud and the emulator's JVM: SIGTERM to the process group, SIGKILL
