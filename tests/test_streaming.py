@@ -146,8 +146,38 @@ def test_reference_refresh_changes_enrichment_from_its_interval_on(tmp_path, sam
     }))
     result = p.run()
     result.wait_until_finish()
-    assert _counter(result, metrics.refresh("reference", "loaded")) == 2
+    # The job's start (the first window's own snapshot), v1's and v2's ticks.
+    assert _counter(result, metrics.refresh("reference", "loaded")) == 3
     assert _counter(result, metrics.refresh("reference", "failed")) == 1
+
+
+def test_the_first_window_has_a_snapshot_when_no_tick_falls_in_it(sample_reference_dir):
+    """Ticks from Pub/Sub carry their publish time, and the first one can come
+    after the first interval has ended (the job was built in its last second).
+    Records of the first interval are still enriched, with the snapshot loaded
+    at the job's start; none becomes a dead letter."""
+    stream = (
+        TestStream(output_tags=["event", "tick"])
+        .advance_watermark_to(F, tag="event").advance_watermark_to(F, tag="tick")
+        .add_elements([_stamped(1, 10), _stamped(2, 59)], tag="event")
+        .advance_watermark_to(F + INTERVAL, tag="event")
+        # The first interval passes without a tick.
+        .advance_watermark_to(F + INTERVAL + 5, tag="tick")
+        .add_elements([TimestampedValue({"tick": 1}, F + INTERVAL + 5)], tag="tick")
+        .advance_watermark_to(F + 2 * INTERVAL, tag="tick")
+        .add_elements([_stamped(3, 70)], tag="event")
+        .advance_watermark_to_infinity(tag="event").advance_watermark_to_infinity(tag="tick")
+    )
+    p = beam.Pipeline(options=_options(sample_reference_dir))
+    source = p | stream
+    outputs = build_pipeline(p, p.options, sources={"event": source["event"]}, ticks=source["tick"],
+                             first_refresh_seconds=F)
+    ids = outputs["event"] | "Ids" >> beam.Map(lambda document: document["id"])
+    assert_that(ids, equal_to_per_window({_first_window(): [1, 2], _window(1): [3]}), label="PerWindow")
+    assert_that(outputs["dead_letters"], equal_to([]), label="NoDeadLetters")
+    result = p.run()
+    result.wait_until_finish()
+    assert _counter(result, metrics.refresh("reference", "loaded")) == 2
 
 
 def test_snapshot_windows_reach_back_to_the_epoch():

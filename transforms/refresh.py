@@ -8,12 +8,17 @@ SIM, a renamed organisation or a new, paused or deleted stream therefore takes
 effect for records of the next interval, without a restart.
 
 Windows (:class:`SnapshotWindows`): epoch-aligned fixed windows of ``interval``,
-except that the first one reaches back to the epoch. The first snapshot is taken
-when the job starts, so records older than that (a Pub/Sub backlog after a restart,
-late records) are enriched with it instead of finding no snapshot at all. Consumers
-must be in time windows (any ``IntervalWindow``): a consumer in the global window
-would map to the window at the end of time and wait for it forever. The streaming
-graph puts enrichment and routing in ``FixedWindows(interval)`` for that reason.
+except that the first one reaches back to the epoch, so records older than the
+job's start (a Pub/Sub backlog after a restart, late records) are enriched with
+the first snapshot instead of finding no snapshot at all. That first window gets a
+snapshot loaded when the job starts (an ``Impulse`` stamped with the first
+refresh), whatever the ticks do: ticks from Pub/Sub carry their publish time, and
+a first tick published after the first interval had ended (a job built in the last
+second of an interval) once left the first window empty, and its records found
+an empty side input. Consumers must be in time windows (any ``IntervalWindow``): a
+consumer in the global window would map to the window at the end of time and wait
+for it forever. The streaming graph puts enrichment and routing in
+``FixedWindows(interval)`` for that reason.
 
 A refresh that fails (a missing file, a bad row: the loaders raise with the file,
 row and field) keeps the last good snapshot, logs the loader's message and counts
@@ -74,6 +79,11 @@ class SnapshotWindows(NonMergingWindowFn):
             return [IntervalWindow(Timestamp(0), Timestamp(micros=self._first_end))]
         start = micros - micros % self._size
         return [IntervalWindow(Timestamp(micros=start), Timestamp(micros=start + self._size))]
+
+    @property
+    def first_seconds(self) -> int:
+        """The first refresh (epoch seconds): the start of the first interval."""
+        return (self._first_end - self._size) // 1_000_000
 
     def get_window_coder(self) -> coders.Coder:
         return coders.IntervalWindowCoder()
@@ -164,12 +174,21 @@ class RefreshingSnapshot(beam.PTransform):
         self._windows = windows
 
     def expand(self, ticks: beam.PCollection) -> beam.PCollection:
+        first = self._windows.first_seconds
+        at_start = (
+            ticks.pipeline
+            | "AtStart" >> beam.Impulse()
+            # The first window's own snapshot (module docstring); a tick of None
+            # reads the configured location.
+            | "StampFirst" >> beam.Map(lambda _: TimestampedValue(None, first))
+        )
         return (
-            ticks
+            (ticks, at_start)
+            | "WithStart" >> beam.Flatten()
             | "OneKey" >> beam.Map(lambda tick: (None, tick))
             | "Load" >> beam.ParDo(_LoadKeepingLastGood(self._what, self._load))
             | "Window" >> beam.WindowInto(self._windows)
             # One snapshot per window even when ticks come closer together (ticks
-            # from Pub/Sub, a manual refresh): the newest wins.
+            # from Pub/Sub, a manual refresh, the start's own): the newest wins.
             | "LatestPerWindow" >> beam.combiners.Latest.Globally().without_defaults()
         )
