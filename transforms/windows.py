@@ -86,6 +86,10 @@ class GatherWindows(beam.PTransform):
             return pcoll | "Global" >> beam.WindowInto(GlobalWindows())
         return (
             pcoll
+            # A DoFn returning a TimestampedValue gets windows from its input's
+            # WindowFn: unwindowed first, so a per-element WindowFn upstream
+            # (which reads sizes from keyed batches) never sees a result.
+            | "Unwindow" >> beam.WindowInto(GlobalWindows())
             | "StampArrival" >> beam.Map(_stamp_now)
             | "Fixed" >> beam.WindowInto(FixedWindows(self._window_seconds))
         )
