@@ -28,7 +28,13 @@ from pipelines.data_streamer import build_pipeline
 from tests.conftest import write_reference
 from tests.guide_samples import RAW_EVENTS
 from transforms import metrics
-from transforms.refresh import RefreshError, SnapshotWindows, _LoadKeepingLastGood
+from transforms.refresh import (
+    RefreshError,
+    SnapshotServingWindows,
+    SnapshotWindows,
+    _LoadKeepingLastGood,
+    align_to_interval,
+)
 
 F = 1_793_520_000  # 2026-11-01T08:00:00Z, a multiple of 60
 INTERVAL = 60
@@ -151,11 +157,13 @@ def test_reference_refresh_changes_enrichment_from_its_interval_on(tmp_path, sam
     assert _counter(result, metrics.refresh("reference", "failed")) == 1
 
 
-def test_the_first_window_has_a_snapshot_when_no_tick_falls_in_it(sample_reference_dir):
+def test_the_first_interval_has_a_snapshot_when_no_tick_falls_in_it(sample_reference_dir):
     """Ticks from Pub/Sub carry their publish time, and the first one can come
-    after the first interval has ended (the job was built in its last second).
+    after the first interval has begun (the job was built in its last second).
     Records of the first interval are still enriched, with the snapshot loaded
-    at the job's start; none becomes a dead letter."""
+    at the job's start. A tick serves the interval after it (aligned up), so the
+    second interval, which no tick preceded, has no snapshot: its record is a dead
+    letter saying so, not a crash."""
     stream = (
         TestStream(output_tags=["event", "tick"])
         .advance_watermark_to(F, tag="event").advance_watermark_to(F, tag="tick")
@@ -164,8 +172,8 @@ def test_the_first_window_has_a_snapshot_when_no_tick_falls_in_it(sample_referen
         # The first interval passes without a tick.
         .advance_watermark_to(F + INTERVAL + 5, tag="tick")
         .add_elements([TimestampedValue({"tick": 1}, F + INTERVAL + 5)], tag="tick")
-        .advance_watermark_to(F + 2 * INTERVAL, tag="tick")
-        .add_elements([_stamped(3, 70)], tag="event")
+        .advance_watermark_to(F + 3 * INTERVAL, tag="tick")
+        .add_elements([_stamped(3, 70), _stamped(4, 130)], tag="event")
         .advance_watermark_to_infinity(tag="event").advance_watermark_to_infinity(tag="tick")
     )
     p = beam.Pipeline(options=_options(sample_reference_dir))
@@ -173,11 +181,51 @@ def test_the_first_window_has_a_snapshot_when_no_tick_falls_in_it(sample_referen
     outputs = build_pipeline(p, p.options, sources={"event": source["event"]}, ticks=source["tick"],
                              first_refresh_seconds=F)
     ids = outputs["event"] | "Ids" >> beam.Map(lambda document: document["id"])
-    assert_that(ids, equal_to_per_window({_first_window(): [1, 2], _window(1): [3]}), label="PerWindow")
-    assert_that(outputs["dead_letters"], equal_to([]), label="NoDeadLetters")
+    assert_that(ids, equal_to_per_window({_first_window(): [1, 2], _window(2): [4]}), label="PerWindow")
+    letters = outputs["dead_letters"] | "Letters" >> beam.Map(lambda d: (d["reason"], d["record_id"], d["detail"]))
+    assert_that(letters, equal_to([
+        ("no_reference_snapshot", 3, "no reference data snapshot for this record's refresh interval"),
+    ]), label="DeadLetters")
     result = p.run()
     result.wait_until_finish()
     assert _counter(result, metrics.refresh("reference", "loaded")) == 2
+
+
+def test_a_snapshot_serves_the_interval_after_its_tick(tmp_path, sample_tables):
+    """Records wait only for the tick at their interval's start, not for their
+    interval to end: the snapshot of a tick serves the interval that begins at or
+    after it. A tick in the middle of an interval (a manual refresh, ticks from
+    Pub/Sub) therefore applies from the next interval on, and of several ticks
+    before an interval start the newest wins."""
+    def renamed(name: str) -> Path:
+        tables = json.loads(json.dumps(sample_tables))
+        tables["organisation"][0]["name"] = name
+        return write_reference(tmp_path / name.replace(" ", "-"), tables)
+
+    v2, v3, v4 = renamed("WBV Two"), renamed("WBV Three"), renamed("WBV Four")
+    stream = (
+        TestStream(output_tags=["event", "tick"])
+        .advance_watermark_to(F, tag="event").advance_watermark_to(F, tag="tick")
+        .add_elements([TimestampedValue({"tick": 0}, F)], tag="tick")
+        .add_elements([TimestampedValue({"reference_dir": str(v2)}, F + INTERVAL)], tag="tick")
+        .add_elements([TimestampedValue({"reference_dir": str(v3)}, F + INTERVAL + 20)], tag="tick")
+        .add_elements([TimestampedValue({"reference_dir": str(v4)}, F + INTERVAL + 40)], tag="tick")
+        .add_elements([TimestampedValue({"tick": 3}, F + 3 * INTERVAL)], tag="tick")
+        .advance_watermark_to(F + 4 * INTERVAL, tag="tick")
+        .add_elements([_stamped(1, 30), _stamped(2, 70), _stamped(3, 100), _stamped(4, 130)], tag="event")
+        .advance_watermark_to_infinity(tag="event").advance_watermark_to_infinity(tag="tick")
+    )
+    p = beam.Pipeline(options=_options(tmp_path / "WBV-Two"))
+    source = p | stream
+    outputs = build_pipeline(p, p.options, sources={"event": source["event"]}, ticks=source["tick"],
+                             first_refresh_seconds=F)
+    names = outputs["event"] | "Names" >> beam.Map(lambda d: (d["id"], d["organisation"]["name"]))
+    assert_that(names, equal_to_per_window({
+        _first_window(): [(1, "WBV Two")],  # the start's and the tick at F read the default (v2)
+        _window(1): [(2, "WBV Two"), (3, "WBV Two")],  # the tick at F + 60, not the later ones
+        _window(2): [(4, "WBV Four")],  # the newest of the ticks after F + 60
+    }))
+    p.run().wait_until_finish()
 
 
 def test_snapshot_windows_reach_back_to_the_epoch():
@@ -191,6 +239,32 @@ def test_snapshot_windows_reach_back_to_the_epoch():
     assert assign(F + 60) == _window(1)
     with pytest.raises(ValueError, match="aligned"):
         SnapshotWindows(INTERVAL, F + 1)
+
+
+def test_each_record_window_maps_to_the_snapshot_of_its_start():
+    """Beam maps a record window to a side-input window by assigning the record
+    window's maximum timestamp; that must land on the window of the snapshot
+    stamped with the record window's start, which ends right after it."""
+    records, serving = SnapshotWindows(INTERVAL, F), SnapshotServingWindows(INTERVAL, F)
+
+    def assign(windows: Any, micros: int) -> IntervalWindow:
+        return windows.assign(type("Context", (), {"timestamp": Timestamp(micros=micros)})())[0]
+
+    first = IntervalWindow(Timestamp(0), Timestamp(micros=F * 1_000_000 + 1))
+    for k in range(4):
+        record_window = _window(k) if k else _first_window()
+        snapshot_window = assign(serving, record_window.max_timestamp().micros)
+        start = (F + k * INTERVAL) * 1_000_000
+        assert snapshot_window == (first if k == 0 else IntervalWindow(
+            Timestamp(micros=start - INTERVAL * 1_000_000 + 1), Timestamp(micros=start + 1)))
+        # The snapshot stamped with that start is in that window, and the window
+        # is complete as soon as the watermark passes the start.
+        assert assign(serving, start) == snapshot_window
+        assert snapshot_window.max_timestamp() == Timestamp(micros=start)
+        assert assign(records, start) == record_window
+    assert assign(serving, (F - 86_400) * 1_000_000) == first
+    assert align_to_interval("s", INTERVAL, Timestamp(F + 61)).timestamp == Timestamp(F + 120)
+    assert align_to_interval("s", INTERVAL, Timestamp(F + 60)).timestamp == Timestamp(F + 60)
 
 
 class _State:

@@ -252,6 +252,12 @@ class _EnrichFn(beam.DoFn):
         }
 
     def process(self, record: dict[str, Any], ref: ReferenceData) -> Iterator[Any]:
+        if isinstance(ref, pvalue.EmptySideInput):
+            # A streaming run's refresh interval whose side-input window got no
+            # snapshot: no tick in the interval before it (transforms/refresh.py).
+            yield self._dead(record, "no_reference_snapshot",
+                             "no reference data snapshot for this record's refresh interval")
+            return
         try:
             doc = self._enrich(record, ref)
         except RecordError as err:

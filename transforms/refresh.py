@@ -2,23 +2,33 @@
 change while a streaming job runs.
 
 Beam's pattern (PeriodicImpulse with ``apply_windowing``): an impulse every
-``interval`` seconds re-reads the files; each snapshot is the only element of its
-window, and a consumer sees the snapshot of the window its element maps to. A new
-SIM, a renamed organisation or a new, paused or deleted stream therefore takes
-effect for records of the next interval, without a restart.
+``interval`` seconds re-reads the files, and a consumer sees the snapshot of the
+window its element maps to. A new SIM, a renamed organisation or a new, paused or
+deleted stream therefore takes effect for records of the next interval, without a
+restart.
 
-Windows (:class:`SnapshotWindows`): epoch-aligned fixed windows of ``interval``,
-except that the first one reaches back to the epoch, so records older than the
-job's start (a Pub/Sub backlog after a restart, late records) are enriched with
-the first snapshot instead of finding no snapshot at all. That first window gets a
-snapshot loaded when the job starts (an ``Impulse`` stamped with the first
-refresh), whatever the ticks do: ticks from Pub/Sub carry their publish time, and
-a first tick published after the first interval had ended (a job built in the last
-second of an interval) once left the first window empty, and its records found
-an empty side input. Consumers must be in time windows (any ``IntervalWindow``): a
-consumer in the global window would map to the window at the end of time and wait
-for it forever. The streaming graph puts enrichment and routing in
-``FixedWindows(interval)`` for that reason.
+Two kinds of windows, both of ``interval`` and aligned to the epoch:
+
+- :class:`SnapshotWindows`, the windows records are enriched and routed in:
+  ``[a, a + interval)``, except that the first one reaches back to the epoch, so
+  records older than the job's start (a Pub/Sub backlog after a restart, late
+  records) find a snapshot too. Consumers must be in time windows: a consumer in
+  the global window would map to the window at the end of time and wait forever.
+- :class:`SnapshotServingWindows`, the windows snapshots are in: the snapshot of
+  the tick at ``a`` (the newest tick in ``(a - interval, a]``, ticks being
+  aligned up to the next interval start) serves the records of ``[a, a +
+  interval)``. Its window ends right after ``a``, so those records wait only
+  until the tick at ``a`` has been loaded. Had the snapshot of a tick at ``a``
+  been in ``[a, a + interval)`` itself, as in Beam's example, every record would
+  wait for its interval to end, because a side-input window is ready only when
+  the watermark has passed its end: half an interval on average (2.5 min at the
+  default 300 s), on every runner.
+
+The first interval's snapshot is loaded when the job starts (an ``Impulse``
+stamped with the first refresh), whatever the ticks do: ticks from Pub/Sub carry
+their publish time, and a first tick published after the first interval had begun
+would otherwise leave it without a snapshot (the job built in the last second of
+an interval once left its records an empty side input).
 
 A refresh that fails (a missing file, a bad row: the loaders raise with the file,
 row and field) keeps the last good snapshot, logs the loader's message and counts
@@ -63,9 +73,14 @@ def first_refresh(interval_seconds: int, now: float | None = None) -> int:
     return int(now) - int(now) % interval_seconds
 
 
+def _aligned_up(micros: int, size: int) -> int:
+    return -(-micros // size) * size
+
+
 class SnapshotWindows(NonMergingWindowFn):
     """``FixedWindows(interval)`` whose first window, ``[epoch, first + interval)``,
-    also holds everything before ``first`` (module docstring)."""
+    also holds everything before ``first``: the windows records are enriched and
+    routed in (module docstring)."""
 
     def __init__(self, interval_seconds: int, first_seconds: int) -> None:
         if interval_seconds <= 0 or first_seconds % interval_seconds:
@@ -81,6 +96,10 @@ class SnapshotWindows(NonMergingWindowFn):
         return [IntervalWindow(Timestamp(micros=start), Timestamp(micros=start + self._size))]
 
     @property
+    def interval_seconds(self) -> int:
+        return self._size // 1_000_000
+
+    @property
     def first_seconds(self) -> int:
         """The first refresh (epoch seconds): the start of the first interval."""
         return (self._first_end - self._size) // 1_000_000
@@ -94,6 +113,51 @@ class SnapshotWindows(NonMergingWindowFn):
 
     def __hash__(self) -> int:
         return hash((self._size, self._first_end))
+
+
+class SnapshotServingWindows(NonMergingWindowFn):
+    """The windows of the snapshots that serve :class:`SnapshotWindows`. The one
+    of the tick at interval start ``a`` ends at ``a`` + 1 µs (its maximum
+    timestamp is ``a``), and it is also the window that the record window
+    starting at ``a`` maps to: Beam maps a main-input window to a side-input
+    window through ``assign`` of the main window's maximum timestamp, ``a +
+    interval - 1 µs``. Up to ``first``, everything is in the first window, as
+    with the record windows.
+
+    Snapshots must be stamped with their interval start (:class:`RefreshingSnapshot`
+    aligns ticks up to it); any later timestamp would lie after its window's end.
+    """
+
+    def __init__(self, interval_seconds: int, first_seconds: int) -> None:
+        if interval_seconds <= 0 or first_seconds % interval_seconds:
+            raise ValueError("the first refresh must be aligned to the interval")
+        self._size = interval_seconds * 1_000_000
+        self._first = first_seconds * 1_000_000
+
+    def assign(self, context: NonMergingWindowFn.AssignContext) -> list[IntervalWindow]:
+        micros = context.timestamp.micros
+        start = micros - micros % self._size
+        if start <= self._first:
+            return [IntervalWindow(Timestamp(0), Timestamp(micros=self._first + 1))]
+        return [IntervalWindow(Timestamp(micros=start - self._size + 1), Timestamp(micros=start + 1))]
+
+    def get_window_coder(self) -> coders.Coder:
+        return coders.IntervalWindowCoder()
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, SnapshotServingWindows) and self._size == other._size
+                and self._first == other._first)
+
+    def __hash__(self) -> int:
+        return hash((self._size, self._first))
+
+
+def align_to_interval(value: Any, interval_seconds: int,
+                      timestamp: Timestamp = beam.DoFn.TimestampParam) -> TimestampedValue:
+    """A snapshot stamped with the interval start it serves from: its tick's time
+    aligned up (a tick at an interval start keeps its time)."""
+    size = interval_seconds * 1_000_000
+    return TimestampedValue(value, Timestamp(micros=_aligned_up(timestamp.micros, size)))
 
 
 class RefreshError(RuntimeError):
@@ -158,13 +222,13 @@ class Ticks(beam.PTransform):
 
 
 class RefreshingSnapshot(beam.PTransform):
-    """Ticks -> one snapshot per tick in :class:`SnapshotWindows`; use it as
-    ``AsSingleton``.
+    """Ticks -> one snapshot per interval in :class:`SnapshotServingWindows`, for
+    consumers in ``windows``; use it as ``AsSingleton``.
 
-    ``load(tick)`` is called on a worker at every tick. Ticks
-    come from :class:`Ticks` (timestamps), or from a ``TestStream`` in tests that
-    refresh at chosen points of event time (one timestamped element per interval,
-    which :func:`location` lets name another location to read).
+    ``load(tick)`` is called on a worker at every tick and once at the job's start.
+    Ticks come from :class:`Ticks` (timestamps), from Pub/Sub on the DirectRunner,
+    or from a ``TestStream`` in tests that refresh at chosen points of event time
+    (:func:`location` lets a tick name another location to read).
     """
 
     def __init__(self, what: str, load: Callable[[Any], Any], windows: SnapshotWindows) -> None:
@@ -174,11 +238,11 @@ class RefreshingSnapshot(beam.PTransform):
         self._windows = windows
 
     def expand(self, ticks: beam.PCollection) -> beam.PCollection:
-        first = self._windows.first_seconds
+        first, interval = self._windows.first_seconds, self._windows.interval_seconds
         at_start = (
             ticks.pipeline
             | "AtStart" >> beam.Impulse()
-            # The first window's own snapshot (module docstring); a tick of None
+            # The first interval's own snapshot (module docstring); a tick of None
             # reads the configured location.
             | "StampFirst" >> beam.Map(lambda _: TimestampedValue(None, first))
         )
@@ -187,7 +251,8 @@ class RefreshingSnapshot(beam.PTransform):
             | "WithStart" >> beam.Flatten()
             | "OneKey" >> beam.Map(lambda tick: (None, tick))
             | "Load" >> beam.ParDo(_LoadKeepingLastGood(self._what, self._load))
-            | "Window" >> beam.WindowInto(self._windows)
+            | "AlignToInterval" >> beam.Map(align_to_interval, interval)
+            | "Window" >> beam.WindowInto(SnapshotServingWindows(interval, first))
             # One snapshot per window even when ticks come closer together (ticks
             # from Pub/Sub, a manual refresh, the start's own): the newest wins.
             | "LatestPerWindow" >> beam.combiners.Latest.Globally().without_defaults()
