@@ -29,6 +29,7 @@ from tests.conftest import write_reference
 from tests.guide_samples import RAW_EVENTS
 from transforms import metrics
 from transforms.refresh import (
+    START_TICK,
     RefreshError,
     SnapshotServingWindows,
     SnapshotWindows,
@@ -263,8 +264,28 @@ def test_each_record_window_maps_to_the_snapshot_of_its_start():
         assert snapshot_window.max_timestamp() == Timestamp(micros=start)
         assert assign(records, start) == record_window
     assert assign(serving, (F - 86_400) * 1_000_000) == first
-    assert align_to_interval("s", INTERVAL, Timestamp(F + 61)).timestamp == Timestamp(F + 120)
-    assert align_to_interval("s", INTERVAL, Timestamp(F + 60)).timestamp == Timestamp(F + 60)
+
+
+def _aligned(tick: Any, seconds: float, now: float = F) -> list[tuple[int, int, str]]:
+    """(stamp, rank) in seconds and the snapshot of what ``align_to_interval`` yields."""
+    out = align_to_interval((tick, "snapshot"), INTERVAL, F, Timestamp(seconds), now=now)
+    return [(v.timestamp.micros, v.value[0], v.value[1]) for v in out]
+
+
+def test_a_tick_serves_from_the_next_interval_start_and_ranks_by_its_own_time():
+    assert _aligned({"tick": 1}, F + 61) == [((F + 120) * 10**6, (F + 61) * 10**6, "snapshot")]
+    assert _aligned({"tick": 1}, F + 60) == [((F + 60) * 10**6, (F + 60) * 10**6, "snapshot")]
+
+
+def test_the_start_snapshot_covers_the_intervals_before_the_first_tick_can():
+    """Started 3 intervals and 10 s after the first refresh: the first interval,
+    and the two before the one after now up to it, each ranked below any tick of
+    its interval."""
+    copies = _aligned(START_TICK, 0, now=F + 3 * INTERVAL + 10)
+    starts = [F, F + 2 * INTERVAL, F + 3 * INTERVAL, F + 4 * INTERVAL]
+    assert copies == [(a * 10**6, (a - INTERVAL) * 10**6 + 1, "snapshot") for a in starts]
+    # Started in the first interval: the first two intervals.
+    assert [c[0] for c in _aligned(START_TICK, 0, now=F + 5)] == [F * 10**6, (F + INTERVAL) * 10**6]
 
 
 class _State:
@@ -296,7 +317,7 @@ def test_a_failed_refresh_keeps_the_last_good_snapshot(caplog):
     with pytest.raises(RefreshError, match="loading reference failed and there is no earlier snapshot"):
         list(fn.process((None, 0), timestamp=Timestamp(F), last_good=state))
     out = [v for k in (1, 2) for v in fn.process((None, k), timestamp=Timestamp(F + 60 * k), last_good=state)]
-    assert [v.value for v in out] == [{"v": 2}, {"v": 2}]
+    assert [v.value for v in out] == [(1, {"v": 2}), (2, {"v": 2})]
     assert [v.timestamp for v in out] == [Timestamp(F + 60), Timestamp(F + 120)]
     assert "refreshing reference failed, keeping the previous snapshot: reference/sim.json: no such file" in caplog.text
 

@@ -29,6 +29,7 @@ from tests.streams import rest_stream, s3_stream
 #: for their 10 s window to close).
 DEADLINE_SECONDS = 120
 EVENTS, USAGE = 12, 6
+REFRESH_SECONDS = 10
 
 
 def _iso(moment: datetime) -> str:
@@ -53,6 +54,13 @@ def _s3_ids(s3: Any, bucket: str) -> list[int]:
         body = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read().decode("utf-8")
         ids += [int(row["id"]) for row in csv.DictReader(io.StringIO(body))]
     return ids
+
+
+def _sleep_until_second(second: float, of: int) -> None:
+    """Sleep until ``second`` seconds into the next (or current) ``of``-second interval."""
+    now = time.time()
+    target = now - now % of + second
+    time.sleep(target - now if target > now else target + of - now)
 
 
 def _port_open(host: str) -> bool:
@@ -87,14 +95,20 @@ def test_pubsub_to_rest_and_s3_once_per_stream(tmp_path, stream_secrets, http_re
             f"--streams_config={config}",
             f"--output_dir={tmp_path / 'out'}",
             "--allow_insecure_destinations",
-            "--refresh_interval_seconds=10",
+            f"--refresh_interval_seconds={REFRESH_SECONDS}",
             f"--refresh_subscription={subscriptions['refresh']}",
             "--output_window_seconds=5",
             "--max_buffering_seconds=1",
         ])
+        # The worst moment to build: at the end of a refresh interval, with the
+        # first tick only after the next one has begun. The job's first interval
+        # and the next have no tick before them; the snapshot loaded at the start
+        # must serve both (once a flaky failure: records met an empty side input).
+        _sleep_until_second(9.2, of=REFRESH_SECONDS)
         pipeline = beam.Pipeline(options=options)
         write_outputs(build_pipeline(pipeline, options), str(tmp_path / "out"), window_seconds=5)
-        # Several ticks per 10 s interval, so every interval surely has one.
+        _sleep_until_second(0.5, of=REFRESH_SECONDS)
+        # Several ticks per 10 s interval, so every later interval surely has one.
         ticker = Ticker(project, "raw-refresh", 2.5).start()
         result = pipeline.run()
         try:

@@ -24,11 +24,14 @@ Two kinds of windows, both of ``interval`` and aligned to the epoch:
   the watermark has passed its end: half an interval on average (2.5 min at the
   default 300 s), on every runner.
 
-The first interval's snapshot is loaded when the job starts (an ``Impulse``
-stamped with the first refresh), whatever the ticks do: ticks from Pub/Sub carry
-their publish time, and a first tick published after the first interval had begun
-would otherwise leave it without a snapshot (the job built in the last second of
-an interval once left its records an empty side input).
+Of several ticks before one interval start, the newest (by its own time) wins.
+Ticks from Pub/Sub carry their publish time, so the intervals before the first
+tick would have no snapshot: the first one, and the next one or two whenever the
+job was built in the last seconds of an interval or started late (the first tick
+then falls after the next interval's start; this once left a test's records an
+empty side input). The snapshot loaded when the job starts (an ``Impulse``) is
+therefore also placed in the first interval and in those up to the one after the
+start, ranked below any tick of the same interval.
 
 A refresh that fails (a missing file, a bad row: the loaders raise with the file,
 row and field) keeps the last good snapshot, logs the loader's message and counts
@@ -49,7 +52,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import apache_beam as beam
@@ -152,12 +155,55 @@ class SnapshotServingWindows(NonMergingWindowFn):
         return hash((self._size, self._first))
 
 
-def align_to_interval(value: Any, interval_seconds: int,
-                      timestamp: Timestamp = beam.DoFn.TimestampParam) -> TimestampedValue:
-    """A snapshot stamped with the interval start it serves from: its tick's time
-    aligned up (a tick at an interval start keeps its time)."""
+#: The tick of the job's start (:class:`RefreshingSnapshot`); a dict, so
+#: :func:`location` reads the configured location for it.
+START_TICK: dict[str, bool] = {"job_start": True}
+
+#: How many intervals before the one after the start get the start's snapshot
+#: besides the first: a job started this much after it was built is covered.
+START_COPIES_BACK = 2
+
+
+def align_to_interval(loaded: tuple[Any, Any], interval_seconds: int, first_seconds: int,
+                      timestamp: Timestamp = beam.DoFn.TimestampParam,
+                      now: float | None = None) -> Iterator[TimestampedValue]:
+    """``(tick, snapshot)`` -> ``(rank, snapshot)`` stamped with the start of the
+    interval it serves, its tick's time aligned up (a tick at an interval start
+    keeps its time); the rank is the tick's time (newest wins). The start's
+    snapshot goes to the first interval and to those from ``START_COPIES_BACK``
+    before the one after now up to it, ranked as if ticked at the very beginning
+    of the interval before (below every tick of its own; module docstring)."""
+    tick, snapshot = loaded
     size = interval_seconds * 1_000_000
-    return TimestampedValue(value, Timestamp(micros=_aligned_up(timestamp.micros, size)))
+    if not (isinstance(tick, dict) and tick.get("job_start")):
+        yield TimestampedValue((timestamp.micros, snapshot), Timestamp(micros=_aligned_up(timestamp.micros, size)))
+        return
+    first = first_seconds * 1_000_000
+    after_now = _aligned_up(int((time.time() if now is None else now) * 1_000_000), size)
+    starts = {first} | set(range(max(first, after_now - START_COPIES_BACK * size), after_now + 1, size))
+    for start in sorted(starts):
+        yield TimestampedValue((start - size + 1, snapshot), Timestamp(micros=start))
+
+
+class _NewestSnapshot(beam.CombineFn):
+    """``(rank, snapshot)`` -> the snapshot of the highest rank (the first seen of
+    equal ranks)."""
+
+    def create_accumulator(self) -> tuple[int, Any] | None:
+        return None
+
+    def add_input(self, best: tuple[int, Any] | None, ranked: tuple[int, Any]) -> tuple[int, Any]:
+        return ranked if best is None or ranked[0] > best[0] else best
+
+    def merge_accumulators(self, accumulators: Iterable[tuple[int, Any] | None]) -> tuple[int, Any] | None:
+        best = None
+        for accumulator in accumulators:
+            if accumulator is not None:
+                best = self.add_input(best, accumulator)
+        return best
+
+    def extract_output(self, best: tuple[int, Any] | None) -> Any:
+        return None if best is None else best[1]
 
 
 class RefreshError(RuntimeError):
@@ -165,8 +211,8 @@ class RefreshError(RuntimeError):
 
 
 class _LoadKeepingLastGood(beam.DoFn):
-    """``(None, tick)`` -> the snapshot loaded now, or the last good one if loading
-    fails. The last good snapshot is kept in state (one key), not in the DoFn
+    """``(None, tick)`` -> ``(tick, snapshot)``: the snapshot loaded now, or the
+    last good one if loading fails. The last good snapshot is kept in state (one key), not in the DoFn
     instance: runners may create instances per bundle (the DirectRunner does), and
     a fresh instance would fall back to the snapshot of the job's start."""
 
@@ -195,7 +241,7 @@ class _LoadKeepingLastGood(beam.DoFn):
         else:
             self._loaded.inc()
             last_good.write(snapshot)
-        yield TimestampedValue(snapshot, timestamp)
+        yield TimestampedValue((keyed[1], snapshot), timestamp)
 
 
 def location(tick: Any, key: str, default: str) -> str:
@@ -242,18 +288,14 @@ class RefreshingSnapshot(beam.PTransform):
         at_start = (
             ticks.pipeline
             | "AtStart" >> beam.Impulse()
-            # The first interval's own snapshot (module docstring); a tick of None
-            # reads the configured location.
-            | "StampFirst" >> beam.Map(lambda _: TimestampedValue(None, first))
+            | "StartTick" >> beam.Map(lambda _: START_TICK)
         )
         return (
             (ticks, at_start)
             | "WithStart" >> beam.Flatten()
             | "OneKey" >> beam.Map(lambda tick: (None, tick))
             | "Load" >> beam.ParDo(_LoadKeepingLastGood(self._what, self._load))
-            | "AlignToInterval" >> beam.Map(align_to_interval, interval)
+            | "AlignToInterval" >> beam.FlatMap(align_to_interval, interval, first)
             | "Window" >> beam.WindowInto(SnapshotServingWindows(interval, first))
-            # One snapshot per window even when ticks come closer together (ticks
-            # from Pub/Sub, a manual refresh, the start's own): the newest wins.
-            | "LatestPerWindow" >> beam.combiners.Latest.Globally().without_defaults()
+            | "NewestPerWindow" >> beam.CombineGlobally(_NewestSnapshot()).without_defaults()
         )
