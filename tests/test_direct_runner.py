@@ -1,0 +1,80 @@
+"""The DirectRunner workarounds of ``pipelines/direct_runner.py`` that can be
+checked apart from a job (the others are covered by the streaming tests)."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from apache_beam.runners.direct.evaluation_context import DirectUnmergedState
+from apache_beam.runners.direct.watermark_manager import _TransformWatermarks
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.window import GlobalWindow, IntervalWindow
+from apache_beam.utils.timestamp import Timestamp
+
+from pipelines.direct_runner import _indexed_extract_transform_timers, _NotingStates, _original_extract
+
+T = 1_793_520_000
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = float(T)
+
+    def time(self) -> float:
+        return self.now
+
+
+def _firings(result: tuple[list[Any], bool]) -> tuple[list[tuple[Any, ...]], bool]:
+    fired, realtime = result
+    return sorted((f.encoded_key, repr(f.window), f.name, f.time_domain, f.timestamp.micros, f.dynamic_timer_tag)
+                  for f in fired), realtime
+
+
+def test_indexed_timer_scan_reports_exactly_what_the_full_scan_does():
+    """Fix 5: over a long random history of states replaced as the executor
+    commits them (timers set, moved and cleared in both time domains, windows,
+    keys without timers), the watermark and the clock moving on, every scan of
+    the index reports the same due timers and the same "any processing-time
+    timer" flag as Beam's scan of every key, including timers still due because
+    their key's state was not replaced yet."""
+    rng = random.Random(7)
+    clock = _Clock()
+    plain: dict[Any, Any] = {}
+    noting = _NotingStates()
+    full = _TransformWatermarks(clock, plain, "full")
+    indexed = _TransformWatermarks(clock, noting, "indexed")
+    windows = [GlobalWindow(), IntervalWindow(Timestamp(T), Timestamp(T + 60))]
+    watermark = Timestamp(T - 100)
+    reports = 0
+    for _step in range(3000):
+        for _change in range(rng.randint(0, 3)):
+            key = f"k{rng.randint(0, 60)}".encode()
+            state = plain[key].copy() if key in plain else DirectUnmergedState()
+            for _timer in range(rng.randint(0, 3)):
+                window, name = rng.choice(windows), rng.choice(["expire", "flush"])
+                domain = rng.choice([TimeDomain.WATERMARK, TimeDomain.REAL_TIME])
+                if rng.random() < 0.3:
+                    state.clear_timer(window, name, domain)
+                else:
+                    state.set_timer(window, name, domain, Timestamp(T + rng.randint(-50, 400)))
+            plain[key] = state
+            noting[key] = state
+        watermark = Timestamp(micros=watermark.micros + rng.randint(0, 2_000_000))
+        clock.now += rng.random() * 1.5
+        full._input_watermark = indexed._input_watermark = watermark
+        expected = _firings(_original_extract(full))
+        assert _firings(_indexed_extract_transform_timers(indexed)) == expected
+        reports += len(expected[0])
+    assert reports > 1000  # the history did fire timers, many of them again and again
+
+
+def test_noting_states_note_every_assignment():
+    states = _NotingStates()
+    states[b"a"] = 1
+    states.setdefault(b"b", 2)
+    states.update({b"c": 3})
+    del states[b"a"]
+    states.pop(b"b")
+    assert states.assigned == {b"a", b"b", b"c"}
+    assert dict(states) == {b"c": 3}
