@@ -78,3 +78,32 @@ def test_noting_states_note_every_assignment():
     states.pop(b"b")
     assert states.assigned == {b"a", b"b", b"c"}
     assert dict(states) == {b"c": 3}
+
+
+class _Fn:
+    def process(self, element: Any, timestamp: Any = "ts-param", *rest: Any) -> None:
+        """A method with a default, as DoFn.process methods have."""
+
+
+def test_remembered_argument_lists_equal_beams_and_are_copies():
+    """Fix 6: the remembered argument lists are what Beam computes, for plain
+    functions, bound methods (without ``self``) and other callables, and callers
+    get their own lists."""
+    import functools
+
+    from apache_beam.transforms import core
+
+    from pipelines.direct_runner import _cached_args_defaults
+
+    original = core.get_function_args_defaults
+    cached = _cached_args_defaults(original)
+
+    def plain(a: Any, b: int = 2) -> None:
+        pass
+
+    for f in (plain, _Fn().process, _Fn.process, functools.partial(plain, 1), lambda x, y=3: None):
+        assert cached(f) == original(f)
+        assert cached(f) == original(f)  # remembered
+    first = cached(_Fn().process)
+    first[0].append("changed")
+    assert cached(_Fn().process) == (["element", "timestamp"], ["ts-param"])
