@@ -62,6 +62,14 @@ def _options(reference_dir: Path, **extra: Any) -> PipelineOptions:
     return PipelineOptions(flags)
 
 
+def _built(options: PipelineOptions, stream: TestStream) -> tuple[beam.Pipeline, dict[str, Any]]:
+    """The streaming graph on ``stream``'s ``event`` and ``tick`` outputs."""
+    p = beam.Pipeline(options=options)
+    source = p | stream
+    return p, build_pipeline(p, p.options, sources={"event": source["event"]}, ticks=source["tick"],
+                             first_refresh_seconds=F)
+
+
 def _counter(result: Any, name: str) -> int:
     found = result.metrics().query(MetricsFilter().with_namespace(metrics.NAMESPACE).with_name(name))["counters"]
     return sum(c.committed for c in found)
@@ -94,10 +102,7 @@ def test_on_time_late_and_too_late_records(sample_reference_dir):
         .add_elements([_stamped(6, 990)], tag="event")
         .advance_watermark_to_infinity(tag="event").advance_watermark_to_infinity(tag="tick")
     )
-    p = beam.Pipeline(options=_options(sample_reference_dir))
-    source = p | stream
-    outputs = build_pipeline(p, p.options, sources={"event": source["event"]}, ticks=source["tick"],
-                             first_refresh_seconds=F)
+    p, outputs = _built(_options(sample_reference_dir), stream)
     ids = outputs["event"] | "Ids" >> beam.Map(lambda document: document["id"])
     assert_that(ids, equal_to_per_window({
         _first_window(): [1, 4],  # 4 arrived after the watermark passed its window's end
@@ -141,10 +146,7 @@ def test_reference_refresh_changes_enrichment_from_its_interval_on(tmp_path, sam
         .add_elements([_stamped(3, 130)], tag="event")
         .advance_watermark_to_infinity(tag="event").advance_watermark_to_infinity(tag="tick")
     )
-    p = beam.Pipeline(options=_options(v1))
-    source = p | stream
-    outputs = build_pipeline(p, p.options, sources={"event": source["event"]}, ticks=source["tick"],
-                             first_refresh_seconds=F)
+    p, outputs = _built(_options(v1), stream)
     names = outputs["event"] | "Names" >> beam.Map(lambda d: (d["id"], d["organisation"]["name"]))
     assert_that(names, equal_to_per_window({
         _first_window(): [(1, "WBV Tester")],
@@ -177,10 +179,7 @@ def test_the_first_interval_has_a_snapshot_when_no_tick_falls_in_it(sample_refer
         .add_elements([_stamped(3, 70), _stamped(4, 130)], tag="event")
         .advance_watermark_to_infinity(tag="event").advance_watermark_to_infinity(tag="tick")
     )
-    p = beam.Pipeline(options=_options(sample_reference_dir))
-    source = p | stream
-    outputs = build_pipeline(p, p.options, sources={"event": source["event"]}, ticks=source["tick"],
-                             first_refresh_seconds=F)
+    p, outputs = _built(_options(sample_reference_dir), stream)
     ids = outputs["event"] | "Ids" >> beam.Map(lambda document: document["id"])
     assert_that(ids, equal_to_per_window({_first_window(): [1, 2], _window(2): [4]}), label="PerWindow")
     letters = outputs["dead_letters"] | "Letters" >> beam.Map(lambda d: (d["reason"], d["record_id"], d["detail"]))
@@ -216,10 +215,7 @@ def test_a_snapshot_serves_the_interval_after_its_tick(tmp_path, sample_tables):
         .add_elements([_stamped(1, 30), _stamped(2, 70), _stamped(3, 100), _stamped(4, 130)], tag="event")
         .advance_watermark_to_infinity(tag="event").advance_watermark_to_infinity(tag="tick")
     )
-    p = beam.Pipeline(options=_options(tmp_path / "WBV-Two"))
-    source = p | stream
-    outputs = build_pipeline(p, p.options, sources={"event": source["event"]}, ticks=source["tick"],
-                             first_refresh_seconds=F)
+    p, outputs = _built(_options(tmp_path / "WBV-Two"), stream)
     names = outputs["event"] | "Names" >> beam.Map(lambda d: (d["id"], d["organisation"]["name"]))
     assert_that(names, equal_to_per_window({
         _first_window(): [(1, "WBV Two")],  # the start's and the tick at F read the default (v2)
