@@ -60,7 +60,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, NamedTuple
@@ -139,6 +139,18 @@ class _Credentials(NamedTuple):
     signing_secret: str
 
 
+def credentials_of(destination: RestDestination, secrets: SecretResolver) -> _Credentials:
+    """The stream's own headers, then Content-Type and the auth header (ours win
+    over a configured header of the same name), and the signing secret.
+
+    Raises :class:`SecretError` when a credential cannot be read."""
+    headers = CaseInsensitiveDict(destination.headers)
+    headers["Content-Type"] = "application/json"
+    if destination.auth_header is not None and destination.auth_secret is not None:
+        headers[destination.auth_header] = secrets.resolve(destination.auth_secret)
+    return _Credentials(headers, secrets.resolve(destination.signing_secret))
+
+
 class _Sent(NamedTuple):
     """How one request went after the policy's retries, before it becomes a result."""
 
@@ -154,6 +166,28 @@ def mount_pool(session: requests.Session, pool_size: int) -> None:
     adapter = HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size, max_retries=0)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
+
+
+def signed_request(session: requests.Session, method: str, url: str, body: bytes, headers: Mapping[str, str],
+                   signing_secret: str, timeouts: Timeouts) -> Attempt:
+    """One request with the body signed now (a fresh timestamp for every attempt),
+    classified for the retry policy. Shared by the sinks and the bench's baseline
+    loop, so both send exactly alike."""
+    request_headers = CaseInsensitiveDict(headers)
+    request_headers[SIGNATURE_HEADER] = sign(signing_secret, body)
+    try:
+        # The body is read (not streamed): a reset mid-response must fail the
+        # attempt, not pass for a 2xx.
+        response = session.request(method, url, data=body, headers=request_headers,
+                                   timeout=timeouts.as_requests(), allow_redirects=False)
+    except requests.RequestException as err:
+        return classify_exception(err)
+    try:
+        result = classify_http(response.status_code, response.headers)
+    finally:
+        response.close()
+    # classify_http's success carries no code; the result reports it
+    return replace(result, status_code=response.status_code) if result.ok else result
 
 
 class _RestDoFnBase(beam.DoFn):
@@ -208,15 +242,7 @@ class _RestDoFnBase(beam.DoFn):
             return self._circuit.deactivated(stream_id)
 
     def _credentials(self, destination: RestDestination) -> _Credentials:
-        """The stream's own headers, then Content-Type and the auth header (ours
-        win over a configured header of the same name), and the signing secret.
-
-        Raises :class:`SecretError` when a credential cannot be read."""
-        headers = CaseInsensitiveDict(destination.headers)
-        headers["Content-Type"] = "application/json"
-        if destination.auth_header is not None and destination.auth_secret is not None:
-            headers[destination.auth_header] = self._secrets.resolve(destination.auth_secret)
-        return _Credentials(headers, self._secrets.resolve(destination.signing_secret))
+        return credentials_of(destination, self._secrets)
 
     def _open(self, stream_id: str, stream: DataStream | None, prepared: Sequence[_Prepared]
               ) -> _Credentials | list[Any]:
@@ -258,27 +284,8 @@ class _RestDoFnBase(beam.DoFn):
         """One request, classified; signed anew for each attempt (a fresh timestamp)."""
 
         def attempt() -> Attempt:
-            headers = CaseInsensitiveDict(credentials.headers)
-            headers[SIGNATURE_HEADER] = sign(credentials.signing_secret, body)
-            try:
-                # The body is read (not streamed): a reset mid-response must fail
-                # the attempt, not pass for a 2xx.
-                response = self._session.request(
-                    destination.method,
-                    destination.url,
-                    data=body,
-                    headers=headers,
-                    timeout=self._timeouts.as_requests(),
-                    allow_redirects=False,
-                )
-            except requests.RequestException as err:
-                return classify_exception(err)
-            try:
-                result = classify_http(response.status_code, response.headers)
-            finally:
-                response.close()
-            # classify_http's success carries no code; the result reports it
-            return replace(result, status_code=response.status_code) if result.ok else result
+            return signed_request(self._session, destination.method, destination.url, body,
+                                  credentials.headers, credentials.signing_secret, self._timeouts)
 
         return attempt
 

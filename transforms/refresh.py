@@ -80,23 +80,15 @@ def _aligned_up(micros: int, size: int) -> int:
     return -(-micros // size) * size
 
 
-class SnapshotWindows(NonMergingWindowFn):
-    """``FixedWindows(interval)`` whose first window, ``[epoch, first + interval)``,
-    also holds everything before ``first``: the windows records are enriched and
-    routed in (module docstring)."""
+class _RefreshWindowFn(NonMergingWindowFn):
+    """What both kinds of refresh windows share: an interval, a first refresh
+    aligned to it, interval windows, equality by both."""
 
     def __init__(self, interval_seconds: int, first_seconds: int) -> None:
         if interval_seconds <= 0 or first_seconds % interval_seconds:
             raise ValueError("the first refresh must be aligned to the interval")
         self._size = interval_seconds * 1_000_000
-        self._first_end = (first_seconds + interval_seconds) * 1_000_000
-
-    def assign(self, context: NonMergingWindowFn.AssignContext) -> list[IntervalWindow]:
-        micros = context.timestamp.micros
-        if micros < self._first_end:
-            return [IntervalWindow(Timestamp(0), Timestamp(micros=self._first_end))]
-        start = micros - micros % self._size
-        return [IntervalWindow(Timestamp(micros=start), Timestamp(micros=start + self._size))]
+        self._first = first_seconds * 1_000_000
 
     @property
     def interval_seconds(self) -> int:
@@ -105,20 +97,33 @@ class SnapshotWindows(NonMergingWindowFn):
     @property
     def first_seconds(self) -> int:
         """The first refresh (epoch seconds): the start of the first interval."""
-        return (self._first_end - self._size) // 1_000_000
+        return self._first // 1_000_000
 
     def get_window_coder(self) -> coders.Coder:
         return coders.IntervalWindowCoder()
 
     def __eq__(self, other: object) -> bool:
-        return (isinstance(other, SnapshotWindows) and self._size == other._size
-                and self._first_end == other._first_end)
+        return type(other) is type(self) and (self._size, self._first) == (other._size, other._first)
 
     def __hash__(self) -> int:
-        return hash((self._size, self._first_end))
+        return hash((type(self), self._size, self._first))
 
 
-class SnapshotServingWindows(NonMergingWindowFn):
+class SnapshotWindows(_RefreshWindowFn):
+    """``FixedWindows(interval)`` whose first window, ``[epoch, first + interval)``,
+    also holds everything before ``first``: the windows records are enriched and
+    routed in (module docstring)."""
+
+    def assign(self, context: NonMergingWindowFn.AssignContext) -> list[IntervalWindow]:
+        micros = context.timestamp.micros
+        first_end = self._first + self._size
+        if micros < first_end:
+            return [IntervalWindow(Timestamp(0), Timestamp(micros=first_end))]
+        start = micros - micros % self._size
+        return [IntervalWindow(Timestamp(micros=start), Timestamp(micros=start + self._size))]
+
+
+class SnapshotServingWindows(_RefreshWindowFn):
     """The windows of the snapshots that serve :class:`SnapshotWindows`. The one
     of the tick at interval start ``a`` ends at ``a`` + 1 µs (its maximum
     timestamp is ``a``), and it is also the window that the record window
@@ -131,28 +136,12 @@ class SnapshotServingWindows(NonMergingWindowFn):
     aligns ticks up to it); any later timestamp would lie after its window's end.
     """
 
-    def __init__(self, interval_seconds: int, first_seconds: int) -> None:
-        if interval_seconds <= 0 or first_seconds % interval_seconds:
-            raise ValueError("the first refresh must be aligned to the interval")
-        self._size = interval_seconds * 1_000_000
-        self._first = first_seconds * 1_000_000
-
     def assign(self, context: NonMergingWindowFn.AssignContext) -> list[IntervalWindow]:
         micros = context.timestamp.micros
         start = micros - micros % self._size
         if start <= self._first:
             return [IntervalWindow(Timestamp(0), Timestamp(micros=self._first + 1))]
         return [IntervalWindow(Timestamp(micros=start - self._size + 1), Timestamp(micros=start + 1))]
-
-    def get_window_coder(self) -> coders.Coder:
-        return coders.IntervalWindowCoder()
-
-    def __eq__(self, other: object) -> bool:
-        return (isinstance(other, SnapshotServingWindows) and self._size == other._size
-                and self._first == other._first)
-
-    def __hash__(self) -> int:
-        return hash((self._size, self._first))
 
 
 #: The tick of the job's start (:class:`RefreshingSnapshot`); a dict, so

@@ -59,21 +59,19 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import orjson
-import requests
 from requests.structures import CaseInsensitiveDict
 
 from schemas.streams import StreamConfig, StreamConfigError
 from sinks.http import Timeouts, new_session
 from sinks.ordering import order_key
-from sinks.outbound import SIGNATURE_HEADER, check_url, sign
-from sinks.rest import BULK_BATCH_SIZE, DEFAULT_MAX_REQUEST_BYTES, mount_pool
+from sinks.outbound import check_url
+from sinks.rest import BULK_BATCH_SIZE, DEFAULT_MAX_REQUEST_BYTES, credentials_of, mount_pool, signed_request
 from sinks.results import DeliveryResult, Stopwatch, chunked
-from sinks.retry import Attempt, RetryPolicy, classify_exception, classify_http
+from sinks.retry import Attempt, RetryPolicy
 from sinks.secrets import SecretResolver
 from transforms.dedup import DEFAULT_HORIZON_SECONDS
 from transforms.enrich import enrich_event, enrich_usage
@@ -148,14 +146,9 @@ class BulkSender:
     def _headers(self, stream_id: str) -> tuple[CaseInsensitiveDict, str]:
         cached = self._credentials.get(stream_id)
         if cached is None:
-            destination = self._config[stream_id].destination
-            headers = CaseInsensitiveDict(destination.headers)
-            headers["Content-Type"] = "application/json"
-            if destination.auth_header is not None and destination.auth_secret is not None:
-                headers[destination.auth_header] = self._secrets.resolve(destination.auth_secret)
-            cached = (headers, self._secrets.resolve(destination.signing_secret))
-            self._credentials[stream_id] = cached
+            cached = self._credentials[stream_id] = credentials_of(self._config[stream_id].destination, self._secrets)
         return cached
+
 
     def _send_group(self, stream_id: str, group: list[tuple[str, dict[str, Any]]]) -> None:
         stream = self._config[stream_id]
@@ -180,18 +173,7 @@ class BulkSender:
             body = b"[" + b",".join(chunk) + b"]"
 
             def attempt(body: bytes = body) -> Attempt:
-                request_headers = CaseInsensitiveDict(headers)
-                request_headers[SIGNATURE_HEADER] = sign(signing_secret, body)
-                try:
-                    response = self._session.request(method, url, data=body, headers=request_headers,
-                                                     timeout=self._timeouts.as_requests(), allow_redirects=False)
-                except requests.RequestException as err:
-                    return classify_exception(err)
-                try:
-                    result = classify_http(response.status_code, response.headers)
-                finally:
-                    response.close()
-                return replace(result, status_code=response.status_code) if result.ok else result
+                return signed_request(self._session, method, url, body, headers, signing_secret, self._timeouts)
 
             watch = Stopwatch()
             outcome = self._policy.run(attempt)
