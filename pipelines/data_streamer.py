@@ -62,6 +62,7 @@ from sinks.parking import ParkStore
 from sinks.results import DeliveryResult
 from sinks.retry import RetryPolicy
 from transforms.archive import ArchiveRawRecords
+from transforms.chunks import Unchunk, document_lines
 from transforms.delivery import DeliverToStreams, DeliverySettings
 from transforms.documents import RawToDocuments
 from transforms.files import ReadRawRecords, WriteJsonLines, WriteWindowedJsonLines, write_dead_letters
@@ -203,6 +204,7 @@ def build_pipeline(
     sources: dict[str, beam.PCollection] | None = None,
     ticks: beam.PCollection | None = None,
     first_refresh_seconds: int | None = None,
+    document_chunks: bool = False,
 ) -> dict[str, beam.PCollection]:
     """Wire the graph; return the documents per kind, all dead letters and, when
     streams are configured, the delivery results (``"deliveries"``), parked batch
@@ -213,6 +215,11 @@ def build_pipeline(
     "usage": ...}``), and ``ticks``/``first_refresh_seconds`` the refresh
     impulse, for tests that drive a streaming run from a ``TestStream``. Tests
     assert on the returned PCollections; :func:`run` writes them.
+
+    A bounded run carries its records and documents in chunks
+    (``transforms/chunks.py``) up to the sinks; its ``"event"`` and ``"usage"``
+    outputs are single documents, or with ``document_chunks`` the chunks of
+    ``(document, event time in ms)`` pairs (:func:`write_outputs` takes either).
     """
     inputs = _sources(p, options) if sources is None else sources
     streaming = any(not raw.is_bounded for raw in inputs.values())
@@ -242,6 +249,8 @@ def build_pipeline(
             snapshot_windows=side.windows,
             heartbeats=side.ticks,
             refresh_interval_seconds=refresh,
+            keep_valid=bool(archive),
+            chunked_documents=not streaming,
         )
         outputs[kind] = result.documents
         dead_letters.append(result.dead_letters)
@@ -250,7 +259,8 @@ def build_pipeline(
                 kind, archive, window_lateness_seconds(lateness, refresh) if streaming else 0)
     if settings is not None:
         documents = {kind: outputs[kind] for kind in ("event", "usage") if kind in outputs}
-        delivered = documents | "Deliver" >> DeliverToStreams(side.streams, side.holds, settings)
+        delivered = documents | "Deliver" >> DeliverToStreams(side.streams, side.holds, settings,
+                                                              chunked=not streaming)
         outputs["deliveries"] = delivered.results
         outputs["parked"] = delivered.parked
         outputs["status"] = delivered.status
@@ -262,6 +272,10 @@ def build_pipeline(
             delivery_dead = delivery_dead | "UnwindowDeliveryDeadLetters" >> beam.WindowInto(GlobalWindows())
         dead_letters.append(delivery_dead)
     outputs["dead_letters"] = tuple(dead_letters) | "AllDeadLetters" >> beam.Flatten()
+    if not streaming and not document_chunks:
+        for kind, label, _ in _INPUTS:
+            if kind in outputs:
+                outputs[kind] = outputs[kind] | f"Unchunk[{label}]" >> Unchunk()
     return outputs
 
 
@@ -307,10 +321,12 @@ def check_destinations(config: StreamConfig, allow_insecure: bool) -> None:
             ) from None
 
 
-def write_outputs(outputs: dict[str, beam.PCollection], output_dir: str, window_seconds: int | None = None) -> None:
+def write_outputs(outputs: dict[str, beam.PCollection], output_dir: str, window_seconds: int | None = None,
+                  document_chunks: bool = False) -> None:
     """Documents, dead letters and delivery results as JSON lines under
     ``output_dir``: sharded files at the end of a batch run, or a file per window
-    of ``window_seconds`` in a streaming run."""
+    of ``window_seconds`` in a streaming run. ``document_chunks``: the documents
+    are :func:`build_pipeline`'s chunks (a batch run), written a chunk at a time."""
     base = output_dir.rstrip("/")
     if window_seconds is not None:
         encoders = {"event": orjson.dumps, "usage": orjson.dumps, "dead_letters": dead_letter_json,
@@ -320,10 +336,11 @@ def write_outputs(outputs: dict[str, beam.PCollection], output_dir: str, window_
                 outputs[key] | f"Write[{key}]" >> WriteWindowedJsonLines(
                     f"{base}/{OUTPUT_PREFIXES[key]}", window_seconds, encode)
         return
+    encode_documents = document_lines if document_chunks else orjson.dumps
     if "event" in outputs:
-        outputs["event"] | "WriteEvents" >> WriteJsonLines(f"{base}/{OUTPUT_PREFIXES['event']}")
+        outputs["event"] | "WriteEvents" >> WriteJsonLines(f"{base}/{OUTPUT_PREFIXES['event']}", encode_documents)
     if "usage" in outputs:
-        outputs["usage"] | "WriteUsage" >> WriteJsonLines(f"{base}/{OUTPUT_PREFIXES['usage']}")
+        outputs["usage"] | "WriteUsage" >> WriteJsonLines(f"{base}/{OUTPUT_PREFIXES['usage']}", encode_documents)
     outputs["dead_letters"] | "WriteDeadLetters" >> write_dead_letters(f"{base}/{OUTPUT_PREFIXES['dead_letters']}")
     if "deliveries" in outputs:
         outputs["deliveries"] | "WriteDeliveries" >> WriteJsonLines(
@@ -363,8 +380,10 @@ def job_graph(options: PipelineOptions) -> beam.Pipeline:
     outputs, not yet run (``pipelines.submit --dry_run`` and the runner API
     tests build it too)."""
     pipeline = beam.Pipeline(options=options)
-    window = options.view_as(StreamingOptions).output_window_seconds if is_streaming(options) else None
-    write_outputs(build_pipeline(pipeline, options), options.view_as(OutputOptions).output_dir, window)
+    streaming = is_streaming(options)
+    window = options.view_as(StreamingOptions).output_window_seconds if streaming else None
+    outputs = build_pipeline(pipeline, options, document_chunks=not streaming)
+    write_outputs(outputs, options.view_as(OutputOptions).output_dir, window, document_chunks=not streaming)
     return pipeline
 
 

@@ -316,22 +316,25 @@ class WriteToKinesis(beam.PTransform):
 
     ``client_factory`` makes the boto3 client of a destination (tests wrap moto's);
     ``max_buffering_seconds`` bounds how long a document waits for its batch to fill;
-    ``policy`` bounds the retries of each request.
+    ``policy`` bounds the retries of each request; ``chunked``: the input is a
+    chunked bounded run's ``(stream_id, [(kind, document), ...])`` chunks
+    (``transforms/routing.py``).
     """
 
     def __init__(self, streams: pvalue.AsSideInput, *, client_factory: ClientFactory = boto3_client,
                  max_buffering_seconds: float = DEFAULT_MAX_BUFFERING_SECONDS,
-                 policy: RetryPolicy = DEFAULT_POLICY) -> None:
+                 policy: RetryPolicy = DEFAULT_POLICY, chunked: bool = False) -> None:
         super().__init__()
         self._streams = streams
         self._client_factory = client_factory
         self._max_buffering_seconds = max_buffering_seconds
         self._policy = policy
+        self._chunked = chunked
 
     def expand(self, routed: beam.PCollection) -> SinkOutputs:
         outputs = (
             routed
-            | "BatchPerStream" >> BatchPerStream(MAX_RECORDS_PER_REQUEST, self._max_buffering_seconds)
+            | "BatchPerStream" >> BatchPerStream(MAX_RECORDS_PER_REQUEST, self._max_buffering_seconds, self._chunked)
             | "PutRecords" >> beam.ParDo(_KinesisWriteFn(self._client_factory, self._policy),
                                          self._streams).with_outputs(DEAD_LETTERS, PARKED, main="results")
         )

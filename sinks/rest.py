@@ -525,20 +525,23 @@ class WriteToRestApi(beam.PTransform):
     parallel connections within one ``policy.deadline_seconds`` budget.
     ``allow_insecure`` lifts the outbound rules (http, loopback) for development
     only. The dead-letter output exists for a uniform interface and stays empty.
+    ``chunked``: the input is a chunked bounded run's ``(stream_id, [(kind,
+    document), ...])`` chunks (``transforms/routing.py``).
     """
 
     def __init__(self, streams: pvalue.AsSideInput, *, session_factory: SessionFactory = new_session,
                  timeouts: Timeouts = DEFAULT_TIMEOUTS, max_buffering_seconds: float = 5, concurrency: int = 8,
-                 policy: RetryPolicy = DEFAULT_POLICY, allow_insecure: bool = False) -> None:
+                 policy: RetryPolicy = DEFAULT_POLICY, allow_insecure: bool = False, chunked: bool = False) -> None:
         super().__init__()
         self._streams = streams
         self._fn = _RestWriteFn(session_factory, timeouts, concurrency, policy, allow_insecure)
         self._max_buffering_seconds = max_buffering_seconds
+        self._chunked = chunked
 
     def expand(self, routed: beam.PCollection) -> SinkOutputs:
         outputs = (
             routed
-            | "BatchPerStream" >> BatchPerStream(REST_BATCH_SIZE, self._max_buffering_seconds)
+            | "BatchPerStream" >> BatchPerStream(REST_BATCH_SIZE, self._max_buffering_seconds, self._chunked)
             | "Send" >> beam.ParDo(self._fn, self._streams).with_outputs(DEAD_LETTERS, PARKED, main="results")
         )
         return SinkOutputs(results=outputs.results, dead_letters=outputs[DEAD_LETTERS], parked=outputs[PARKED])
@@ -552,22 +555,23 @@ class WriteToRestApiBulk(beam.PTransform):
     Groups of up to :data:`BULK_BATCH_SIZE` documents per stream id (or
     ``max_buffering_seconds`` old) are split in time order into requests of at most
     the stream's ``batching.bulk_size`` documents and ``max_request_bytes`` bytes,
-    each retried within ``policy``.
+    each retried within ``policy``. ``chunked`` as for :class:`WriteToRestApi`.
     """
 
     def __init__(self, streams: pvalue.AsSideInput, *, session_factory: SessionFactory = new_session,
                  timeouts: Timeouts = DEFAULT_TIMEOUTS, max_buffering_seconds: float = 5,
                  max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, policy: RetryPolicy = DEFAULT_POLICY,
-                 allow_insecure: bool = False) -> None:
+                 allow_insecure: bool = False, chunked: bool = False) -> None:
         super().__init__()
         self._streams = streams
         self._fn = _RestBulkWriteFn(session_factory, timeouts, max_request_bytes, policy, allow_insecure)
         self._max_buffering_seconds = max_buffering_seconds
+        self._chunked = chunked
 
     def expand(self, routed: beam.PCollection) -> SinkOutputs:
         outputs = (
             routed
-            | "BatchPerStream" >> BatchPerStream(BULK_BATCH_SIZE, self._max_buffering_seconds)
+            | "BatchPerStream" >> BatchPerStream(BULK_BATCH_SIZE, self._max_buffering_seconds, self._chunked)
             | "Send" >> beam.ParDo(self._fn, self._streams).with_outputs(DEAD_LETTERS, PARKED, main="results")
         )
         return SinkOutputs(results=outputs.results, dead_letters=outputs[DEAD_LETTERS], parked=outputs[PARKED])

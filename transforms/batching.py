@@ -12,6 +12,8 @@ from typing import Any
 
 import apache_beam as beam
 
+from transforms.chunks import pack_pairs, unpack_pairs
+
 
 def _split(keyed: tuple[str, Iterable[Any]], batch_size: int) -> Iterator[tuple[str, list[Any]]]:
     key, values = keyed
@@ -51,6 +53,29 @@ def _split_shard(keyed: tuple[tuple[Any, int], Iterable[Any]], batch_size: int) 
     return _split((key, values), batch_size)
 
 
+def _chunk_size(keyed: tuple[Any, tuple[int, bytes]]) -> tuple[Any, int]:
+    return keyed[0], keyed[1][0]
+
+
+def _shard_chunk_by_endpoint(keyed: tuple[Any, tuple[int, bytes]], counts: dict[Any, int],
+                             group_size: int) -> Iterator[tuple[tuple[Any, int], bytes]]:
+    """A packed chunk's values split into the shards :func:`_shard_by_endpoint`
+    would put each of them in, packed again."""
+    key, (_, packed) = keyed
+    shards = max(1, -(-counts.get(key, 1) // group_size))
+    slices: dict[int, list[Any]] = {}
+    for value in unpack_pairs(packed):
+        slices.setdefault(zlib.crc32(repr(_endpoint_of(value)).encode()) % shards, []).append(value)
+    for shard, slice_ in slices.items():
+        yield (key, shard), pack_pairs(slice_)
+
+
+def _split_shard_slices(keyed: tuple[tuple[Any, int], Iterable[bytes]],
+                        batch_size: int) -> Iterator[tuple[Any, list[Any]]]:
+    (key, _shard), slices = keyed
+    return _split((key, (value for packed in slices for value in unpack_pairs(packed))), batch_size)
+
+
 class BatchPerStream(beam.PTransform):
     """``(stream_id, value)`` -> ``(stream_id, [value, ...])`` of at most
     ``batch_size`` values: ``GroupIntoBatches`` on unbounded input, where a batch
@@ -64,14 +89,32 @@ class BatchPerStream(beam.PTransform):
     ``GroupByKey`` after that has completed (``AssertionError`` in
     ``_GroupByKeyOnlyEvaluator``; apache/beam#28716, #36480). The output shape is the
     same either way.
+
+    ``chunked``: a bounded input of ``(stream_id, (count, packed [value, ...]))``
+    chunks (a chunked run's routing, ``transforms/routing.py``): counted and
+    sharded by endpoint chunk by chunk, so the count and the shuffle move packed
+    chunk slices (``transforms/chunks.py``), not values.
     """
 
-    def __init__(self, batch_size: int, max_buffering_seconds: float | None) -> None:
+    def __init__(self, batch_size: int, max_buffering_seconds: float | None, chunked: bool = False) -> None:
         super().__init__()
         self._batch_size = batch_size
         self._max_buffering_seconds = max_buffering_seconds
+        self._chunked = chunked
 
     def expand(self, keyed: beam.PCollection) -> beam.PCollection:
+        if self._chunked:
+            if not keyed.is_bounded:
+                raise ValueError("chunked batching is for bounded input only")
+            group_size = self._batch_size * _BATCHES_PER_GROUP
+            counts = beam.pvalue.AsDict(
+                keyed | "ChunkSizes" >> beam.Map(_chunk_size) | "CountPerStream" >> beam.CombinePerKey(sum))
+            return (
+                keyed
+                | "ShardByEndpoint" >> beam.FlatMap(_shard_chunk_by_endpoint, counts, group_size)
+                | "GroupByStream" >> beam.GroupByKey()
+                | "Split" >> beam.FlatMap(_split_shard_slices, self._batch_size)
+            )
         if keyed.is_bounded:
             # One group per stream would hand the whole stream to one call as a
             # single element (on the FnApi runner, decoded at once: 10 GiB for a

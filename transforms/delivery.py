@@ -64,16 +64,19 @@ class DeliveryOutputs(NamedTuple):
     status: beam.PCollection  # StreamStatus per configured stream
 
 
-def sinks_for(settings: DeliverySettings, streams: pvalue.AsSideInput) -> dict[str, beam.PTransform]:
-    """The sink transform of every API type, configured from ``settings``."""
+def sinks_for(settings: DeliverySettings, streams: pvalue.AsSideInput,
+              chunked: bool = False) -> dict[str, beam.PTransform]:
+    """The sink transform of every API type, configured from ``settings``;
+    ``chunked``: the batching sinks take a chunked run's chunks
+    (``transforms/routing.py``)."""
     common = {"policy": settings.policy}
     http = {**common, "timeouts": settings.timeouts, "allow_insecure": settings.allow_insecure}
     buffering = settings.max_buffering_seconds
     return {
         "rest_api": WriteToRestApi(streams, max_buffering_seconds=buffering, concurrency=settings.rest_concurrency,
-                                   **http),
-        "rest_api_bulk": WriteToRestApiBulk(streams, max_buffering_seconds=buffering, **http),
-        "aws_kinesis": WriteToKinesis(streams, max_buffering_seconds=buffering, **common),
+                                   chunked=chunked, **http),
+        "rest_api_bulk": WriteToRestApiBulk(streams, max_buffering_seconds=buffering, chunked=chunked, **http),
+        "aws_kinesis": WriteToKinesis(streams, max_buffering_seconds=buffering, chunked=chunked, **common),
         "aws_s3": WriteToS3(streams, allowed_lateness_seconds=settings.window_lateness_seconds, **common),
         "datadog": WriteToDataDog(streams, allowed_lateness_seconds=settings.window_lateness_seconds, **http),
     }
@@ -113,22 +116,27 @@ class DeliverToStreams(beam.PTransform):
     ``AsSingleton`` of ``{stream_id: token}`` from the previous status."""
 
     def __init__(self, streams: pvalue.AsSideInput, deactivated: pvalue.AsSideInput,
-                 settings: DeliverySettings, status_streams: pvalue.AsSideInput | None = None) -> None:
+                 settings: DeliverySettings, status_streams: pvalue.AsSideInput | None = None,
+                 chunked: bool = False) -> None:
         """``status_streams``: the config whose streams the status file keeps, when
-        it is more than the streams delivered to (a backfill delivers to one)."""
+        it is more than the streams delivered to (a backfill delivers to one).
+        ``chunked``: the documents are a bounded run's chunks of ``(document,
+        event time in ms)`` pairs (``transforms/chunks.py``)."""
         super().__init__()
         self._streams = streams
         self._status_streams = status_streams or streams
         self._deactivated = deactivated
         self._settings = settings
+        self._chunked = chunked
 
     def expand(self, documents: dict[str, beam.PCollection]) -> DeliveryOutputs:
         pipeline = next(iter(documents.values())).pipeline
         routed = [
-            docs | f"Route[{kind}]" >> RouteToStreams(kind, self._streams, self._deactivated)  # type: ignore[arg-type]
+            docs | f"Route[{kind}]" >> RouteToStreams(  # type: ignore[arg-type]
+                kind, self._streams, self._deactivated, self._chunked)
             for kind, docs in sorted(documents.items())
         ]
-        sinks = sinks_for(self._settings, self._streams)
+        sinks = sinks_for(self._settings, self._streams, self._chunked)
         write_parked = WriteParkedBatches(self._settings.park_location)
         # Everything that counts is applied per branch, before any Flatten: on the
         # DirectRunner's bundle-based executor, metrics recorded downstream of a

@@ -5,7 +5,9 @@ reads like the data flow of DESIGN.md and every step has a stable label. Batch a
 streaming runs share it; on unbounded input two steps join in: the lateness gate
 after parsing (``transforms/lateness.py``), and fixed windows of the refresh
 interval before enrichment, so each record meets the reference snapshot of its
-interval (``transforms/refresh.py``).
+interval (``transforms/refresh.py``). On bounded input, records travel from the
+read to the enrichment in chunks (``transforms/chunks.py``) and the documents
+come out one by one, as on unbounded input.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.transforms.window import GlobalWindows, WindowFn
 
+from transforms.chunks import CHUNK_SIZE, Chunk, Unchunk
 from transforms.dedup import DEFAULT_HORIZON_SECONDS, DeduplicateById
 from transforms.enrich import Enrich
 from transforms.lateness import DEFAULT_ALLOWED_LATENESS_SECONDS, GateLateRecords, window_lateness_seconds
@@ -26,7 +29,9 @@ from transforms.records import Kind
 class DocumentsAndDeadLetters(NamedTuple):
     documents: beam.PCollection
     dead_letters: beam.PCollection
-    valid: beam.PCollection  # validated raw records, before de-duplication (for the archive)
+    #: validated raw records, before de-duplication, with their event time (for
+    #: the archive); on bounded input only when asked for (``keep_valid``)
+    valid: beam.PCollection | None
 
 
 class RawToDocuments(beam.PTransform):
@@ -42,11 +47,17 @@ class RawToDocuments(beam.PTransform):
         snapshot_windows: WindowFn | None = None,
         heartbeats: beam.PCollection | None = None,
         refresh_interval_seconds: int = 0,
+        keep_valid: bool = False,
+        chunked_documents: bool = False,
     ) -> None:
         """``snapshot_windows``: the windows enrichment runs in when ``reference``
         is a refreshing (windowed) side input; ``None`` for a global one.
         ``heartbeats`` (the refresh ticks) and ``refresh_interval_seconds`` feed the
-        lateness gate of a streaming run."""
+        lateness gate of a streaming run. ``keep_valid``: also output the valid
+        raw records of a bounded input one by one (the archive's input).
+        ``chunked_documents``: output a bounded input's documents as the chunks
+        of ``(document, event time in ms)`` pairs they are made in, for steps
+        that take chunks (``transforms/chunks.py``); streaming ignores it."""
         super().__init__()
         self._kind = kind
         self._reference = reference
@@ -56,8 +67,12 @@ class RawToDocuments(beam.PTransform):
         self._snapshot_windows = snapshot_windows
         self._heartbeats = heartbeats
         self._window_lateness = window_lateness_seconds(allowed_lateness_seconds, refresh_interval_seconds)
+        self._keep_valid = keep_valid
+        self._chunked_documents = chunked_documents
 
     def expand(self, raw: beam.PCollection) -> DocumentsAndDeadLetters:
+        if raw.is_bounded and self._snapshot_windows is None:
+            return self._expand_chunked(raw)
         parsed = raw | "ParseAndValidate" >> ParseRecords(self._kind, self._max_bytes)
         valid, dead = parsed.records, [parsed.dead_letters]
         if not raw.is_bounded:
@@ -76,3 +91,15 @@ class RawToDocuments(beam.PTransform):
             enrich_dead = enrich_dead | "UnwindowDeadLetters" >> beam.WindowInto(GlobalWindows())
         dead.append(enrich_dead)
         return DocumentsAndDeadLetters(enriched.documents, tuple(dead) | "DeadLetters" >> beam.Flatten(), valid)
+
+    def _expand_chunked(self, raw: beam.PCollection) -> DocumentsAndDeadLetters:
+        chunks = raw | "Chunk" >> Chunk(CHUNK_SIZE)
+        parsed = chunks | "ParseAndValidate" >> ParseRecords(self._kind, self._max_bytes, chunked=True)
+        unique = parsed.records | "Deduplicate" >> DeduplicateById(self._kind, self._horizon, CHUNK_SIZE)
+        enriched = unique | "Enrich" >> Enrich(self._kind, self._reference, chunked=True)
+        documents = enriched.documents
+        if not self._chunked_documents:
+            documents = documents | "Unchunk" >> Unchunk()
+        valid = parsed.records | "UnchunkValid" >> Unchunk() if self._keep_valid else None
+        dead = (parsed.dead_letters, enriched.dead_letters) | "DeadLetters" >> beam.Flatten()
+        return DocumentsAndDeadLetters(documents, dead, valid)

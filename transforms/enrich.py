@@ -21,6 +21,7 @@ Shape rules the samples imply (see tests/test_conformance.py):
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
@@ -252,25 +253,29 @@ class _EnrichFn(beam.DoFn):
         }
 
     def process(self, record: dict[str, Any], ref: ReferenceData) -> Iterator[Any]:
-        if isinstance(ref, pvalue.EmptySideInput):
-            # A streaming run's refresh interval whose side-input window got no
-            # snapshot: no tick in the interval before it (transforms/refresh.py).
-            yield self._dead(record, "no_reference_snapshot",
-                             "no reference data snapshot for this record's refresh interval")
-            return
-        try:
-            doc = self._enrich(record, ref)
-        except RecordError as err:
-            yield self._dead(record, err.reason, err.detail)
-            return
-        except Exception as err:  # noqa: BLE001 - any bug becomes a counted dead letter
-            _LOG.exception("unexpected error enriching %s record %s", self._kind, record.get("id"))
-            yield self._dead(record, "internal_error", f"{type(err).__name__} while enriching")
+        doc = self._document(record, ref)
+        if isinstance(doc, pvalue.TaggedOutput):
+            yield doc
             return
         self._documents.inc()
         if self._kind == "event":
             self._by_type[doc["event_type"]["id"]].inc()
         yield doc
+
+    def _document(self, record: dict[str, Any], ref: ReferenceData) -> dict[str, Any] | pvalue.TaggedOutput:
+        """The record's document, or its dead letter."""
+        if isinstance(ref, pvalue.EmptySideInput):
+            # A streaming run's refresh interval whose side-input window got no
+            # snapshot: no tick in the interval before it (transforms/refresh.py).
+            return self._dead(record, "no_reference_snapshot",
+                              "no reference data snapshot for this record's refresh interval")
+        try:
+            return self._enrich(record, ref)
+        except RecordError as err:
+            return self._dead(record, err.reason, err.detail)
+        except Exception as err:  # noqa: BLE001 - any bug becomes a counted dead letter
+            _LOG.exception("unexpected error enriching %s record %s", self._kind, record.get("id"))
+            return self._dead(record, "internal_error", f"{type(err).__name__} while enriching")
 
     def _dead(self, record: dict[str, Any], reason: str, detail: str) -> pvalue.TaggedOutput:
         metrics.count_dead_letter(self._kind, reason)
@@ -278,16 +283,40 @@ class _EnrichFn(beam.DoFn):
         return pvalue.TaggedOutput(DEAD_LETTERS, letter)
 
 
+class _EnrichChunkFn(_EnrichFn):
+    """A chunk of ``(record, event time in ms)`` pairs -> one chunk of ``(document,
+    event time in ms)`` pairs and a dead letter per unresolvable record, exactly
+    as :class:`_EnrichFn` would have for each record."""
+
+    def process(self, chunk: list[tuple[dict[str, Any], int]], ref: ReferenceData) -> Iterator[Any]:
+        documents: list[tuple[dict[str, Any], int]] = []
+        for record, event_ms in chunk:
+            doc = self._document(record, ref)
+            if isinstance(doc, pvalue.TaggedOutput):
+                yield doc
+            else:
+                documents.append((doc, event_ms))
+        if not documents:
+            return
+        self._documents.inc(len(documents))
+        if self._kind == "event":
+            for type_id, count in Counter(doc["event_type"]["id"] for doc, _ in documents).items():
+                self._by_type[type_id].inc(count)
+        yield documents
+
+
 class Enrich(beam.PTransform):
     """Validated records of one kind + the reference snapshot -> documents and
-    dead letters (``result[None]``, ``result.dead_letters``)."""
+    dead letters (``result[None]``, ``result.dead_letters``). With ``chunked``,
+    records and documents travel in chunks of ``(value, event time in ms)``
+    pairs (``transforms/chunks.py``)."""
 
-    def __init__(self, kind: Kind, reference: pvalue.AsSideInput) -> None:
+    def __init__(self, kind: Kind, reference: pvalue.AsSideInput, chunked: bool = False) -> None:
         super().__init__()
         self._kind = kind
         self._reference = reference
+        self._chunked = chunked
 
     def expand(self, records: beam.PCollection) -> pvalue.DoOutputsTuple:
-        return records | "Enrich" >> beam.ParDo(_EnrichFn(self._kind), self._reference).with_outputs(
-            DEAD_LETTERS, main="documents"
-        )
+        fn = (_EnrichChunkFn if self._chunked else _EnrichFn)(self._kind)
+        return records | "Enrich" >> beam.ParDo(fn, self._reference).with_outputs(DEAD_LETTERS, main="documents")

@@ -166,17 +166,22 @@ class _ParseFn(beam.DoFn):
 
     def process(self, element: bytes | dict[str, Any]) -> Iterator[Any]:
         self._read.inc()
-        try:
-            record, event_ms = parse_record(self._kind, element, self._max_bytes)
-        except RecordError as err:
-            yield self._dead(element, err.reason, err.detail)
-            return
-        except Exception as err:  # noqa: BLE001 - any bug becomes a counted dead letter
-            _LOG.exception("unexpected error parsing a %s record", self._kind)
-            yield self._dead(element, "internal_error", f"{type(err).__name__} while parsing")
+        parsed = self._parse(element)
+        if isinstance(parsed, pvalue.TaggedOutput):
+            yield parsed
             return
         self._valid.inc()
-        yield TimestampedValue(record, event_ms / 1000.0)
+        yield TimestampedValue(parsed[0], parsed[1] / 1000.0)
+
+    def _parse(self, element: bytes | dict[str, Any]) -> tuple[dict[str, Any], int] | pvalue.TaggedOutput:
+        """``(record, event time in ms)``, or the dead letter of an invalid element."""
+        try:
+            return parse_record(self._kind, element, self._max_bytes)
+        except RecordError as err:
+            return self._dead(element, err.reason, err.detail)
+        except Exception as err:  # noqa: BLE001 - any bug becomes a counted dead letter
+            _LOG.exception("unexpected error parsing a %s record", self._kind)
+            return self._dead(element, "internal_error", f"{type(err).__name__} while parsing")
 
     def _dead(self, element: bytes | dict[str, Any], reason: str, detail: str) -> pvalue.TaggedOutput:
         metrics.count_dead_letter(self._kind, reason)
@@ -184,19 +189,40 @@ class _ParseFn(beam.DoFn):
         return pvalue.TaggedOutput(DEAD_LETTERS, letter)
 
 
+class _ParseChunkFn(_ParseFn):
+    """A chunk of raw elements -> one chunk of ``(record, event time in ms)`` pairs
+    (main output) and a dead letter per invalid element, exactly as
+    :class:`_ParseFn` would have for each element."""
+
+    def process(self, chunk: list[bytes | dict[str, Any]]) -> Iterator[Any]:
+        self._read.inc(len(chunk))
+        valid: list[tuple[dict[str, Any], int]] = []
+        for element in chunk:
+            parsed = self._parse(element)
+            if isinstance(parsed, pvalue.TaggedOutput):
+                yield parsed
+            else:
+                valid.append(parsed)
+        if valid:
+            self._valid.inc(len(valid))
+            yield valid
+
+
 class ParseRecords(beam.PTransform):
     """Raw elements of one kind -> valid records (main) and dead letters.
 
     Returns a ``DoOutputsTuple``: ``result[None]`` (valid records) and
-    ``result.dead_letters``.
+    ``result.dead_letters``. With ``chunked``, elements and valid outputs are
+    chunks (lists): raw elements in, ``(record, event time in ms)`` pairs out
+    (``transforms/chunks.py``).
     """
 
-    def __init__(self, kind: Kind, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> None:
+    def __init__(self, kind: Kind, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES, chunked: bool = False) -> None:
         super().__init__()
         self._kind = kind
         self._max_bytes = max_record_bytes
+        self._chunked = chunked
 
     def expand(self, raw: beam.PCollection) -> pvalue.DoOutputsTuple:
-        return raw | "Parse" >> beam.ParDo(_ParseFn(self._kind, self._max_bytes)).with_outputs(
-            DEAD_LETTERS, main="records"
-        )
+        fn = (_ParseChunkFn if self._chunked else _ParseFn)(self._kind, self._max_bytes)
+        return raw | "Parse" >> beam.ParDo(fn).with_outputs(DEAD_LETTERS, main="records")

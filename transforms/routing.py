@@ -19,10 +19,18 @@ holds are a :class:`transforms.status.StreamHolds`) receives nothing live: its
 documents go to the ``parked`` output as ``(stream_id, (api_type, reason, token,
 (kind, document)))`` and are kept for re-drive, the way emnify keeps a paused
 stream's records.
+
+A chunked bounded run (``transforms/chunks.py``) routes chunks of ``(document,
+event time in ms)`` pairs. The batching sinks (:data:`CHUNKED_API_TYPES`) then
+take one element per chunk and stream, ``(stream_id, (count, packed [(kind,
+document), ...]))``, which their bounded batching splits by endpoint
+(``transforms/batching.py``); every other output gets single elements stamped
+with their event time, as above.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -30,10 +38,12 @@ import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import TimestampedValue
 
 from schemas.streams import API_TYPES, DataStream, StreamConfig, StreamConfigError, parse_stream_config
 from sinks.parking import AWAITING_HISTORY, STREAM_DEACTIVATED, STREAM_PAUSED
 from transforms import metrics
+from transforms.chunks import pack_pairs
 from transforms.records import Kind
 from transforms.status import StreamHolds
 
@@ -61,6 +71,8 @@ class LoadStreamConfig(beam.PTransform):
 
 
 PARKED = "parked"
+#: API types whose sinks take chunks of routed values in a chunked bounded run.
+CHUNKED_API_TYPES = ("rest_api", "rest_api_bulk", "aws_kinesis")
 
 
 def routed_element(stream: DataStream, kind: str, document: dict[str, Any]) -> Any:
@@ -94,6 +106,10 @@ def route(
     return routed
 
 
+def _stream_of(element: Any) -> str:
+    return element[0] if isinstance(element[0], str) else element[0][0]
+
+
 class _RouteFn(beam.DoFn):
     def __init__(self, kind: Kind) -> None:
         self._kind = kind
@@ -114,27 +130,68 @@ class _RouteFn(beam.DoFn):
         self._routed_documents.inc()
         self._routed.inc(len(routed))
         for tag, element in routed:
-            stream_id = element[0] if isinstance(element[0], str) else element[0][0]
-            counter = self._per_stream.get(stream_id)
-            if counter is None:
-                counter = Metrics.counter(metrics.NAMESPACE, metrics.stream_measure(stream_id, "routed"))
-                self._per_stream[stream_id] = counter
-            counter.inc()
+            self._count_stream(_stream_of(element))
             yield pvalue.TaggedOutput(tag, element)
+
+    def _count_stream(self, stream_id: str, documents: int = 1) -> None:
+        counter = self._per_stream.get(stream_id)
+        if counter is None:
+            counter = Metrics.counter(metrics.NAMESPACE, metrics.stream_measure(stream_id, "routed"))
+            self._per_stream[stream_id] = counter
+        counter.inc(documents)
+
+
+class _RouteChunkFn(_RouteFn):
+    """A chunk of ``(document, event time in ms)`` pairs -> per batching stream one
+    ``(stream_id, (count, packed [(kind, document), ...]))``, and single stamped
+    elements for the other outputs; counted exactly as :class:`_RouteFn` counts
+    each document."""
+
+    def process(
+        self, chunk: list[tuple[dict[str, Any], int]], config: StreamConfig, deactivated: Mapping[str, str]
+    ) -> Iterator[pvalue.TaggedOutput]:
+        by_stream: dict[tuple[str, str], list[Any]] = {}
+        per_stream: Counter[str] = Counter()
+        routed_documents = routed_total = 0
+        for document, event_ms in chunk:
+            routed = route(self._kind, document, config, deactivated)
+            if not routed:
+                continue
+            routed_documents += 1
+            routed_total += len(routed)
+            for tag, element in routed:
+                stream_id = _stream_of(element)
+                per_stream[stream_id] += 1
+                if tag in CHUNKED_API_TYPES:
+                    by_stream.setdefault((tag, stream_id), []).append(element[1])
+                else:
+                    yield pvalue.TaggedOutput(tag, TimestampedValue(element, event_ms / 1000.0))
+        for (tag, stream_id), values in by_stream.items():
+            yield pvalue.TaggedOutput(tag, (stream_id, (len(values), pack_pairs(values))))
+        if len(chunk) > routed_documents:
+            self._filtered.inc(len(chunk) - routed_documents)
+        if routed_documents:
+            self._routed_documents.inc(routed_documents)
+            self._routed.inc(routed_total)
+        for stream_id, documents in per_stream.items():
+            self._count_stream(stream_id, documents)
 
 
 class RouteToStreams(beam.PTransform):
     """Documents of one kind -> one output per API type (``result.rest_api``, ...)
     and ``result.parked`` for paused and deactivated streams. ``deactivated`` is a
-    side input of ``{stream_id: token}`` (streams an earlier run deactivated)."""
+    side input of ``{stream_id: token}`` (streams an earlier run deactivated).
+    ``chunked``: the documents are chunks of a bounded run (module docstring)."""
 
-    def __init__(self, kind: Kind, streams: pvalue.AsSideInput, deactivated: pvalue.AsSideInput) -> None:
+    def __init__(self, kind: Kind, streams: pvalue.AsSideInput, deactivated: pvalue.AsSideInput,
+                 chunked: bool = False) -> None:
         super().__init__()
         self._kind = kind
         self._streams = streams
         self._deactivated = deactivated
+        self._chunked = chunked
 
     def expand(self, documents: beam.PCollection) -> pvalue.DoOutputsTuple:
-        return documents | "Route" >> beam.ParDo(
-            _RouteFn(self._kind), self._streams, self._deactivated
-        ).with_outputs(*API_TYPES, PARKED)
+        fn = (_RouteChunkFn if self._chunked else _RouteFn)(self._kind)
+        return documents | "Route" >> beam.ParDo(fn, self._streams, self._deactivated).with_outputs(
+            *API_TYPES, PARKED)
