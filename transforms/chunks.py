@@ -35,6 +35,7 @@ from typing import Any
 import apache_beam as beam
 import orjson
 from apache_beam.transforms.window import TimestampedValue
+from apache_beam.utils.timestamp import Timestamp
 
 #: Records per chunk. Large enough that the runner's per-element work is spread
 #: over many records, small enough that a chunk of documents stays a few MB.
@@ -54,9 +55,15 @@ class Chunk(beam.PTransform):
         return elements | "Batch" >> beam.BatchElements(min_batch_size=self._size, max_batch_size=self._size)
 
 
+def event_time(event_ms: int) -> Timestamp:
+    """The Beam timestamp of an event time in epoch ms, exactly (``ms / 1000.0``
+    as a float can land a microsecond early)."""
+    return Timestamp(micros=event_ms * 1000)
+
+
 def _unchunk(chunk: list[tuple[Any, int]]) -> Iterator[TimestampedValue]:
     for value, event_ms in chunk:
-        yield TimestampedValue(value, event_ms / 1000.0)
+        yield TimestampedValue(value, event_time(event_ms))
 
 
 class Unchunk(beam.PTransform):

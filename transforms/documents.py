@@ -49,6 +49,7 @@ class RawToDocuments(beam.PTransform):
         refresh_interval_seconds: int = 0,
         keep_valid: bool = False,
         chunked_documents: bool = False,
+        chunk_size: int = CHUNK_SIZE,
     ) -> None:
         """``snapshot_windows``: the windows enrichment runs in when ``reference``
         is a refreshing (windowed) side input; ``None`` for a global one.
@@ -57,7 +58,8 @@ class RawToDocuments(beam.PTransform):
         raw records of a bounded input one by one (the archive's input).
         ``chunked_documents``: output a bounded input's documents as the chunks
         of ``(document, event time in ms)`` pairs they are made in, for steps
-        that take chunks (``transforms/chunks.py``); streaming ignores it."""
+        that take chunks (``transforms/chunks.py``), of up to ``chunk_size``
+        records; streaming ignores both."""
         super().__init__()
         self._kind = kind
         self._reference = reference
@@ -69,6 +71,7 @@ class RawToDocuments(beam.PTransform):
         self._window_lateness = window_lateness_seconds(allowed_lateness_seconds, refresh_interval_seconds)
         self._keep_valid = keep_valid
         self._chunked_documents = chunked_documents
+        self._chunk_size = chunk_size
 
     def expand(self, raw: beam.PCollection) -> DocumentsAndDeadLetters:
         if raw.is_bounded and self._snapshot_windows is None:
@@ -93,9 +96,9 @@ class RawToDocuments(beam.PTransform):
         return DocumentsAndDeadLetters(enriched.documents, tuple(dead) | "DeadLetters" >> beam.Flatten(), valid)
 
     def _expand_chunked(self, raw: beam.PCollection) -> DocumentsAndDeadLetters:
-        chunks = raw | "Chunk" >> Chunk(CHUNK_SIZE)
+        chunks = raw | "Chunk" >> Chunk(self._chunk_size)
         parsed = chunks | "ParseAndValidate" >> ParseRecords(self._kind, self._max_bytes, chunked=True)
-        unique = parsed.records | "Deduplicate" >> DeduplicateById(self._kind, self._horizon, CHUNK_SIZE)
+        unique = parsed.records | "Deduplicate" >> DeduplicateById(self._kind, self._horizon, self._chunk_size)
         enriched = unique | "Enrich" >> Enrich(self._kind, self._reference, chunked=True)
         documents = enriched.documents
         if not self._chunked_documents:

@@ -27,6 +27,7 @@ from apache_beam.transforms.window import TimestampedValue
 from schemas.catalogues import EVENT_REQUIRED_FIELDS
 from schemas.fields import record_fields
 from transforms import metrics
+from transforms.chunks import event_time
 from transforms.records import Kind, RecordError, dead_letter, payload_bytes
 from transforms.timestamps import parse_iso, to_epoch_ms
 from transforms.validation import validate_fields
@@ -171,7 +172,7 @@ class _ParseFn(beam.DoFn):
             yield parsed
             return
         self._valid.inc()
-        yield TimestampedValue(parsed[0], parsed[1] / 1000.0)
+        yield TimestampedValue(parsed[0], event_time(parsed[1]))
 
     def _parse(self, element: bytes | dict[str, Any]) -> tuple[dict[str, Any], int] | pvalue.TaggedOutput:
         """``(record, event time in ms)``, or the dead letter of an invalid element."""

@@ -43,7 +43,7 @@ from apache_beam.transforms.window import TimestampedValue
 from schemas.streams import API_TYPES, DataStream, StreamConfig, StreamConfigError, parse_stream_config
 from sinks.parking import AWAITING_HISTORY, STREAM_DEACTIVATED, STREAM_PAUSED
 from transforms import metrics
-from transforms.chunks import pack_pairs
+from transforms.chunks import event_time, pack_pairs
 from transforms.records import Kind
 from transforms.status import StreamHolds
 
@@ -165,7 +165,7 @@ class _RouteChunkFn(_RouteFn):
                 if tag in CHUNKED_API_TYPES:
                     by_stream.setdefault((tag, stream_id), []).append(element[1])
                 else:
-                    yield pvalue.TaggedOutput(tag, TimestampedValue(element, event_ms / 1000.0))
+                    yield pvalue.TaggedOutput(tag, TimestampedValue(element, event_time(event_ms)))
         for (tag, stream_id), values in by_stream.items():
             yield pvalue.TaggedOutput(tag, (stream_id, (len(values), pack_pairs(values))))
         if len(chunk) > routed_documents:
