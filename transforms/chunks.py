@@ -4,11 +4,14 @@ A file read or a backfill has no latency to bound, only a cost per record, and
 on Beam's Python runners most of that cost is the runner's own work per element
 (encoding it between stages, its windowed value, each step's call), not ours
 (``make bench``'s profile in README). So a bounded run carries records from the
-read to the enrichment in chunks of up to :data:`CHUNK_SIZE`: parse, de-duplicate
-and enrich run once per chunk, their per-record functions unchanged, and every
-invalid record still becomes its own dead letter. After enrichment the chunks are
-split again into single documents stamped with their event time, so routing,
-delivery and the outputs see exactly the elements an unchunked run produces.
+read to the sinks in chunks of up to :data:`CHUNK_SIZE`: parse, de-duplicate,
+enrich and route run once per chunk, their per-record functions unchanged, and
+every invalid record still becomes its own dead letter
+(``transforms/documents.py``, ``transforms/routing.py``). The batching sinks
+(REST, REST bulk, Kinesis) shard the routed chunks by endpoint and split them into
+their batches (``transforms/batching.py``); S3, DataDog and parked documents get
+single elements stamped with their event time, as do the documents a caller asks
+for one by one (:class:`Unchunk`).
 
 A streaming run keeps single elements: there a record must not wait for a chunk
 to fill.
@@ -16,8 +19,9 @@ to fill.
 Inside a chunk, a record travels as ``(value, event time in epoch ms)``: a
 chunk element has one timestamp, so each record's own rides along with it.
 
-Where a chunk is shuffled or stored between stages, it travels packed: the JSON
-of its pairs (:func:`pack_pairs`), which Beam moves as plain bytes. orjson turns a
+Where a chunk is shuffled (the de-duplication, the sinks' batching) it travels
+packed: the JSON of its pairs (:func:`pack_pairs`), which Beam moves as plain
+bytes. orjson turns a
 chunk of a thousand documents into bytes and back in about 4 ms; Beam's
 ``FastPrimitivesCoder`` took 12 ms for the same chunk, counting the size estimate
 it makes of every element it samples, which for a few large elements is all of

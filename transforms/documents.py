@@ -5,9 +5,10 @@ reads like the data flow of DESIGN.md and every step has a stable label. Batch a
 streaming runs share it; on unbounded input two steps join in: the lateness gate
 after parsing (``transforms/lateness.py``), and fixed windows of the refresh
 interval before enrichment, so each record meets the reference snapshot of its
-interval (``transforms/refresh.py``). On bounded input, records travel from the
-read to the enrichment in chunks (``transforms/chunks.py``) and the documents
-come out one by one, as on unbounded input.
+interval (``transforms/refresh.py``). On bounded input, records travel in chunks
+(``transforms/chunks.py``), and the documents come out one by one, as on
+unbounded input, or as the chunks they were made in (``chunked_documents``, what
+the job's routing and writers take).
 """
 
 from __future__ import annotations

@@ -51,9 +51,9 @@ def build_parser(streaming: ModuleType | None) -> argparse.ArgumentParser:
                              f"this many. Default: {DEFAULT_RECORDS:,}.")
     parser.add_argument("--memory_records", type=int, default=DEFAULT_MEMORY_RECORDS,
                         help="Records of the 1x memory-scaling fleet; the 5x fleet has five times as many. Not 5x "
-                             "the --records default: the batch pipeline on the DirectRunner took about 4 min and "
-                             "5.4 GiB of RSS per million records on a 2-CPU, 23 GiB machine, so 5 million would "
-                             "need about 20 min and more memory than that machine has. A size equal to the "
+                             "the --records default: the batch pipeline on the DirectRunner took about 1.7 min and "
+                             "4.9 GiB of RSS per million records on a 2-CPU, 23 GiB machine, so 5 million would "
+                             "need about 9 min and more memory than that machine has. A size equal to the "
                              "batch fleet reuses the batch run's measurement. "
                              f"Default: {DEFAULT_MEMORY_RECORDS:,}.")
     parser.add_argument("--seed", type=int, default=7, help="Fleet generator seed. Default: 7.")
