@@ -54,7 +54,8 @@ commits a bundle's state by assigning it to the step's key -> state dict, which
 becomes a dict that notes the keys assigned). A scan looks only at the keys
 whose earliest timer is due, and reports exactly what the full scan reported:
 the same timers, due by the same comparison, again on every scan until the
-key's state is replaced, and whether any processing-time timer is set at all.
+key's state is replaced, and whether any processing-time timer is set at all. A
+step without timers (most of them) answers at once, without reading the clock.
 
 6. Per-bundle DoFn copies. For every bundle of every step the executor pickles
 the step's DoFn and unpickles a copy (a "pickle test"), and the copy's method
@@ -216,6 +217,11 @@ class _TimerIndex:
                     self._order += 1
                     heapq.heappush(self._heaps[domain], (micros, self._order, key))
 
+    @property
+    def empty(self) -> bool:
+        """No timer set and none found due: nothing a scan could report."""
+        return not (self.due or self._heaps[TimeDomain.WATERMARK] or self._heaps[TimeDomain.REAL_TIME])
+
     def find_due(self, watermark: int, now: int) -> Iterable[Any]:
         for domain, marker, slot in ((TimeDomain.WATERMARK, watermark, 0), (TimeDomain.REAL_TIME, now, 1)):
             heap = self._heaps[domain]
@@ -236,6 +242,10 @@ def _indexed_extract_transform_timers(self: Any) -> tuple[list[Any], bool]:
         if index is None:
             index = self._timer_index = _TimerIndex()
         index.note(states)
+        if index.empty:
+            # Most steps keep no timers; converting the watermark and the clock to
+            # micros for them was 7% of the streaming job's time (py-spy, 450/s).
+            return [], bool(index.realtime_keys)
         watermark, now = self._input_watermark, self._clock.time()
         fired = []
         for encoded_key in index.find_due(_micros(watermark), _micros(now)):
