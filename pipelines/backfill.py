@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -55,6 +56,14 @@ _KINDS = (("event", "Events"), ("usage", "Usage"))
 
 def _in_range(document: dict[str, Any], kind: str, start: datetime, end: datetime) -> bool:
     return start <= document_time(kind, document) < end
+
+
+def _in_range_chunk(chunk: list[tuple[dict[str, Any], int]], kind: str, start: datetime,
+                    end: datetime) -> Iterator[list[tuple[dict[str, Any], int]]]:
+    """The documents of a chunk (``transforms/chunks.py``) within the range."""
+    kept = [pair for pair in chunk if _in_range(pair[0], kind, start, end)]
+    if kept:
+        yield kept
 
 
 def _parse_args(argv: list[str] | None) -> tuple[Any, PipelineOptions]:
@@ -112,9 +121,10 @@ def run(argv: list[str] | None = None) -> int:
             pipeline
             | f"Archive[{label}]" >> beam.Create(paths)
             | f"Read[{label}]" >> ReadAllFromAvro()
-            | label >> RawToDocuments(kind, reference, processing.dedup_horizon_seconds, processing.max_record_bytes)
+            | label >> RawToDocuments(kind, reference, processing.dedup_horizon_seconds, processing.max_record_bytes,
+                                      chunked_documents=True)
         )
-        documents[kind] = result.documents | f"InRange[{label}]" >> beam.Filter(_in_range, kind, start, end)
+        documents[kind] = result.documents | f"InRange[{label}]" >> beam.FlatMap(_in_range_chunk, kind, start, end)
         dead_letters.append(result.dead_letters)
     sys.stdout.write(f"backfilling {known.stream_id} from {start.isoformat()} to {end.isoformat()}: "
                      f"{files} archive files\n")
@@ -127,7 +137,8 @@ def run(argv: list[str] | None = None) -> int:
     )
     # The status keeps every stream's record, not only the backfilled one's.
     all_streams = beam.pvalue.AsSingleton(pipeline | "AllStreams" >> beam.Create([config]))
-    delivered = documents | "Deliver" >> DeliverToStreams(streams, deactivated, settings, status_streams=all_streams)
+    delivered = documents | "Deliver" >> DeliverToStreams(streams, deactivated, settings, status_streams=all_streams,
+                                                          chunked=True)
     dead_letters.append(delivered.dead_letters)
     tuple(dead_letters) | "AllDeadLetters" >> beam.Flatten() | "WriteDeadLetters" >> write_dead_letters(
         f"{out}/backfill/dead_letters"
