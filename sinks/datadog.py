@@ -80,7 +80,6 @@ request headers; results, parked batches, dead letters and log lines carry the U
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 import math
@@ -90,12 +89,11 @@ from typing import Any, NamedTuple
 
 import apache_beam as beam
 import orjson
-import requests
 from apache_beam import pvalue
 from apache_beam.transforms.window import IntervalWindow
 
 from schemas.streams import DataDogDestination, DataStream, StreamConfig
-from sinks.http import SessionFactory, Timeouts, new_session
+from sinks.http import SessionFactory, Timeouts, classified_request, new_session
 from sinks.outbound import OutboundGuard
 from sinks.parking import PARKED, PERMANENT_FAILURE, RETRIES_EXHAUSTED, STREAM_DEACTIVATED, parked
 from sinks.results import (
@@ -117,8 +115,6 @@ from sinks.retry import (
     Outcome,
     RetryPolicy,
     StreamCircuit,
-    classify_exception,
-    classify_http,
 )
 from sinks.secrets import SecretError, SecretResolver
 from transforms.windows import PerElementFixedWindows, size_from_key, window_with_late_panes
@@ -553,18 +549,7 @@ class _DataDogWriteFn(beam.DoFn):
         """One request, classified; never raises for a destination failure
         (:func:`classify_exception` re-raises anything else: a bug)."""
         self._counters.requests.inc()
-        try:
-            response = self._session.post(
-                url, data=body, headers=headers, timeout=self._timeouts.as_requests(), allow_redirects=False
-            )
-        except requests.RequestException as err:
-            return classify_exception(err)
-        try:
-            attempt = classify_http(response.status_code, response.headers)
-        finally:
-            response.close()
-        # Keep the 2xx code for the result (DataDog answers 202).
-        return dataclasses.replace(attempt, status_code=response.status_code) if attempt.ok else attempt
+        return classified_request(self._session, "POST", url, body, headers, self._timeouts)
 
     # ----------------------------------------------------------------- outputs
 

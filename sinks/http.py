@@ -10,10 +10,12 @@ set to 0, requests raises ``TooManyRedirects`` for any 3xx even without followin
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 
 import requests
+
+from sinks.retry import Attempt, classify_exception, classify_http
 
 SessionFactory = Callable[[], requests.Session]
 
@@ -33,3 +35,22 @@ def new_session() -> requests.Session:
     session = requests.Session()
     session.headers["User-Agent"] = USER_AGENT
     return session
+
+
+def classified_request(session: requests.Session, method: str, url: str, body: bytes,
+                       headers: Mapping[str, str], timeouts: Timeouts) -> Attempt:
+    """One request, classified for the retry policy; never raises for a
+    destination failure (:func:`classify_exception` re-raises anything else: a
+    bug). Redirects are not followed (module docstring); the body is read, not
+    streamed, so a reset mid-response fails the attempt instead of passing for a
+    2xx; a success keeps its status code (DataDog answers 202)."""
+    try:
+        response = session.request(method, url, data=body, headers=headers, timeout=timeouts.as_requests(),
+                                   allow_redirects=False)
+    except requests.RequestException as err:
+        return classify_exception(err)
+    try:
+        attempt = classify_http(response.status_code, response.headers)
+    finally:
+        response.close()
+    return replace(attempt, status_code=response.status_code) if attempt.ok else attempt

@@ -62,7 +62,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from typing import Any, NamedTuple
 
 import apache_beam as beam
@@ -73,7 +72,7 @@ from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
 
 from schemas.streams import BULK_SIZE_RANGE, DataStream, RestDestination, StreamConfig
-from sinks.http import SessionFactory, Timeouts, new_session
+from sinks.http import SessionFactory, Timeouts, classified_request, new_session
 from sinks.ordering import order_key
 from sinks.outbound import SIGNATURE_HEADER, OutboundGuard, sign
 from sinks.parking import PARKED, PERMANENT_FAILURE, RETRIES_EXHAUSTED, STREAM_DEACTIVATED, parked
@@ -96,8 +95,6 @@ from sinks.retry import (
     Outcome,
     RetryPolicy,
     StreamCircuit,
-    classify_exception,
-    classify_http,
 )
 from sinks.secrets import SecretError, SecretResolver
 from transforms.batching import BatchPerStream
@@ -175,19 +172,7 @@ def signed_request(session: requests.Session, method: str, url: str, body: bytes
     loop, so both send exactly alike."""
     request_headers = CaseInsensitiveDict(headers)
     request_headers[SIGNATURE_HEADER] = sign(signing_secret, body)
-    try:
-        # The body is read (not streamed): a reset mid-response must fail the
-        # attempt, not pass for a 2xx.
-        response = session.request(method, url, data=body, headers=request_headers,
-                                   timeout=timeouts.as_requests(), allow_redirects=False)
-    except requests.RequestException as err:
-        return classify_exception(err)
-    try:
-        result = classify_http(response.status_code, response.headers)
-    finally:
-        response.close()
-    # classify_http's success carries no code; the result reports it
-    return replace(result, status_code=response.status_code) if result.ok else result
+    return classified_request(session, method, url, body, request_headers, timeouts)
 
 
 class _RestDoFnBase(beam.DoFn):

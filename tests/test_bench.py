@@ -123,9 +123,14 @@ def test_receiver_counts_documents_and_refuses_unsigned_requests():
 
 
 def test_child_peak_rss_is_the_childs_own(tmp_path):
+    # Held by this process while the children run: a child spawned straight from
+    # here would report at least this much (Linux keeps the peak across exec).
+    ballast = bytearray(400 * 1024 * 1024)
+    ballast[::4096] = b"x" * len(ballast[::4096])
     big = batch.run_child([sys.executable, "-c", "b = bytearray(300 * 1024 * 1024); b[::4096] = b'x' * len(b[::4096])"],
                           tmp_path / "big.log")
     small = batch.run_child([sys.executable, "-c", "pass"], tmp_path / "small.log")
     assert big.exit_code == small.exit_code == 0
     assert big.peak_rss_kib > 300 * 1024 > small.peak_rss_kib
     assert batch.run_child([sys.executable, "-c", "raise SystemExit(3)"], tmp_path / "x.log").exit_code == 3
+    del ballast

@@ -255,7 +255,8 @@ class FakeSession:
         self.posts: list[dict[str, Any]] = []
         self.closed = False
 
-    def post(self, url: str, **kwargs: Any) -> FakeResponse:
+    def request(self, method: str, url: str, **kwargs: Any) -> FakeResponse:
+        assert method == "POST"
         self.posts.append({"url": url, **kwargs})
         if self.error is not None:
             raise self.error
