@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import apache_beam as beam
 from apache_beam.runners.direct.evaluation_context import DirectUnmergedState
 from apache_beam.runners.direct.watermark_manager import _TransformWatermarks
 from apache_beam.transforms.timeutil import TimeDomain
@@ -107,3 +108,54 @@ def test_remembered_argument_lists_equal_beams_and_are_copies():
     first = cached(_Fn().process)
     first[0].append("changed")
     assert cached(_Fn().process) == (["element", "timestamp"], ["ts-param"])
+
+
+#: Sizes of the bundles ``_SeeBundles`` ran (the graph's DoFn instance is
+#: reused by fix 6, so the record is kept outside it).
+_BUNDLES: list[int] = []
+
+
+class _SeeBundles(beam.DoFn):
+    """Notes the size of each bundle it runs (module level, so the copy the
+    runner unpickles appends to this module's list)."""
+
+    def start_bundle(self) -> None:
+        self._size = 0
+
+    def process(self, element: Any):
+        self._size += 1
+        yield element
+
+    def finish_bundle(self) -> None:
+        _BUNDLES.append(self._size)
+
+
+def test_steps_run_only_bundles_with_elements():
+    """Fix 8: a step that turns a bundle into nothing sets off no empty bundle
+    downstream; the output and its windows are unchanged."""
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+    from apache_beam.testing.test_stream import TestStream
+    from apache_beam.testing.util import assert_that, equal_to
+    from apache_beam.transforms.window import FixedWindows, TimestampedValue
+
+    from pipelines.direct_runner import apply_direct_runner_fixes
+
+    apply_direct_runner_fixes()
+    _BUNDLES.clear()
+    stream = (TestStream()
+              .add_elements([TimestampedValue(1, T), TimestampedValue(2, T)]).advance_watermark_to(T + 10)
+              .add_elements([TimestampedValue(3, T + 10)]).advance_watermark_to(T + 20)
+              .add_elements([TimestampedValue(5, T + 20)]).advance_watermark_to(T + 30)
+              .add_elements([TimestampedValue(4, T + 30), TimestampedValue(6, T + 31)])
+              .advance_watermark_to_infinity())
+    options = PipelineOptions()
+    options.view_as(StandardOptions).streaming = True
+    with beam.Pipeline(runner="DirectRunner", options=options) as pipeline:
+        evens = (pipeline
+                 | stream
+                 | "Even" >> beam.Filter(lambda n: n % 2 == 0)
+                 | "See" >> beam.ParDo(_SeeBundles())
+                 | beam.WindowInto(FixedWindows(10))
+                 | beam.Map(lambda n, w=beam.DoFn.WindowParam: (n, int(w.start))))
+        assert_that(evens, equal_to([(2, T), (4, T + 30), (6, T + 30)]))
+    assert sorted(_BUNDLES) == [1, 2], f"bundle sizes {_BUNDLES}: empty bundles ran"

@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import socket
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -61,6 +62,17 @@ def _sleep_until_second(second: float, of: int) -> None:
     now = time.time()
     target = now - now % of + second
     time.sleep(target - now if target > now else target + of - now)
+
+
+def _prefetch_threads_end(timeout: float = 5.0) -> bool:
+    """Whether the background pulls of ``pipelines/direct_pubsub.py`` all stop
+    (each finishes its pull in flight, at most a one-second deadline)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not [t for t in threading.enumerate() if t.name.startswith("pubsub-prefetch:")]:
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def _port_open(host: str) -> bool:
@@ -136,6 +148,7 @@ def test_pubsub_to_rest_and_s3_once_per_stream(tmp_path, stream_secrets, http_re
             ticker.stop()
         print(f"delivered everywhere {delivered_after:.1f} s after publishing")
         assert result.state == PipelineState.CANCELLED
+        assert _prefetch_threads_end(), "the DirectRunner's Pub/Sub prefetch threads outlived the job"
         assert sorted(rest_ids) == sorted(expected), "REST: each document once"
         assert sorted(s3_ids) == sorted(expected), "S3: each document once"
     assert emulator.pid is None or not _port_open(emulator.host)

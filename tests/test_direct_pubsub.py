@@ -1,0 +1,172 @@
+"""The DirectRunner's prefetching Pub/Sub reads (``pipelines/direct_pubsub.py``,
+fix 9), against the real emulator: every message handed out once, reads that do
+not wait while the job is busy, messages never read handed back at the end, and
+a failing subscription failing the read."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+from google.api_core import exceptions
+
+from pipelines import direct_pubsub
+from pipelines.direct_pubsub import PULL_MAX_MESSAGES, QUEUE_MAX_MESSAGES, Prefetcher, _Activity
+from pipelines.pubsub_emulator import publish, publisher_client, subscriber_client
+
+
+def _subscription(emulator: Any, name: str, ack_deadline_seconds: int = 60) -> str:
+    publisher = publisher_client()
+    topic = publisher.topic_path(emulator.project, name)
+    publisher.create_topic(name=topic)
+    with subscriber_client() as subscriber:
+        path = subscriber.subscription_path(emulator.project, name)
+        subscriber.create_subscription(name=path, topic=topic, ack_deadline_seconds=ack_deadline_seconds)
+    return path
+
+
+def _read_until(prefetcher: Prefetcher, subscription: str, count: int, timeout: float = 20.0) -> list[list[Any]]:
+    """Reads (as the runner's reader does, acknowledging each) until ``count``
+    messages came; returns each read's messages."""
+    reads: list[list[Any]] = []
+    deadline = time.monotonic() + timeout
+    while sum(map(len, reads)) < count and time.monotonic() < deadline:
+        received = list(prefetcher.pull(subscription, 10, 30).received_messages)
+        if received:
+            prefetcher.acknowledge(subscription, [m.ack_id for m in received])
+            reads.append(received)
+    return reads
+
+
+class _CountingActivity(_Activity):
+    """The activity record, counting the reads that waited."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits = 0
+        original = self.arrived.wait
+
+        def wait(timeout: float | None = None) -> bool:
+            self.waits += 1
+            return original(timeout)
+
+        self.arrived.wait = wait  # type: ignore[method-assign]
+
+
+def test_every_message_is_handed_out_once_and_acknowledged(pubsub_emulator):
+    subscription = _subscription(pubsub_emulator, "prefetch-all")
+    payloads = [f"m{i}".encode() for i in range(1_234)]
+    assert publish(pubsub_emulator.project, "prefetch-all", payloads) == len(payloads)
+    with subscriber_client() as client:
+        prefetcher = Prefetcher(client, subscription)
+        try:
+            reads = _read_until(prefetcher, subscription, len(payloads))
+            assert sorted(m.message.data for read in reads for m in read) == sorted(payloads)
+            assert max(map(len, reads)) <= PULL_MAX_MESSAGES
+            assert prefetcher.queued() <= QUEUE_MAX_MESSAGES
+        finally:
+            prefetcher.close()  # sends the acknowledgements still owed
+        # An acknowledged message stays acknowledged; any other would come again at once.
+        client.modify_ack_deadline(subscription=subscription, ack_ids=[m.ack_id for read in reads for m in read],
+                                   ack_deadline_seconds=0)
+        again = Prefetcher(client, subscription)
+        try:
+            time.sleep(2)
+            assert again.queued() == 0
+        finally:
+            again.close()
+
+
+def test_an_empty_read_waits_only_while_the_job_is_idle(pubsub_emulator):
+    busy = _subscription(pubsub_emulator, "prefetch-busy")
+    quiet = _subscription(pubsub_emulator, "prefetch-quiet")
+    activity = _CountingActivity()
+    with subscriber_client() as client:
+        busy_reader, quiet_reader = Prefetcher(client, busy, activity), Prefetcher(client, quiet, activity)
+        try:
+            assert list(quiet_reader.pull(quiet, 10, 30).received_messages) == []
+            assert activity.waits == 1, "nothing handed out yet: the job is idle and the read waits"
+
+            publish(pubsub_emulator.project, "prefetch-busy", [b"x"])
+            assert len(_read_until(busy_reader, busy, 1)) == 1
+            waits = activity.waits
+            assert list(quiet_reader.pull(quiet, 10, 30).received_messages) == []
+            assert activity.waits == waits, "a message was just handed out: the empty read returns at once"
+
+            activity.last_handout -= direct_pubsub.IDLE_AFTER_SECONDS + 1
+            assert list(quiet_reader.pull(quiet, 10, 30).received_messages) == []
+            assert activity.waits == waits + 1
+        finally:
+            busy_reader.close()
+            quiet_reader.close()
+
+
+def test_an_empty_read_does_not_wait_while_another_subscription_has_messages(pubsub_emulator):
+    waiting = _subscription(pubsub_emulator, "prefetch-waiting")
+    empty = _subscription(pubsub_emulator, "prefetch-empty")
+    activity = _CountingActivity()
+    with subscriber_client() as client:
+        waiting_reader, empty_reader = Prefetcher(client, waiting, activity), Prefetcher(client, empty, activity)
+        try:
+            publish(pubsub_emulator.project, "prefetch-waiting", [b"y"])
+            deadline = time.monotonic() + 20
+            while not waiting_reader.queued() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert activity.idle() is False
+            assert list(empty_reader.pull(empty, 10, 30).received_messages) == []
+            assert activity.waits == 0, "a message is queued for another read: this one returns at once"
+        finally:
+            waiting_reader.close()
+            empty_reader.close()
+
+
+def test_messages_never_read_are_handed_back_for_redelivery_now(pubsub_emulator):
+    subscription = _subscription(pubsub_emulator, "prefetch-close", ack_deadline_seconds=600)
+    payloads = [f"c{i}".encode() for i in range(7)]
+    publish(pubsub_emulator.project, "prefetch-close", payloads)
+    with subscriber_client() as client:
+        prefetcher = Prefetcher(client, subscription)
+        deadline = time.monotonic() + 20
+        while prefetcher.queued() < len(payloads) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert prefetcher.queued() == len(payloads)
+        prefetcher.close()
+        prefetcher._thread.join(5)
+        assert not prefetcher._thread.is_alive()
+        # With a ten-minute ack deadline, only the hand-back makes them come again now.
+        again = Prefetcher(client, subscription)
+        try:
+            reads = _read_until(again, subscription, len(payloads), timeout=15)
+            assert sorted(m.message.data for read in reads for m in read) == sorted(payloads)
+        finally:
+            again.close()
+
+
+def test_a_failing_subscription_fails_the_read(pubsub_emulator):
+    missing = f"projects/{pubsub_emulator.project}/subscriptions/prefetch-missing"
+    with subscriber_client() as client:
+        prefetcher = Prefetcher(client, missing)
+        try:
+            prefetcher._thread.join(10)
+            with pytest.raises(exceptions.NotFound):
+                prefetcher.pull(missing, 10, 30)
+        finally:
+            prefetcher.close()
+
+
+def test_prefetchers_stop_with_the_transforms_they_read_for(pubsub_emulator):
+    subscription = _subscription(pubsub_emulator, "prefetch-stop")
+
+    class Transform:  # stands for an applied read transform (weakly referenced)
+        pass
+
+    with subscriber_client() as client:
+        transform = Transform()
+        prefetcher = direct_pubsub.prefetcher_for(transform, client, subscription)
+        assert direct_pubsub.prefetcher_for(transform, client, subscription) is prefetcher
+        direct_pubsub.close_prefetchers([transform])
+        prefetcher._thread.join(5)
+        assert not prefetcher._thread.is_alive()
+        assert not [t for t in threading.enumerate() if t.name == f"pubsub-prefetch:{subscription}"]
