@@ -34,6 +34,7 @@ batch pull it replaces here, and the runner's reader expects a ``PullResponse``.
 from __future__ import annotations
 
 import collections
+import datetime
 import logging
 import threading
 import time
@@ -130,7 +131,8 @@ class Prefetcher:
                 with self._activity.arrived:
                     self._activity.arrived.notify_all()
                 return
-            received = list(response.received_messages)
+            # The raw protobuf, read field by field in _Message (see there).
+            received = [_Received(pb) for pb in type(response).pb(response).received_messages]
             if not received:
                 continue
             with self._lock:
@@ -156,7 +158,8 @@ class Prefetcher:
     # --- the reader's side -----------------------------------------------------
 
     def pull(self, subscription: str, max_messages: int, timeout: float) -> Any:
-        """Queued messages of this subscription (at most ``PULL_MAX_MESSAGES``),
+        """Queued messages of this subscription (at most ``PULL_MAX_MESSAGES``,
+        each with what the reader reads of a ``ReceivedMessage``),
         waiting up to ``IDLE_WAIT_SECONDS`` for one only while the job is idle.
         The runner's ``max_messages`` (10) and ``timeout`` (30 s) are ignored."""
         self._check(subscription)
@@ -213,6 +216,50 @@ class Prefetcher:
             self._lock.notify_all()
         self._send_acks()
         self._hand_back(left)
+
+
+class _Message:
+    """A pulled message as the runner's reader reads it (``data``, ``attributes``,
+    ``message_id``, ``publish_time``, ``ordering_key``), straight from the
+    protobuf: the client's proto-plus wrapper converted each field on access,
+    33 µs a message against 2 here."""
+
+    __slots__ = ("_pb",)
+
+    def __init__(self, pb: Any) -> None:
+        self._pb = pb
+
+    @property
+    def data(self) -> bytes:
+        return self._pb.data
+
+    @property
+    def attributes(self) -> Any:
+        return self._pb.attributes
+
+    @property
+    def message_id(self) -> str:
+        return self._pb.message_id
+
+    @property
+    def ordering_key(self) -> str:
+        return self._pb.ordering_key
+
+    @property
+    def publish_time(self) -> datetime.datetime | None:
+        if not self._pb.HasField("publish_time"):
+            return None
+        return self._pb.publish_time.ToDatetime(tzinfo=datetime.UTC)
+
+
+class _Received:
+    """A pulled message and its ack id (``ReceivedMessage``, unwrapped)."""
+
+    __slots__ = ("ack_id", "message")
+
+    def __init__(self, pb: Any) -> None:
+        self.ack_id = pb.ack_id
+        self.message = _Message(pb.message)
 
 
 class _Pulled:

@@ -79,6 +79,36 @@ def test_every_message_is_handed_out_once_and_acknowledged(pubsub_emulator):
             again.close()
 
 
+def test_a_message_reads_as_the_clients_own_wrapper_reads(pubsub_emulator):
+    """The reader builds Beam's message from ours exactly as from the client's
+    proto-plus ``ReceivedMessage``: data, attributes, id, publish time (to the
+    microsecond, Beam's precision) and ordering key."""
+    from apache_beam.io.gcp.pubsub import PubsubMessage
+
+    subscription = _subscription(pubsub_emulator, "prefetch-fields")
+    publish(pubsub_emulator.project, "prefetch-fields", [b"\x00payload\xff"], lambda data: {"ts": "1793520000123"})
+    with subscriber_client() as client:
+        prefetcher = Prefetcher(client, subscription)
+        try:
+            (received,) = _read_until(prefetcher, subscription, 1)[0]
+        finally:
+            prefetcher.close()
+    ours = PubsubMessage._from_message(received.message)
+    theirs = PubsubMessage._from_message(_wrapped(received).message)
+    fields = ("data", "attributes", "message_id", "publish_time", "ordering_key")
+    assert [getattr(ours, f) for f in fields] == [getattr(theirs, f) for f in fields]
+    assert ours.attributes == {"ts": "1793520000123"} and ours.data == b"\x00payload\xff"
+    assert ours.message_id and ours.publish_time.tzinfo is not None
+    assert received.ack_id
+
+
+def _wrapped(received: Any) -> Any:
+    """The client's own proto-plus ``ReceivedMessage`` of the same protobuf."""
+    from google.cloud.pubsub_v1.types import PubsubMessage, ReceivedMessage
+
+    return ReceivedMessage(ack_id=received.ack_id, message=PubsubMessage.wrap(received.message._pb))
+
+
 def test_an_empty_read_waits_only_while_the_job_is_idle(pubsub_emulator):
     busy = _subscription(pubsub_emulator, "prefetch-busy")
     quiet = _subscription(pubsub_emulator, "prefetch-quiet")
