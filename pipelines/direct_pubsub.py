@@ -66,14 +66,15 @@ class _Activity:
     """The prefetchers of this process, when one last handed out messages, and a
     condition notified whenever one receives some."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Any = time.monotonic) -> None:
+        self.clock = clock
         self.arrived = threading.Condition()
-        self.last_handout = 0.0
+        self.last_handout = float("-inf")
         self.prefetchers: weakref.WeakSet[Prefetcher] = weakref.WeakSet()
 
     def idle(self) -> bool:
         """Nothing handed out lately and nothing queued for any subscription."""
-        return (time.monotonic() - self.last_handout > IDLE_AFTER_SECONDS
+        return (self.clock() - self.last_handout > IDLE_AFTER_SECONDS
                 and not any(prefetcher.queued() for prefetcher in list(self.prefetchers)))
 
 
@@ -95,6 +96,10 @@ class Prefetcher:
         activity.prefetchers.add(self)
         self._thread = threading.Thread(target=self._run, name=f"pubsub-prefetch:{subscription}", daemon=True)
         self._thread.start()
+
+    @property
+    def subscription(self) -> str:
+        return self._subscription
 
     def queued(self) -> int:
         return len(self._queue)
@@ -176,13 +181,13 @@ class Prefetcher:
                 taken.append(self._queue.popleft())
             self._lock.notify()
         if taken:
-            self._activity.last_handout = time.monotonic()
+            self._activity.last_handout = self._activity.clock()
         return _Pulled(taken)
 
     def acknowledge(self, subscription: str, ack_ids: list[str]) -> None:
         """Queue the acknowledgement for the background thread to send."""
         self._check(subscription)
-        self._activity.last_handout = time.monotonic()
+        self._activity.last_handout = self._activity.clock()
         with self._lock:
             self._acks.extend(ack_ids)
             self._lock.notify()

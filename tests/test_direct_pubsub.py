@@ -5,15 +5,23 @@ a failing subscription failing the read."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from google.api_core import exceptions
 
 from pipelines import direct_pubsub
-from pipelines.direct_pubsub import PULL_MAX_MESSAGES, QUEUE_MAX_MESSAGES, Prefetcher, _Activity
+from pipelines.direct_pubsub import (
+    IDLE_AFTER_SECONDS,
+    PULL_MAX_MESSAGES,
+    QUEUE_MAX_MESSAGES,
+    Prefetcher,
+    _Activity,
+)
 from pipelines.pubsub_emulator import publish, publisher_client, subscriber_client
 
 
@@ -41,10 +49,12 @@ def _read_until(prefetcher: Prefetcher, subscription: str, count: int, timeout: 
 
 
 class _CountingActivity(_Activity):
-    """The activity record, counting the reads that waited."""
+    """The activity record on a clock that moves only when told, counting the
+    reads that waited."""
 
     def __init__(self) -> None:
-        super().__init__()
+        self.now = 1_000.0
+        super().__init__(clock=lambda: self.now)
         self.waits = 0
         original = self.arrived.wait
 
@@ -53,6 +63,20 @@ class _CountingActivity(_Activity):
             return original(timeout)
 
         self.arrived.wait = wait  # type: ignore[method-assign]
+
+
+@contextlib.contextmanager
+def _two_readers(emulator: Any, first: str, second: str) -> Iterator[tuple[_CountingActivity, Prefetcher, Prefetcher]]:
+    """Prefetchers of two fresh subscriptions sharing one counting activity."""
+    activity = _CountingActivity()
+    paths = _subscription(emulator, first), _subscription(emulator, second)
+    with subscriber_client() as client:
+        readers = [Prefetcher(client, path, activity) for path in paths]
+        try:
+            yield activity, readers[0], readers[1]
+        finally:
+            for reader in readers:
+                reader.close()
 
 
 def test_every_message_is_handed_out_once_and_acknowledged(pubsub_emulator):
@@ -110,46 +134,35 @@ def _wrapped(received: Any) -> Any:
 
 
 def test_an_empty_read_waits_only_while_the_job_is_idle(pubsub_emulator):
-    busy = _subscription(pubsub_emulator, "prefetch-busy")
-    quiet = _subscription(pubsub_emulator, "prefetch-quiet")
-    activity = _CountingActivity()
-    with subscriber_client() as client:
-        busy_reader, quiet_reader = Prefetcher(client, busy, activity), Prefetcher(client, quiet, activity)
-        try:
-            assert list(quiet_reader.pull(quiet, 10, 30).received_messages) == []
-            assert activity.waits == 1, "nothing handed out yet: the job is idle and the read waits"
+    with _two_readers(pubsub_emulator, "prefetch-busy", "prefetch-quiet") as (activity, busy, quiet):
+        assert _empty_read(quiet)
+        assert activity.waits == 1, "nothing handed out yet: the job is idle and the read waits"
 
-            publish(pubsub_emulator.project, "prefetch-busy", [b"x"])
-            assert len(_read_until(busy_reader, busy, 1)) == 1
-            waits = activity.waits
-            assert list(quiet_reader.pull(quiet, 10, 30).received_messages) == []
-            assert activity.waits == waits, "a message was just handed out: the empty read returns at once"
+        publish(pubsub_emulator.project, "prefetch-busy", [b"x"])
+        assert len(_read_until(busy, busy.subscription, 1)) == 1  # (its empty reads before may wait)
+        waits = activity.waits
+        activity.now += IDLE_AFTER_SECONDS / 2
+        assert _empty_read(quiet)
+        assert activity.waits == waits, "a message was just handed out: the empty read returns at once"
 
-            activity.last_handout -= direct_pubsub.IDLE_AFTER_SECONDS + 1
-            assert list(quiet_reader.pull(quiet, 10, 30).received_messages) == []
-            assert activity.waits == waits + 1
-        finally:
-            busy_reader.close()
-            quiet_reader.close()
+        activity.now += IDLE_AFTER_SECONDS
+        assert _empty_read(quiet)
+        assert activity.waits == waits + 1
 
 
 def test_an_empty_read_does_not_wait_while_another_subscription_has_messages(pubsub_emulator):
-    waiting = _subscription(pubsub_emulator, "prefetch-waiting")
-    empty = _subscription(pubsub_emulator, "prefetch-empty")
-    activity = _CountingActivity()
-    with subscriber_client() as client:
-        waiting_reader, empty_reader = Prefetcher(client, waiting, activity), Prefetcher(client, empty, activity)
-        try:
-            publish(pubsub_emulator.project, "prefetch-waiting", [b"y"])
-            deadline = time.monotonic() + 20
-            while not waiting_reader.queued() and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert activity.idle() is False
-            assert list(empty_reader.pull(empty, 10, 30).received_messages) == []
-            assert activity.waits == 0, "a message is queued for another read: this one returns at once"
-        finally:
-            waiting_reader.close()
-            empty_reader.close()
+    with _two_readers(pubsub_emulator, "prefetch-waiting", "prefetch-empty") as (activity, waiting, empty):
+        publish(pubsub_emulator.project, "prefetch-waiting", [b"y"])
+        deadline = time.monotonic() + 20
+        while not waiting.queued() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert activity.idle() is False
+        assert _empty_read(empty)
+        assert activity.waits == 0, "a message is queued for another read: this one returns at once"
+
+
+def _empty_read(reader: Prefetcher) -> bool:
+    return list(reader.pull(reader.subscription, 10, 30).received_messages) == []
 
 
 def test_messages_never_read_are_handed_back_for_redelivery_now(pubsub_emulator):
