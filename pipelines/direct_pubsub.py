@@ -47,8 +47,8 @@ _LOGGER = logging.getLogger(__name__)
 PULL_MAX_MESSAGES = 500
 #: Deadline of one background pull; a missed deadline means "no messages yet".
 PULL_DEADLINE_SECONDS = 1.0
-#: A subscription's thread stops pulling while this many messages are queued
-#: (backpressure: the rest wait in Pub/Sub, not in memory).
+#: Most messages queued for one subscription; its thread pulls only for the room
+#: left (backpressure: the rest wait in Pub/Sub, not in memory).
 QUEUE_MAX_MESSAGES = 2 * PULL_MAX_MESSAGES
 #: An empty read returns at once while any read handed out messages within this
 #: many seconds (an earlier read of the same round, whose messages the steps after
@@ -116,10 +116,11 @@ class Prefetcher:
                 if self._closed:
                     return
             self._send_acks()
-            if len(self._queue) >= QUEUE_MAX_MESSAGES:
+            room = min(PULL_MAX_MESSAGES, QUEUE_MAX_MESSAGES - len(self._queue))
+            if room <= 0:
                 continue
             try:
-                response = self._client.pull(subscription=self._subscription, max_messages=PULL_MAX_MESSAGES,
+                response = self._client.pull(subscription=self._subscription, max_messages=room,
                                              timeout=PULL_DEADLINE_SECONDS)
             except exceptions.DeadlineExceeded:
                 continue

@@ -86,10 +86,14 @@ def test_every_message_is_handed_out_once_and_acknowledged(pubsub_emulator):
     with subscriber_client() as client:
         prefetcher = Prefetcher(client, subscription)
         try:
+            deadline = time.monotonic() + 20
+            while prefetcher.queued() < QUEUE_MAX_MESSAGES and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(1.5)  # time for more pulls, were the queue not bounded
+            assert prefetcher.queued() == QUEUE_MAX_MESSAGES, "the rest stays in Pub/Sub until there is room"
             reads = _read_until(prefetcher, subscription, len(payloads))
             assert sorted(m.message.data for read in reads for m in read) == sorted(payloads)
             assert max(map(len, reads)) <= PULL_MAX_MESSAGES
-            assert prefetcher.queued() <= QUEUE_MAX_MESSAGES
         finally:
             prefetcher.close()  # sends the acknowledgements still owed
         # An acknowledged message stays acknowledged; any other would come again at once.
