@@ -226,30 +226,18 @@ class Prefetcher:
 
 class _Message:
     """A pulled message as the runner's reader reads it (``data``, ``attributes``,
-    ``message_id``, ``publish_time``, ``ordering_key``), straight from the
+    ``message_id``, ``ordering_key`` and ``publish_time``), straight from the
     protobuf: the client's proto-plus wrapper converted each field on access,
-    33 µs a message against 2 here."""
+    33 µs a message against 2 here. Only the publish time needs converting (to
+    the ``datetime`` the wrapper gives)."""
 
     __slots__ = ("_pb",)
 
     def __init__(self, pb: Any) -> None:
         self._pb = pb
 
-    @property
-    def data(self) -> bytes:
-        return self._pb.data
-
-    @property
-    def attributes(self) -> Any:
-        return self._pb.attributes
-
-    @property
-    def message_id(self) -> str:
-        return self._pb.message_id
-
-    @property
-    def ordering_key(self) -> str:
-        return self._pb.ordering_key
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pb, name)
 
     @property
     def publish_time(self) -> datetime.datetime | None:

@@ -317,7 +317,8 @@ class WriteToKinesis(beam.PTransform):
     ``client_factory`` makes the boto3 client of a destination (tests wrap moto's);
     ``max_buffering_seconds`` bounds how long a document waits for its batch to fill;
     ``policy`` bounds the retries of each request; ``chunked``: the input is a
-    chunked bounded run's ``(stream_id, [(kind, document), ...])`` chunks
+    chunked bounded run's ``(stream_id, (count, packed [(kind, document), ...]))``
+    chunks
     (``transforms/routing.py``).
     """
 

@@ -510,8 +510,8 @@ class WriteToRestApi(beam.PTransform):
     parallel connections within one ``policy.deadline_seconds`` budget.
     ``allow_insecure`` lifts the outbound rules (http, loopback) for development
     only. The dead-letter output exists for a uniform interface and stays empty.
-    ``chunked``: the input is a chunked bounded run's ``(stream_id, [(kind,
-    document), ...])`` chunks (``transforms/routing.py``).
+    ``chunked``: the input is a chunked bounded run's ``(stream_id, (count,
+    packed [(kind, document), ...]))`` chunks (``transforms/routing.py``).
     """
 
     def __init__(self, streams: pvalue.AsSideInput, *, session_factory: SessionFactory = new_session,

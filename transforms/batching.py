@@ -42,10 +42,18 @@ def _endpoint_of(value: Any) -> Any:
     return None
 
 
+def _shard_count(key: Any, counts: dict[Any, int], group_size: int) -> int:
+    """Shards of a stream: enough for groups of about ``group_size`` values."""
+    return max(1, -(-counts.get(key, 1) // group_size))
+
+
+def _endpoint_shard(value: Any, shards: int) -> int:
+    return zlib.crc32(repr(_endpoint_of(value)).encode()) % shards
+
+
 def _shard_by_endpoint(keyed: tuple[Any, Any], counts: dict[Any, int], group_size: int) -> tuple[Any, Any]:
     key, value = keyed
-    shards = max(1, -(-counts.get(key, 1) // group_size))
-    return (key, zlib.crc32(repr(_endpoint_of(value)).encode()) % shards), value
+    return (key, _endpoint_shard(value, _shard_count(key, counts, group_size))), value
 
 
 def _split_shard(keyed: tuple[tuple[Any, int], Iterable[Any]], batch_size: int) -> Iterator[tuple[Any, list[Any]]]:
@@ -62,18 +70,18 @@ def _shard_chunk_by_endpoint(keyed: tuple[Any, tuple[int, bytes]], counts: dict[
     """A packed chunk's values split into the shards :func:`_shard_by_endpoint`
     would put each of them in, packed again."""
     key, (_, packed) = keyed
-    shards = max(1, -(-counts.get(key, 1) // group_size))
+    shards = _shard_count(key, counts, group_size)
     slices: dict[int, list[Any]] = {}
     for value in unpack_pairs(packed):
-        slices.setdefault(zlib.crc32(repr(_endpoint_of(value)).encode()) % shards, []).append(value)
+        slices.setdefault(_endpoint_shard(value, shards), []).append(value)
     for shard, slice_ in slices.items():
         yield (key, shard), pack_pairs(slice_)
 
 
 def _split_shard_slices(keyed: tuple[tuple[Any, int], Iterable[bytes]],
                         batch_size: int) -> Iterator[tuple[Any, list[Any]]]:
-    (key, _shard), slices = keyed
-    return _split((key, (value for packed in slices for value in unpack_pairs(packed))), batch_size)
+    sharded_key, slices = keyed
+    return _split_shard((sharded_key, (value for packed in slices for value in unpack_pairs(packed))), batch_size)
 
 
 class BatchPerStream(beam.PTransform):

@@ -149,7 +149,6 @@ class BulkSender:
             cached = self._credentials[stream_id] = credentials_of(self._config[stream_id].destination, self._secrets)
         return cached
 
-
     def _send_group(self, stream_id: str, group: list[tuple[str, dict[str, Any]]]) -> None:
         stream = self._config[stream_id]
         counts = self.per_stream.setdefault(stream_id, {"requests": 0, "delivered": 0, "parked": 0,
