@@ -26,24 +26,24 @@ $(STAMP): setup.py constraints.txt
 install: $(STAMP) ## Create or refresh the virtual environment (.venv) with pinned dependencies
 
 $(SAMPLE_DIR)/.complete: $(STAMP)
-	$(PY) -m pipelines.sample_fleet --output_dir $(SAMPLE_DIR) --seed $(SEED)
+	$(PY) -m tools.sample_fleet --output_dir $(SAMPLE_DIR) --seed $(SEED)
 	@touch $@
 
-sample-data: $(STAMP) ## Generate the sample fleet (SAMPLE_DIR, SEED; more options: python -m pipelines.sample_fleet --help)
-	$(PY) -m pipelines.sample_fleet --output_dir $(SAMPLE_DIR) --seed $(SEED)
+sample-data: $(STAMP) ## Generate the sample fleet (SAMPLE_DIR, SEED; more options: python -m tools.sample_fleet --help)
+	$(PY) -m tools.sample_fleet --output_dir $(SAMPLE_DIR) --seed $(SEED)
 	@touch $(SAMPLE_DIR)/.complete
 
 run-local: $(SAMPLE_DIR)/.complete ## Run the job over the sample fleet, delivering to local REST/DataDog/S3/Kinesis destinations
-	$(PY) -m pipelines.run_local --sample_dir $(SAMPLE_DIR) --output_dir $(OUT_DIR)
+	$(PY) -m tools.run_local --sample_dir $(SAMPLE_DIR) --output_dir $(OUT_DIR)
 
 PORTABLE_ENVIRONMENT ?= EXTERNAL
 run-portable: $(SAMPLE_DIR)/.complete ## run-local through a Beam job service and SDK worker pool (PortableRunner; outputs in out/portable)
-	$(PY) -m pipelines.run_portable --sample_dir $(SAMPLE_DIR) --output_dir $(OUT_DIR)/portable \
+	$(PY) -m tools.run_portable --sample_dir $(SAMPLE_DIR) --output_dir $(OUT_DIR)/portable \
 		--environment_type $(PORTABLE_ENVIRONMENT)
 
 RUN_SECONDS ?= 90
 run-local-streaming: $(SAMPLE_DIR)/.complete ## Stream the sample fleet through the Pub/Sub emulator to local destinations for RUN_SECONDS (needs gcloud + Java)
-	$(PY) -m pipelines.run_local_streaming --sample_dir $(SAMPLE_DIR) --output_dir $(OUT_DIR)/streaming \
+	$(PY) -m tools.run_local_streaming --sample_dir $(SAMPLE_DIR) --output_dir $(OUT_DIR)/streaming \
 		--run_seconds $(RUN_SECONDS)
 
 # Deployment (submit-flink, submit-dataflow): shared locations every worker reaches.
@@ -96,7 +96,7 @@ historic: $(STAMP) ## Deliver STREAM's 7 days of history from the archive, then 
 
 BENCH_ARGS ?=
 bench: $(SAMPLE_DIR)/.complete ## Benchmark: baseline vs batch pipeline, memory scaling, streaming (BENCH_ARGS, e.g. --records 200000)
-	$(PY) -m pipelines.bench $(BENCH_ARGS)
+	$(PY) -m tools.bench $(BENCH_ARGS)
 
 test: $(STAMP) ## Run ruff and the whole test suite
 	$(VENV)/bin/ruff check .

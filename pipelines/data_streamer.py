@@ -37,7 +37,6 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineState
 from apache_beam.transforms.window import GlobalWindows
 
-from pipelines.direct_runner import apply_direct_runner_fixes
 from pipelines.options import (
     ArchiveOptions,
     DeliveryOptions,
@@ -61,6 +60,7 @@ from sinks.outbound import DestinationRefusedError, check_url
 from sinks.parking import ParkStore
 from sinks.results import DeliveryResult
 from sinks.retry import RetryPolicy
+from tools.direct_runner import apply_direct_runner_fixes
 from transforms.archive import ArchiveRawRecords
 from transforms.chunks import Unchunk, document_lines
 from transforms.delivery import DeliverToStreams, DeliverySettings

@@ -72,7 +72,7 @@ def stream_secrets(monkeypatch) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def moto_server():
     """moto's server on loopback for S3 and Kinesis, shared by the session."""
-    from pipelines.local_destinations import MotoServer
+    from tools.local_destinations import MotoServer
 
     with MotoServer() as server:
         yield server
@@ -82,7 +82,7 @@ def moto_server():
 def http_receiver():
     """A real HTTP server on 127.0.0.1 that records requests; ``.responder`` can be
     replaced to answer differently."""
-    from pipelines.local_destinations import HttpReceiver
+    from tools.local_destinations import HttpReceiver
 
     with HttpReceiver() as receiver:
         yield receiver
@@ -109,7 +109,7 @@ def pubsub_emulator():
     loopback port, shared by a test module; ``PUBSUB_EMULATOR_HOST`` points at it
     meanwhile. Missing tools fail the test with what to install: the streaming
     tests are not optional."""
-    from pipelines.pubsub_emulator import EmulatorToolsError, PubSubEmulator, check_tools
+    from tools.pubsub_emulator import EmulatorToolsError, PubSubEmulator, check_tools
 
     try:
         check_tools()

@@ -13,11 +13,11 @@ import fastavro
 import pytest
 
 from pipelines import backfill, data_streamer
-from pipelines.local_destinations import HttpReceiver
-from pipelines.sample_fleet import generate
 from schemas.streams import parse_stream_config
 from sinks.ordering import document_time
 from tests.streams import rest_stream
+from tools.local_destinations import HttpReceiver
+from tools.sample_fleet import generate
 from transforms.parse import parse_record
 from transforms.records import RecordError
 from transforms.routing import route

@@ -10,10 +10,10 @@ from collections import Counter
 
 import requests
 
-from pipelines.bench import __main__ as bench
-from pipelines.bench import batch
-from pipelines.bench.receiver import LeanReceiver, PathStats, document_digest
 from sinks.outbound import SIGNATURE_HEADER, sign
+from tools.bench import __main__ as bench
+from tools.bench import batch
+from tools.bench.receiver import LeanReceiver, PathStats, document_digest
 
 
 def test_batch_bench_end_to_end(tmp_path):

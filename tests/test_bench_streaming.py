@@ -1,4 +1,4 @@
-"""The streaming latency benchmark (``pipelines/bench/streaming.py``): its
+"""The streaming latency benchmark (``tools/bench/streaming.py``): its
 percentile and sweep logic, and one tiny run of the job and the trivial pipeline
 against the real Pub/Sub emulator."""
 
@@ -10,8 +10,8 @@ import math
 
 import pytest
 
-from pipelines.bench import streaming
-from pipelines.bench.streaming import RateSearch, drift, judge, latency_stats, percentile
+from tools.bench import streaming
+from tools.bench.streaming import RateSearch, drift, judge, latency_stats, percentile
 
 
 def test_percentile_is_nearest_rank():
@@ -110,7 +110,7 @@ def test_a_pass_above_a_failure_is_not_capacity():
 def test_tiny_run_against_the_emulator(tmp_path):
     """One rate, a few seconds, both pipelines: every record published in the
     measured window arrives, with a positive latency."""
-    from pipelines.pubsub_emulator import EmulatorToolsError, check_tools
+    from tools.pubsub_emulator import EmulatorToolsError, check_tools
 
     try:
         check_tools()

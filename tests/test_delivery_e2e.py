@@ -19,11 +19,11 @@ from apache_beam.internal import pickler
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import data_streamer
-from pipelines.sample_fleet import generate
 from schemas.streams import parse_stream_config
 from sinks.csv_format import flatten
 from tests.documents import kinesis_documents
 from tests.streams import REGION, datadog_stream, kinesis_stream, rest_stream, s3_stream
+from tools.sample_fleet import generate
 from transforms.routing import route
 
 KINESIS = "e2e-usage"
@@ -66,8 +66,8 @@ def _csv_rows(value: Any) -> str:
 @pytest.fixture(scope="module")
 def delivered(fleet, tmp_path_factory, moto_server):
     """Run the job once for the module; yield everything the tests inspect."""
-    from pipelines.local_destinations import HttpReceiver
     from tests.streams import SECRETS
+    from tools.local_destinations import HttpReceiver
 
     monkeypatch = pytest.MonkeyPatch()
     for name, value in SECRETS.items():

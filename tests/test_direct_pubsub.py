@@ -1,4 +1,4 @@
-"""The DirectRunner's prefetching Pub/Sub reads (``pipelines/direct_pubsub.py``,
+"""The DirectRunner's prefetching Pub/Sub reads (``tools/direct_runner/direct_pubsub.py``,
 fix 9), against the real emulator: every message handed out once, reads that do
 not wait while the job is busy, messages never read handed back at the end, and
 a failing subscription failing the read."""
@@ -14,15 +14,15 @@ from typing import Any
 import pytest
 from google.api_core import exceptions
 
-from pipelines import direct_pubsub
-from pipelines.direct_pubsub import (
+from tools.direct_runner import direct_pubsub
+from tools.direct_runner.direct_pubsub import (
     IDLE_AFTER_SECONDS,
     PULL_MAX_MESSAGES,
     QUEUE_MAX_MESSAGES,
     Prefetcher,
     _Activity,
 )
-from pipelines.pubsub_emulator import publish, publisher_client, subscriber_client
+from tools.pubsub_emulator import publish, publisher_client, subscriber_client
 
 
 def _subscription(emulator: Any, name: str, ack_deadline_seconds: int = 60) -> str:

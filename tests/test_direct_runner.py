@@ -1,4 +1,4 @@
-"""The DirectRunner workarounds of ``pipelines/direct_runner.py`` that can be
+"""The DirectRunner workarounds of ``tools/direct_runner.py`` that can be
 checked apart from a job (the others are covered by the streaming tests)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.window import GlobalWindow, IntervalWindow
 from apache_beam.utils.timestamp import Timestamp
 
-from pipelines.direct_runner import _indexed_extract_transform_timers, _NotingStates, _original_extract
+from tools.direct_runner import _indexed_extract_transform_timers, _NotingStates, _original_extract
 
 T = 1_793_520_000
 
@@ -94,7 +94,7 @@ def test_remembered_argument_lists_equal_beams_and_are_copies():
 
     from apache_beam.transforms import core
 
-    from pipelines.direct_runner import _cached_args_defaults
+    from tools.direct_runner import _cached_args_defaults
 
     original = core.get_function_args_defaults
     cached = _cached_args_defaults(original)
@@ -138,7 +138,7 @@ def test_steps_run_only_bundles_with_elements():
     from apache_beam.testing.util import assert_that, equal_to
     from apache_beam.transforms.window import FixedWindows, TimestampedValue
 
-    from pipelines.direct_runner import apply_direct_runner_fixes
+    from tools.direct_runner import apply_direct_runner_fixes
 
     apply_direct_runner_fixes()
     _BUNDLES.clear()

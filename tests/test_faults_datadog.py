@@ -1,8 +1,8 @@
 """Fault injection for the DataDog sink, against a real loopback intake.
 
 Each case runs ``WriteToDataDog`` under ``TestPipeline`` against
-:class:`~pipelines.local_destinations.HttpReceiver` answering a
-:class:`~pipelines.local_destinations.Script`, writes the parked batches to a real
+:class:`~tools.local_destinations.HttpReceiver` answering a
+:class:`~tools.local_destinations.Script`, writes the parked batches to a real
 park store and the results to files, and asserts exactly what the intake received
 (the bodies the sink's own payload functions make of the documents), what was
 parked (documents by id, reason, token, attempts), the delivery results (status,
@@ -24,13 +24,13 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.transforms.window import TimestampedValue
 
-from pipelines.local_destinations import Reply, Script
 from sinks.datadog import SERIES_PATH, Payload, WriteToDataDog, aggregate_usage, build_payloads, series_groups
 from sinks.http import Timeouts
 from sinks.parking import ParkedBatch, ParkStore, WriteParkedBatches
 from sinks.retry import RetryPolicy
 from tests.guide_samples import EXPECTED_USAGE
 from tests.streams import SECRETS, config, datadog_stream
+from tools.local_destinations import Reply, Script
 from transforms.enrich import volume_mb
 
 STREAM = "dd-faults"

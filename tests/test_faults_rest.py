@@ -1,8 +1,8 @@
 """Fault injection for the REST API and REST API bulk sinks: the failure policy of
 ``sinks/retry.py`` against a real loopback endpoint.
 
-The endpoint is :class:`~pipelines.local_destinations.HttpReceiver` answering from a
-:class:`~pipelines.local_destinations.Script`; the DoFns are called directly (so a
+The endpoint is :class:`~tools.local_destinations.HttpReceiver` answering from a
+:class:`~tools.local_destinations.Script`; the DoFns are called directly (so a
 test controls which batches one worker sees, which is what the stream circuit is
 about) with a real ``requests`` session that also notes every request it makes,
 including those that never reach the receiver (a closed port, a refused
@@ -31,7 +31,6 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 
-from pipelines.local_destinations import HttpReceiver, RecordedRequest, Reply, Script, always_ok, free_port
 from sinks.http import USER_AGENT, Timeouts
 from sinks.outbound import SIGNATURE_HEADER, verify_signature
 from sinks.parking import ParkedBatch
@@ -48,6 +47,7 @@ from sinks.results import DeliveryResult
 from sinks.retry import RetryPolicy
 from tests.guide_samples import EXPECTED_EVENTS, EXPECTED_USAGE
 from tests.streams import SECRETS, config, rest_stream
+from tools.local_destinations import HttpReceiver, RecordedRequest, Reply, Script, always_ok, free_port
 
 SIGNING_SECRET = SECRETS["DS_TEST_SIGNING_SECRET"]
 BASE = datetime(2019, 7, 17, 8, 0, 0, tzinfo=UTC)

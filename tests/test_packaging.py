@@ -47,8 +47,8 @@ NOT_IN_A_CLONE = {".git", ".venv", "out", "data", "build", "dist", ".pytest_cach
 #: today, but a new release of the requirement in between may drop them.
 TRANSITIVE = {
     "botocore": "boto3",  # sinks/aws.py, kinesis.py, s3.py, retry.py: boto3 depends on it
-    "grpcio": "apache-beam",  # pipelines/pubsub_emulator.py (run-local-streaming)
-    "google-api-core": "apache-beam",  # pipelines/direct_runner.py, pubsub_emulator.py
+    "grpcio": "apache-beam",  # tools/pubsub_emulator.py (run-local-streaming)
+    "google-api-core": "apache-beam",  # tools/direct_runner.py, pubsub_emulator.py
     # sinks/retry.py, which workers run: only through apache-beam[gcp] ->
     # google-cloud-aiplatform -> google-genai, three levels down.
     "tenacity": "apache-beam",
@@ -56,7 +56,7 @@ TRANSITIVE = {
 #: Third-party imports that setup.py leaves to the test extra: modules of the
 #: local tools, which the job graph does not import (checked below).
 TEST_ONLY = {
-    "moto": "pipelines/local_destinations.py",  # run-local's S3/Kinesis stand-in server
+    "moto": "tools/local_destinations.py",  # run-local's S3/Kinesis stand-in server
 }
 
 
@@ -252,7 +252,7 @@ def test_the_job_does_not_import_the_test_only_packages():
         import json, sys
         import pipelines.data_streamer, pipelines.submit
         print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in {sorted(TEST_ONLY)!r}
-                                or m == "pipelines.local_destinations")))
+                                or m == "tools.local_destinations")))
     """)
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
                             check=True)

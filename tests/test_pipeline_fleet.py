@@ -17,9 +17,9 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines.data_streamer import build_pipeline, main
-from pipelines.sample_fleet import generate
 from pipelines.summary import summarize
 from schemas.catalogues import EVENT_TYPES, LOCATION_EVENT_TYPES, PDP_EVENT_TYPES
+from tools.sample_fleet import generate
 
 COMMON_KEYS = {"id", "alert", "description", "timestamp", "event_type", "event_source", "event_severity",
                "organisation"}

@@ -23,12 +23,12 @@ import boto3
 import pytest
 
 from pipelines import data_streamer
-from pipelines.local_destinations import HttpReceiver
-from pipelines.portable import JobService, WorkerPool, portable_flags
-from pipelines.processes import group_alive
-from pipelines.sample_fleet import generate
 from tests.documents import kinesis_documents
 from tests.streams import REGION, SECRETS, datadog_stream, kinesis_stream, rest_stream, s3_stream
+from tools.local_destinations import HttpReceiver
+from tools.portable import JobService, WorkerPool, portable_flags
+from tools.processes import group_alive
+from tools.sample_fleet import generate
 
 
 @pytest.fixture(scope="module")

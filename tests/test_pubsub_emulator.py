@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from pipelines import pubsub_emulator as emulator_module
-from pipelines.pubsub_emulator import (
+from tools import pubsub_emulator as emulator_module
+from tools.pubsub_emulator import (
     EmulatorStartError,
     EmulatorToolsError,
     PacedPublisher,

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 
 from pipelines import data_streamer, redrive
-from pipelines.local_destinations import HttpReceiver, Reply, Script
-from pipelines.sample_fleet import generate
 from sinks.parking import ParkStore
 from tests.streams import REGION, SECRETS, datadog_stream, kinesis_stream, rest_stream, s3_stream
+from tools.local_destinations import HttpReceiver, Reply, Script
+from tools.sample_fleet import generate
 
 FAST = ["--max_attempts=3", "--retry_deadline_seconds=2", "--retry_base_delay_seconds=0.01",
         "--retry_max_delay_seconds=0.05", "--http_read_timeout=0.5", "--http_connect_timeout=0.5",

@@ -24,7 +24,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.sample_fleet import generate
 from schemas import REFERENCE_ENTITIES, raw_schema
 from schemas.catalogues import (
     EVENT_REQUIRED_FIELDS,
@@ -34,6 +33,7 @@ from schemas.catalogues import (
     TRAFFIC_TYPES,
 )
 from schemas.fields import FieldSpec, record_fields
+from tools.sample_fleet import generate
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {"seed": 11, "days": 2, "organisations": 2, "endpoints": 40,
@@ -223,7 +223,7 @@ def test_same_seed_gives_identical_bytes_and_another_seed_differs(root: Path, tm
 
 def test_help_runs_as_a_module() -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-m", "pipelines.sample_fleet", "--help"], cwd=REPO, env=env,
+    done = subprocess.run([sys.executable, "-m", "tools.sample_fleet", "--help"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     for flag in ("--output_dir", "--seed", "--start", "--days", "--organisations", "--endpoints",
@@ -235,7 +235,7 @@ def test_cli_writes_csv_reference_and_only_the_chosen_formats(tmp_path: Path) ->
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     args = ["--output_dir", str(tmp_path), "--days", "1", "--endpoints", "12", "--organisations", "1",
             "--reference_format", "csv", "--formats", "jsonl,parquet"]
-    done = subprocess.run([sys.executable, "-m", "pipelines.sample_fleet", *args], cwd=REPO, env=env,
+    done = subprocess.run([sys.executable, "-m", "tools.sample_fleet", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == [
@@ -254,7 +254,7 @@ def test_cli_writes_csv_reference_and_only_the_chosen_formats(tmp_path: Path) ->
 def test_bad_options_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="--days"):
         generate(tmp_path, days=0)
-    done = subprocess.run([sys.executable, "-m", "pipelines.sample_fleet", "--output_dir", str(tmp_path),
+    done = subprocess.run([sys.executable, "-m", "tools.sample_fleet", "--output_dir", str(tmp_path),
                            "--formats", "jsonl,xml"], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 2 and "--formats" in done.stderr

@@ -30,7 +30,6 @@ from datadog_api_client import Configuration
 from datadog_api_client.model_utils import model_to_dict, validate_and_convert_types
 from datadog_api_client.v2.model.metric_payload import MetricPayload
 
-from pipelines.local_destinations import RecordedRequest, Reply
 from sinks.datadog import (
     COST,
     VOLUME,
@@ -50,6 +49,7 @@ from sinks.results import DEAD_LETTERS
 from sinks.retry import RetryPolicy
 from tests.guide_samples import EXPECTED_USAGE
 from tests.streams import SECRETS, config, datadog_stream
+from tools.local_destinations import RecordedRequest, Reply
 from transforms.enrich import volume_mb
 
 STREAM = "dd-usage"

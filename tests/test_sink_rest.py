@@ -30,7 +30,6 @@ from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 
-from pipelines.local_destinations import Reply, free_port
 from sinks.http import Timeouts, new_session
 from sinks.ordering import order_key
 from sinks.outbound import SIGNATURE_HEADER, OutboundGuard, verify_signature
@@ -46,6 +45,7 @@ from sinks.rest import (
 from sinks.retry import RetryPolicy
 from tests.guide_samples import EXPECTED_EVENTS, EXPECTED_USAGE
 from tests.streams import SECRETS, config, rest_stream
+from tools.local_destinations import Reply, free_port
 from transforms import metrics
 
 TOKEN = SECRETS["DS_TEST_REST_TOKEN"]

@@ -22,9 +22,9 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineState
 
 from pipelines.data_streamer import build_pipeline, write_outputs
-from pipelines.pubsub_emulator import PubSubEmulator, Ticker, create_topic_and_subscription, publish
 from tests.guide_samples import RAW_EVENTS, RAW_USAGE
 from tests.streams import rest_stream, s3_stream
+from tools.pubsub_emulator import PubSubEmulator, Ticker, create_topic_and_subscription, publish
 
 #: Everything must arrive within this; a healthy run needs ~8 s (S3 files wait
 #: for their 10 s window to close).
@@ -65,7 +65,7 @@ def _sleep_until_second(second: float, of: int) -> None:
 
 
 def _prefetch_threads_end(timeout: float = 5.0) -> bool:
-    """Whether the background pulls of ``pipelines/direct_pubsub.py`` all stop
+    """Whether the background pulls of ``tools/direct_runner/direct_pubsub.py`` all stop
     (each finishes its pull in flight, at most a one-second deadline)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

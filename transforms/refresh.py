@@ -45,7 +45,7 @@ keep, so the tick fails and the runner retries it.
 DirectRunner caveats (Beam 2.77): it keeps every snapshot it ever received in
 memory (fine for bounded local runs; Dataflow and Flink garbage-collect expired
 side-input windows), and it fails on empty bundles reaching a step with a windowed
-side input (:mod:`pipelines.direct_runner`).
+side input (:mod:`tools.direct_runner`).
 """
 
 from __future__ import annotations

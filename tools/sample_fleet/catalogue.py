@@ -3,7 +3,7 @@
 The networks are real (MCC, MNC and TADIG codes as the GSMA assigns them) so that
 documents built from the sample look like production ones and a reviewer can
 check an operator against its country at a glance. Everything here is immutable;
-the random parts of the fleet are drawn in :mod:`pipelines.sample_fleet.reference`.
+the random parts of the fleet are drawn in :mod:`tools.sample_fleet.reference`.
 """
 
 from __future__ import annotations

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from pipelines.sample_fleet import catalogue as cat
-from pipelines.sample_fleet.clock import MS_PER_DAY, MS_PER_SECOND, TimeStyle, pick_style, render
-from pipelines.sample_fleet.plan import (
+from tools.sample_fleet import catalogue as cat
+from tools.sample_fleet.clock import MS_PER_DAY, MS_PER_SECOND, TimeStyle, pick_style, render
+from tools.sample_fleet.plan import (
     DevicePlan,
     Network,
     Period,
@@ -30,7 +30,7 @@ from pipelines.sample_fleet.plan import (
     plan_device,
     poisson,
 )
-from pipelines.sample_fleet.reference import Account, Device, Fleet, Sim, User, ratezone_id
+from tools.sample_fleet.reference import Account, Device, Fleet, Sim, User, ratezone_id
 
 BYTES_PER_MB = 1_000_000
 NETWORK, POLICY_CONTROL, API = 0, 1, 2

@@ -1,6 +1,6 @@
 """A lean loopback receiver for the bench's REST bulk streams.
 
-``pipelines.local_destinations.HttpReceiver`` keeps every request body in memory,
+``tools.local_destinations.HttpReceiver`` keeps every request body in memory,
 which at a million documents would measure the receiver rather than the job. This
 one keeps, per request path, the number of requests and documents and, when
 asked, the set of SHA-1 digests of each document re-serialized with sorted keys

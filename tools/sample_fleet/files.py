@@ -22,10 +22,10 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.sample_fleet.defects import Line
 from schemas import load_schema
 from schemas.arrow import arrow_schema
 from schemas.fields import record_fields
+from tools.sample_fleet.defects import Line
 
 REFERENCE_FORMATS = ("json", "csv", "parquet")
 RAW_FORMATS = ("jsonl", "avro", "parquet")

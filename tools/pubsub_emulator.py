@@ -53,7 +53,7 @@ from google.cloud import pubsub_v1
 from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
 from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
 
-from pipelines.processes import free_port, log_tail, stop_group
+from tools.processes import free_port, log_tail, stop_group
 from transforms.records import Kind
 from transforms.timestamps import parse_iso, to_epoch_ms
 

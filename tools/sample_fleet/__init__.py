@@ -13,8 +13,8 @@ portal, defects, ...), nothing reads the clock, and all ordering is explicit.
 
 Run::
 
-    python -m pipelines.sample_fleet --output_dir data/sample --seed 7
-    python -m pipelines.sample_fleet --output_dir /tmp/fleet --days 1 --reference_format csv \\
+    python -m tools.sample_fleet --output_dir data/sample --seed 7
+    python -m tools.sample_fleet --output_dir /tmp/fleet --days 1 --reference_format csv \\
         --formats jsonl,parquet
 
 Layout: ``reference/<entity>.<json|csv|parquet>``, ``raw/{events,usage}.{jsonl,avro,parquet}``
@@ -30,8 +30,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.sample_fleet.clock import MS_PER_DAY, parse_start
-from pipelines.sample_fleet.defects import (
+from schemas import REFERENCE_ENTITIES
+from tools.sample_fleet.clock import MS_PER_DAY, parse_start
+from tools.sample_fleet.defects import (
     DefectContext,
     Line,
     event_defects,
@@ -40,17 +41,16 @@ from pipelines.sample_fleet.defects import (
     schema_valid,
     usage_defects,
 )
-from pipelines.sample_fleet.files import (
+from tools.sample_fleet.files import (
     RAW_FORMATS,
     REFERENCE_FORMATS,
     remove_stale,
     write_raw,
     write_reference,
 )
-from pipelines.sample_fleet.plan import Period
-from pipelines.sample_fleet.records import build_streams
-from pipelines.sample_fleet.reference import Fleet, build_fleet, reference_rows
-from schemas import REFERENCE_ENTITIES
+from tools.sample_fleet.plan import Period
+from tools.sample_fleet.records import build_streams
+from tools.sample_fleet.reference import Fleet, build_fleet, reference_rows
 
 #: Sized so the default week is about 40,000 raw records: big enough to show the
 #: rhythm and every defect kind, small enough for the DirectRunner in well under 2 min.
@@ -188,7 +188,7 @@ def _formats(text: str) -> tuple[str, ...]:
 def parse_args(argv: Sequence[str] | None = None) -> tuple[Path, FleetOptions]:
     defaults = FleetOptions()
     parser = argparse.ArgumentParser(
-        prog="python -m pipelines.sample_fleet",
+        prog="python -m tools.sample_fleet",
         description="Write a deterministic sample fleet: reference data, raw events and usage records "
                     "(JSONL, Avro, Parquet) with injected duplicates and malformed records, and a "
                     "manifest of the exact counts a pipeline run must report.")

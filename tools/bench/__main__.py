@@ -1,16 +1,16 @@
-"""``make bench`` / ``python -m pipelines.bench``: throughput and memory of the job.
+"""``make bench`` / ``python -m tools.bench``: throughput and memory of the job.
 
-In one run, on a generated fleet (cached under ``bench/work/``):
+In one run, on a generated fleet (cached under ``tools/bench/work/``):
 
-1. batch: the baseline (``pipelines/bench/baseline.py``, a plain Python loop) and
+1. batch: the baseline (``tools/bench/baseline.py``, a plain Python loop) and
    the real batch pipeline on the DirectRunner, each a child process over the same
    input delivering to the same loopback REST bulk streams; records per second,
    the ratio pipeline / baseline, peak RSS of each, and a check that both delivered
    the same documents (exit 1 if not);
 2. memory: peak RSS of the batch pipeline at ``--memory_records`` and 5x that;
-3. streaming: ``pipelines/bench/streaming.py`` when present.
+3. streaming: ``tools/bench/streaming.py`` when present.
 
-Results go to ``bench/results/bench-<UTC time>.json`` and ``bench/results/latest.json``.
+Results go to ``tools/bench/results/bench-<UTC time>.json`` and ``tools/bench/results/latest.json``.
 """
 
 from __future__ import annotations
@@ -28,23 +28,23 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from pipelines.bench import batch
+from tools.bench import batch
 
 DEFAULT_RECORDS = 1_000_000
 DEFAULT_MEMORY_RECORDS = 200_000
 
 
 def _streaming_module() -> tuple[ModuleType | None, str | None]:
-    """``pipelines.bench.streaming``, or why it is not there."""
+    """``tools.bench.streaming``, or why it is not there."""
     try:
-        from pipelines.bench import streaming
+        from tools.bench import streaming
     except ImportError as err:
-        return None, f"pipelines.bench.streaming is not available ({err})"
+        return None, f"tools.bench.streaming is not available ({err})"
     return streaming, None
 
 
 def build_parser(streaming: ModuleType | None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=DEFAULT_RECORDS,
                         help="Raw records (events and usage) of the batch fleet; the fleet is generated with "
                              f"ceil(records / {batch.RECORDS_PER_ENDPOINT}) endpoints, so it has at least about "
@@ -60,10 +60,10 @@ def build_parser(streaming: ModuleType | None) -> argparse.ArgumentParser:
     parser.add_argument("--skip_batch", action="store_true", help="Skip the baseline vs pipeline comparison.")
     parser.add_argument("--skip_memory", action="store_true", help="Skip the memory-scaling runs.")
     parser.add_argument("--skip_streaming", action="store_true", help="Skip the streaming bench.")
-    parser.add_argument("--results_dir", default="bench/results",
-                        help="Where the result JSON files go. Default: bench/results.")
-    parser.add_argument("--work_dir", default="bench/work",
-                        help="Generated fleets and run outputs (git-ignored). Default: bench/work.")
+    parser.add_argument("--results_dir", default="tools/bench/results",
+                        help="Where the result JSON files go. Default: tools/bench/results.")
+    parser.add_argument("--work_dir", default="tools/bench/work",
+                        help="Generated fleets and run outputs (git-ignored). Default: tools/bench/work.")
     parser.add_argument("--pipeline_args", type=shlex.split, default=[],
                         help="Extra flags for the pipeline child, one string (e.g. '--direct_num_workers=2').")
     if streaming is not None:
@@ -128,7 +128,7 @@ def _run_streaming(streaming: ModuleType, args: argparse.Namespace, work_dir: Pa
     """The streaming phase; False when it failed. Missing tools (gcloud, Java: the
     Pub/Sub emulator) skip it with the reason instead of failing the bench, so the
     batch figures of a machine without them still count."""
-    from pipelines.pubsub_emulator import EmulatorToolsError
+    from tools.pubsub_emulator import EmulatorToolsError
 
     try:
         result = streaming.run(args, work_dir)

@@ -14,9 +14,9 @@ import math
 import random
 from dataclasses import dataclass
 
-from pipelines.sample_fleet import catalogue as cat
-from pipelines.sample_fleet.clock import MS_PER_DAY, MS_PER_SECOND, hour_of_day
-from pipelines.sample_fleet.reference import Device, Imsi
+from tools.sample_fleet import catalogue as cat
+from tools.sample_fleet.clock import MS_PER_DAY, MS_PER_SECOND, hour_of_day
+from tools.sample_fleet.reference import Device, Imsi
 
 INTERVAL_MS = 45 * MS_PER_SECOND
 MIN_FINAL_MS = MS_PER_SECOND

@@ -1,6 +1,6 @@
 """The bench's baseline: the batch job's work as a plain single-process Python loop.
 
-    python -m pipelines.bench.baseline --events_input data/sample/raw/events.jsonl \\
+    python -m tools.bench.baseline --events_input data/sample/raw/events.jsonl \\
         --usage_input data/sample/raw/usage.jsonl --reference_dir data/sample/reference \\
         --streams_config streams.json --output_dir out/baseline --allow_insecure_destinations
 
@@ -303,7 +303,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.bench.baseline", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.bench.baseline", description=__doc__.split("\n\n")[0])
     parser.add_argument("--events_input", help="File pattern of raw events (JSONL).")
     parser.add_argument("--usage_input", help="File pattern of raw usage records (JSONL).")
     parser.add_argument("--reference_dir", required=True, help="Reference data directory.")

@@ -1,7 +1,7 @@
 """Streaming latency benchmark (part of ``make bench``): publish-to-receipt latency
 of the streaming job on the DirectRunner, and the highest rate it sustains.
 
-    python -m pipelines.bench.streaming [--stream_rate 200] [--stream_seconds 30] ...
+    python -m tools.bench.streaming [--stream_rate 200] [--stream_seconds 30] ...
 
 What it does, in one process plus two child processes:
 
@@ -38,7 +38,7 @@ What it does, in one process plus two child processes:
   because the previous step's records are all received first. When they are not
   (an overloaded step left a backlog) the job is replaced by a fresh one;
 - the **runner's ceiling**: the same sweep with a trivial pipeline on the same
-  DirectRunner (same fixes, :func:`pipelines.direct_runner.apply_direct_runner_fixes`),
+  DirectRunner (same fixes, :func:`tools.direct_runner.apply_direct_runner_fixes`),
   reading the same two kinds of message from the same emulator, parsing them
   with orjson and POSTing each bundle's records as a JSON array to the same
   receiver (:func:`trivial_main`), from ``--stream_trivial_start_rate``. On a
@@ -288,7 +288,7 @@ class PoolRecord:
 def load_pool(sample_dir: Path) -> list[PoolRecord]:
     """The sample fleet's records that the job turns into documents (valid,
     known references), both kinds interleaved in event-time order."""
-    from pipelines.pubsub_emulator import record_time
+    from tools.pubsub_emulator import record_time
     from transforms.enrich import enrich_event, enrich_usage
     from transforms.parse import parse_record
     from transforms.records import RecordError
@@ -334,7 +334,7 @@ def ensure_sample(sample_dir: Path, work_dir: Path) -> Path:
         return sample_dir
     generated = work_dir / "sample"
     if not (generated / "raw" / "events.jsonl").is_file():
-        subprocess.run([sys.executable, "-m", "pipelines.sample_fleet", "--output_dir", str(generated),
+        subprocess.run([sys.executable, "-m", "tools.sample_fleet", "--output_dir", str(generated),
                         "--days", "1", "--formats", "jsonl"], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     return generated
 
@@ -463,7 +463,7 @@ class RatePublisher:
                 self._errors += 1
 
     def publish_one(self) -> None:
-        from pipelines.pubsub_emulator import shift_record
+        from tools.pubsub_emulator import shift_record
 
         source = next(self._pool)
         record = orjson.loads(source.line)
@@ -516,7 +516,7 @@ class AlignedTicker:
         self._thread = threading.Thread(target=self._run, name="aligned-ticker", daemon=True)
 
     def _run(self) -> None:
-        from pipelines.pubsub_emulator import publish
+        from tools.pubsub_emulator import publish
 
         half = self._interval / 2
         while not self._stop.is_set():
@@ -563,7 +563,7 @@ class Session:
         self.started_at = 0.0
 
     def _subscribe(self, topic: str) -> str:
-        from pipelines.pubsub_emulator import create_topic_and_subscription
+        from tools.pubsub_emulator import create_topic_and_subscription
 
         path = create_topic_and_subscription(self.project, topic, f"{topic}-{self.which}-{self.index}",
                                              host=self.host)
@@ -573,7 +573,7 @@ class Session:
     def command(self) -> list[str]:
         events, usage = self._subscribe("bench-events"), self._subscribe("bench-usage")
         if self.which == "trivial":
-            return [sys.executable, "-m", "pipelines.bench.streaming", "_trivial_pipeline",
+            return [sys.executable, "-m", "tools.bench.streaming", "_trivial_pipeline",
                     f"--events_subscription={events}", f"--usage_subscription={usage}",
                     f"--url={self._url}/trivial", f"--run_seconds={self._run_seconds}"]
         refresh = self._subscribe("bench-refresh")
@@ -615,8 +615,8 @@ class Session:
             return ""
 
     def stop(self) -> None:
-        from pipelines.processes import stop_group
-        from pipelines.pubsub_emulator import subscriber_client
+        from tools.processes import stop_group
+        from tools.pubsub_emulator import subscriber_client
 
         if self.process is not None and self.process.poll() is None:
             stop_group(self.process, grace_seconds=10)
@@ -827,7 +827,7 @@ def trivial_main(argv: Sequence[str]) -> int:
     from apache_beam.options.pipeline_options import PipelineOptions
     from apache_beam.runners.runner import PipelineState
 
-    from pipelines.direct_runner import apply_direct_runner_fixes
+    from tools.direct_runner import apply_direct_runner_fixes
 
     parser = argparse.ArgumentParser(prog="trivial pipeline")
     parser.add_argument("--events_subscription", required=True)
@@ -886,7 +886,7 @@ def _create_topics(project: str, host: str, topics: Sequence[str]) -> None:
     published while no subscription exists are dropped, as Pub/Sub does."""
     from google.api_core.exceptions import AlreadyExists
 
-    from pipelines.pubsub_emulator import publisher_client
+    from tools.pubsub_emulator import publisher_client
 
     client = publisher_client(host)
     try:
@@ -900,7 +900,7 @@ def _create_topics(project: str, host: str, topics: Sequence[str]) -> None:
 def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
     """Run the streaming benchmark; return a JSON-serialisable result (``inf``
     latencies of lost records as ``null``)."""
-    from pipelines.pubsub_emulator import PubSubEmulator, check_tools
+    from tools.pubsub_emulator import PubSubEmulator, check_tools
 
     began = time.time()
     work_dir = Path(work_dir) / "streaming"
@@ -1024,11 +1024,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["_trivial_pipeline"]:
         return trivial_main(argv[1:])
-    parser = argparse.ArgumentParser(prog="python -m pipelines.bench.streaming", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.bench.streaming", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
     parser.add_argument("--work_dir", default="out/bench", help="Where logs and job outputs go. Default: out/bench.")
     args = parser.parse_args(argv)
-    from pipelines.pubsub_emulator import EmulatorStartError, EmulatorToolsError
+    from tools.pubsub_emulator import EmulatorStartError, EmulatorToolsError
 
     try:
         result = run(args, Path(args.work_dir))
@@ -1042,6 +1042,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     # Import by its importable name, so what Beam pickles refers to this module.
-    from pipelines.bench import streaming as _importable
+    from tools.bench import streaming as _importable
 
     sys.exit(_importable.main())

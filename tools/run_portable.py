@@ -1,13 +1,13 @@
 """``make run-portable``: ``make run-local`` through Beam's portable runner.
 
 Starts a Beam job service and an SDK worker pool, each as its own process
-(:mod:`pipelines.portable`), and submits the batch job over the sample fleet to
+(:mod:`tools.portable`), and submits the batch job over the sample fleet to
 the job service with ``--runner=PortableRunner`` and the same local destinations
 as ``make run-local``. The job service speaks the Job API a Flink job server
 speaks; the worker pool stands where a Flink TaskManager's SDK worker sidecar
 does. Both are stopped at the end, also on failure.
 
-    python -m pipelines.run_portable --sample_dir data/sample --output_dir out/portable
+    python -m tools.run_portable --sample_dir data/sample --output_dir out/portable
 
 ``--environment_type LOOPBACK`` runs the SDK workers inside this process instead
 of the worker pool (quicker to debug). Other flags go to the job.
@@ -21,12 +21,12 @@ import os
 import sys
 from pathlib import Path
 
-from pipelines import run_local
-from pipelines.portable import ENVIRONMENTS, JobService, WorkerPool, portable_flags
+from tools import run_local
+from tools.portable import ENVIRONMENTS, JobService, WorkerPool, portable_flags
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.run_portable", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.run_portable", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sample_dir", default="data/sample", help="Sample fleet directory. Default: data/sample.")
     parser.add_argument("--output_dir", default="out/portable", help="Job outputs. Default: out/portable.")
     parser.add_argument("--environment_type", choices=ENVIRONMENTS, default="EXTERNAL",

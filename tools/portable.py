@@ -23,7 +23,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from pipelines.processes import PortService, free_port
+from tools.processes import PortService, free_port
 
 #: Environment types a job submitted to the local job service can use.
 ENVIRONMENTS = ("EXTERNAL", "LOOPBACK")

@@ -116,7 +116,7 @@ from apache_beam.transforms.window import IntervalWindow
 from apache_beam.utils import counters
 from apache_beam.utils.timestamp import Timestamp
 
-from pipelines import direct_pubsub
+from tools.direct_runner import direct_pubsub
 
 _EMPTY_BUNDLE_WINDOW = IntervalWindow(Timestamp(0), Timestamp(micros=1))
 

@@ -3,7 +3,7 @@
 Both contenders run as child processes (so each one's peak RSS is its own:
 ``os.wait4`` returns the child's ``ru_maxrss``) over the same generated fleet,
 delivering to the same sink: one ``rest_api_bulk`` stream of stream type "both"
-per organisation, to a :class:`~pipelines.bench.receiver.LeanReceiver` on
+per organisation, to a :class:`~tools.bench.receiver.LeanReceiver` on
 127.0.0.1 running in the bench's own process. The receiver keeps a digest of
 every document each run delivered, per stream, so the bench checks (not assumes)
 that the baseline and the pipeline delivered the same documents.
@@ -12,7 +12,7 @@ Records per second = raw records read / wall time of the child process, from
 ``Popen`` to its exit, everything included. The "excluding start-up" figure
 subtracts the time the same interpreter needs to import the child's module
 (``python -c 'import pipelines.data_streamer'``; for the baseline, which imports
-the ``transforms`` modules and so Beam as well, ``import pipelines.bench.baseline``),
+the ``transforms`` modules and so Beam as well, ``import tools.bench.baseline``),
 measured once per bench run; graph construction and runner start are not
 subtracted.
 """
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.bench.receiver import LeanReceiver, PathStats
+from tools.bench.receiver import LeanReceiver, PathStats
 from transforms.reference import load_table
 
 REPO = Path(__file__).resolve().parents[2]
@@ -90,7 +90,7 @@ class Fleet:
 
 
 def prepare_work_dir(work_dir: Path) -> Path:
-    """``bench/work``, with a ``.gitignore`` that keeps its generated data out of git."""
+    """``tools/bench/work``, with a ``.gitignore`` that keeps its generated data out of git."""
     work_dir.mkdir(parents=True, exist_ok=True)
     ignore = work_dir / ".gitignore"
     if not ignore.exists():
@@ -111,7 +111,7 @@ def fleet(records: int, seed: int, work_dir: Path, log: Any = None) -> Fleet:
         _say(log, f"generating a fleet of {endpoints} endpoints (about {endpoints * 222:,} records) into {path}")
         started = time.monotonic()
         subprocess.run(
-            [sys.executable, "-m", "pipelines.sample_fleet", "--output_dir", str(path), "--endpoints", str(endpoints),
+            [sys.executable, "-m", "tools.sample_fleet", "--output_dir", str(path), "--endpoints", str(endpoints),
              "--seed", str(seed), "--formats", "jsonl"],
             check=True, cwd=REPO, stdout=subprocess.DEVNULL,
         )
@@ -234,7 +234,7 @@ def run_contender(name: str, fleet_: Fleet, receiver: LeanReceiver, work_dir: Pa
     organisations = sorted(load_table(str(fleet_.reference), "organisation"))
     config_path = run_dir / "streams.json"
     config_path.write_text(json.dumps({"streams": streams_for(organisations, f"{receiver.url}/{name}")}, indent=2))
-    module = "pipelines.bench.baseline" if name == "baseline" else "pipelines.data_streamer"
+    module = "tools.bench.baseline" if name == "baseline" else "pipelines.data_streamer"
     command = [sys.executable, "-m", module, *job_arguments(fleet_, config_path, output_dir), *(extra or [])]
     child = run_child(command, run_dir / "log.txt")
     received = receiver.take(f"/{name}/")
@@ -333,7 +333,7 @@ def run_batch(args: argparse.Namespace, work_dir: Path, log: Any = sys.stdout) -
         _say(log, f"  note: {fleet_.records:,} is fewer than the {args.records:,} asked for")
     started = time.monotonic()
     startup = {"pipeline": startup_seconds("pipelines.data_streamer"),
-               "baseline": startup_seconds("pipelines.bench.baseline")}
+               "baseline": startup_seconds("tools.bench.baseline")}
     phases["startup_measurement"] = round(time.monotonic() - started, 1)
     runs: dict[str, Any] = {}
     with new_receiver() as receiver:

@@ -10,7 +10,7 @@ Credentials for the local destinations are placeholders set in this process's
 environment (``DATASTREAMER_LOCAL_*``), referenced by the stream config like real
 ones are; they are never printed.
 
-    python -m pipelines.run_local --sample_dir data/sample --output_dir out
+    python -m tools.run_local --sample_dir data/sample --output_dir out
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any
 import boto3
 
 from pipelines import data_streamer
-from pipelines.local_destinations import HttpReceiver, MotoServer
+from tools.local_destinations import HttpReceiver, MotoServer
 from transforms.reference import load_table
 
 REGION = "eu-central-1"
@@ -168,7 +168,7 @@ def set_local_secrets() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.run_local", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.run_local", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sample_dir", default="data/sample", help="Sample fleet directory. Default: data/sample.")
     parser.add_argument("--output_dir", default="out", help="Job outputs. Default: out.")
     args, job_args = parser.parse_known_args(argv)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from pipelines.processes import free_port
+from tools.processes import free_port
 
 
 @dataclass(frozen=True)

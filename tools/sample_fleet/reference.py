@@ -16,10 +16,10 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from pipelines.sample_fleet import catalogue as cat
-from pipelines.sample_fleet.clock import MS_PER_DAY, parse_start, render
 from schemas import REFERENCE_ENTITIES
 from schemas.catalogues import EVENT_SEVERITIES, EVENT_SOURCES, EVENT_TYPES, TRAFFIC_TYPES
+from tools.sample_fleet import catalogue as cat
+from tools.sample_fleet.clock import MS_PER_DAY, parse_start, render
 
 MULTI_IMSI_SHARE = 0.25
 MSISDN_SHARE = 0.65

@@ -9,7 +9,7 @@ topic. Runs the streaming job (``ReadFromPubSub`` on the DirectRunner) for
 run's counts and the stream status, and shuts everything down. If gcloud, its
 Pub/Sub emulator or Java is missing it says what to install.
 
-    python -m pipelines.run_local_streaming --sample_dir data/sample --output_dir out/streaming
+    python -m tools.run_local_streaming --sample_dir data/sample --output_dir out/streaming
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 from pipelines import data_streamer
-from pipelines.local_destinations import HttpReceiver, MotoServer
-from pipelines.pubsub_emulator import (
+from tools.local_destinations import HttpReceiver, MotoServer
+from tools.pubsub_emulator import (
     EmulatorStartError,
     EmulatorToolsError,
     PacedPublisher,
@@ -32,7 +32,7 @@ from pipelines.pubsub_emulator import (
     check_tools,
     create_topic_and_subscription,
 )
-from pipelines.run_local import _LOCAL_SECRETS, _prepare_aws, local_streams, report
+from tools.run_local import _LOCAL_SECRETS, _prepare_aws, local_streams, report
 from transforms.reference import load_table
 
 REFRESH_SECONDS = 20
@@ -51,7 +51,7 @@ def _streaming_streams(organisations: list[int], http_url: str, aws_url: str) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.run_local_streaming",
+    parser = argparse.ArgumentParser(prog="python -m tools.run_local_streaming",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--sample_dir", default="data/sample", help="Sample fleet directory. Default: data/sample.")
     parser.add_argument("--output_dir", default="out/streaming", help="Job outputs. Default: out/streaming.")

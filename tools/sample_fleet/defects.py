@@ -21,8 +21,8 @@ from typing import Any
 
 import orjson
 
-from pipelines.sample_fleet.records import Draft
 from schemas.catalogues import EVENT_TYPES
+from tools.sample_fleet.records import Draft
 
 MAX_LINE_BYTES = 65_536
 EVENT_ID_START = 4_301_370_700

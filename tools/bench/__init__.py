@@ -1,5 +1,5 @@
 """``make bench``: the job's throughput against a plain-Python baseline, its memory
-as the input grows, and its streaming latency (``python -m pipelines.bench --help``).
+as the input grows, and its streaming latency (``python -m tools.bench --help``).
 
 - ``baseline``: the batch job's work as a single-process loop (no Beam pipeline).
 - ``batch``: runs the baseline and the pipeline as child processes over one
