@@ -60,7 +60,6 @@ from sinks.outbound import DestinationRefusedError, check_url
 from sinks.parking import ParkStore
 from sinks.results import DeliveryResult
 from sinks.retry import RetryPolicy
-from tools.direct_runner import apply_direct_runner_fixes
 from transforms.archive import ArchiveRawRecords
 from transforms.chunks import Unchunk, document_lines
 from transforms.delivery import DeliverToStreams, DeliverySettings
@@ -228,8 +227,6 @@ def build_pipeline(
     refresh = options.view_as(StreamingOptions).refresh_interval_seconds
     delivery = options.view_as(DeliveryOptions)
     settings = delivery_settings(options, streaming) if delivery.streams_config else None
-    if runner_name(options) in ("DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner"):
-        apply_direct_runner_fixes()
     if streaming:
         side = _streaming_side_inputs(p, options, settings, ticks, first_refresh_seconds)
     else:

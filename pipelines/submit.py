@@ -16,7 +16,7 @@ detached (it prints the job id and returns; the job runs until cancelled)::
 What both pass: ``--streaming``; ``--setup_file`` (this repository's setup.py:
 workers install the job's packages from it); ``--job_name`` (default
 ``datastreamer``; an in-place update must reuse it, and the job's transform labels
-are stable between builds, tests/test_runner_api.py); ``--detach``. Flink also
+are stable between builds, tests/unit/test_runner_api.py); ``--detach``. Flink also
 gets its SDK worker environment, a checkpoint interval (Pub/Sub messages are
 acknowledged when a checkpoint completes) and the cross-language Pub/Sub read
 (``--pubsub_expansion_service``); Dataflow gets Streaming Engine and

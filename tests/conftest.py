@@ -1,4 +1,18 @@
-"""Shared fixtures: reference directories written in each supported format."""
+"""Shared fixtures (reference directories written in each supported format, local
+services) and the test tiers.
+
+Tiers, by folder, each with its marker (``pytest.ini``): ``unit`` (functions and
+DoFns called directly), ``composite`` (``TestPipeline``/``TestStream`` graphs),
+``e2e`` (the job against real local services), ``tools`` (the bench, the sample
+fleet, the emulator, the DirectRunner workarounds). ``make test-fast`` runs unit
+and composite.
+
+Runners (``tools/runners.py``): a ``TestPipeline()`` without options runs on the
+batch runner, Beam's FnApiRunner; tests of streaming graphs name the
+BundleBasedDirectRunner, for which the session installs the workarounds of
+``tools/direct_runner`` (the tests, like the local launchers, are where they
+apply; the job never applies them).
+"""
 
 from __future__ import annotations
 
@@ -10,11 +24,29 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
 
 from schemas.arrow import arrow_schema
 from schemas.fields import record_fields
 from tests import guide_samples
+from tools import runners
+from tools.direct_runner import apply_direct_runner_fixes
 from transforms.reference import ReferenceData, build_reference_data
+
+TIERS = ("unit", "composite", "e2e", "tools")
+
+TestPipeline.pytest_test_pipeline_options = runners.runner_flag(streaming=False)
+apply_direct_runner_fixes()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test with the tier of its folder."""
+    for item in items:
+        parts = item.path.parts
+        tier = next((name for name in TIERS if name in parts[parts.index("tests") + 1:][:1]), None)
+        if tier is None:
+            raise pytest.UsageError(f"{item.nodeid}: a test belongs in tests/{{{','.join(TIERS)}}}/")
+        item.add_marker(getattr(pytest.mark, tier))
 
 
 def write_reference(directory: Path, tables: dict[str, list[dict[str, Any]]], fmt: str = "json") -> Path:

@@ -7,7 +7,7 @@ entity the reference data does not know or names entities that do not belong
 together (an IMSI of another SIM, a SIM of another organisation). Data is never
 invented: an unresolvable record is a dead letter, not a document with blanks.
 
-Shape rules the samples imply (see tests/test_conformance.py):
+Shape rules the samples imply (see tests/composite/test_conformance.py):
 
 - ``endpoint``, ``imsi``, ``sim`` and ``user`` appear when the raw event names them
   (which event types must name which is :data:`schemas.catalogues.EVENT_REQUIRED_FIELDS`).

@@ -188,7 +188,7 @@ def run_child(command: list[str], log_path: Path) -> ChildRun:
     bench holds a million delivered digests by the memory runs), so the child's
     peak could not be reported lower than ours. Spawned by a bare interpreter, the
     command's peak starts from that interpreter's few MiB instead
-    (``tests/test_bench.py``)."""
+    (``tests/tools/test_bench.py``)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     rss_path = log_path.with_suffix(".maxrss")
     load_start = os.getloadavg()[0]

@@ -300,6 +300,7 @@ def _reusing_pardo_init(original: Callable[..., None]) -> Callable[..., None]:
 
 _original_extract = watermark_manager._TransformWatermarks.extract_transform_timers
 _applied = False
+_applied_speed = False
 
 
 def _skipping_empty(original: Callable[[Any, Any], None]) -> Callable[[Any, Any], None]:
@@ -331,12 +332,41 @@ def _closing_prefetchers(original: Callable[[Any], None]) -> Callable[[Any], Non
 GC_THRESHOLDS = (100_000, 50, 1000)
 
 
-def apply_direct_runner_fixes() -> None:
-    """Idempotently install the workarounds (module docstring)."""
+#: Beam versions these workarounds were tested with (``tests/tools/test_direct_runner.py``,
+#: the streaming tests and ``make bench``). They replace private Beam symbols, so
+#: on any other version they refuse to apply rather than patch code they were not
+#: written for.
+TESTED_BEAM_VERSIONS = frozenset({"2.77.0"})
+
+
+class UntestedBeamVersionError(RuntimeError):
+    """The installed Beam is not one the workarounds were tested with."""
+
+
+def check_beam_version(version: str | None = None) -> None:
+    """Raise :class:`UntestedBeamVersionError` unless ``version`` (the installed
+    Beam's by default) is in :data:`TESTED_BEAM_VERSIONS`."""
+    import apache_beam
+
+    version = version or apache_beam.__version__
+    if version not in TESTED_BEAM_VERSIONS:
+        raise UntestedBeamVersionError(
+            f"tools/direct_runner: the DirectRunner workarounds were tested with Beam "
+            f"{', '.join(sorted(TESTED_BEAM_VERSIONS))}, not {version}. Run tests/tools/test_direct_runner.py and "
+            "the streaming tests against it, then add it to TESTED_BEAM_VERSIONS (or drop a workaround that "
+            "Beam fixed upstream).")
+
+
+def apply_direct_runner_fixes(*, speed: bool = True) -> None:
+    """Idempotently install the workarounds (module docstring): fixes 1 and 2
+    (correctness) and 3 and 9 (Pub/Sub reads) always, the speed fixes 4 to 8
+    with ``speed``. Refuses an untested Beam version before patching anything."""
     global _applied
+    check_beam_version()
     if _applied:
+        if speed and not _applied_speed:
+            _apply_speed_fixes()
         return
-    gc.set_threshold(*GC_THRESHOLDS)
     original_init = executor.TransformExecutor.__init__
     original_call = executor.TransformExecutor.call
 
@@ -362,6 +392,18 @@ def apply_direct_runner_fixes() -> None:
     executor.TransformExecutor.__init__ = init
     executor.TransformExecutor.call = call
     reader._get_subscriber_client = classmethod(prefetching_client)
+    parallel = executor._ExecutorServiceParallelExecutor
+    parallel.await_completion = _closing_prefetchers(parallel.await_completion)
+    parallel.request_shutdown = _closing_prefetchers(parallel.request_shutdown)
+    _applied = True
+    if speed:
+        _apply_speed_fixes()
+
+
+def _apply_speed_fixes() -> None:
+    """Fixes 4 to 8: speed only (module docstring)."""
+    global _applied_speed
+    gc.set_threshold(*GC_THRESHOLDS)
     # is_stateful_dofn and the direct runner's state look the function up in
     # userstate; transform_evaluator imported its own reference.
     cached = _cached_dofn_specs(userstate.get_dofn_specs)
@@ -373,6 +415,4 @@ def apply_direct_runner_fixes() -> None:
     core.get_function_args_defaults = _cached_args_defaults(core.get_function_args_defaults)
     parallel = executor._ExecutorServiceParallelExecutor
     parallel.schedule_consumers = _skipping_empty(parallel.schedule_consumers)
-    parallel.await_completion = _closing_prefetchers(parallel.await_completion)
-    parallel.request_shutdown = _closing_prefetchers(parallel.request_shutdown)
-    _applied = True
+    _applied_speed = True

@@ -5,7 +5,7 @@ how outcomes become results and parked batches); the composites under
 ``TestPipeline`` with ``assert_that`` on their outputs; and end to end against a
 real loopback HTTP receiver, comparing what it received with the documents sent.
 The failure policy's fault cases against real endpoints are in
-``tests/test_faults_rest.py``. The local receiver is plain http on 127.0.0.1, which
+``tests/composite/test_faults_rest.py``. The local receiver is plain http on 127.0.0.1, which
 the outbound rules refuse, so these tests pass ``allow_insecure=True`` (what
 ``make run-local`` does too).
 """
@@ -51,7 +51,7 @@ from transforms import metrics
 TOKEN = SECRETS["DS_TEST_REST_TOKEN"]
 SIGNING_SECRET = SECRETS["DS_TEST_SIGNING_SECRET"]
 #: Two attempts a request, milliseconds apart: the retry policy's own timing is
-#: tested in tests/test_faults_rest.py.
+#: tested in tests/composite/test_faults_rest.py.
 FAST = RetryPolicy(max_attempts=2, base_delay_seconds=0.01, max_delay_seconds=0.05)
 BASE = datetime(2019, 7, 17, 8, 0, 0, tzinfo=UTC)
 ELEMENT_TS = 1_563_350_400  # 2019-07-17T08:00:00Z, the element timestamp of every test input

@@ -17,8 +17,8 @@ from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 
 from pipelines.summary import summarize
+from tests.composite.test_routing import STREAMS, _event, _usage
 from tests.guide_samples import EXPECTED_EVENTS, EXPECTED_USAGE, RAW_EVENTS, RAW_USAGE
-from tests.test_routing import STREAMS, _event, _usage
 from transforms.batching import (
     _chunk_size,
     _shard_by_endpoint,

@@ -35,10 +35,10 @@ from sinks.redaction import MASK
 from sinks.results import DeliveryResult
 from sinks.retry import RetryPolicy
 from sinks.s3 import WriteToS3
+from tests.composite.test_sink_kinesis import new_stream, read_stream
+from tests.composite.test_sink_s3 import expected_row, new_bucket, parse_csv, read_bucket, routed, sort_key, stamp
 from tests.documents import event_doc, usage_doc
 from tests.streams import SECRETS, config, kinesis_stream, s3_stream
-from tests.test_sink_kinesis import new_stream, read_stream
-from tests.test_sink_s3 import expected_row, new_bucket, parse_csv, read_bucket, routed, sort_key, stamp
 
 BASE = datetime(2026, 11, 1, 8, 5, 0, tzinfo=UTC)
 #: Fast retries: three attempts, backoff of milliseconds.

@@ -35,7 +35,7 @@ from schemas.catalogues import (
 from schemas.fields import FieldSpec, record_fields
 from tools.sample_fleet import generate
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SMALL = {"seed": 11, "days": 2, "organisations": 2, "endpoints": 40,
          "duplicate_rate": 0.03, "malformed_rate": 0.03}
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,3})?(Z|[+-]\d{2}:?\d{2})$")

@@ -13,7 +13,7 @@ import orjson
 from pipelines.data_streamer import main
 from tests.guide_samples import EXPECTED_EVENTS, EXPECTED_USAGE, RAW_EVENTS, RAW_USAGE
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _read_jsonl(directory: Path, prefix: str) -> list[bytes]:

@@ -1,7 +1,7 @@
 """The S3 sink and its CSV format: flattening against the guide's samples, the
 file naming rule, the DoFn with an injected client, and end to end on moto's S3
 (objects listed, read back and parsed, compared exactly to the documents sent).
-Fault injection against moto is in tests/test_faults_aws.py."""
+Fault injection against moto is in tests/composite/test_faults_aws.py."""
 
 from __future__ import annotations
 

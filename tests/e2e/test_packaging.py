@@ -35,9 +35,9 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from pipelines.submit import runner_flags
-from tests.test_runner_api import DATAFLOW_ARGV, build
+from tests.unit.test_runner_api import DATAFLOW_ARGV, build
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("pipelines", "transforms", "sinks", "schemas")
 #: Left out of the copy the sdist is built from: not part of a clone, or build output.
 NOT_IN_A_CLONE = {".git", ".venv", "out", "data", "build", "dist", ".pytest_cache", ".ruff_cache"}

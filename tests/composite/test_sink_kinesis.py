@@ -1,7 +1,7 @@
 """The Kinesis sink: the DoFn with injected clients, the composite under
 TestPipeline, and end to end on moto's Kinesis (records read back from every shard
 and compared exactly to the documents sent). Fault injection against moto is in
-tests/test_faults_aws.py."""
+tests/composite/test_faults_aws.py."""
 
 from __future__ import annotations
 

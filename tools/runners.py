@@ -1,0 +1,30 @@
+"""The local runners, named: every local launcher, make target and test tier runs
+on one of these, never on whatever ``DirectRunner`` picks.
+
+Beam 2.77's ``DirectRunner`` is a switch: it first tries the Prism runner (a Go
+binary it downloads from GitHub on first use), and only when that fails falls back
+to the FnApiRunner (batch) or the BundleBasedDirectRunner (streaming,
+``TestStream``, processing-time timers). On a machine that can reach GitHub the
+same command would silently run on Prism. So the job's local runs say which one:
+
+- :data:`BATCH`: Beam's FnApiRunner, the in-process portable runner that
+  executes bounded graphs (what the switch falls back to here). ``make run-local``,
+  the batch bench and the batch composite and end-to-end tests.
+- :data:`STREAMING`: the BundleBasedDirectRunner, the only local runner of the
+  Python SDK that reads Pub/Sub and runs ``TestStream``; it needs the workarounds
+  of :mod:`tools.direct_runner`. ``make run-local-streaming``, the streaming bench
+  and the streaming tests.
+
+Prism is not used yet (it is not installed here and does not implement
+``GroupIntoBatches`` with real-time timers).
+"""
+
+from __future__ import annotations
+
+BATCH = "FnApiRunner"
+STREAMING = "BundleBasedDirectRunner"
+
+
+def runner_flag(streaming: bool) -> str:
+    """``--runner=...`` for a local run."""
+    return f"--runner={STREAMING if streaming else BATCH}"
