@@ -1,6 +1,10 @@
 # Data streamer: every target installs what it needs into .venv itself.
-# `make help` lists the targets.
+# `make help` lists the targets. Each local target names its runner (tools/runners.py):
+# batch runs on Beam's FnApiRunner, streaming on the BundleBasedDirectRunner with the
+# workarounds of tools/direct_runner; never the plain DirectRunner, which would first try
+# Prism (a binary it downloads) and so run on another runner wherever GitHub is reachable.
 
+SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -11,17 +15,20 @@ SEED ?= 7
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install sample-data run-local run-local-streaming run-portable submit-flink submit-dataflow redrive backfill \
-	historic test lint clean bench
+.PHONY: help install sample-data run-local run-local-streaming run-portable local-destinations status submit-flink \
+	submit-dataflow redrive backfill historic test test-fast lint clean bench
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
 		awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
 
-$(STAMP): setup.py constraints.txt
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
+$(STAMP): setup.py requirements-dev.txt constraints.txt
+	@test -x $(PY) || { echo "creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
+	@echo "installing the pinned dependencies into $(VENV) (about 1.2 GB the first time; pip lists each package)"
+	set -o pipefail; $(PY) -m pip install --disable-pip-version-check --progress-bar off -c constraints.txt \
+		-e . -r requirements-dev.txt | { grep -E '^(Collecting|Successfully installed)' || true; }
 	@touch $(STAMP)
+	@echo "$(VENV) is ready"
 
 install: $(STAMP) ## Create or refresh the virtual environment (.venv) with pinned dependencies
 
@@ -33,18 +40,24 @@ sample-data: $(STAMP) ## Generate the sample fleet (SAMPLE_DIR, SEED; more optio
 	$(PY) -m tools.sample_fleet --output_dir $(SAMPLE_DIR) --seed $(SEED)
 	@touch $(SAMPLE_DIR)/.complete
 
-run-local: $(SAMPLE_DIR)/.complete ## Run the job over the sample fleet, delivering to local REST/DataDog/S3/Kinesis destinations
+run-local: $(SAMPLE_DIR)/.complete ## Run the job (FnApiRunner) over the sample fleet, delivering to local REST/DataDog/S3/Kinesis destinations
 	$(PY) -m tools.run_local --sample_dir $(SAMPLE_DIR) --output_dir $(OUT_DIR)
 
 PORTABLE_ENVIRONMENT ?= EXTERNAL
-run-portable: $(SAMPLE_DIR)/.complete ## run-local through a Beam job service and SDK worker pool (PortableRunner; outputs in out/portable)
+run-portable: $(SAMPLE_DIR)/.complete ## run-local on the PortableRunner through Beam's job service and an SDK worker pool (out/portable)
 	$(PY) -m tools.run_portable --sample_dir $(SAMPLE_DIR) --output_dir $(OUT_DIR)/portable \
 		--environment_type $(PORTABLE_ENVIRONMENT)
 
 RUN_SECONDS ?= 90
-run-local-streaming: $(SAMPLE_DIR)/.complete ## Stream the sample fleet through the Pub/Sub emulator to local destinations for RUN_SECONDS (needs gcloud + Java)
+run-local-streaming: $(SAMPLE_DIR)/.complete ## Stream the sample fleet through the Pub/Sub emulator (BundleBasedDirectRunner) for RUN_SECONDS (gcloud + Java)
 	$(PY) -m tools.run_local_streaming --sample_dir $(SAMPLE_DIR) --output_dir $(OUT_DIR)/streaming \
 		--run_seconds $(RUN_SECONDS)
+
+local-destinations: $(SAMPLE_DIR)/.complete ## Start the local destinations alone until Ctrl-C; writes $(OUT_DIR)/streams.local.json for them
+	$(PY) -m tools.local_streams --sample_dir $(SAMPLE_DIR) --output_dir $(OUT_DIR)
+
+status: $(STAMP) ## Print the stream status overview of the last local run (STATUS_LOCATION, default $(OUT_DIR)/status)
+	$(PY) -m pipelines.status --status_location $(or $(STATUS_LOCATION),$(OUT_DIR)/status)
 
 # Deployment (submit-flink, submit-dataflow): shared locations every worker reaches.
 JOB_NAME ?= datastreamer
@@ -71,36 +84,47 @@ submit-dataflow: $(STAMP) ## Submit the streaming job to Dataflow: PROJECT= REGI
 	$(PY) -m pipelines.submit dataflow --project=$(PROJECT) --region=$(REGION) --temp_location=$(TEMP_LOCATION) \
 		$(if $(UPDATE),--update) $(DEPLOY_ARGS)
 
+# redrive, backfill and historic run the job's commands through tools.local_job: the local
+# destinations' placeholder credentials, --allow_insecure_destinations (they are
+# http://127.0.0.1) and the batch runner. The destinations must be up: make local-destinations.
 STREAMS_CONFIG ?= $(OUT_DIR)/streams.local.json
+LOCAL_JOB = $(PY) -m tools.local_job
 REDRIVE_ARGS ?=
-redrive: $(STAMP) ## Re-deliver STREAM's parked batches (STREAMS_CONFIG, OUT_DIR; REDRIVE_ARGS for more flags)
+redrive: $(STAMP) ## Re-deliver STREAM's parked batches to the local destinations (STREAMS_CONFIG, OUT_DIR, REDRIVE_ARGS)
 	@test -n "$(STREAM)" || { echo "usage: make redrive STREAM=<stream id>"; exit 2; }
-	$(PY) -m pipelines.redrive --stream_id $(STREAM) --streams_config $(STREAMS_CONFIG) --output_dir $(OUT_DIR) \
+	$(LOCAL_JOB) pipelines.redrive --stream_id $(STREAM) --streams_config $(STREAMS_CONFIG) --output_dir $(OUT_DIR) \
 		$(REDRIVE_ARGS)
 
 ARCHIVE ?= $(OUT_DIR)/archive
 BACKFILL_ARGS ?=
-backfill: $(STAMP) ## Backfill STREAM from the archive for FROM..TO (ISO times; STREAMS_CONFIG, ARCHIVE, BACKFILL_ARGS)
+backfill: $(STAMP) ## Backfill STREAM from the archive for FROM..TO to the local destinations (ISO times; BACKFILL_ARGS)
 	@test -n "$(STREAM)" -a -n "$(FROM)" -a -n "$(TO)" || \
 		{ echo "usage: make backfill STREAM=<stream id> FROM=<ISO time> TO=<ISO time>"; exit 2; }
-	$(PY) -m pipelines.backfill --stream_id $(STREAM) --from $(FROM) --to $(TO) --archive_location $(ARCHIVE) \
+	$(LOCAL_JOB) pipelines.backfill --stream_id $(STREAM) --from $(FROM) --to $(TO) --archive_location $(ARCHIVE) \
 		--reference_dir $(SAMPLE_DIR)/reference --streams_config $(STREAMS_CONFIG) --output_dir $(OUT_DIR) \
 		$(BACKFILL_ARGS)
 
+# No streaming job runs locally between these commands, so nothing needs time to re-read
+# the holds: SETTLE_SECONDS=0 (set it to twice the refresh interval while one runs).
+SETTLE_SECONDS ?= 0
 HISTORIC_ARGS ?=
-historic: $(STAMP) ## Deliver STREAM's 7 days of history from the archive, then release its held live data
+historic: $(STAMP) ## Deliver STREAM's 7 days of history to the local destinations, then release its held live data
 	@test -n "$(STREAM)" || { echo "usage: make historic STREAM=<stream id>"; exit 2; }
-	$(PY) -m pipelines.historic --stream_id $(STREAM) --archive_location $(ARCHIVE) \
+	$(LOCAL_JOB) pipelines.historic --settle_seconds $(SETTLE_SECONDS) --stream_id $(STREAM) --archive_location $(ARCHIVE) \
 		--reference_dir $(SAMPLE_DIR)/reference --streams_config $(STREAMS_CONFIG) --output_dir $(OUT_DIR) \
 		$(HISTORIC_ARGS)
 
 BENCH_ARGS ?=
-bench: $(SAMPLE_DIR)/.complete ## Benchmark: baseline vs batch pipeline, memory scaling, streaming (BENCH_ARGS, e.g. --records 200000)
+bench: $(SAMPLE_DIR)/.complete ## Benchmark (FnApiRunner batch, BundleBasedDirectRunner streaming) against baselines (BENCH_ARGS)
 	$(PY) -m tools.bench $(BENCH_ARGS)
 
-test: $(STAMP) ## Run ruff and the whole test suite
+test: $(STAMP) ## Run ruff and every test tier: unit, composite, e2e, tools (what CI runs)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP) ## Run ruff and the unit and composite tiers (under a minute)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -m "unit or composite" $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff check
 	$(VENV)/bin/ruff check .

@@ -1,9 +1,13 @@
-"""Packaging of the data streamer.
+"""Packaging of the data streamer: what Flink and Dataflow workers install.
 
-Workers on Flink and Dataflow install the job with ``--setup_file ./setup.py``, so
-every package the pipeline imports is listed here. Version ranges are the ones the
-test suite ran against; ``constraints.txt`` pins the exact versions used by
-``make`` so that a fresh clone installs what CI tested.
+Workers install the job with ``--setup_file ./setup.py`` (``pipelines/submit.py``),
+so this packages the four job packages and the third-party packages they import,
+nothing else: the development tools (``tools/``: local launchers and destinations,
+the sample fleet, the bench, the DirectRunner workarounds) and the test and lint
+dependencies (``requirements-dev.txt``) stay on development machines
+(``tests/e2e/test_packaging.py`` checks both). Version ranges are the ones the
+test suite ran against; ``constraints.txt`` pins the exact versions ``make``
+installs, so a fresh clone installs what CI tested.
 """
 
 from setuptools import find_packages, setup
@@ -20,13 +24,6 @@ RUNTIME = [
     "PyYAML>=6,<7",
 ]
 
-TEST = [
-    "pytest>=8,<10",
-    "ruff>=0.6,<1",
-    "moto[server]>=5,<6",
-    "datadog-api-client>=2.30,<3",
-]
-
 setup(
     name="iot-data-streamer",
     version="0.1.0",
@@ -36,5 +33,4 @@ setup(
                                     "sinks", "sinks.*", "schemas", "schemas.*"]),
     package_data={"schemas": ["avro/*.avsc", "avro/reference/*.avsc"]},
     install_requires=RUNTIME,
-    extras_require={"test": TEST},
 )

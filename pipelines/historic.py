@@ -91,7 +91,7 @@ from pipelines.options import (
     ReliabilityOptions,
     as_flags,
 )
-from schemas.streams import DataStream, StreamConfigError
+from schemas.streams import DataStream, StreamConfigError, build_stream_config
 from sinks.parking import AWAITING_HISTORY, ParkedBatch, ParkStore, now_iso
 from sinks.results import DELIVERED, PARKED_STATUS
 from transforms.archive import archive_paths
@@ -191,8 +191,8 @@ def _check_options(known: Any, options: PipelineOptions) -> DataStream:
     if stream.state != "active":
         raise StreamConfigError(f"stream {stream.id!r} is {stream.state} in its configuration; history is "
                                 "delivered to an active stream only")
-    # The re-drive checks every stream's destination: fail now, before the marker.
-    check_destinations(config, options.view_as(ReliabilityOptions).allow_insecure_destinations)
+    # Backfill and re-drive deliver to this stream only: check its destination now, before the marker.
+    check_destinations(build_stream_config([stream]), options.view_as(ReliabilityOptions).allow_insecure_destinations)
     return stream
 
 

@@ -32,7 +32,7 @@ from apache_beam.transforms.window import TimestampedValue
 from pipelines.data_streamer import check_destinations, delivery_settings
 from pipelines.options import DeliveryOptions, OptionError, OutputOptions, ReliabilityOptions, as_flags
 from pipelines.summary import summarize
-from schemas.streams import DataStream, StreamConfigError
+from schemas.streams import DataStream, StreamConfigError, build_stream_config
 from sinks.ordering import document_time
 from sinks.parking import ParkStore, WriteParkedBatches, now_iso
 from transforms.delivery import sinks_for
@@ -93,7 +93,8 @@ def run(argv: list[str] | None = None) -> int:
     stream = config[stream_id]
     if stream.state != "active":
         raise StreamConfigError(f"stream {stream_id!r} is {stream.state} in its configuration; activate it first")
-    check_destinations(config, options.view_as(ReliabilityOptions).allow_insecure_destinations)
+    # Only the stream re-driven is delivered to: another stream's destination is not this run's concern.
+    check_destinations(build_stream_config([stream]), options.view_as(ReliabilityOptions).allow_insecure_destinations)
     settings = delivery_settings(options)
     if stream.historic_data and not FileSystems.exists(history_marker(settings.status_location, stream_id)):
         raise StreamConfigError(f"stream {stream_id!r} is awaiting its history: run pipelines.historic first "

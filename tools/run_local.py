@@ -1,170 +1,72 @@
 """``make run-local``: the whole job on this machine, delivering for real.
 
-Starts the local destinations on 127.0.0.1 (an HTTP receiver standing in for the
-customers' REST endpoints and DataDog's intake, moto's server for S3 and
-Kinesis), writes a stream configuration that covers every API type and stream
-type for the sample fleet's organisations, runs the batch job on the
-DirectRunner, prints what each destination received and shuts everything down.
+Starts the local destinations on 127.0.0.1 (:class:`tools.local_streams.LocalDestinations`:
+an HTTP receiver standing in for the customers' REST endpoints and DataDog's
+intake, moto's server for S3 and Kinesis), writes a stream configuration that
+covers every API type and stream type for the sample fleet's organisations, runs
+the batch job on the FnApiRunner (:mod:`tools.runners`), prints its progress
+every few seconds, then what each destination received, and shuts everything
+down.
 
-Credentials for the local destinations are placeholders set in this process's
-environment (``DATASTREAMER_LOCAL_*``), referenced by the stream config like real
-ones are; they are never printed.
+Each run starts from a clean slate: the stream status and parked batches of an
+earlier local run refer to destinations that are gone, so they are cleared (and
+the run says so) instead of silently deactivating or parking this run's streams.
 
-    python -m tools.run_local --sample_dir data/sample --output_dir out
+    .venv/bin/python -m tools.run_local --sample_dir data/sample --output_dir out
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
+import shutil
 import sys
+import threading
 import time
-from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any
 
-import boto3
+from tools import local_job
+from tools.local_streams import LocalDestinations
 
-from pipelines import data_streamer
-from tools.local_destinations import HttpReceiver, MotoServer
-from transforms.reference import load_table
-
-REGION = "eu-central-1"
-KINESIS_STREAM = "datastreamer-usage"
-_LOCAL_SECRETS = {
-    "DATASTREAMER_LOCAL_AWS_KEY_ID": "local-access-key-id",
-    "DATASTREAMER_LOCAL_AWS_SECRET": "local-secret-access-key",
-    "DATASTREAMER_LOCAL_REST_TOKEN": "Bearer local-rest-token",
-    "DATASTREAMER_LOCAL_DD_API_KEY": "local-datadog-api-key",
-    "DATASTREAMER_LOCAL_SIGNING_SECRET": "local-signing-secret",
-}
-_AWS_REFS = {
-    "access_key_id": {"env": "DATASTREAMER_LOCAL_AWS_KEY_ID"},
-    "secret_access_key": {"env": "DATASTREAMER_LOCAL_AWS_SECRET"},
-}
+#: Seconds between two progress lines while the job runs.
+PROGRESS_SECONDS = 10
 
 
-def local_streams(organisations: list[int], http_url: str, aws_url: str) -> list[dict[str, Any]]:
-    """Streams covering every API type and stream type: the first organisation
-    has one stream of each API type, the second a filtered bulk stream and an S3
-    stream of events, the others none (their documents are counted as filtered)."""
-    created = "2026-10-01T00:00:00Z"
-    rest_auth = {"auth_header": "Authorization", "auth_secret": {"env": "DATASTREAMER_LOCAL_REST_TOKEN"},
-                 "signing_secret": {"env": "DATASTREAMER_LOCAL_SIGNING_SECRET"}}
-    first = organisations[0]
-    streams: list[dict[str, Any]] = [
-        {"id": f"rest-events-{first}", "organisation_id": first, "stream_type": "events", "api_type": "rest_api",
-         "created_at": created, "rest": {"url": f"{http_url}/customers/{first}/events", **rest_auth}},
-        {"id": f"rest-bulk-{first}", "organisation_id": first, "stream_type": "both", "api_type": "rest_api_bulk",
-         "created_at": created, "batching": {"bulk_size": 3000},
-         "rest": {"url": f"{http_url}/customers/{first}/bulk", **rest_auth}},
-        {"id": f"kinesis-usage-{first}", "organisation_id": first, "stream_type": "usage",
-         "api_type": "aws_kinesis", "created_at": created,
-         "kinesis": {"region": REGION, "stream_name": KINESIS_STREAM, "endpoint_url": aws_url, **_AWS_REFS}},
-        {"id": f"s3-both-{first}", "organisation_id": first, "stream_type": "both", "api_type": "aws_s3",
-         "created_at": created, "batching": {"rotation_seconds": 900},
-         "s3": {"region": REGION, "bucket": f"datastreamer-{first}", "prefix": "iot/", "endpoint_url": aws_url,
-                **_AWS_REFS}},
-        {"id": f"datadog-{first}", "organisation_id": first, "stream_type": "usage", "api_type": "datadog",
-         "created_at": created, "batching": {"metrics_interval_seconds": 300},
-         "datadog": {"site": "datadoghq.eu", "url": f"{http_url}/datadog",
-                     "api_key": {"env": "DATASTREAMER_LOCAL_DD_API_KEY"}}},
-    ]
-    if len(organisations) > 1:
-        second = organisations[1]
-        streams += [
-            {"id": f"rest-bulk-alerts-{second}", "organisation_id": second, "stream_type": "events",
-             "api_type": "rest_api_bulk", "created_at": created,
-             "filters": {"event_type_ids": [1, 2, 6, 11, 12], "alert": True},
-             "rest": {"url": f"{http_url}/customers/{second}/alerts", "method": "PUT", **rest_auth}},
-            {"id": f"s3-events-{second}", "organisation_id": second, "stream_type": "events", "api_type": "aws_s3",
-             "created_at": created,
-             "s3": {"region": REGION, "bucket": f"datastreamer-{second}", "endpoint_url": aws_url, **_AWS_REFS}},
-        ]
-    return streams
+def clear_previous_state(out: Path) -> list[str]:
+    """Remove an earlier local run's stream status and parked batches under
+    ``out``; the names of what was removed."""
+    removed = []
+    for name in ("status", "parked"):
+        path = out / name
+        if path.exists():
+            shutil.rmtree(path)
+            removed.append(str(path))
+    return removed
 
 
-def _aws(service: str, url: str) -> Any:
-    return boto3.client(service, endpoint_url=url, region_name=REGION, aws_access_key_id="local",
-                        aws_secret_access_key="local")
+class Progress:
+    """A line every ``every`` seconds while the job runs: the time so far and
+    what the local HTTP receiver has received (REST and DataDog requests)."""
 
+    def __init__(self, local: LocalDestinations, every: float = PROGRESS_SECONDS) -> None:
+        self._local, self._every = local, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="run-local-progress", daemon=True)
+        self._started = time.monotonic()
 
-def _prepare_aws(url: str, streams: list[dict[str, Any]]) -> None:
-    s3 = _aws("s3", url)
-    for stream in streams:
-        if stream["api_type"] == "aws_s3":
-            s3.create_bucket(Bucket=stream["s3"]["bucket"],
-                             CreateBucketConfiguration={"LocationConstraint": REGION})
-    kinesis = _aws("kinesis", url)
-    kinesis.create_stream(StreamName=KINESIS_STREAM, ShardCount=2)
-    kinesis.get_waiter("stream_exists").wait(StreamName=KINESIS_STREAM, WaiterConfig={"Delay": 0.2})
+    def _run(self) -> None:
+        while not self._stop.wait(self._every):
+            requests = len(self._local.receiver.requests())
+            sys.stdout.write(f"  [{time.monotonic() - self._started:4.0f} s] job running; "
+                             f"the HTTP receiver has had {requests} requests so far\n")
+            sys.stdout.flush()
 
+    def __enter__(self) -> Progress:
+        self._thread.start()
+        return self
 
-def _kinesis_records(url: str) -> Counter[str]:
-    kinesis = _aws("kinesis", url)
-    per_shard: Counter[str] = Counter()
-    for shard in kinesis.list_shards(StreamName=KINESIS_STREAM)["Shards"]:
-        iterator = kinesis.get_shard_iterator(StreamName=KINESIS_STREAM, ShardId=shard["ShardId"],
-                                              ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
-        while iterator:
-            response = kinesis.get_records(ShardIterator=iterator, Limit=10_000)
-            per_shard[shard["ShardId"]] += len(response["Records"])
-            if not response["Records"]:
-                break
-            iterator = response.get("NextShardIterator")
-    return per_shard
-
-
-def _s3_files(url: str, bucket: str) -> list[tuple[str, int]]:
-    s3 = _aws("s3", url)
-    files = []
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-        for obj in page.get("Contents", []):
-            body = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
-            files.append((obj["Key"], max(body.count(b"\n") - 1, 0)))
-    return files
-
-
-def report(receiver: HttpReceiver, aws_url: str, streams: list[dict[str, Any]]) -> str:
-    """What each destination received, per stream."""
-    by_path: dict[str, list] = defaultdict(list)
-    for request in receiver.requests():
-        by_path[request.path].append(request)
-    lines = ["", "Local destinations received"]
-    for stream in streams:
-        api, sid = stream["api_type"], stream["id"]
-        if api in ("rest_api", "rest_api_bulk"):
-            path = "/" + stream["rest"]["url"].split("/", 3)[3]
-            requests = by_path.get(path, [])
-            documents = sum(len(r.json()) if api == "rest_api_bulk" else 1 for r in requests)
-            detail = f"{len(requests):>6} requests {documents:>8} documents  {path}"
-        elif api == "datadog":
-            requests = by_path.get("/datadog/api/v2/series", [])
-            series = [s for r in requests for s in r.json()["series"]]
-            metrics = Counter(s["metric"] for s in series)
-            detail = (f"{len(requests):>6} payloads {len(series):>8} series  "
-                      + ", ".join(f"{m} {n}" for m, n in sorted(metrics.items())))
-        elif api == "aws_kinesis":
-            shards = _kinesis_records(aws_url)
-            detail = (f"{sum(shards.values()):>6} records in {len(shards)} shards of {KINESIS_STREAM}: "
-                      + ", ".join(f"{k} {v}" for k, v in sorted(shards.items())))
-        else:
-            files = _s3_files(aws_url, stream["s3"]["bucket"])
-            names = sorted(key for key, _ in files)
-            sample = f"{names[0]} .. {names[-1]}" if names else "no files"
-            detail = (f"{len(files):>6} files {sum(rows for _, rows in files):>11} rows  "
-                      f"s3://{stream['s3']['bucket']}/ ({sample})")
-        lines.append(f"  {api:<14}{sid:<26}{detail}")
-    return "\n".join(lines) + "\n"
-
-
-def set_local_secrets() -> None:
-    """Put the local destinations' placeholder credentials into this process's
-    environment, where the stream config's ``{"env": ...}`` references find them
-    (real values set by the caller win)."""
-    for name, value in _LOCAL_SECRETS.items():
-        os.environ.setdefault(name, value)
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,30 +74,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample_dir", default="data/sample", help="Sample fleet directory. Default: data/sample.")
     parser.add_argument("--output_dir", default="out", help="Job outputs. Default: out.")
     args, job_args = parser.parse_known_args(argv)
-    sample = Path(args.sample_dir)
-    set_local_secrets()
-    organisations = sorted(load_table(str(sample / "reference"), "organisation"))
-
+    sample, out = Path(args.sample_dir), Path(args.output_dir)
     started = time.monotonic()
-    with HttpReceiver() as receiver, MotoServer() as moto:
-        streams = local_streams(organisations, receiver.url, moto.url)
-        _prepare_aws(moto.url, streams)
-        out = Path(args.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        config_path = out / "streams.local.json"
-        config_path.write_text(json.dumps({"streams": streams}, indent=2))
-        code = data_streamer.main([
-            f"--events_input={sample / 'raw' / 'events.jsonl'}",
-            f"--usage_input={sample / 'raw' / 'usage.jsonl'}",
-            f"--reference_dir={sample / 'reference'}",
-            f"--streams_config={config_path}",
-            f"--output_dir={out}",
-            f"--archive_location={out / 'archive'}",
-            "--allow_insecure_destinations",  # the local destinations are http://127.0.0.1
-            *job_args,
-        ])
-        sys.stdout.write(report(receiver, moto.url, streams))
-    sys.stdout.write(f"  stream config: {config_path}; took {time.monotonic() - started:.0f} s\n")
+    for path in clear_previous_state(out):
+        sys.stdout.write(f"cleared {path} of the previous local run (its destinations are gone)\n")
+    with LocalDestinations(sample, out) as local:
+        sys.stdout.write(f"local destinations: HTTP receiver {local.receiver.url}, moto {local.moto.url}; "
+                         f"{len(local.streams)} streams in {local.config_path}\n"
+                         f"running the batch job ({local_job.runner_of(job_args)}) over {sample}\n")
+        sys.stdout.flush()
+        with Progress(local):
+            code = local_job.main([
+                f"--events_input={sample / 'raw' / 'events.jsonl'}",
+                f"--usage_input={sample / 'raw' / 'usage.jsonl'}",
+                f"--reference_dir={sample / 'reference'}",
+                f"--streams_config={local.config_path}",
+                f"--output_dir={out}",
+                f"--archive_location={out / 'archive'}",
+                *job_args,
+            ])
+        sys.stdout.write("reading back what the local destinations received ...\n")
+        sys.stdout.flush()
+        sys.stdout.write(local.report())
+    sys.stdout.write(f"  stream config: {local.config_path}; took {time.monotonic() - started:.0f} s\n")
     return code
 
 

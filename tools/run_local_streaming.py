@@ -15,14 +15,12 @@ Pub/Sub emulator or Java is missing it says what to install.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 from pathlib import Path
 
-from pipelines import data_streamer
-from tools.local_destinations import HttpReceiver, MotoServer
+from tools import local_job
+from tools.local_streams import LocalDestinations
 from tools.pubsub_emulator import (
     EmulatorStartError,
     EmulatorToolsError,
@@ -32,22 +30,20 @@ from tools.pubsub_emulator import (
     check_tools,
     create_topic_and_subscription,
 )
-from tools.run_local import _LOCAL_SECRETS, _prepare_aws, local_streams, report
-from transforms.reference import load_table
 
 REFRESH_SECONDS = 20
 
 
-def _streaming_streams(organisations: list[int], http_url: str, aws_url: str) -> list[dict]:
+def _streaming_streams(streams: list[dict]) -> None:
     """run-local's streams, with S3 files and DataDog points every 30 s so a short
-    run sees them rotate."""
-    streams = local_streams(organisations, http_url, aws_url)
+    run sees them rotate, and without the history stream (its live data would
+    only be held)."""
+    streams[:] = [stream for stream in streams if not stream.get("historic_data")]
     for stream in streams:
         if stream["api_type"] == "aws_s3":
             stream.setdefault("batching", {})["rotation_seconds"] = 30
         if stream["api_type"] == "datadog":
             stream["batching"]["metrics_interval_seconds"] = 30
-    return streams
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,22 +61,16 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"error: {err}\n")
         return 2
     sample = Path(args.sample_dir)
-    for name, value in _LOCAL_SECRETS.items():
-        os.environ.setdefault(name, value)
-    organisations = sorted(load_table(str(sample / "reference"), "organisation"))
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     try:
         emulator = PubSubEmulator(work_dir=out / "emulator")
-        with emulator, HttpReceiver() as receiver, MotoServer() as moto:
+        with emulator, LocalDestinations(sample, out, adjust=_streaming_streams) as local:
             project = emulator.project
             subscriptions = {name: create_topic_and_subscription(project, f"raw-{name}", f"datastreamer-{name}")
                              for name in ("events", "usage", "refresh")}
-            streams = _streaming_streams(organisations, receiver.url, moto.url)
-            _prepare_aws(moto.url, streams)
-            config_path = out / "streams.local.json"
-            config_path.write_text(json.dumps({"streams": streams}, indent=2))
+            config_path = local.config_path
             publishers = [
                 PacedPublisher(project, f"raw-{kind}", (sample / "raw" / f"{kind}.jsonl").read_bytes().splitlines(),
                                "event" if kind == "events" else "usage", rate=args.rate, restamp=True).start()
@@ -91,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                 sys.stdout.write(f"streaming for {args.run_seconds} s: Pub/Sub emulator {emulator.host}, "
                                  f"{args.rate:.0f} records/s per kind\n")
                 sys.stdout.flush()
-                code = data_streamer.main([
+                code = local_job.main([
                     "--streaming",
                     f"--events_subscription={subscriptions['events']}",
                     f"--usage_subscription={subscriptions['usage']}",
@@ -103,13 +93,12 @@ def main(argv: list[str] | None = None) -> int:
                     f"--output_dir={out}",
                     f"--archive_location={out / 'archive'}",
                     "--output_window_seconds=10",
-                    "--allow_insecure_destinations",  # the local destinations are http://127.0.0.1
                     *job_args,
                 ])
             for publisher in publishers:
                 publisher.stop()
             published = sum(p.published for p in publishers)
-            sys.stdout.write(report(receiver, moto.url, streams))
+            sys.stdout.write(local.report())
             sys.stdout.write(f"  published {published} raw records; stream config: {config_path}\n")
     except (EmulatorStartError, EmulatorToolsError) as err:
         sys.stderr.write(f"error: {err}\n")

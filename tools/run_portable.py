@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from tools import run_local
+from tools.local_streams import set_local_secrets
 from tools.portable import ENVIRONMENTS, JobService, WorkerPool, portable_flags
 
 
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     args, job_args = parser.parse_known_args(argv)
     # The workers read the local destinations' placeholder secrets from their own
     # environment, as real workers do: set them before the worker pool starts.
-    run_local.set_local_secrets()
+    set_local_secrets()
     logs = Path(args.output_dir) / "services"
     logs.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:

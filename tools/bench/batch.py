@@ -234,7 +234,7 @@ def run_contender(name: str, fleet_: Fleet, receiver: LeanReceiver, work_dir: Pa
     organisations = sorted(load_table(str(fleet_.reference), "organisation"))
     config_path = run_dir / "streams.json"
     config_path.write_text(json.dumps({"streams": streams_for(organisations, f"{receiver.url}/{name}")}, indent=2))
-    module = "tools.bench.baseline" if name == "baseline" else "pipelines.data_streamer"
+    module = "tools.bench.baseline" if name == "baseline" else "tools.local_job"
     command = [sys.executable, "-m", module, *job_arguments(fleet_, config_path, output_dir), *(extra or [])]
     child = run_child(command, run_dir / "log.txt")
     received = receiver.take(f"/{name}/")

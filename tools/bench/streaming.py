@@ -578,7 +578,7 @@ class Session:
                     f"--url={self._url}/trivial", f"--run_seconds={self._run_seconds}"]
         refresh = self._subscribe("bench-refresh")
         out = self.dir / "out"
-        return [sys.executable, "-m", "pipelines.data_streamer", "--streaming",
+        return [sys.executable, "-m", "tools.local_job", "--streaming",
                 f"--events_subscription={events}", f"--usage_subscription={usage}",
                 f"--refresh_subscription={refresh}",
                 f"--refresh_interval_seconds={self._args.stream_refresh_seconds}",
