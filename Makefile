@@ -122,9 +122,11 @@ test: $(STAMP) ## Run ruff and every test tier: unit, composite, e2e, tools (wha
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-fast: $(STAMP) ## Run ruff and the unit and composite tiers (under a minute)
+# test-fast spreads its tests over two worker processes (pytest-xdist); make test runs serially,
+# so the end-to-end tests' services and timings do not compete with each other.
+test-fast: $(STAMP) ## Run ruff and the unit and composite tiers (under a minute, two workers)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -m "unit or composite" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "unit or composite" -n 2 $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff check
 	$(VENV)/bin/ruff check .
