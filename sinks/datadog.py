@@ -92,32 +92,25 @@ import orjson
 from apache_beam import pvalue
 from apache_beam.transforms.window import IntervalWindow
 
+from schemas.delivery import (
+    CREDENTIALS_UNAVAILABLE,
+    DELIVERED,
+    DESTINATION_REFUSED,
+    FAILED,
+    PARKED_STATUS,
+    PERMANENT_FAILURE,
+    RETRIES_EXHAUSTED,
+    STREAM_DEACTIVATED,
+    DeliveryResult,
+)
 from schemas.streams import DataDogDestination, DataStream, StreamConfig
 from sinks.http import SessionFactory, Timeouts, classified_request, new_session
 from sinks.outbound import OutboundGuard
-from sinks.parking import PARKED, PERMANENT_FAILURE, RETRIES_EXHAUSTED, STREAM_DEACTIVATED, parked
-from sinks.results import (
-    DEAD_LETTERS,
-    DELIVERED,
-    FAILED,
-    PARKED_STATUS,
-    DeliveryCounters,
-    DeliveryResult,
-    SinkOutputs,
-    Stopwatch,
-    chunked,
-    too_large_dead_letter,
-)
-from sinks.retry import (
-    CREDENTIALS_UNAVAILABLE,
-    DESTINATION_REFUSED,
-    Attempt,
-    Outcome,
-    RetryPolicy,
-    StreamCircuit,
-)
+from sinks.parking import PARKED, parked
+from sinks.results import DEAD_LETTERS, DeliveryCounters, SinkOutputs, Stopwatch, chunked, too_large_dead_letter
+from sinks.retry import Attempt, Outcome, RetryPolicy, StreamCircuit
 from sinks.secrets import SecretError, SecretResolver
-from transforms.windows import PerElementFixedWindows, size_from_key, window_with_late_panes
+from sinks.windows import PerElementFixedWindows, size_from_key, window_with_late_panes
 
 _LOG = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Deliver documents to AWS Kinesis data streams: one JSON document per record.
 
-Batching. :class:`~transforms.batching.BatchPerStream` keyed by stream id collects up
+Batching. :class:`~sinks.batching.BatchPerStream` keyed by stream id collects up
 to 500 documents (on unbounded input also bounded by ``max_buffering_seconds``:
 Beam's ``GroupIntoBatches`` batches by count and time, not bytes),
 then each batch is cut with :func:`~sinks.results.chunked` into ``PutRecords``
@@ -34,7 +34,7 @@ themselves (a runner may send two batches of one stream at once). Receivers must
 rely on shard order: the guide has them drop duplicates by ``id``, and every document
 carries its time. ``PutRecord`` one at a time would cost a round trip per document.
 
-Batches come from :class:`~transforms.batching.BatchPerStream`: ``GroupIntoBatches``
+Batches come from :class:`~sinks.batching.BatchPerStream`: ``GroupIntoBatches``
 on unbounded input, ``GroupByKey`` and split on bounded input, where the DirectRunner's
 bundle-based executor would lose batches flushed at the end of the input when a
 ``GroupByKey`` follows (apache/beam issue 28716).
@@ -72,35 +72,27 @@ import orjson
 from apache_beam import pvalue
 from botocore.exceptions import BotoCoreError, ClientError
 
-from schemas.streams import AwsDestination, DataStream, StreamConfig
-from sinks.aws import AwsClients, ClientFactory, boto3_client
-from sinks.ordering import order_key
-from sinks.parking import PARKED, PERMANENT_FAILURE, RETRIES_EXHAUSTED, STREAM_DEACTIVATED, parked
-from sinks.results import (
-    DEAD_LETTERS,
+from schemas.delivery import (
+    CREDENTIALS_UNAVAILABLE,
     DELIVERED,
     FAILED,
     PARKED_STATUS,
     PARTIAL,
-    DeliveryCounters,
-    DeliveryResult,
-    SinkOutputs,
-    Stopwatch,
-    chunked,
-    too_large_dead_letter,
-)
-from sinks.retry import (
-    CREDENTIALS_UNAVAILABLE,
+    PERMANENT_FAILURE,
     REMOTE_ERROR,
+    RETRIES_EXHAUSTED,
+    STREAM_DEACTIVATED,
     THROTTLED,
-    Attempt,
-    Outcome,
-    RetryPolicy,
-    StreamCircuit,
-    classify_exception,
+    DeliveryResult,
 )
+from schemas.streams import AwsDestination, DataStream, StreamConfig
+from sinks.aws import AwsClients, ClientFactory, boto3_client
+from sinks.batching import BatchPerStream
+from sinks.ordering import order_key
+from sinks.parking import PARKED, parked
+from sinks.results import DEAD_LETTERS, DeliveryCounters, SinkOutputs, Stopwatch, chunked, too_large_dead_letter
+from sinks.retry import Attempt, Outcome, RetryPolicy, StreamCircuit, classify_exception
 from sinks.secrets import SecretError, SecretResolver
-from transforms.batching import BatchPerStream
 
 API_TYPE = "aws_kinesis"
 #: PutRecords limits (DESIGN.md "Facts from the field").

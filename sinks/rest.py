@@ -71,33 +71,26 @@ from apache_beam import pvalue
 from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
 
+from schemas.delivery import (
+    CREDENTIALS_UNAVAILABLE,
+    DELIVERED,
+    DESTINATION_REFUSED,
+    FAILED,
+    PARKED_STATUS,
+    PERMANENT_FAILURE,
+    RETRIES_EXHAUSTED,
+    STREAM_DEACTIVATED,
+    DeliveryResult,
+)
 from schemas.streams import BULK_SIZE_RANGE, DataStream, RestDestination, StreamConfig
+from sinks.batching import BatchPerStream
 from sinks.http import SessionFactory, Timeouts, classified_request, new_session
 from sinks.ordering import order_key
 from sinks.outbound import SIGNATURE_HEADER, OutboundGuard, sign
-from sinks.parking import PARKED, PERMANENT_FAILURE, RETRIES_EXHAUSTED, STREAM_DEACTIVATED, parked
-from sinks.results import (
-    DEAD_LETTERS,
-    DELIVERED,
-    FAILED,
-    PARKED_STATUS,
-    DeliveryCounters,
-    DeliveryResult,
-    SinkOutputs,
-    Stopwatch,
-    chunked,
-    too_large_dead_letter,
-)
-from sinks.retry import (
-    CREDENTIALS_UNAVAILABLE,
-    DESTINATION_REFUSED,
-    Attempt,
-    Outcome,
-    RetryPolicy,
-    StreamCircuit,
-)
+from sinks.parking import PARKED, parked
+from sinks.results import DEAD_LETTERS, DeliveryCounters, SinkOutputs, Stopwatch, chunked, too_large_dead_letter
+from sinks.retry import Attempt, Outcome, RetryPolicy, StreamCircuit
 from sinks.secrets import SecretError, SecretResolver
-from transforms.batching import BatchPerStream
 
 _LOG = logging.getLogger(__name__)
 

@@ -65,25 +65,26 @@ from apache_beam import pvalue
 from apache_beam.utils.timestamp import Timestamp
 from botocore.exceptions import BotoCoreError, ClientError
 
+from schemas.delivery import (
+    CREDENTIALS_UNAVAILABLE,
+    DELIVERED,
+    FAILED,
+    PARKED_STATUS,
+    PERMANENT_FAILURE,
+    RETRIES_EXHAUSTED,
+    STREAM_DEACTIVATED,
+    DeliveryResult,
+)
+from schemas.records import dead_letter
 from schemas.streams import AwsDestination, DataStream, StreamConfig
 from sinks.aws import AwsClients, ClientFactory, boto3_client
 from sinks.csv_format import UnknownFieldError, render_csv, to_row
 from sinks.ordering import document_time, order_key
-from sinks.parking import PARKED, PERMANENT_FAILURE, RETRIES_EXHAUSTED, STREAM_DEACTIVATED, parked
-from sinks.results import (
-    DEAD_LETTERS,
-    DELIVERED,
-    FAILED,
-    PARKED_STATUS,
-    DeliveryCounters,
-    DeliveryResult,
-    SinkOutputs,
-    Stopwatch,
-)
-from sinks.retry import CREDENTIALS_UNAVAILABLE, SUCCESS, Attempt, RetryPolicy, StreamCircuit, classify_exception
+from sinks.parking import PARKED, parked
+from sinks.results import DEAD_LETTERS, DeliveryCounters, SinkOutputs, Stopwatch
+from sinks.retry import SUCCESS, Attempt, RetryPolicy, StreamCircuit, classify_exception
 from sinks.secrets import SecretError, SecretResolver
-from transforms.records import dead_letter
-from transforms.windows import PerElementFixedWindows, size_from_key, window_with_late_panes
+from sinks.windows import PerElementFixedWindows, size_from_key, window_with_late_panes
 
 _LOG = logging.getLogger(__name__)
 

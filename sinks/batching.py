@@ -12,7 +12,7 @@ from typing import Any
 
 import apache_beam as beam
 
-from transforms.chunks import pack_pairs, unpack_pairs
+from schemas.packed import pack_pairs, unpack_pairs
 
 
 def _split(keyed: tuple[str, Iterable[Any]], batch_size: int) -> Iterator[tuple[str, list[Any]]]:
