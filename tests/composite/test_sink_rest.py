@@ -31,13 +31,12 @@ from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 
 from schemas import metrics
+from schemas.delivery import SECRET_UNAVAILABLE, UNKNOWN_STREAM
 from sinks.http import Timeouts, new_session
 from sinks.ordering import order_key
 from sinks.outbound import SIGNATURE_HEADER, OutboundGuard, verify_signature
 from sinks.parking import ParkedBatch
 from sinks.rest import (
-    SECRET_UNAVAILABLE,
-    UNKNOWN_STREAM,
     WriteToRestApi,
     WriteToRestApiBulk,
     _RestBulkWriteFn,
