@@ -24,10 +24,10 @@ would replay the bundle, every other stream's documents with it, indefinitely in
 streaming. Each document ends in exactly one of a delivered result, a parked batch
 or a dead letter.
 
-The clients live from ``setup`` to ``teardown``, across bundles, and so does the
-circuit: it is this worker's memory of a failing stream. There is no bundle buffer
-to reset or flush: each element is one complete batch (grouped upstream, with its
-state kept by the runner), sent or parked whole before ``process`` returns.
+Clients and circuit live from ``setup`` to ``teardown``, across bundles: the circuit
+is this worker's memory of a failing stream. There is no bundle buffer to flush:
+each element is one complete batch (grouped upstream, its state kept by the
+runner), sent or parked whole before ``process`` returns.
 """
 
 from __future__ import annotations
@@ -57,8 +57,8 @@ from schemas.delivery import (
 )
 from schemas.streams import DataStream, StreamConfig
 from sinks.outbound import OutboundGuard
-from sinks.parking import PARKED, parked
-from sinks.results import DEAD_LETTERS, DeliveryCounters, SinkOutputs, Stopwatch
+from sinks.parking import parked
+from sinks.results import DeliveryCounters, Stopwatch
 from sinks.retry import Attempt, Outcome, RetryPolicy, StreamCircuit
 from sinks.secrets import SecretError, SecretResolver
 
@@ -88,8 +88,7 @@ class Settled(NamedTuple):
 
 
 class Blocked(NamedTuple):
-    """Why requests are not sent at all: their result's status, the park reason,
-    the error code and the status token."""
+    """Why requests are not sent: their result's status, park reason, error, token."""
 
     status: str
     reason: str
@@ -134,8 +133,7 @@ class DeliveryFn(beam.DoFn):
 
     def stream_id(self, element: Any) -> str:
         """The stream of a batch: the key, or its first item."""
-        key = element[0]
-        return key[0] if isinstance(key, tuple) else key
+        return element[0][0] if isinstance(element[0], tuple) else element[0]
 
     def requests(self, element: Any, stream: DataStream | None, window: Any, pane: Any
                  ) -> Iterable[Request | pvalue.TaggedOutput]:
@@ -168,7 +166,7 @@ class DeliveryFn(beam.DoFn):
         """Create the worker's clients (a session, a client cache)."""
 
     def close_clients(self) -> None:
-        """Close what :meth:`open_clients` created; may raise, teardown logs it."""
+        """Close what :meth:`open_clients` created (may raise: teardown logs it)."""
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -348,10 +346,4 @@ class DeliveryFn(beam.DoFn):
 
 
 def _count(requests: Sequence[Request]) -> int:
-    return sum(len(request.items) for request in requests)
-
-
-def apply_sink(batches: beam.PCollection, label: str, fn: DeliveryFn, streams: pvalue.AsSideInput) -> SinkOutputs:
-    """``batches | label >> ParDo(fn)`` with the outputs every sink has."""
-    outputs = batches | label >> beam.ParDo(fn, streams).with_outputs(DEAD_LETTERS, PARKED, main="results")
-    return SinkOutputs(results=outputs.results, dead_letters=outputs[DEAD_LETTERS], parked=outputs[PARKED])
+    return sum(len(r.items) for r in requests)

@@ -54,10 +54,10 @@ from apache_beam import pvalue
 from apache_beam.transforms.window import IntervalWindow
 
 from schemas.streams import DataDogDestination, DataStream
-from sinks.base import Request, apply_sink
+from sinks.base import Request
 from sinks.datadog_series import aggregate_usage, build_payloads, group_size, series_groups, window_bounds
 from sinks.http import HttpDeliveryFn, SessionFactory, Timeouts, classified_request, new_session
-from sinks.results import SinkOutputs, too_large_dead_letter
+from sinks.results import SinkOutputs, apply_sink, too_large_dead_letter
 from sinks.retry import Attempt, RetryPolicy
 from sinks.windows import PerElementFixedWindows, size_from_key, window_with_late_panes
 
@@ -165,19 +165,13 @@ class WriteToDataDog(beam.PTransform):
                 f"(DataDog's limit), got {max_payload_bytes:,}"
             )
         self._streams = streams
-        self._session_factory = session_factory
-        self._timeouts = timeouts
-        self._max_payload_bytes = max_payload_bytes
-        self._policy = policy
-        self._allow_insecure = allow_insecure
+        self._fn = _DataDogWriteFn(session_factory, timeouts, max_payload_bytes, policy, allow_insecure)
 
     def expand(self, usage: beam.PCollection) -> SinkOutputs:
-        write = _DataDogWriteFn(self._session_factory, self._timeouts, self._max_payload_bytes, self._policy,
-                                self._allow_insecure)
         windows = (
             usage
             | "Window" >> window_with_late_panes(PerElementFixedWindows(size_from_key), self._lateness)
             | "KeyByStream" >> beam.Map(_by_stream)
             | "GroupByStream" >> beam.GroupByKey()
         )
-        return apply_sink(windows, "Deliver", write, self._streams)
+        return apply_sink(windows, "Deliver", self._fn, self._streams)

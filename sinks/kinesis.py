@@ -67,7 +67,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
-import apache_beam as beam
 import orjson
 from apache_beam import pvalue
 from botocore.exceptions import BotoCoreError, ClientError
@@ -75,10 +74,10 @@ from botocore.exceptions import BotoCoreError, ClientError
 from schemas.delivery import REMOTE_ERROR, THROTTLED
 from schemas.streams import DataStream
 from sinks.aws import AwsDeliveryFn, AwsTarget, ClientFactory, boto3_client
-from sinks.base import Item, Request, Settled, apply_sink
-from sinks.batching import BatchPerStream
+from sinks.base import Item, Request, Settled
+from sinks.batching import BatchingSink
 from sinks.ordering import order_key
-from sinks.results import SinkOutputs, chunked, too_large_dead_letter
+from sinks.results import chunked, too_large_dead_letter
 from sinks.retry import Attempt, Outcome, RetryPolicy, classify_exception
 
 API_TYPE = "aws_kinesis"
@@ -209,7 +208,7 @@ class _KinesisWriteFn(AwsDeliveryFn):
         return request.body.settled()
 
 
-class WriteToKinesis(beam.PTransform):
+class WriteToKinesis(BatchingSink):
     """Routed ``(stream_id, (kind, document))`` -> :class:`SinkOutputs` (results,
     dead letters, parked batches).
 
@@ -224,14 +223,5 @@ class WriteToKinesis(beam.PTransform):
     def __init__(self, streams: pvalue.AsSideInput, *, client_factory: ClientFactory = boto3_client,
                  max_buffering_seconds: float = DEFAULT_MAX_BUFFERING_SECONDS,
                  policy: RetryPolicy = DEFAULT_POLICY, chunked: bool = False) -> None:
-        super().__init__()
-        self._streams = streams
-        self._client_factory = client_factory
-        self._max_buffering_seconds = max_buffering_seconds
-        self._policy = policy
-        self._chunked = chunked
-
-    def expand(self, routed: beam.PCollection) -> SinkOutputs:
-        batches = routed | "BatchPerStream" >> BatchPerStream(MAX_RECORDS_PER_REQUEST, self._max_buffering_seconds,
-                                                              self._chunked)
-        return apply_sink(batches, "PutRecords", _KinesisWriteFn(self._client_factory, self._policy), self._streams)
+        super().__init__(streams, _KinesisWriteFn(client_factory, policy), MAX_RECORDS_PER_REQUEST,
+                         max_buffering_seconds, chunked, send_label="PutRecords")

@@ -63,7 +63,6 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
-import apache_beam as beam
 import orjson
 import requests
 from apache_beam import pvalue
@@ -72,12 +71,12 @@ from requests.structures import CaseInsensitiveDict
 
 from schemas.delivery import DEADLINE_EXCEEDED, PARKED_STATUS, RETRIES_EXHAUSTED, STREAM_DEACTIVATED
 from schemas.streams import BULK_SIZE_RANGE, DataStream, RestDestination
-from sinks.base import NOT_OPEN, Blocked, Item, Request, Sent, apply_sink
-from sinks.batching import BatchPerStream
+from sinks.base import NOT_OPEN, Blocked, Item, Request, Sent
+from sinks.batching import BatchingSink
 from sinks.http import HttpDeliveryFn, SessionFactory, Timeouts, classified_request, new_session
 from sinks.ordering import order_key
 from sinks.outbound import SIGNATURE_HEADER, sign
-from sinks.results import SinkOutputs, chunked, too_large_dead_letter
+from sinks.results import chunked, too_large_dead_letter
 from sinks.retry import Attempt, RetryPolicy
 from sinks.secrets import SecretResolver
 
@@ -266,7 +265,7 @@ class _RestBulkWriteFn(_RestDoFnBase):
             yield Request(tuple(item for item, _ in chunk), len(body), _url(stream), body)
 
 
-class WriteToRestApi(beam.PTransform):
+class WriteToRestApi(BatchingSink):
     """Routed ``rest_api`` elements -> :class:`SinkOutputs` (one result a document
     sent, one per batch parked without a request; parked batches).
 
@@ -283,19 +282,11 @@ class WriteToRestApi(beam.PTransform):
     def __init__(self, streams: pvalue.AsSideInput, *, session_factory: SessionFactory = new_session,
                  timeouts: Timeouts = DEFAULT_TIMEOUTS, max_buffering_seconds: float = 5, concurrency: int = 8,
                  policy: RetryPolicy = DEFAULT_POLICY, allow_insecure: bool = False, chunked: bool = False) -> None:
-        super().__init__()
-        self._streams = streams
-        self._fn = _RestWriteFn(session_factory, timeouts, concurrency, policy, allow_insecure)
-        self._max_buffering_seconds = max_buffering_seconds
-        self._chunked = chunked
-
-    def expand(self, routed: beam.PCollection) -> SinkOutputs:
-        batches = routed | "BatchPerStream" >> BatchPerStream(REST_BATCH_SIZE, self._max_buffering_seconds,
-                                                              self._chunked)
-        return apply_sink(batches, "Send", self._fn, self._streams)
+        super().__init__(streams, _RestWriteFn(session_factory, timeouts, concurrency, policy, allow_insecure),
+                         REST_BATCH_SIZE, max_buffering_seconds, chunked)
 
 
-class WriteToRestApiBulk(beam.PTransform):
+class WriteToRestApiBulk(BatchingSink):
     """Routed ``rest_api_bulk`` elements -> :class:`SinkOutputs` (one result a
     JSON-array request, one per batch parked without a request; too-large documents
     as dead letters; parked batches).
@@ -310,13 +301,5 @@ class WriteToRestApiBulk(beam.PTransform):
                  timeouts: Timeouts = DEFAULT_TIMEOUTS, max_buffering_seconds: float = 5,
                  max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, policy: RetryPolicy = DEFAULT_POLICY,
                  allow_insecure: bool = False, chunked: bool = False) -> None:
-        super().__init__()
-        self._streams = streams
-        self._fn = _RestBulkWriteFn(session_factory, timeouts, max_request_bytes, policy, allow_insecure)
-        self._max_buffering_seconds = max_buffering_seconds
-        self._chunked = chunked
-
-    def expand(self, routed: beam.PCollection) -> SinkOutputs:
-        batches = routed | "BatchPerStream" >> BatchPerStream(BULK_BATCH_SIZE, self._max_buffering_seconds,
-                                                              self._chunked)
-        return apply_sink(batches, "Send", self._fn, self._streams)
+        super().__init__(streams, _RestBulkWriteFn(session_factory, timeouts, max_request_bytes, policy,
+                                                   allow_insecure), BULK_BATCH_SIZE, max_buffering_seconds, chunked)

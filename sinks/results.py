@@ -16,6 +16,7 @@ from apache_beam.metrics import Metrics
 from schemas import metrics
 from schemas.records import dead_letter
 from schemas.timestamps import now_iso
+from sinks.parking import PARKED
 
 DEAD_LETTERS = "dead_letters"
 
@@ -108,3 +109,9 @@ def chunked(
         total += size
     if chunk:
         yield chunk
+
+
+def apply_sink(batches: beam.PCollection, label: str, fn: beam.DoFn, streams: pvalue.AsSideInput) -> SinkOutputs:
+    """``batches | label >> ParDo(fn)`` with the outputs every sink has."""
+    outputs = batches | label >> beam.ParDo(fn, streams).with_outputs(DEAD_LETTERS, PARKED, main="results")
+    return SinkOutputs(results=outputs.results, dead_letters=outputs[DEAD_LETTERS], parked=outputs[PARKED])
