@@ -40,15 +40,15 @@ from pipelines.options import (
 )
 from pipelines.summary import summarize
 from schemas.streams import StreamConfigError, build_stream_config
+from schemas.timestamps import parse_iso
+from sinks.delivery import DeliverToStreams
 from sinks.ordering import document_time
 from transforms.archive import archive_paths
-from transforms.delivery import DeliverToStreams
 from transforms.documents import RawToDocuments
 from transforms.files import WriteJsonLines, write_dead_letters
 from transforms.reference import LoadReferenceData, ReferenceDataError
 from transforms.routing import load_stream_config
 from transforms.status import deactivated_streams, load_status, render_status_table
-from transforms.timestamps import parse_iso
 
 _LOG = logging.getLogger(__name__)
 _KINDS = (("event", "Events"), ("usage", "Usage"))

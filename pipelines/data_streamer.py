@@ -54,19 +54,19 @@ from pipelines.options import (
     validate,
 )
 from pipelines.summary import RunSummary, summarize
+from schemas.delivery import DeliveryResult
+from schemas.records import dead_letter_json
 from schemas.streams import StreamConfig, StreamConfigError
+from sinks.delivery import DeliverToStreams, DeliverySettings
 from sinks.http import Timeouts
 from sinks.outbound import DestinationRefusedError, check_url
 from sinks.parking import ParkStore
-from sinks.results import DeliveryResult
 from sinks.retry import RetryPolicy
 from transforms.archive import ArchiveRawRecords
 from transforms.chunks import Unchunk, document_lines
-from transforms.delivery import DeliverToStreams, DeliverySettings
 from transforms.documents import RawToDocuments
 from transforms.files import ReadRawRecords, WriteJsonLines, WriteWindowedJsonLines, write_dead_letters
 from transforms.lateness import window_lateness_seconds
-from transforms.records import dead_letter_json
 from transforms.reference import LoadReferenceData, ReferenceData, ReferenceDataError, load_reference_data
 from transforms.refresh import RefreshingSnapshot, SnapshotWindows, Ticks, first_refresh, location
 from transforms.routing import LoadStreamConfig, load_stream_config

@@ -91,15 +91,15 @@ from pipelines.options import (
     ReliabilityOptions,
     as_flags,
 )
+from schemas.delivery import AWAITING_HISTORY, DELIVERED, PARKED_STATUS
 from schemas.streams import DataStream, StreamConfigError, build_stream_config
-from sinks.parking import AWAITING_HISTORY, ParkedBatch, ParkStore, now_iso
-from sinks.results import DELIVERED, PARKED_STATUS
+from schemas.timestamps import now_iso, parse_iso
+from sinks.parking import ParkedBatch, ParkStore
 from transforms.archive import archive_paths
 from transforms.reference import ReferenceDataError
 from transforms.refresh import DEFAULT_REFRESH_SECONDS
 from transforms.routing import load_stream_config
 from transforms.status import history_marker, load_status, mark_history_delivered
-from transforms.timestamps import parse_iso
 
 _LOG = logging.getLogger(__name__)
 

@@ -33,9 +33,10 @@ from pipelines.data_streamer import check_destinations, delivery_settings
 from pipelines.options import DeliveryOptions, OptionError, OutputOptions, ReliabilityOptions, as_flags
 from pipelines.summary import summarize
 from schemas.streams import DataStream, StreamConfigError, build_stream_config
+from schemas.timestamps import now_iso
+from sinks.delivery import sinks_for
 from sinks.ordering import document_time
-from sinks.parking import ParkStore, WriteParkedBatches, now_iso
-from transforms.delivery import sinks_for
+from sinks.parking import ParkStore, WriteParkedBatches
 from transforms.files import WriteJsonLines, write_dead_letters
 from transforms.routing import load_stream_config, routed_element
 from transforms.status import (

@@ -14,8 +14,8 @@ from typing import Any
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.runners.runner import PipelineResult
 
-from transforms import metrics
-from transforms.records import KINDS
+from schemas import metrics
+from schemas.records import KINDS
 
 
 @dataclass

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from schemas.catalogues import EVENT_TYPES
+from schemas.timestamps import parse_iso
 
 STREAM_TYPES = ("usage", "events", "both")
 API_TYPES = ("rest_api", "rest_api_bulk", "aws_kinesis", "aws_s3", "datadog")
@@ -331,8 +332,6 @@ def stream_from_dict(data: Mapping[str, Any], position: int = 0) -> DataStream:
     if api_type == "datadog" and stream_type != "usage":
         raise reader.error("stream_type", "must be usage for datadog streams (they carry usage metrics)")
     created_at = reader.get("created_at", str)
-    from transforms.timestamps import parse_iso  # local: schemas must not import transforms at module load
-
     try:
         parse_iso(created_at)
     except ValueError:

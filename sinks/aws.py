@@ -8,14 +8,19 @@ worker; the cache key holds the references, not the values.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar, NamedTuple
 
 import boto3
 from botocore.config import Config
 
-from schemas.streams import AwsDestination
+from schemas.streams import AwsDestination, DataStream
+from sinks.base import DeliveryFn
+from sinks.retry import RetryPolicy
 from sinks.secrets import SecretResolver
+
+_LOG = logging.getLogger(__name__)
 
 #: (service, region, endpoint_url, access key id, secret access key) -> client
 ClientFactory = Callable[[str, str, str | None, str, str], Any]
@@ -60,8 +65,46 @@ class AwsClients:
         return client
 
     def close(self) -> None:
-        for client in self._clients.values():
+        """Close every client; never raises (it runs in teardown), and one client
+        that fails to close does not keep the others open."""
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
             close = getattr(client, "close", None)
-            if close is not None:
+            if close is None:
+                continue
+            try:
                 close()
-        self._clients.clear()
+            except Exception:  # noqa: BLE001 - best effort: the worker is going away
+                _LOG.warning("closing a boto3 client failed", exc_info=True)
+
+
+class AwsTarget(NamedTuple):
+    """What an AWS sink sends with: the destination's client and the destination."""
+
+    client: Any
+    destination: AwsDestination
+
+
+class AwsDeliveryFn(DeliveryFn):
+    """A delivery DoFn with one boto3 client per destination and worker. AWS
+    destinations are reached by region and endpoint, not a customer URL, so the
+    outbound rules do not apply."""
+
+    #: the boto3 service name
+    service: ClassVar[str] = ""
+
+    def __init__(self, client_factory: ClientFactory, policy: RetryPolicy) -> None:
+        super().__init__(policy)
+        self._client_factory = client_factory
+
+    def open_clients(self) -> None:
+        self._clients = AwsClients(self._client_factory, self._secrets)
+
+    def close_clients(self) -> None:
+        clients, self._clients = getattr(self, "_clients", None), None
+        if clients is not None:
+            clients.close()
+
+    def connect(self, stream: DataStream) -> AwsTarget:
+        destination: AwsDestination = stream.destination  # type: ignore[assignment]
+        return AwsTarget(self._clients.get(self.service, destination), destination)

@@ -15,7 +15,8 @@ from dataclasses import dataclass, replace
 
 import requests
 
-from sinks.retry import Attempt, classify_exception, classify_http
+from sinks.base import DeliveryFn
+from sinks.retry import Attempt, RetryPolicy, classify_exception, classify_http
 
 SessionFactory = Callable[[], requests.Session]
 
@@ -54,3 +55,22 @@ def classified_request(session: requests.Session, method: str, url: str, body: b
     finally:
         response.close()
     return replace(attempt, status_code=response.status_code) if attempt.ok else attempt
+
+
+class HttpDeliveryFn(DeliveryFn):
+    """A delivery DoFn that sends over one ``requests`` session per worker (its
+    connection pool kept across bundles)."""
+
+    def __init__(self, session_factory: SessionFactory, timeouts: Timeouts, policy: RetryPolicy,
+                 allow_insecure: bool = False) -> None:
+        super().__init__(policy, allow_insecure)
+        self._session_factory = session_factory
+        self._timeouts = timeouts
+
+    def open_clients(self) -> None:
+        self._session = self._session_factory()
+
+    def close_clients(self) -> None:
+        session, self._session = getattr(self, "_session", None), None
+        if session is not None:
+            session.close()

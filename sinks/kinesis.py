@@ -1,6 +1,6 @@
 """Deliver documents to AWS Kinesis data streams: one JSON document per record.
 
-Batching. :class:`~transforms.batching.BatchPerStream` keyed by stream id collects up
+Batching. :class:`~sinks.batching.BatchPerStream` keyed by stream id collects up
 to 500 documents (on unbounded input also bounded by ``max_buffering_seconds``:
 Beam's ``GroupIntoBatches`` batches by count and time, not bytes),
 then each batch is cut with :func:`~sinks.results.chunked` into ``PutRecords``
@@ -34,7 +34,7 @@ themselves (a runner may send two batches of one stream at once). Receivers must
 rely on shard order: the guide has them drop duplicates by ``id``, and every document
 carries its time. ``PutRecord`` one at a time would cost a round trip per document.
 
-Batches come from :class:`~transforms.batching.BatchPerStream`: ``GroupIntoBatches``
+Batches come from :class:`~sinks.batching.BatchPerStream`: ``GroupIntoBatches``
 on unbounded input, ``GroupByKey`` and split on bounded input, where the DirectRunner's
 bundle-based executor would lose batches flushed at the end of the input when a
 ``GroupByKey`` follows (apache/beam issue 28716).
@@ -67,40 +67,18 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
-import apache_beam as beam
 import orjson
 from apache_beam import pvalue
 from botocore.exceptions import BotoCoreError, ClientError
 
-from schemas.streams import AwsDestination, DataStream, StreamConfig
-from sinks.aws import AwsClients, ClientFactory, boto3_client
+from schemas.delivery import REMOTE_ERROR, THROTTLED
+from schemas.streams import DataStream
+from sinks.aws import AwsDeliveryFn, AwsTarget, ClientFactory, boto3_client
+from sinks.base import Item, Request, Settled
+from sinks.batching import BatchingSink
 from sinks.ordering import order_key
-from sinks.parking import PARKED, PERMANENT_FAILURE, RETRIES_EXHAUSTED, STREAM_DEACTIVATED, parked
-from sinks.results import (
-    DEAD_LETTERS,
-    DELIVERED,
-    FAILED,
-    PARKED_STATUS,
-    PARTIAL,
-    DeliveryCounters,
-    DeliveryResult,
-    SinkOutputs,
-    Stopwatch,
-    chunked,
-    too_large_dead_letter,
-)
-from sinks.retry import (
-    CREDENTIALS_UNAVAILABLE,
-    REMOTE_ERROR,
-    THROTTLED,
-    Attempt,
-    Outcome,
-    RetryPolicy,
-    StreamCircuit,
-    classify_exception,
-)
-from sinks.secrets import SecretError, SecretResolver
-from transforms.batching import BatchPerStream
+from sinks.results import chunked, too_large_dead_letter
+from sinks.retry import Attempt, Outcome, RetryPolicy, classify_exception
 
 API_TYPE = "aws_kinesis"
 #: PutRecords limits (DESIGN.md "Facts from the field").
@@ -123,7 +101,6 @@ def partition_key(document: dict[str, Any]) -> str:
     return f"org-{document['organisation']['id']}"
 
 
-
 class _Record(NamedTuple):
     kind: str
     document: dict[str, Any]  # as received: parked as (kind, document) for re-drive
@@ -140,42 +117,30 @@ def record_failure(code: str) -> Attempt:
     return Attempt(ok=False, retryable=True, status_code=None, error=code, token=token)
 
 
-class _PutRecordsAttempt:
-    """One ``PutRecords`` request's attempts, for ``RetryPolicy.run``: each call
-    sends the records still pending and keeps what the response accepted, so a
-    retry resends exactly the records that failed."""
+class _PutRecords:
+    """One ``PutRecords`` request's state across its attempts: each attempt sends
+    the records still pending and keeps what the response accepted, so a retry
+    resends exactly the records that failed (Kinesis would store the others twice)."""
 
-    def __init__(self, client: Any, stream_name: str, records: list[_Record], counters: DeliveryCounters) -> None:
-        self._client = client
-        self._stream_name = stream_name
+    def __init__(self, records: list[_Record]) -> None:
         self._records = records
-        self._counters = counters
         self._pending = list(range(len(records)))  # positions in ``records``
         self._delivered: list[int] = []
         #: records an attempt that got no answer may have stored: if a later
         #: attempt stores them, they may be in the stream twice
         self._maybe_received: set[int] = set()
-        self.status_code: int | None = None
 
-    @property
-    def pending(self) -> list[_Record]:
-        return [self._records[i] for i in self._pending]
+    def settled(self) -> Settled:
+        delivered = [self._records[i] for i in self._delivered]
+        return Settled(len(delivered), sum(r.size for r in delivered),
+                       len(self._maybe_received.intersection(self._delivered)),
+                       tuple((r.kind, r.document) for r in (self._records[i] for i in self._pending)))
 
-    @property
-    def delivered(self) -> int:
-        return len(self._delivered)
-
-    @property
-    def redelivered(self) -> int:
-        return len(self._maybe_received.intersection(self._delivered))
-
-    def __call__(self) -> Attempt:
+    def attempt(self, client: Any, stream_name: str) -> Attempt:
         sending = [self._records[i] for i in self._pending]
-        self._counters.requests.inc()
-        self._counters.bytes.inc(sum(r.size for r in sending))
         try:
-            response = self._client.put_records(
-                StreamName=self._stream_name,
+            response = client.put_records(
+                StreamName=stream_name,
                 Records=[{"Data": r.data, "PartitionKey": r.key} for r in sending],
             )
         except (ClientError, BotoCoreError) as err:
@@ -183,7 +148,7 @@ class _PutRecordsAttempt:
             if attempt.maybe_received:
                 self._maybe_received.update(self._pending)
             return attempt
-        self.status_code = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        status_code = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         outcomes = response.get("Records") or []
         if not int(response.get("FailedRecordCount") or 0):
             outcomes = [{}] * len(sending)
@@ -200,117 +165,50 @@ class _PutRecordsAttempt:
                 self._delivered.append(position)
         self._pending = failed
         if not failed:
-            return Attempt(ok=True, status_code=self.status_code)
+            return Attempt(ok=True, status_code=status_code)
         return record_failure(first_error or INTERNAL_FAILURE)
 
 
-class _KinesisWriteFn(beam.DoFn):
+class _KinesisWriteFn(AwsDeliveryFn):
     """``(stream_id, [(kind, document), ...])`` -> one DeliveryResult per
     ``PutRecords`` request (and per request parked without a call), parked batches
-    and ``record_too_large`` dead letters."""
+    and ``record_too_large`` dead letters. A request can partly succeed: what a
+    response accepted is delivered, the rest parked (a ``partial`` result)."""
+
+    api_type = API_TYPE
+    service = "kinesis"
 
     def __init__(self, client_factory: ClientFactory, policy: RetryPolicy = DEFAULT_POLICY) -> None:
-        self._client_factory = client_factory
-        self._policy = policy
+        super().__init__(client_factory, policy)
 
-    def setup(self) -> None:
-        self._clients = AwsClients(self._client_factory, SecretResolver())
-        self._circuit = StreamCircuit(self._policy.deactivate_after)
-        self._counters = DeliveryCounters(API_TYPE)
-
-    def process(
-        self, element: tuple[str, Iterable[tuple[str, dict[str, Any]]]], streams: StreamConfig
-    ) -> Iterator[Any]:
-        stream_id, items = element
+    def requests(self, element: tuple[str, Iterable[Item]], stream: DataStream | None, window: Any,
+                 pane: Any) -> Iterator[Request | pvalue.TaggedOutput]:
         records: list[_Record] = []
-        for kind, document in sorted(items, key=lambda item: order_key(*item)):
+        for kind, document in sorted(element[1], key=lambda item: order_key(*item)):
             data = orjson.dumps(document)
             key = partition_key(document)
             size = len(data) + len(key.encode("utf-8"))
             if size > MAX_RECORD_BYTES:
-                self._counters.dead_letters.inc()
                 yield too_large_dead_letter(kind, document, size, MAX_RECORD_BYTES, API_TYPE)
                 continue
             records.append(_Record(kind, document, data, key, size))
-        if not records:
-            return
-        stream = streams.streams.get(stream_id)
-        if stream is None:  # removed from the config since routing: parked until a re-drive finds it again
-            yield parked(stream_id, API_TYPE, PERMANENT_FAILURE, _documents(records), error="unknown_stream")
-            yield self._result(stream_id, "", records, Stopwatch(), FAILED, error="unknown_stream",
-                               parked_documents=len(records), attempts=0)
-            return
-        for request in chunked(records, MAX_RECORDS_PER_REQUEST, MAX_REQUEST_BYTES, lambda r: r.size):
-            yield from self._put(stream, request)
+        if stream is None:  # one request, parked whole: there is nowhere to split it for
+            batches = [records] if records else []
+        else:
+            batches = list(chunked(records, MAX_RECORDS_PER_REQUEST, MAX_REQUEST_BYTES, lambda r: r.size))
+        target = stream.describe_destination() if stream is not None else ""
+        for batch in batches:
+            yield Request(tuple((r.kind, r.document) for r in batch), sum(r.size for r in batch), target,
+                          _PutRecords(batch))
 
-    def _put(self, stream: DataStream, request: list[_Record]) -> Iterator[Any]:
-        destination: AwsDestination = stream.destination  # type: ignore[assignment]
-        target = stream.describe_destination()
-        watch = Stopwatch()
-        token = self._circuit.deactivated(stream.id)
-        if token is not None:
-            yield parked(stream.id, API_TYPE, STREAM_DEACTIVATED, _documents(request), token=token)
-            yield self._result(stream.id, target, request, watch, PARKED_STATUS, token=token,
-                               parked_documents=len(request), attempts=0)
-            return
-        try:
-            client = self._clients.get("kinesis", destination)
-        except SecretError:
-            self._circuit.deactivate(stream.id, CREDENTIALS_UNAVAILABLE)
-            yield parked(stream.id, API_TYPE, PERMANENT_FAILURE, _documents(request), error="secret_unavailable",
-                         token=CREDENTIALS_UNAVAILABLE)
-            yield self._result(stream.id, target, request, watch, FAILED, error="secret_unavailable",
-                               token=CREDENTIALS_UNAVAILABLE, parked_documents=len(request), attempts=0)
-            return
-        put = _PutRecordsAttempt(client, destination.target, request, self._counters)
-        outcome: Outcome = self._policy.run(put)
-        self._circuit.record(stream.id, outcome)
-        self._counters.documents.inc(put.delivered)
-        self._counters.redelivered.inc(put.redelivered)
-        if outcome.ok:
-            yield self._result(stream.id, target, request, watch, DELIVERED, status_code=put.status_code,
-                               attempts=outcome.attempts, redelivered=put.redelivered)
-            return
-        last = outcome.last
-        reason = RETRIES_EXHAUSTED if last.retryable else PERMANENT_FAILURE
-        yield parked(stream.id, API_TYPE, reason, _documents(put.pending), error=last.error, token=last.token,
-                     status_code=last.status_code, attempts=outcome.attempts)
-        yield self._result(stream.id, target, request, watch, PARTIAL if put.delivered else FAILED,
-                           status_code=last.status_code, error=last.error, token=last.token,
-                           parked_documents=len(put.pending), attempts=outcome.attempts,
-                           redelivered=put.redelivered)
+    def attempt(self, request: Request, connection: AwsTarget) -> Attempt:
+        return request.body.attempt(connection.client, connection.destination.target)
 
-    def _result(self, stream_id: str, target: str, request: list[_Record], watch: Stopwatch, status: str, *,
-                status_code: int | None = None, error: str | None = None, token: str | None = None,
-                parked_documents: int = 0, attempts: int = 1, redelivered: int = 0) -> DeliveryResult:
-        self._counters.failed_documents.inc(parked_documents)
-        return DeliveryResult(
-            stream_id=stream_id,
-            api_type=API_TYPE,
-            documents=len(request),
-            bytes=sum(r.size for r in request),
-            status=status,
-            status_code=status_code,
-            error=error,
-            failed_documents=parked_documents,
-            started_at=watch.started_at,
-            duration_ms=watch.elapsed_ms(),
-            target=target,
-            attempts=attempts,
-            token=token,
-            redelivered_documents=redelivered,
-            parked_documents=parked_documents,
-        )
-
-    def teardown(self) -> None:
-        self._clients.close()
+    def settle(self, request: Request, outcome: Outcome) -> Settled:
+        return request.body.settled()
 
 
-def _documents(records: Iterable[_Record]) -> list[tuple[str, dict[str, Any]]]:
-    return [(r.kind, r.document) for r in records]
-
-
-class WriteToKinesis(beam.PTransform):
+class WriteToKinesis(BatchingSink):
     """Routed ``(stream_id, (kind, document))`` -> :class:`SinkOutputs` (results,
     dead letters, parked batches).
 
@@ -325,18 +223,5 @@ class WriteToKinesis(beam.PTransform):
     def __init__(self, streams: pvalue.AsSideInput, *, client_factory: ClientFactory = boto3_client,
                  max_buffering_seconds: float = DEFAULT_MAX_BUFFERING_SECONDS,
                  policy: RetryPolicy = DEFAULT_POLICY, chunked: bool = False) -> None:
-        super().__init__()
-        self._streams = streams
-        self._client_factory = client_factory
-        self._max_buffering_seconds = max_buffering_seconds
-        self._policy = policy
-        self._chunked = chunked
-
-    def expand(self, routed: beam.PCollection) -> SinkOutputs:
-        outputs = (
-            routed
-            | "BatchPerStream" >> BatchPerStream(MAX_RECORDS_PER_REQUEST, self._max_buffering_seconds, self._chunked)
-            | "PutRecords" >> beam.ParDo(_KinesisWriteFn(self._client_factory, self._policy),
-                                         self._streams).with_outputs(DEAD_LETTERS, PARKED, main="results")
-        )
-        return SinkOutputs(results=outputs.results, dead_letters=outputs[DEAD_LETTERS], parked=outputs[PARKED])
+        super().__init__(streams, _KinesisWriteFn(client_factory, policy), MAX_RECORDS_PER_REQUEST,
+                         max_buffering_seconds, chunked, send_label="PutRecords")

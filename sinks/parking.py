@@ -29,28 +29,20 @@ from apache_beam import pvalue
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from transforms import metrics
+from schemas import metrics
+from schemas.timestamps import now_iso
 
 _LOG = logging.getLogger(__name__)
 
 PARKED = "parked"
 DEFAULT_RETENTION_DAYS = 7
 
-#: Why a batch was parked (besides the status tokens of sinks/retry.py, which say
-#: why its delivery failed).
-STREAM_PAUSED = "stream_paused"
-STREAM_DEACTIVATED = "stream_deactivated"
-#: A stream with the historic-data flag, until its history has been delivered.
-AWAITING_HISTORY = "awaiting_history"
-RETRIES_EXHAUSTED = "retries_exhausted"
-PERMANENT_FAILURE = "permanent_failure"
-
 
 @dataclass(frozen=True)
 class ParkedBatch:
     stream_id: str
     api_type: str
-    reason: str  # STREAM_PAUSED, STREAM_DEACTIVATED, RETRIES_EXHAUSTED, PERMANENT_FAILURE
+    reason: str  # STREAM_PAUSED, STREAM_DEACTIVATED, ... (schemas/delivery.py)
     error: str | None  # the last error code (http_503, ReadTimeout, NoSuchBucket, ...)
     token: str | None  # the status token (unreachable, auth_failed, ...)
     status_code: int | None
@@ -92,10 +84,6 @@ class ParkedBatch:
             parked_at=raw["parked_at"],
             documents=tuple((item["kind"], item["document"]) for item in raw["documents"]),
         )
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def parked(

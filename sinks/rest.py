@@ -58,46 +58,27 @@ headers: results, parked batches, dead letters and log lines carry the URL
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
-import apache_beam as beam
 import orjson
 import requests
 from apache_beam import pvalue
 from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
 
-from schemas.streams import BULK_SIZE_RANGE, DataStream, RestDestination, StreamConfig
-from sinks.http import SessionFactory, Timeouts, classified_request, new_session
+from schemas.delivery import DEADLINE_EXCEEDED, PARKED_STATUS, RETRIES_EXHAUSTED, STREAM_DEACTIVATED
+from schemas.streams import BULK_SIZE_RANGE, DataStream, RestDestination
+from sinks.base import NOT_OPEN, Blocked, Item, Request, Sent
+from sinks.batching import BatchingSink
+from sinks.http import HttpDeliveryFn, SessionFactory, Timeouts, classified_request, new_session
 from sinks.ordering import order_key
-from sinks.outbound import SIGNATURE_HEADER, OutboundGuard, sign
-from sinks.parking import PARKED, PERMANENT_FAILURE, RETRIES_EXHAUSTED, STREAM_DEACTIVATED, parked
-from sinks.results import (
-    DEAD_LETTERS,
-    DELIVERED,
-    FAILED,
-    PARKED_STATUS,
-    DeliveryCounters,
-    DeliveryResult,
-    SinkOutputs,
-    Stopwatch,
-    chunked,
-    too_large_dead_letter,
-)
-from sinks.retry import (
-    CREDENTIALS_UNAVAILABLE,
-    DESTINATION_REFUSED,
-    Attempt,
-    Outcome,
-    RetryPolicy,
-    StreamCircuit,
-)
-from sinks.secrets import SecretError, SecretResolver
-from transforms.batching import BatchPerStream
+from sinks.outbound import SIGNATURE_HEADER, sign
+from sinks.results import chunked, too_large_dead_letter
+from sinks.retry import Attempt, RetryPolicy
+from sinks.secrets import SecretResolver
 
 _LOG = logging.getLogger(__name__)
 
@@ -113,22 +94,6 @@ BULK_BATCH_SIZE = BULK_SIZE_RANGE[1]
 DEFAULT_MAX_REQUEST_BYTES = 10 * 1024 * 1024
 DEFAULT_TIMEOUTS = Timeouts()
 DEFAULT_POLICY = RetryPolicy()
-
-#: Error codes of batches parked without a request (besides DESTINATION_REFUSED).
-SECRET_UNAVAILABLE = "secret_unavailable"
-UNKNOWN_STREAM = "unknown_stream"
-#: The rest of a ``rest_api`` batch whose time budget ran out before it started.
-DEADLINE_EXCEEDED = "deadline_exceeded"
-
-Item = tuple[str, dict[str, Any]]  # (kind, document), as routed
-
-
-class _Prepared(NamedTuple):
-    """One document (or one bulk chunk) ready to send: the items as received, for
-    parking, and the body."""
-
-    items: tuple[Item, ...]
-    body: bytes
 
 
 class _Credentials(NamedTuple):
@@ -146,14 +111,6 @@ def credentials_of(destination: RestDestination, secrets: SecretResolver) -> _Cr
     if destination.auth_header is not None and destination.auth_secret is not None:
         headers[destination.auth_header] = secrets.resolve(destination.auth_secret)
     return _Credentials(headers, secrets.resolve(destination.signing_secret))
-
-
-class _Sent(NamedTuple):
-    """How one request went after the policy's retries, before it becomes a result."""
-
-    outcome: Outcome
-    started_at: str
-    duration_ms: int
 
 
 def mount_pool(session: requests.Session, pool_size: int) -> None:
@@ -175,197 +132,34 @@ def signed_request(session: requests.Session, method: str, url: str, body: bytes
     return classified_request(session, method, url, body, request_headers, timeouts)
 
 
-class _RestDoFnBase(beam.DoFn):
-    """Session, secrets, circuit, outbound guard and counters shared by both REST sinks.
-
-    The session (and its connection pool) lives from ``setup`` to ``teardown``,
-    across bundles, and so does the :class:`StreamCircuit`: it is this worker's
-    memory of a failing stream. There is no bundle buffer to reset or flush: the
-    batching is :class:`BatchPerStream` upstream (count and time bounded, with its
-    state kept by the runner, so nothing is lost with a failed bundle), and each
-    ``process`` call sends one complete batch and emits its outputs before returning.
-    """
-
-    api_type = ""
-
-    def __init__(self, session_factory: SessionFactory, timeouts: Timeouts, policy: RetryPolicy,
-                 allow_insecure: bool) -> None:
-        self._session_factory = session_factory
-        self._timeouts = timeouts
-        self._policy = policy
-        self._allow_insecure = allow_insecure
-
-    def setup(self) -> None:
-        self._session = self._session_factory()
-        self._secrets = SecretResolver()
-        self._circuit = StreamCircuit(self._policy.deactivate_after)
-        # The rest_api sink records outcomes from its pool's threads.
-        self._circuit_lock = threading.Lock()
-        self._guard = OutboundGuard(self._allow_insecure)
-        self._counters = DeliveryCounters(self.api_type)
+class _Connection(NamedTuple):
+    destination: RestDestination
+    credentials: _Credentials
 
 
-    def teardown(self) -> None:
-        session = getattr(self, "_session", None)
-        if session is not None:
-            session.close()
-            self._session = None
-        secrets = getattr(self, "_secrets", None)
-        if secrets is not None:
-            secrets.clear()
+class _RestDoFnBase(HttpDeliveryFn):
+    """What both REST sinks share on top of the delivery skeleton: the stream's
+    URL is checked by the outbound rules, its credentials resolved once per batch,
+    and a batch that cannot be sent is parked as one (``park_together``)."""
 
-    # ----------------------------------------------------------------- before sending
+    park_together = True
 
-    def _stream(self, stream_id: str, config: StreamConfig) -> DataStream | None:
-        try:
-            return config[stream_id]
-        except KeyError:
-            return None
+    def guarded_url(self, stream: DataStream) -> str:
+        return stream.destination.url  # type: ignore[union-attr]
 
-    def _deactivated(self, stream_id: str) -> str | None:
-        with self._circuit_lock:
-            return self._circuit.deactivated(stream_id)
-
-    def _credentials(self, destination: RestDestination) -> _Credentials:
-        return credentials_of(destination, self._secrets)
-
-    def _open(self, stream_id: str, stream: DataStream | None, prepared: Sequence[_Prepared]
-              ) -> _Credentials | list[Any]:
-        """The credentials to send the batch with, or, when it must not be sent at
-        all, its outputs: one result and one parked batch for all of it."""
-        if stream is None:  # removed from the config since routing: parked until a re-drive finds it
-            _LOG.warning("stream %s is not in the stream configuration; %d documents parked", stream_id,
-                         _count(prepared))
-            return self._not_sent(stream_id, "", prepared, FAILED, PERMANENT_FAILURE, UNKNOWN_STREAM, None)
+    def connect(self, stream: DataStream) -> _Connection:
         destination: RestDestination = stream.destination  # type: ignore[assignment]
-        token = self._deactivated(stream_id)
-        if token is not None:
-            _LOG.info("stream %s is deactivated (%s); %d documents parked", stream_id, token, _count(prepared))
-            return self._not_sent(stream_id, destination.url, prepared, PARKED_STATUS, STREAM_DEACTIVATED, None,
-                                  token)
-        refusal = self._guard.refusal(destination.url)
-        if refusal is not None:
-            self._deactivate(stream_id, DESTINATION_REFUSED)
-            _LOG.warning("stream %s: destination refused: %s; %d documents parked", stream_id, refusal,
-                         _count(prepared))
-            return self._not_sent(stream_id, destination.url, prepared, FAILED, PERMANENT_FAILURE,
-                                  DESTINATION_REFUSED, DESTINATION_REFUSED)
-        try:
-            return self._credentials(destination)
-        except SecretError as err:  # the message names the reference, never a value
-            self._deactivate(stream_id, CREDENTIALS_UNAVAILABLE)
-            _LOG.warning("stream %s: %s; %d documents parked", stream_id, err, _count(prepared))
-            return self._not_sent(stream_id, destination.url, prepared, FAILED, PERMANENT_FAILURE,
-                                  SECRET_UNAVAILABLE, CREDENTIALS_UNAVAILABLE)
+        return _Connection(destination, credentials_of(destination, self._secrets))
 
-    def _deactivate(self, stream_id: str, token: str) -> None:
-        with self._circuit_lock:
-            self._circuit.deactivate(stream_id, token)
-
-    # ----------------------------------------------------------------- sending
-
-    def _attempt(self, destination: RestDestination, credentials: _Credentials, body: bytes
-                 ) -> Callable[[], Attempt]:
-        """One request, classified; signed anew for each attempt (a fresh timestamp)."""
-
-        def attempt() -> Attempt:
-            return signed_request(self._session, destination.method, destination.url, body,
-                                  credentials.headers, credentials.signing_secret, self._timeouts)
-
-        return attempt
-
-    def _send(self, stream_id: str, destination: RestDestination, credentials: _Credentials, body: bytes,
-              deadline_seconds: float | None = None) -> _Sent:
-        """One request with the policy's retries; records the outcome in the
-        circuit. Safe to call from the pool's threads (counts nothing)."""
-        watch = Stopwatch()
-        outcome = self._policy.run(self._attempt(destination, credentials, body), deadline_seconds=deadline_seconds)
-        with self._circuit_lock:
-            self._circuit.record(stream_id, outcome)
-        return _Sent(outcome, watch.started_at, watch.elapsed_ms())
-
-    # ----------------------------------------------------------------- outputs
-
-    def _sent(self, stream_id: str, target: str, prepared: _Prepared, sent: _Sent) -> list[Any]:
-        """The result of a request that was sent, and its parked batch when it
-        failed. Counted here, on the bundle's thread (never in the pool's):
-        "requests" counts attempts, "documents" and "bytes" what was delivered."""
-        outcome, last = sent.outcome, sent.outcome.last
-        documents, size = len(prepared.items), len(prepared.body)
-        self._counters.requests.inc(outcome.attempts)
-        if outcome.ok:
-            redelivered = documents if outcome.maybe_delivered_twice else 0
-            self._counters.documents.inc(documents)
-            self._counters.bytes.inc(size)
-            self._counters.redelivered.inc(redelivered)
-            return [self._result(stream_id, target, documents, size, DELIVERED, status_code=last.status_code,
-                                 attempts=outcome.attempts, redelivered=redelivered, sent=sent)]
-        self._counters.failed_documents.inc(documents)
-        reason = RETRIES_EXHAUSTED if last.retryable else PERMANENT_FAILURE
-        return [
-            self._result(stream_id, target, documents, size, FAILED, status_code=last.status_code,
-                         error=last.error, token=last.token, attempts=outcome.attempts, parked_documents=documents,
-                         sent=sent),
-            parked(stream_id, self.api_type, reason, prepared.items, error=last.error, token=last.token,
-                   status_code=last.status_code, attempts=outcome.attempts),
-        ]
-
-    def _not_sent(self, stream_id: str, target: str, prepared: Sequence[_Prepared], status: str, reason: str,
-                  error: str | None, token: str | None) -> list[Any]:
-        """One result and one parked batch for requests never attempted."""
-        items = [item for p in prepared for item in p.items]
-        self._counters.failed_documents.inc(len(items))
-        return [
-            self._result(stream_id, target, len(items), sum(len(p.body) for p in prepared), status, error=error,
-                         token=token, attempts=0, parked_documents=len(items)),
-            parked(stream_id, self.api_type, reason, items, error=error, token=token),
-        ]
-
-    def _result(self, stream_id: str, target: str, documents: int, size: int, status: str, *,
-                status_code: int | None = None, error: str | None = None, token: str | None = None,
-                attempts: int = 1, redelivered: int = 0, parked_documents: int = 0,
-                sent: _Sent | None = None) -> DeliveryResult:
-        """``sent`` gives the time the request started and took; a batch parked
-        without a request starts now and takes no time."""
-        started_at = sent.started_at if sent is not None else Stopwatch().started_at
-        return DeliveryResult(
-            stream_id=stream_id,
-            api_type=self.api_type,
-            documents=documents,
-            bytes=size,
-            status=status,
-            status_code=status_code,
-            error=error,
-            failed_documents=parked_documents,
-            started_at=started_at,
-            duration_ms=sent.duration_ms if sent is not None else 0,
-            target=target,
-            attempts=attempts,
-            token=token,
-            redelivered_documents=redelivered,
-            parked_documents=parked_documents,
-        )
-
-    def _log_failures(self, stream: DataStream, results: list[DeliveryResult]) -> None:
-        """One line per batch, not per request: a dead endpoint must not flood the
-        logs with one line per document."""
-        failed = [r for r in results if r.status == FAILED]
-        if failed:
-            first = failed[0]
-            _LOG.warning(
-                "stream %s: %d of %d %s requests to %s failed (first: status %s, error %s, %s, %d attempts); "
-                "%d documents parked",
-                stream.id, len(failed), len(results), self.api_type, stream.describe_destination(),
-                first.status_code, first.error, first.token, first.attempts, sum(r.parked_documents for r in results),
-            )
+    def attempt(self, request: Request, connection: _Connection) -> Attempt:
+        """One request, signed anew for each attempt (a fresh timestamp)."""
+        destination, credentials = connection
+        return signed_request(self._session, destination.method, destination.url, request.body,
+                              credentials.headers, credentials.signing_secret, self._timeouts)
 
 
-def _count(prepared: Sequence[_Prepared]) -> int:
-    return sum(len(p.items) for p in prepared)
-
-
-def _results(outputs: Iterable[Any]) -> list[DeliveryResult]:
-    return [o for o in outputs if isinstance(o, DeliveryResult)]
+def _url(stream: DataStream | None) -> str:
+    return stream.destination.url if stream is not None else ""  # type: ignore[union-attr]
 
 
 class _RestWriteFn(_RestDoFnBase):
@@ -381,63 +175,61 @@ class _RestWriteFn(_RestDoFnBase):
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
         self._concurrency = concurrency
 
-    def setup(self) -> None:
-        super().setup()
+    def open_clients(self) -> None:
+        super().open_clients()
         mount_pool(self._session, self._concurrency)
         self._pool = ThreadPoolExecutor(max_workers=self._concurrency, thread_name_prefix="rest-api")
 
-    def teardown(self) -> None:
-        pool = getattr(self, "_pool", None)
+    def close_clients(self) -> None:
+        pool, self._pool = getattr(self, "_pool", None), None
         if pool is not None:
             pool.shutdown(wait=True)
-            self._pool = None
-        super().teardown()
+        super().close_clients()
 
-    def process(self, batch: tuple[str, Iterable[Item]], config: StreamConfig) -> Iterator[Any]:
-        stream_id, items = batch
+    def requests(self, element: tuple[str, Iterable[Item]], stream: DataStream | None, window: Any,
+                 pane: Any) -> Iterator[Request]:
         # Dispatched in time order: with concurrent requests the arrival order is
         # not guaranteed, but it stays close to the documents' own order.
-        prepared = [_Prepared((item,), orjson.dumps(item[1])) for item in sorted(items, key=lambda i: order_key(*i))]
-        if not prepared:
+        for item in sorted(element[1], key=lambda i: order_key(*i)):
+            body = orjson.dumps(item[1])
+            yield Request((item,), len(body), _url(stream), body)
+
+    def deliver(self, stream: DataStream, requests: Sequence[Request]) -> Iterator[Any]:
+        """Concurrently, within one time budget; once the circuit opens or the
+        budget is spent, the documents not yet started are parked as one batch."""
+        connection = self._admit(stream, NOT_OPEN)
+        if isinstance(connection, Blocked):
+            yield from self._not_sent(stream.id, requests, connection)
             return
-        stream = self._stream(stream_id, config)
-        credentials = self._open(stream_id, stream, prepared)
-        if not isinstance(credentials, _Credentials):
-            yield from credentials
-            return
-        destination: RestDestination = stream.destination  # type: ignore[union-attr]
         started = time.monotonic()
 
-        def send(document: _Prepared) -> _Sent | str:
+        def send(request: Request) -> Sent | str:
             """The request's outcome, or why it was not started."""
-            if self._deactivated(stream_id) is not None:
+            if self._deactivated(stream.id) is not None:
                 return STREAM_DEACTIVATED
             remaining = self._policy.deadline_seconds - (time.monotonic() - started)
             if remaining <= 0:
                 return DEADLINE_EXCEEDED
-            return self._send(stream_id, destination, credentials, document.body, remaining)
+            return self._send(stream.id, request, connection, remaining)
 
-        outputs: list[Any] = []
-        skipped: dict[str, list[_Prepared]] = {}
-        for document, sent in zip(prepared, self._pool.map(send, prepared), strict=True):
+        skipped: dict[str, list[Request]] = {}
+        for request, sent in zip(requests, self._pool.map(send, requests), strict=True):
             if isinstance(sent, str):
-                skipped.setdefault(sent, []).append(document)
+                skipped.setdefault(sent, []).append(request)
             else:
-                outputs.extend(self._sent(stream_id, destination.url, document, sent))
+                yield from self._sent(stream.id, request, sent)
         if STREAM_DEACTIVATED in skipped:
-            token = self._deactivated(stream_id)
-            outputs.extend(self._not_sent(stream_id, destination.url, skipped[STREAM_DEACTIVATED], PARKED_STATUS,
-                                          STREAM_DEACTIVATED, None, token))
+            token = self._deactivated(stream.id)
+            yield from self._not_sent(stream.id, skipped[STREAM_DEACTIVATED],
+                                      Blocked(PARKED_STATUS, STREAM_DEACTIVATED, None, token))
         if DEADLINE_EXCEEDED in skipped:
             # No token: a spent budget says nothing new about the stream (the
             # requests that used it up have their own results).
-            outputs.extend(self._not_sent(stream_id, destination.url, skipped[DEADLINE_EXCEEDED], PARKED_STATUS,
-                                          RETRIES_EXHAUSTED, DEADLINE_EXCEEDED, None))
-        self._log_failures(stream, _results(outputs))  # type: ignore[arg-type]
+            yield from self._not_sent(stream.id, skipped[DEADLINE_EXCEEDED],
+                                      Blocked(PARKED_STATUS, RETRIES_EXHAUSTED, DEADLINE_EXCEEDED, None))
         if skipped:
-            _LOG.warning("stream %s: %d documents parked without a request (%s)", stream_id,
+            _LOG.warning("stream %s: %d documents parked without a request (%s)", stream.id,
                          sum(len(v) for v in skipped.values()), ", ".join(sorted(skipped)))
-        yield from outputs
 
 
 class _RestBulkWriteFn(_RestDoFnBase):
@@ -453,54 +245,27 @@ class _RestBulkWriteFn(_RestDoFnBase):
             raise ValueError(f"max_request_bytes must hold at least one document, got {max_request_bytes}")
         self._max_request_bytes = max_request_bytes
 
-    def process(self, batch: tuple[str, Iterable[Item]], config: StreamConfig) -> Iterator[Any]:
-        stream_id, items = batch
-        stream = self._stream(stream_id, config)
+    def requests(self, element: tuple[str, Iterable[Item]], stream: DataStream | None, window: Any,
+                 pane: Any) -> Iterator[Request | pvalue.TaggedOutput]:
+        stream_id, items = element
         bulk_size = stream.batching.bulk_size if stream is not None else BULK_BATCH_SIZE
         # Serialized once: the bytes measured for the limit are the bytes sent.
         sendable: list[tuple[Item, bytes]] = []
         for kind, document in sorted(items, key=lambda item: order_key(*item)):
             body = orjson.dumps(document)
             if len(body) + 2 > self._max_request_bytes:  # + "[" and "]"
-                # Counted per API type, not with metrics.count_dead_letter: that
-                # counter reconciles input records, and this document was
-                # already counted as one (delivery dead letters are counted
-                # where the sinks' outputs are joined).
-                self._counters.dead_letters.inc()
                 yield too_large_dead_letter(kind, document, len(body), self._max_request_bytes, self.api_type,
                                             stream_id=stream_id)
                 continue
             sendable.append(((kind, document), body))
         # Each document costs its bytes plus a separator (one "," or the "]");
         # the "[" is taken off the limit.
-        chunks = [
-            _Prepared(tuple(item for item, _ in chunk), b"[" + b",".join(body for _, body in chunk) + b"]")
-            for chunk in chunked(sendable, bulk_size, self._max_request_bytes - 1, lambda s: len(s[1]), overhead=1)
-        ]
-        if not chunks:
-            return
-        credentials = self._open(stream_id, stream, chunks)
-        if not isinstance(credentials, _Credentials):
-            yield from credentials
-            return
-        destination: RestDestination = stream.destination  # type: ignore[union-attr]
-        outputs: list[Any] = []
-        for index, chunk in enumerate(chunks):
-            token = self._deactivated(stream_id)
-            if token is not None:
-                rest = chunks[index:]
-                _LOG.warning("stream %s is deactivated (%s); %d documents parked without a request", stream_id,
-                             token, _count(rest))
-                outputs.extend(self._not_sent(stream_id, destination.url, rest, PARKED_STATUS, STREAM_DEACTIVATED,
-                                              None, token))
-                break
-            sent = self._send(stream_id, destination, credentials, chunk.body)
-            outputs.extend(self._sent(stream_id, destination.url, chunk, sent))
-        self._log_failures(stream, _results(outputs))  # type: ignore[arg-type]
-        yield from outputs
+        for chunk in chunked(sendable, bulk_size, self._max_request_bytes - 1, lambda s: len(s[1]), overhead=1):
+            body = b"[" + b",".join(body for _, body in chunk) + b"]"
+            yield Request(tuple(item for item, _ in chunk), len(body), _url(stream), body)
 
 
-class WriteToRestApi(beam.PTransform):
+class WriteToRestApi(BatchingSink):
     """Routed ``rest_api`` elements -> :class:`SinkOutputs` (one result a document
     sent, one per batch parked without a request; parked batches).
 
@@ -517,22 +282,11 @@ class WriteToRestApi(beam.PTransform):
     def __init__(self, streams: pvalue.AsSideInput, *, session_factory: SessionFactory = new_session,
                  timeouts: Timeouts = DEFAULT_TIMEOUTS, max_buffering_seconds: float = 5, concurrency: int = 8,
                  policy: RetryPolicy = DEFAULT_POLICY, allow_insecure: bool = False, chunked: bool = False) -> None:
-        super().__init__()
-        self._streams = streams
-        self._fn = _RestWriteFn(session_factory, timeouts, concurrency, policy, allow_insecure)
-        self._max_buffering_seconds = max_buffering_seconds
-        self._chunked = chunked
-
-    def expand(self, routed: beam.PCollection) -> SinkOutputs:
-        outputs = (
-            routed
-            | "BatchPerStream" >> BatchPerStream(REST_BATCH_SIZE, self._max_buffering_seconds, self._chunked)
-            | "Send" >> beam.ParDo(self._fn, self._streams).with_outputs(DEAD_LETTERS, PARKED, main="results")
-        )
-        return SinkOutputs(results=outputs.results, dead_letters=outputs[DEAD_LETTERS], parked=outputs[PARKED])
+        super().__init__(streams, _RestWriteFn(session_factory, timeouts, concurrency, policy, allow_insecure),
+                         REST_BATCH_SIZE, max_buffering_seconds, chunked)
 
 
-class WriteToRestApiBulk(beam.PTransform):
+class WriteToRestApiBulk(BatchingSink):
     """Routed ``rest_api_bulk`` elements -> :class:`SinkOutputs` (one result a
     JSON-array request, one per batch parked without a request; too-large documents
     as dead letters; parked batches).
@@ -547,16 +301,5 @@ class WriteToRestApiBulk(beam.PTransform):
                  timeouts: Timeouts = DEFAULT_TIMEOUTS, max_buffering_seconds: float = 5,
                  max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, policy: RetryPolicy = DEFAULT_POLICY,
                  allow_insecure: bool = False, chunked: bool = False) -> None:
-        super().__init__()
-        self._streams = streams
-        self._fn = _RestBulkWriteFn(session_factory, timeouts, max_request_bytes, policy, allow_insecure)
-        self._max_buffering_seconds = max_buffering_seconds
-        self._chunked = chunked
-
-    def expand(self, routed: beam.PCollection) -> SinkOutputs:
-        outputs = (
-            routed
-            | "BatchPerStream" >> BatchPerStream(BULK_BATCH_SIZE, self._max_buffering_seconds, self._chunked)
-            | "Send" >> beam.ParDo(self._fn, self._streams).with_outputs(DEAD_LETTERS, PARKED, main="results")
-        )
-        return SinkOutputs(results=outputs.results, dead_letters=outputs[DEAD_LETTERS], parked=outputs[PARKED])
+        super().__init__(streams, _RestBulkWriteFn(session_factory, timeouts, max_request_bytes, policy,
+                                                   allow_insecure), BULK_BATCH_SIZE, max_buffering_seconds, chunked)

@@ -1,18 +1,11 @@
-"""What every sink emits: a delivery result per request, and dead letters.
-
-One :class:`DeliveryResult` per request sent (a REST call, a ``put_records``, an
-S3 object, a DataDog series payload) is the input of stream status and parking:
-it says which stream, how many documents and bytes, how it went and how long it
-took. Results never carry documents or credentials, only counts, codes and errors
-whose text comes from :func:`describe_error`.
+"""What every sink emits besides its delivery results (``schemas/delivery.py``):
+its outputs' shape, dead letters, counters, and the request sizing they share.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from typing import Any, NamedTuple, TypeVar
 
 import apache_beam as beam
@@ -20,47 +13,18 @@ import orjson
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
-from transforms import metrics
-from transforms.records import dead_letter
+from schemas import metrics
+from schemas.records import dead_letter
+from schemas.timestamps import now_iso
+from sinks.parking import PARKED
 
 DEAD_LETTERS = "dead_letters"
-DELIVERED, FAILED, PARTIAL, PARKED_STATUS = "delivered", "failed", "partial", "parked"
 
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class DeliveryResult:
-    stream_id: str
-    api_type: str
-    documents: int
-    bytes: int
-    status: str  # delivered | failed | partial
-    status_code: int | None  # HTTP status, when there was a response
-    error: str | None  # error token or AWS error code; never a secret
-    failed_documents: int
-    started_at: str  # ISO 8601 UTC
-    duration_ms: int
-    target: str  # destination without credentials: URL, s3 key, kinesis stream
-    attempts: int = 1
-    #: the status token when it failed: unreachable, auth_failed, not_found, ...
-    token: str | None = None
-    #: documents delivered by a retry after an attempt that may also have reached
-    #: the destination: possibly delivered twice (receivers drop duplicates by id)
-    redelivered_documents: int = 0
-    #: documents of this request that were parked instead of delivered
-    parked_documents: int = 0
-
-    @property
-    def ok(self) -> bool:
-        return self.status == DELIVERED
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 class DeliveryCounters:
-    """The delivery counters of one API type (names in ``transforms/metrics.py``);
+    """The delivery counters of one API type (names in ``schemas/metrics.py``);
     create them in a sink's ``setup``."""
 
     def __init__(self, api_type: str) -> None:
@@ -79,7 +43,7 @@ class Stopwatch:
     """Start time and duration of one request, for its DeliveryResult."""
 
     def __init__(self) -> None:
-        self.started_at = datetime.now(UTC).isoformat(timespec="milliseconds")
+        self.started_at = now_iso()
         self._start = time.monotonic()
 
     def elapsed_ms(self) -> int:
@@ -145,3 +109,9 @@ def chunked(
         total += size
     if chunk:
         yield chunk
+
+
+def apply_sink(batches: beam.PCollection, label: str, fn: beam.DoFn, streams: pvalue.AsSideInput) -> SinkOutputs:
+    """``batches | label >> ParDo(fn)`` with the outputs every sink has."""
+    outputs = batches | label >> beam.ParDo(fn, streams).with_outputs(DEAD_LETTERS, PARKED, main="results")
+    return SinkOutputs(results=outputs.results, dead_letters=outputs[DEAD_LETTERS], parked=outputs[PARKED])

@@ -28,7 +28,6 @@ import email.utils
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import requests
 from botocore.exceptions import (
@@ -39,6 +38,17 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 from tenacity import RetryCallState, Retrying, retry_if_result, wait_random_exponential
+
+from schemas.delivery import (
+    AUTH_FAILED,
+    DESTINATION_REFUSED,
+    NOT_FOUND,
+    PAYLOAD_REJECTED,
+    REDIRECTED,
+    REMOTE_ERROR,
+    THROTTLED,
+    UNREACHABLE,
+)
 
 RETRYABLE_STATUS = frozenset({408, 425, 429})
 AWS_RETRYABLE_CODES = frozenset({
@@ -53,23 +63,6 @@ AWS_AUTH_CODES = frozenset({
     "InvalidSignatureException", "MissingAuthenticationToken",
 })
 AWS_NOT_FOUND_CODES = frozenset({"NoSuchBucket", "ResourceNotFoundException", "NotFound", "404"})
-
-#: Stable error tokens of a stream's status (the guide's "remote status").
-UNREACHABLE = "unreachable"
-AUTH_FAILED = "auth_failed"
-NOT_FOUND = "not_found"
-PAYLOAD_REJECTED = "payload_rejected"
-REDIRECTED = "redirected"
-THROTTLED = "throttled"
-REMOTE_ERROR = "remote_error"
-CREDENTIALS_UNAVAILABLE = "credentials_unavailable"
-DESTINATION_REFUSED = "destination_refused"
-
-#: Tokens of failures that retrying cannot fix: they deactivate a stream at once.
-PERMANENT_TOKENS = frozenset({
-    AUTH_FAILED, NOT_FOUND, PAYLOAD_REJECTED, REDIRECTED, CREDENTIALS_UNAVAILABLE, DESTINATION_REFUSED,
-})
-
 
 @dataclass(frozen=True)
 class Attempt:
@@ -258,13 +251,3 @@ class StreamCircuit:
     def deactivate(self, stream_id: str, token: str) -> None:
         self._deactivated[stream_id] = token
 
-
-def policy_from(values: Mapping[str, Any]) -> RetryPolicy:
-    """A policy from option values (the job's ``RetryOptions``)."""
-    return RetryPolicy(
-        max_attempts=int(values["max_attempts"]),
-        deadline_seconds=float(values["retry_deadline_seconds"]),
-        base_delay_seconds=float(values["retry_base_delay_seconds"]),
-        max_delay_seconds=float(values["retry_max_delay_seconds"]),
-        deactivate_after=int(values["deactivate_after_failures"]),
-    )

@@ -57,7 +57,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import apache_beam as beam
 import orjson
@@ -65,25 +65,15 @@ from apache_beam import pvalue
 from apache_beam.utils.timestamp import Timestamp
 from botocore.exceptions import BotoCoreError, ClientError
 
-from schemas.streams import AwsDestination, DataStream, StreamConfig
-from sinks.aws import AwsClients, ClientFactory, boto3_client
+from schemas.records import dead_letter
+from schemas.streams import AwsDestination, DataStream
+from sinks.aws import AwsDeliveryFn, AwsTarget, ClientFactory, boto3_client
+from sinks.base import Request
 from sinks.csv_format import UnknownFieldError, render_csv, to_row
 from sinks.ordering import document_time, order_key
-from sinks.parking import PARKED, PERMANENT_FAILURE, RETRIES_EXHAUSTED, STREAM_DEACTIVATED, parked
-from sinks.results import (
-    DEAD_LETTERS,
-    DELIVERED,
-    FAILED,
-    PARKED_STATUS,
-    DeliveryCounters,
-    DeliveryResult,
-    SinkOutputs,
-    Stopwatch,
-)
-from sinks.retry import CREDENTIALS_UNAVAILABLE, SUCCESS, Attempt, RetryPolicy, StreamCircuit, classify_exception
-from sinks.secrets import SecretError, SecretResolver
-from transforms.records import dead_letter
-from transforms.windows import PerElementFixedWindows, size_from_key, window_with_late_panes
+from sinks.results import DEAD_LETTERS, SinkOutputs, apply_sink
+from sinks.retry import Attempt, RetryPolicy, classify_exception
+from sinks.windows import PerElementFixedWindows, size_from_key, window_with_late_panes
 
 _LOG = logging.getLogger(__name__)
 
@@ -134,27 +124,19 @@ def _utc(timestamp: Timestamp) -> datetime:
 
 
 
-class _S3WriteFn(beam.DoFn):
+class _S3WriteFn(AwsDeliveryFn):
     """``((stream_id, kind, rotation), documents)`` of one window -> one
     DeliveryResult per CSV file (put, or parked without a request), parked
     batches and ``internal_error`` dead letters."""
 
+    api_type = API_TYPE
+    service = "s3"
+
     def __init__(self, client_factory: ClientFactory, policy: RetryPolicy = DEFAULT_POLICY) -> None:
-        self._client_factory = client_factory
-        self._policy = policy
+        super().__init__(client_factory, policy)
 
-    def setup(self) -> None:
-        self._clients = AwsClients(self._client_factory, SecretResolver())
-        self._circuit = StreamCircuit(self._policy.deactivate_after)
-        self._counters = DeliveryCounters(API_TYPE)
-
-    def process(
-        self,
-        element: tuple[tuple[str, str, int], Iterable[dict[str, Any]]],
-        streams: StreamConfig,
-        window: Any = beam.DoFn.WindowParam,
-        pane: Any = beam.DoFn.PaneInfoParam,
-    ) -> Iterator[Any]:
+    def requests(self, element: tuple[tuple[str, str, int], Iterable[dict[str, Any]]], stream: DataStream | None,
+                 window: Any, pane: Any) -> Iterator[Request | pvalue.TaggedOutput]:
         (stream_id, kind, _rotation), documents = element
         rows: list[list[str]] = []
         kept: list[dict[str, Any]] = []  # the documents of ``rows``, for parking
@@ -164,7 +146,6 @@ class _S3WriteFn(beam.DoFn):
                 rows.append(to_row(kind, document))
             except UnknownFieldError as err:
                 _LOG.error("stream %s: %s", stream_id, err)
-                self._counters.dead_letters.inc()
                 letter = dead_letter(kind, "deliver", "internal_error", str(err),  # type: ignore[arg-type]
                                      orjson.dumps(document), document.get("id"))
                 yield pvalue.TaggedOutput(DEAD_LETTERS, letter)
@@ -173,94 +154,31 @@ class _S3WriteFn(beam.DoFn):
             times.append(document_time(kind, document))
         if not rows:
             return
-        stream = streams.streams.get(stream_id)
-        if stream is None:  # removed from the config since routing: parked until a re-drive finds it again
-            self._counters.failed_documents.inc(len(rows))
-            yield parked(stream_id, API_TYPE, PERMANENT_FAILURE, [(kind, d) for d in kept], error="unknown_stream")
-            yield _result(stream_id, "", len(rows), 0, Stopwatch(), FAILED, error="unknown_stream", attempts=0)
+        if stream is None:  # no bucket, no rotation: one request, parked whole
+            yield Request(tuple((kind, d) for d in kept), 0, "")
             return
+        destination: AwsDestination = stream.destination  # type: ignore[assignment]
         plan = plan_files(kind, _utc(window.start), _utc(window.end), times, stream.batching.flush_size, pane.index)
         for name, chunk in plan:
-            yield from self._put(stream, kind, name, rows[chunk], kept[chunk])
+            key = f"{destination.prefix}{name}"
+            body = render_csv(kind, rows[chunk])
+            yield Request(tuple((kind, d) for d in kept[chunk]), len(body), f"s3://{destination.target}/{key}",
+                          _File(key, body))
 
-    def _put(self, stream: DataStream, kind: str, name: str, rows: list[list[str]],
-             documents: list[dict[str, Any]]) -> Iterator[Any]:
-        destination: AwsDestination = stream.destination  # type: ignore[assignment]
-        key = f"{destination.prefix}{name}"
-        target = f"s3://{destination.target}/{key}"
-        pairs = [(kind, document) for document in documents]
-        body = render_csv(kind, rows)
-        watch = Stopwatch()
-        token = self._circuit.deactivated(stream.id)
-        if token is not None:
-            self._counters.failed_documents.inc(len(rows))
-            yield parked(stream.id, API_TYPE, STREAM_DEACTIVATED, pairs, token=token)
-            yield _result(stream.id, target, len(rows), len(body), watch, PARKED_STATUS, token=token, attempts=0)
-            return
+    def attempt(self, request: Request, connection: AwsTarget) -> Attempt:
+        """One ``put_object``; a retry rewrites the same key, so it cannot add a file."""
+        file: _File = request.body
         try:
-            client = self._clients.get("s3", destination)
-        except SecretError:
-            self._counters.failed_documents.inc(len(rows))
-            self._circuit.deactivate(stream.id, CREDENTIALS_UNAVAILABLE)
-            yield parked(stream.id, API_TYPE, PERMANENT_FAILURE, pairs, error="secret_unavailable",
-                         token=CREDENTIALS_UNAVAILABLE)
-            yield _result(stream.id, target, len(rows), len(body), watch, FAILED, error="secret_unavailable",
-                          token=CREDENTIALS_UNAVAILABLE, attempts=0)
-            return
-        status_codes: list[int | None] = []
-
-        def attempt() -> Attempt:
-            self._counters.requests.inc()
-            self._counters.bytes.inc(len(body))
-            try:
-                response = client.put_object(Bucket=destination.target, Key=key, Body=body, ContentType=CONTENT_TYPE)
-            except (ClientError, BotoCoreError) as err:
-                return classify_exception(err)
-            status_codes.append(response.get("ResponseMetadata", {}).get("HTTPStatusCode"))
-            return SUCCESS
-
-        outcome = self._policy.run(attempt)
-        self._circuit.record(stream.id, outcome)
-        if outcome.ok:
-            redelivered = len(rows) if outcome.maybe_delivered_twice else 0
-            self._counters.documents.inc(len(rows))
-            self._counters.redelivered.inc(redelivered)
-            yield _result(stream.id, target, len(rows), len(body), watch, DELIVERED, status_code=status_codes[-1],
-                          attempts=outcome.attempts, redelivered=redelivered)
-            return
-        last = outcome.last
-        self._counters.failed_documents.inc(len(rows))
-        yield parked(stream.id, API_TYPE, RETRIES_EXHAUSTED if last.retryable else PERMANENT_FAILURE, pairs,
-                     error=last.error, token=last.token, status_code=last.status_code, attempts=outcome.attempts)
-        yield _result(stream.id, target, len(rows), len(body), watch, FAILED, status_code=last.status_code,
-                      error=last.error, token=last.token, attempts=outcome.attempts)
-
-    def teardown(self) -> None:
-        self._clients.close()
+            response = connection.client.put_object(Bucket=connection.destination.target, Key=file.key,
+                                                    Body=file.body, ContentType=CONTENT_TYPE)
+        except (ClientError, BotoCoreError) as err:
+            return classify_exception(err)
+        return Attempt(ok=True, status_code=response.get("ResponseMetadata", {}).get("HTTPStatusCode"))
 
 
-def _result(stream_id: str, target: str, documents: int, size: int, watch: Stopwatch, status: str, *,
-            status_code: int | None = None, error: str | None = None, token: str | None = None, attempts: int = 1,
-            redelivered: int = 0) -> DeliveryResult:
-    """A file's result; every document of a file not delivered is parked."""
-    undelivered = 0 if status == DELIVERED else documents
-    return DeliveryResult(
-        stream_id=stream_id,
-        api_type=API_TYPE,
-        documents=documents,
-        bytes=size,
-        status=status,
-        status_code=status_code,
-        error=error,
-        failed_documents=undelivered,
-        started_at=watch.started_at,
-        duration_ms=watch.elapsed_ms(),
-        target=target,
-        attempts=attempts,
-        token=token,
-        redelivered_documents=redelivered,
-        parked_documents=undelivered,
-    )
+class _File(NamedTuple):
+    key: str
+    body: bytes
 
 
 class WriteToS3(beam.PTransform):
@@ -279,12 +197,9 @@ class WriteToS3(beam.PTransform):
         self._lateness = allowed_lateness_seconds
 
     def expand(self, routed: beam.PCollection) -> SinkOutputs:
-        outputs = (
+        windows = (
             routed
             | "WindowPerRotation" >> window_with_late_panes(PerElementFixedWindows(size_from_key), self._lateness)
             | "GroupPerWindow" >> beam.GroupByKey()
-            | "PutObjects" >> beam.ParDo(_S3WriteFn(self._client_factory, self._policy), self._streams).with_outputs(
-                DEAD_LETTERS, PARKED, main="results"
-            )
         )
-        return SinkOutputs(results=outputs.results, dead_letters=outputs[DEAD_LETTERS], parked=outputs[PARKED])
+        return apply_sink(windows, "PutObjects", _S3WriteFn(self._client_factory, self._policy), self._streams)

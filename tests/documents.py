@@ -8,8 +8,8 @@ import json
 from datetime import datetime, timedelta
 from typing import Any
 
+from schemas.timestamps import format_event_time, format_usage_time
 from tests.guide_samples import EXPECTED_EVENTS, EXPECTED_USAGE
-from transforms.timestamps import format_event_time, format_usage_time
 
 
 def event_doc(sample: str, doc_id: int, moment: datetime, endpoint_id: int | None = None) -> dict[str, Any]:

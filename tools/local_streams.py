@@ -22,9 +22,9 @@ from typing import Any
 
 import boto3
 
+from schemas.timestamps import parse_iso
 from tools.local_destinations import HttpReceiver, MotoServer
 from transforms.reference import load_table
-from transforms.timestamps import parse_iso
 
 REGION = "eu-central-1"
 KINESIS_STREAM = "datastreamer-usage"

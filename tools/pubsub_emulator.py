@@ -53,9 +53,9 @@ from google.cloud import pubsub_v1
 from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
 from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
 
+from schemas.records import Kind
+from schemas.timestamps import parse_iso, to_epoch_ms
 from tools.processes import free_port, log_tail, stop_group
-from transforms.records import Kind
-from transforms.timestamps import parse_iso, to_epoch_ms
 
 #: Project ids should look like real ones (6 to 30 lowercase letters, digits and
 #: hyphens), so that names which work here work against the service too.
@@ -441,7 +441,7 @@ def shift_timestamp(value: str, offset: timedelta) -> str | None:
     """``value`` moved by ``offset`` and written the way it was: same offset and
     offset notation (``Z``, ``+02:00``, ``+0000``), same fraction digits, same
     separator. None when ``value`` is not a timestamp the pipeline accepts
-    (:func:`transforms.timestamps.parse_iso`): such defects stay as they are.
+    (:func:`schemas.timestamps.parse_iso`): such defects stay as they are.
 
     ``offset`` must be whole seconds, so that the fraction is kept verbatim."""
     if offset % _SECOND:

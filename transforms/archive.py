@@ -38,9 +38,8 @@ from apache_beam.transforms.trigger import AccumulationMode, AfterCount, AfterWa
 from apache_beam.transforms.window import FixedWindows
 from fastavro.write import Writer
 
-from schemas import load_schema
-from transforms import metrics
-from transforms.records import Kind
+from schemas import load_schema, metrics
+from schemas.records import Kind
 
 HOUR_SECONDS = 3600
 _PREFIX = {"event": "events", "usage": "usage"}

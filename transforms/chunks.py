@@ -9,7 +9,7 @@ enrich and route run once per chunk, their per-record functions unchanged, and
 every invalid record still becomes its own dead letter
 (``transforms/documents.py``, ``transforms/routing.py``). The batching sinks
 (REST, REST bulk, Kinesis) shard the routed chunks by endpoint and split them into
-their batches (``transforms/batching.py``); S3, DataDog and parked documents get
+their batches (``sinks/batching.py``); S3, DataDog and parked documents get
 single elements stamped with their event time, as do the documents a caller asks
 for one by one (:class:`Unchunk`).
 
@@ -20,14 +20,14 @@ Inside a chunk, a record travels as ``(value, event time in epoch ms)``: a
 chunk element has one timestamp, so each record's own rides along with it.
 
 Where a chunk is shuffled (the de-duplication, the sinks' batching) it travels
-packed: the JSON of its pairs (:func:`pack_pairs`), which Beam moves as plain
+packed: the JSON of its pairs (:func:`schemas.packed.pack_pairs`), which Beam moves as plain
 bytes. orjson turns a
 chunk of a thousand documents into bytes and back in about 4 ms; Beam's
 ``FastPrimitivesCoder`` took 12 ms for the same chunk, counting the size estimate
 it makes of every element it samples, which for a few large elements is all of
 them. Records and documents are JSON values by construction (validation rejects
 integers beyond 64 bits and non-finite floats), so nothing is lost but the
-difference between a tuple and a list, which :func:`unpack_pairs` restores for
+difference between a tuple and a list, which :func:`schemas.packed.unpack_pairs` restores for
 the pairs themselves.
 """
 
@@ -83,13 +83,3 @@ def document_lines(chunk: list[tuple[dict[str, Any], int]]) -> bytes:
     newline (a text sink adds it): written as one element, read as one document a
     line."""
     return b"\n".join(orjson.dumps(document) for document, _ in chunk)
-
-
-def pack_pairs(pairs: list[tuple[Any, Any]]) -> bytes:
-    """A list of pairs as bytes to shuffle (module docstring)."""
-    return orjson.dumps(pairs)
-
-
-def unpack_pairs(packed: bytes) -> list[tuple[Any, Any]]:
-    """The pairs :func:`pack_pairs` packed, as tuples again."""
-    return [tuple(pair) for pair in orjson.loads(packed)]

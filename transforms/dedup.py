@@ -27,9 +27,9 @@ from apache_beam.transforms.deduplicate import DeduplicatePerKey
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
 
-from transforms import metrics
-from transforms.chunks import pack_pairs, unpack_pairs
-from transforms.records import Kind
+from schemas import metrics
+from schemas.packed import pack_pairs, unpack_pairs
+from schemas.records import Kind
 
 DEFAULT_HORIZON_SECONDS = 6 * 3600
 

@@ -19,12 +19,12 @@ import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.transforms.window import GlobalWindows, WindowFn
 
+from schemas.records import Kind
 from transforms.chunks import CHUNK_SIZE, Chunk, Unchunk
 from transforms.dedup import DEFAULT_HORIZON_SECONDS, DeduplicateById
 from transforms.enrich import Enrich
 from transforms.lateness import DEFAULT_ALLOWED_LATENESS_SECONDS, GateLateRecords, window_lateness_seconds
 from transforms.parse import DEFAULT_MAX_RECORD_BYTES, ParseRecords
-from transforms.records import Kind
 
 
 class DocumentsAndDeadLetters(NamedTuple):

@@ -31,11 +31,11 @@ import orjson
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
+from schemas import metrics
 from schemas.catalogues import EVENT_TYPES, LOCATION_EVENT_TYPES
-from transforms import metrics
-from transforms.records import Kind, RecordError, dead_letter
+from schemas.records import Kind, RecordError, dead_letter
+from schemas.timestamps import format_event_time, format_tunnel_time, format_usage_time, parse_iso
 from transforms.reference import ReferenceData, Row
-from transforms.timestamps import format_event_time, format_tunnel_time, format_usage_time, parse_iso
 
 _LOG = logging.getLogger(__name__)
 

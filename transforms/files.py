@@ -21,7 +21,7 @@ from apache_beam.io.parquetio import ReadFromParquet
 from apache_beam.io.textio import ReadFromText, WriteToText
 from apache_beam.options.value_provider import StaticValueProvider
 
-from transforms.records import dead_letter_json
+from schemas.records import dead_letter_json
 from transforms.windows import GatherWindows
 
 FORMATS = ("jsonl", "avro", "parquet")

@@ -48,8 +48,8 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec
 from apache_beam.transforms.window import GlobalWindow, TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
-from transforms import metrics
-from transforms.records import Kind, dead_letter
+from schemas import metrics
+from schemas.records import Kind, dead_letter
 
 DEFAULT_ALLOWED_LATENESS_SECONDS = 3600
 #: Extra lateness every windowed step allows beyond the gate's (module docstring).

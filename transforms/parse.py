@@ -24,12 +24,12 @@ from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import TimestampedValue
 
+from schemas import metrics
 from schemas.catalogues import EVENT_REQUIRED_FIELDS
 from schemas.fields import record_fields
-from transforms import metrics
+from schemas.records import Kind, RecordError, dead_letter, payload_bytes
+from schemas.timestamps import parse_iso, to_epoch_ms
 from transforms.chunks import event_time
-from transforms.records import Kind, RecordError, dead_letter, payload_bytes
-from transforms.timestamps import parse_iso, to_epoch_ms
 from transforms.validation import validate_fields
 
 _LOG = logging.getLogger(__name__)

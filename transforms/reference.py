@@ -27,8 +27,8 @@ from apache_beam.io.filesystems import FileSystems
 
 from schemas import REFERENCE_ENTITIES
 from schemas.fields import INT32, INT64, FieldSpec, record_fields
-from transforms.records import RecordError
-from transforms.timestamps import format_event_time, parse_iso
+from schemas.records import RecordError
+from schemas.timestamps import format_event_time, parse_iso
 from transforms.validation import validate_fields
 
 EXTENSIONS = ("parquet", "json", "jsonl", "csv")

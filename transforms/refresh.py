@@ -63,7 +63,7 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 from apache_beam.transforms.window import IntervalWindow, NonMergingWindowFn, TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
-from transforms import metrics
+from schemas import metrics
 
 _LOG = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ A chunked bounded run (``transforms/chunks.py``) routes chunks of ``(document,
 event time in ms)`` pairs. The batching sinks (:data:`CHUNKED_API_TYPES`) then
 take one element per chunk and stream, ``(stream_id, (count, packed [(kind,
 document), ...]))``, which their bounded batching splits by endpoint
-(``transforms/batching.py``); every other output gets single elements stamped
+(``sinks/batching.py``); every other output gets single elements stamped
 with their event time, as above.
 """
 
@@ -40,11 +40,12 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import TimestampedValue
 
+from schemas import metrics
+from schemas.delivery import AWAITING_HISTORY, STREAM_DEACTIVATED, STREAM_PAUSED
+from schemas.packed import pack_pairs
+from schemas.records import Kind
 from schemas.streams import API_TYPES, DataStream, StreamConfig, StreamConfigError, parse_stream_config
-from sinks.parking import AWAITING_HISTORY, STREAM_DEACTIVATED, STREAM_PAUSED
-from transforms import metrics
-from transforms.chunks import event_time, pack_pairs
-from transforms.records import Kind
+from transforms.chunks import event_time
 from transforms.status import StreamHolds
 
 

@@ -23,10 +23,9 @@ import apache_beam as beam
 import orjson
 from apache_beam.io.filesystems import FileSystems
 
+from schemas.delivery import DELIVERED, PARKED_STATUS, PERMANENT_TOKENS, REMOTE_ERROR, DeliveryResult
 from schemas.streams import StreamConfig
-from sinks.parking import now_iso
-from sinks.results import DELIVERED, PARKED_STATUS, DeliveryResult
-from sinks.retry import PERMANENT_TOKENS, REMOTE_ERROR
+from schemas.timestamps import now_iso
 
 STATUS_FILE = "status.jsonl"
 

@@ -16,7 +16,7 @@ import math
 from typing import Any
 
 from schemas.fields import INT32, INT64, FieldSpec
-from transforms.records import RecordError
+from schemas.records import RecordError
 
 _MISSING = object()
 

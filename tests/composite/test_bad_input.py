@@ -16,8 +16,8 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines.data_streamer import build_pipeline
 from pipelines.summary import summarize
+from schemas.records import dead_letter_json
 from tests.guide_samples import EXPECTED_EVENTS, EXPECTED_USAGE, RAW_EVENTS, RAW_USAGE
-from transforms.records import dead_letter_json
 
 
 def _line(record, **changes):

@@ -17,16 +17,17 @@ from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 
 from pipelines.summary import summarize
-from tests.composite.test_routing import STREAMS, _event, _usage
-from tests.guide_samples import EXPECTED_EVENTS, EXPECTED_USAGE, RAW_EVENTS, RAW_USAGE
-from transforms.batching import (
+from schemas.packed import pack_pairs, unpack_pairs
+from sinks.batching import (
     _chunk_size,
     _shard_by_endpoint,
     _shard_chunk_by_endpoint,
     _split_shard,
     _split_shard_slices,
 )
-from transforms.chunks import document_lines, pack_pairs, unpack_pairs
+from tests.composite.test_routing import STREAMS, _event, _usage
+from tests.guide_samples import EXPECTED_EVENTS, EXPECTED_USAGE, RAW_EVENTS, RAW_USAGE
+from transforms.chunks import document_lines
 from transforms.dedup import _first_per_id, _slices_by_shard
 from transforms.documents import RawToDocuments
 from transforms.parse import parse_record

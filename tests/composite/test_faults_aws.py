@@ -28,11 +28,11 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.test_pipeline import TestPipeline
 from botocore.exceptions import ClientError, ReadTimeoutError
 
+from schemas.delivery import PERMANENT_FAILURE, RETRIES_EXHAUSTED, STREAM_DEACTIVATED, DeliveryResult
 from sinks.aws import boto3_client
 from sinks.kinesis import WriteToKinesis, partition_key
-from sinks.parking import PERMANENT_FAILURE, RETRIES_EXHAUSTED, STREAM_DEACTIVATED, ParkedBatch
+from sinks.parking import ParkedBatch
 from sinks.redaction import MASK
-from sinks.results import DeliveryResult
 from sinks.retry import RetryPolicy
 from sinks.s3 import WriteToS3
 from tests.composite.test_sink_kinesis import new_stream, read_stream

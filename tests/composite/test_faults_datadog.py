@@ -24,7 +24,8 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.transforms.window import TimestampedValue
 
-from sinks.datadog import SERIES_PATH, Payload, WriteToDataDog, aggregate_usage, build_payloads, series_groups
+from sinks.datadog import SERIES_PATH, WriteToDataDog
+from sinks.datadog_series import Payload, aggregate_usage, build_payloads, series_groups
 from sinks.http import Timeouts
 from sinks.parking import ParkedBatch, ParkStore, WriteParkedBatches
 from sinks.retry import RetryPolicy

@@ -31,6 +31,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 
+from schemas.delivery import DeliveryResult
 from sinks.http import USER_AGENT, Timeouts
 from sinks.outbound import SIGNATURE_HEADER, verify_signature
 from sinks.parking import ParkedBatch
@@ -43,7 +44,6 @@ from sinks.rest import (
     _RestBulkWriteFn,
     _RestWriteFn,
 )
-from sinks.results import DeliveryResult
 from sinks.retry import RetryPolicy
 from tests.guide_samples import EXPECTED_EVENTS, EXPECTED_USAGE
 from tests.streams import SECRETS, config, rest_stream

@@ -30,14 +30,13 @@ from datadog_api_client import Configuration
 from datadog_api_client.model_utils import model_to_dict, validate_and_convert_types
 from datadog_api_client.v2.model.metric_payload import MetricPayload
 
-from sinks.datadog import (
+from sinks.datadog import WriteToDataDog, _DataDogWriteFn
+from sinks.datadog_series import (
     COST,
     VOLUME,
     VOLUME_RX,
     VOLUME_TX,
     UsageTotalsFn,
-    WriteToDataDog,
-    _DataDogWriteFn,
     aggregate_usage,
     build_payloads,
     series_groups,

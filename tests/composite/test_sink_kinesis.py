@@ -18,6 +18,7 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
+from schemas.delivery import PERMANENT_FAILURE, RETRIES_EXHAUSTED, DeliveryResult
 from sinks.aws import boto3_client
 from sinks.kinesis import (
     MAX_RECORD_BYTES,
@@ -27,8 +28,8 @@ from sinks.kinesis import (
     _KinesisWriteFn,
     partition_key,
 )
-from sinks.parking import PARKED, PERMANENT_FAILURE, RETRIES_EXHAUSTED, ParkedBatch
-from sinks.results import DEAD_LETTERS, DeliveryResult
+from sinks.parking import PARKED, ParkedBatch
+from sinks.results import DEAD_LETTERS
 from sinks.retry import RetryPolicy
 from tests.documents import event_doc, usage_doc
 from tests.guide_samples import EXPECTED_EVENTS, EXPECTED_USAGE

@@ -30,13 +30,13 @@ from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 
+from schemas import metrics
+from schemas.delivery import SECRET_UNAVAILABLE, UNKNOWN_STREAM
 from sinks.http import Timeouts, new_session
 from sinks.ordering import order_key
 from sinks.outbound import SIGNATURE_HEADER, OutboundGuard, verify_signature
 from sinks.parking import ParkedBatch
 from sinks.rest import (
-    SECRET_UNAVAILABLE,
-    UNKNOWN_STREAM,
     WriteToRestApi,
     WriteToRestApiBulk,
     _RestBulkWriteFn,
@@ -46,7 +46,6 @@ from sinks.retry import RetryPolicy
 from tests.guide_samples import EXPECTED_EVENTS, EXPECTED_USAGE
 from tests.streams import SECRETS, config, rest_stream
 from tools.local_destinations import Reply, free_port
-from transforms import metrics
 
 TOKEN = SECRETS["DS_TEST_REST_TOKEN"]
 SIGNING_SECRET = SECRETS["DS_TEST_SIGNING_SECRET"]
@@ -733,7 +732,7 @@ def test_bounded_input_is_grouped_with_group_by_key():
 def test_a_large_bounded_stream_is_grouped_in_shards_that_keep_each_endpoint_together():
     """A bounded stream is grouped in shards of about four batches, not as one
     group holding the whole stream; an endpoint's documents share a shard."""
-    from transforms.batching import _shard_by_endpoint, _split_shard
+    from sinks.batching import _shard_by_endpoint, _split_shard
 
     routed = [("s", ("usage", {"id": i, "endpoint": {"id": i % 10}})) for i in range(1000)]
     keyed = [_shard_by_endpoint(element, {"s": 1000}, 120) for element in routed]

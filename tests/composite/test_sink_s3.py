@@ -22,6 +22,7 @@ from apache_beam.transforms.window import IntervalWindow, TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import PANE_INFO_UNKNOWN
 
+from schemas.delivery import PERMANENT_FAILURE, DeliveryResult
 from sinks.csv_format import (
     EVENT_COLUMNS,
     USAGE_COLUMNS,
@@ -32,8 +33,8 @@ from sinks.csv_format import (
     to_row,
 )
 from sinks.ordering import document_time
-from sinks.parking import PARKED, PERMANENT_FAILURE
-from sinks.results import DEAD_LETTERS, DeliveryResult
+from sinks.parking import PARKED
+from sinks.results import DEAD_LETTERS
 from sinks.retry import RetryPolicy
 from sinks.s3 import WriteToS3, _S3WriteFn, plan_files
 from tests.conftest import reference_from_tables

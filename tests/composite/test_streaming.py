@@ -25,9 +25,9 @@ from apache_beam.transforms.window import IntervalWindow, TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
 from pipelines.data_streamer import build_pipeline
+from schemas import metrics
 from tests.conftest import write_reference
 from tests.guide_samples import RAW_EVENTS
-from transforms import metrics
 from transforms.refresh import (
     START_TICK,
     RefreshError,

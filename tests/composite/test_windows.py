@@ -12,7 +12,8 @@ from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import IntervalWindow, TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
-from transforms.windows import GatherWindows, PerElementFixedWindows, size_from_key
+from sinks.windows import PerElementFixedWindows, size_from_key
+from transforms.windows import GatherWindows
 
 T = 1_793_520_000  # 2026-11-01T08:00:00Z
 

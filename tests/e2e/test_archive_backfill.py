@@ -13,13 +13,13 @@ import fastavro
 import pytest
 
 from pipelines import backfill, data_streamer
+from schemas.records import RecordError
 from schemas.streams import parse_stream_config
 from sinks.ordering import document_time
 from tests.streams import rest_stream
 from tools.local_destinations import HttpReceiver
 from tools.sample_fleet import generate
 from transforms.parse import parse_record
-from transforms.records import RecordError
 from transforms.routing import route
 
 START, END = "2026-11-01T06:00:00Z", "2026-11-01T12:00:00Z"

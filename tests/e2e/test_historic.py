@@ -12,14 +12,15 @@ from pathlib import Path
 import pytest
 
 from pipelines import data_streamer, historic
+from schemas.delivery import AWAITING_HISTORY
+from schemas.records import RecordError
 from schemas.streams import parse_stream_config
 from sinks.ordering import document_time
-from sinks.parking import AWAITING_HISTORY, ParkStore
+from sinks.parking import ParkStore
 from tests.streams import rest_stream
 from tools.local_destinations import HttpReceiver, Reply, Script
 from tools.sample_fleet import generate
 from transforms.parse import parse_record
-from transforms.records import RecordError
 from transforms.routing import route
 from transforms.status import history_marker, load_status
 

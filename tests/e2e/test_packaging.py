@@ -47,17 +47,14 @@ NOT_IN_A_CLONE = {".git", ".venv", "out", "data", "build", "dist", ".pytest_cach
 #: today, but a new release of the requirement in between may drop them.
 TRANSITIVE = {
     "botocore": "boto3",  # sinks/aws.py, kinesis.py, s3.py, retry.py: boto3 depends on it
-    "grpcio": "apache-beam",  # tools/pubsub_emulator.py (run-local-streaming)
-    "google-api-core": "apache-beam",  # tools/direct_runner.py, pubsub_emulator.py
     # sinks/retry.py, which workers run: only through apache-beam[gcp] ->
     # google-cloud-aiplatform -> google-genai, three levels down.
     "tenacity": "apache-beam",
 }
-#: Third-party imports that setup.py leaves to the test extra: modules of the
-#: local tools, which the job graph does not import (checked below).
-TEST_ONLY = {
-    "moto": "tools/local_destinations.py",  # run-local's S3/Kinesis stand-in server
-}
+#: The development and test dependencies (requirements-dev.txt): none may reach a worker.
+DEV_ONLY = {canonicalize_name(Requirement(line).name)
+            for line in (ROOT / "requirements-dev.txt").read_text().splitlines()
+            if line.strip() and not line.startswith("#")}
 
 
 def _source_files() -> list[str]:
@@ -112,6 +109,22 @@ def test_sdist_carries_every_module_and_schema(sdist):
     assert [path for path in _source_files() if path not in members] == []
     assert "setup.py" in members and "PKG-INFO" in members
     assert _source_files(), "found no source files"
+
+
+def test_sdist_carries_no_tool_and_no_test(sdist):
+    """What workers install is only what workers run: no module of tools/ (local
+    harness, sample fleet, bench, DirectRunner workarounds) or tests/."""
+    python = [path for path in _members(sdist) if path.endswith(".py") and path != "setup.py"]
+    assert python, "the sdist holds no module"
+    assert sorted({path.split("/", 1)[0] for path in python}) == sorted(PACKAGES)
+    assert [path for path in python if path.startswith(("tools/", "tests/"))] == []
+
+
+def test_sdist_requires_no_development_dependency(sdist):
+    requires = _requires(sdist)
+    assert set(requires) == {""}, f"extras reach the sdist: {sorted(requires)}"
+    assert {"pytest", "ruff", "moto"} <= DEV_ONLY
+    assert {canonicalize_name(r.name) for r in requires[""]} & DEV_ONLY == set()
 
 
 def test_installed_package_has_every_module_and_schema(installed):
@@ -228,31 +241,29 @@ def test_setup_requires_every_third_party_import(sdist):
     declared = {canonicalize_name(r.name) for r in requires[""]}
     pip_installs = _installed_by(requires[""])
     imported = third_party_imports()
-    assert {"apache-beam", "orjson", "pyarrow", "fastavro", "boto3", "requests", "pyyaml",
-            "google-cloud-pubsub"} <= set(imported)
+    # google-cloud-pubsub is declared though no job module imports it: Beam's
+    # ReadFromPubSub imports it on the workers.
+    assert {"apache-beam", "orjson", "pyarrow", "fastavro", "boto3", "requests", "pyyaml"} <= set(imported)
+    assert "google-cloud-pubsub" in declared
 
     transitive = {dist: pip_installs[dist] for dist in imported if dist not in declared and dist in pip_installs}
     missing = {dist: sorted(files) for dist, files in imported.items() if dist not in pip_installs}
-    # Not declared, and pip does not install it either: only the test extra's.
-    assert set(missing) <= set(TEST_ONLY), missing
-    test_extra = {canonicalize_name(r.name) for r in requires.get("test", [])}
-    for dist, files in missing.items():
-        assert dist in test_extra
-        assert files == [TEST_ONLY[dist]]
+    assert missing == {}, "imported by the job, not installed on a worker"
     # Installed only because a declared requirement needs it: each listed with why.
     assert set(transitive) <= set(TRANSITIVE), transitive
     for dist, chain in transitive.items():
         assert chain[0] == TRANSITIVE[dist], chain
 
 
-def test_the_job_does_not_import_the_test_only_packages():
-    """The modules the workers and the submit command import leave the test
-    extra's packages (and the local tools importing them) alone."""
+def test_the_job_does_not_import_the_development_packages():
+    """The modules the workers and the submit command import leave the
+    development dependencies and tools/ alone."""
+    modules = sorted({name.replace("-", "_").split("[")[0] for name in DEV_ONLY} | {"tools"})
     code = textwrap.dedent(f"""
         import json, sys
-        import pipelines.data_streamer, pipelines.submit
-        print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in {sorted(TEST_ONLY)!r}
-                                or m == "tools.local_destinations")))
+        import pipelines.data_streamer, pipelines.submit, pipelines.redrive, pipelines.backfill
+        import pipelines.historic, pipelines.status
+        print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in {modules!r})))
     """)
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
                             check=True)

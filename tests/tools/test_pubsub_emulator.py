@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from schemas.timestamps import parse_iso, to_epoch_ms
 from tools import pubsub_emulator as emulator_module
 from tools.pubsub_emulator import (
     EmulatorStartError,
@@ -26,7 +27,6 @@ from tools.pubsub_emulator import (
     shift_timestamp,
     subscriber_client,
 )
-from transforms.timestamps import parse_iso, to_epoch_ms
 
 
 def pull(subscription: str, count: int, timeout: float = 10.0) -> list[Any]:

@@ -6,11 +6,11 @@ import copy
 
 import pytest
 
+from schemas.records import RecordError
 from tests.conftest import reference_from_tables
 from tests.guide_samples import RAW_EVENTS, RAW_USAGE, reference_tables
 from transforms.enrich import enrich_event, enrich_usage, volume_mb
 from transforms.parse import parse_record
-from transforms.records import RecordError
 
 
 def _event(sample="5.1.1", **changes):

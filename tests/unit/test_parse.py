@@ -7,9 +7,9 @@ import copy
 import orjson
 import pytest
 
+from schemas.records import RecordError
 from tests.guide_samples import RAW_EVENTS, RAW_USAGE
 from transforms.parse import decode_json, parse_record, validate_event, validate_usage
-from transforms.records import RecordError
 
 EVENT = RAW_EVENTS["5.1.2"]
 USAGE = RAW_USAGE["5.2"]

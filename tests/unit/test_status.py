@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sinks.results import DeliveryResult
+from schemas.delivery import DeliveryResult
 from tests.streams import config, kinesis_stream, rest_stream
 from transforms.status import StreamStatus, advance, deactivated_streams, load_status, merge_status, write_status
 

@@ -15,7 +15,7 @@ Why it is a fair comparison (the same work, done plainly, nothing skipped):
   ``ReadFromText(coder=BytesCoder())`` (an empty line is a record, ``empty``).
 - Parse and validate: ``transforms.parse.parse_record`` with ``--max_record_bytes``,
   the function ``_ParseFn`` calls; a ``RecordError`` becomes a dead letter with
-  ``transforms.records.dead_letter`` (same reason, detail, payload, best-effort id),
+  ``schemas.records.dead_letter`` (same reason, detail, payload, best-effort id),
   any other exception an ``internal_error`` dead letter, as in the job.
 - De-duplicate: a set of ids per kind; every repeat of an id is a duplicate. That
   is ``DeduplicateById``'s behaviour in a batch run (``transforms/dedup.py``: the
@@ -65,18 +65,19 @@ from typing import Any, BinaryIO
 import orjson
 from requests.structures import CaseInsensitiveDict
 
+from schemas.delivery import DeliveryResult
+from schemas.records import RecordError, dead_letter, dead_letter_json
 from schemas.streams import StreamConfig, StreamConfigError
 from sinks.http import Timeouts, new_session
 from sinks.ordering import order_key
 from sinks.outbound import check_url
 from sinks.rest import BULK_BATCH_SIZE, DEFAULT_MAX_REQUEST_BYTES, credentials_of, mount_pool, signed_request
-from sinks.results import DeliveryResult, Stopwatch, chunked
+from sinks.results import Stopwatch, chunked
 from sinks.retry import Attempt, RetryPolicy
 from sinks.secrets import SecretResolver
 from transforms.dedup import DEFAULT_HORIZON_SECONDS
 from transforms.enrich import enrich_event, enrich_usage
 from transforms.parse import DEFAULT_MAX_RECORD_BYTES, parse_record
-from transforms.records import RecordError, dead_letter, dead_letter_json
 from transforms.reference import ReferenceData, load_reference_data
 from transforms.routing import PARKED, load_stream_config, route
 from transforms.status import stream_holds

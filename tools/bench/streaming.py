@@ -288,10 +288,10 @@ class PoolRecord:
 def load_pool(sample_dir: Path) -> list[PoolRecord]:
     """The sample fleet's records that the job turns into documents (valid,
     known references), both kinds interleaved in event-time order."""
+    from schemas.records import RecordError
     from tools.pubsub_emulator import record_time
     from transforms.enrich import enrich_event, enrich_usage
     from transforms.parse import parse_record
-    from transforms.records import RecordError
     from transforms.reference import load_reference_data
 
     reference = load_reference_data(str(sample_dir / "reference"))

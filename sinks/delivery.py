@@ -20,16 +20,17 @@ import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
+from schemas import metrics
+from schemas.delivery import PARKED_STATUS, DeliveryResult
 from schemas.streams import API_TYPES
+from schemas.timestamps import now_iso
 from sinks.datadog import WriteToDataDog
 from sinks.http import Timeouts
 from sinks.kinesis import WriteToKinesis
-from sinks.parking import ParkedBatch, WriteParkedBatches, now_iso
+from sinks.parking import ParkedBatch, WriteParkedBatches
 from sinks.rest import WriteToRestApi, WriteToRestApiBulk
-from sinks.results import PARKED_STATUS, DeliveryResult
 from sinks.retry import RetryPolicy
 from sinks.s3 import WriteToS3
-from transforms import metrics
 from transforms.routing import PARKED, RouteToStreams
 from transforms.status import UpdateStreamStatus
 from transforms.windows import GatherWindows

@@ -52,3 +52,10 @@ def format_tunnel_time(moment: datetime) -> str:
 def format_usage_time(moment: datetime) -> str:
     """``2019-07-17 08:21:11``: the usage records' format."""
     return f"{moment:%Y-%m-%d %H:%M:%S}"
+
+
+def now_iso() -> str:
+    """The current UTC time as ISO 8601 with milliseconds: when a batch was parked,
+    a request started, a status was updated. One format for all of them, so they
+    sort and compare as text."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")

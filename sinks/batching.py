@@ -11,8 +11,11 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import apache_beam as beam
+from apache_beam import pvalue
 
-from transforms.chunks import pack_pairs, unpack_pairs
+from schemas.packed import pack_pairs, unpack_pairs
+from sinks.base import DeliveryFn
+from sinks.results import SinkOutputs, apply_sink
 
 
 def _split(keyed: tuple[str, Iterable[Any]], batch_size: int) -> Iterator[tuple[str, list[Any]]]:
@@ -138,3 +141,18 @@ class BatchPerStream(beam.PTransform):
         return keyed | "GroupIntoBatches" >> beam.GroupIntoBatches(
             self._batch_size, max_buffering_duration_secs=self._max_buffering_seconds
         )
+
+
+class BatchingSink(beam.PTransform):
+    """The expand of every sink that sends per-stream batches (REST, REST bulk,
+    Kinesis): :class:`BatchPerStream`, then the sink's delivery DoFn under
+    ``send_label``. The labels are what Dataflow's ``--update`` matches: keep them."""
+
+    def __init__(self, streams: pvalue.AsSideInput, fn: DeliveryFn, batch_size: int, max_buffering_seconds: float,
+                 chunked: bool, send_label: str = "Send") -> None:
+        super().__init__()
+        self._batch = BatchPerStream(batch_size, max_buffering_seconds, chunked)
+        self._send = (send_label, fn, streams)
+
+    def expand(self, routed: beam.PCollection) -> SinkOutputs:
+        return apply_sink(routed | "BatchPerStream" >> self._batch, *self._send)
