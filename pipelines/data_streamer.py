@@ -10,7 +10,7 @@ Batch run on the DirectRunner over the sample fleet (what ``make run-local`` doe
 The same graph runs on any Beam runner (``--runner``); the inputs and the reference
 directory may be ``gs://`` or ``s3://`` paths. ``--help`` lists every flag.
 
-The graph (DESIGN.md's data flow)::
+The graph (the data flow of the design brief, docs/architecture.md)::
 
     ReadEvents -> Events[ParseAndValidate -> Deduplicate -> Enrich] -> WriteEvents
     ReadUsage  -> Usage[ParseAndValidate -> Deduplicate -> Enrich]  -> WriteUsage

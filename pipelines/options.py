@@ -147,7 +147,7 @@ class ReferenceOptions(PipelineOptions):
             "--reference_dir",
             default=None,
             help="Directory with one file per reference entity, <entity>.{parquet,json,jsonl,csv} "
-            "(see README). Required.",
+            "(see docs/formats.md). Required.",
         )
 
 
@@ -198,7 +198,7 @@ class DeliveryOptions(PipelineOptions):
         parser.add_argument(
             "--streams_config",
             default=None,
-            help="JSON or YAML file of the customers' data streams (see README). Default: none (documents are "
+            help="JSON or YAML file of the customers' data streams (see docs/data-streams.md). Default: none (documents are "
             "only written under --output_dir).",
         )
         parser.add_argument(
@@ -322,7 +322,7 @@ def validate_streaming(options: PipelineOptions) -> None:
     if runner not in NATIVE_PUBSUB_RUNNERS and not inputs.pubsub_expansion_service:
         raise OptionError(f"--pubsub_expansion_service is required to read Pub/Sub on the {runner}: Python's "
                           "ReadFromPubSub only runs on Dataflow and the DirectRunner; give the host:port of an "
-                          "expansion service with Beam's GCP IO, its jar, or 'auto' (README, Runners)")
+                          "expansion service with Beam's GCP IO, its jar, or 'auto' (docs/runners.md)")
     if inputs.events_input or inputs.usage_input:
         raise OptionError("--events_input/--usage_input and --events_subscription/--usage_subscription: "
                           "a run reads files or Pub/Sub, not both (backfill reads the archive)")

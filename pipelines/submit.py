@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as err:
         # Beam raises RuntimeError when an expansion service or job server cannot be
         # started or reached (no Java, no Maven Central, a wrong host:port).
-        sys.stderr.write(f"error: {err}\n(the expansion service or job server: see README, Runners)\n")
+        sys.stderr.write(f"error: {err}\n(the expansion service or job server: see docs/runners.md)\n")
         return 2
 
 

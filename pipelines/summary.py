@@ -2,7 +2,7 @@
 
 Computed from the job's Beam metrics (namespace ``datastreamer``), so it reads the
 same on every runner that reports committed counters. The contract it checks is
-DESIGN.md's: every record read is a document, a duplicate or a dead letter.
+the design brief's (docs/architecture.md): every record read is a document, a duplicate or a dead letter.
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ DESTINATION_OF = MappingProxyType({
     "datadog": "datadog",
 })
 
-#: emnify's ranges, and our defaults (DESIGN.md "Facts from the field").
+#: emnify's ranges, and our defaults (the design brief's "Facts from the field", docs/delivery.md).
 BULK_SIZE_RANGE, DEFAULT_BULK_SIZE = (1, 10_000), 3_000
 ROTATION_RANGE, DEFAULT_ROTATION_SECONDS = (10, 900), 300
 FLUSH_SIZE_RANGE, DEFAULT_FLUSH_SIZE = (10, 100_000), 10_000

@@ -1,6 +1,6 @@
 """The S3 sink's CSV format: flattened documents under a fixed header.
 
-DESIGN.md: nested fields become ``object_field`` columns (``sim_iccid``,
+The design brief: nested fields become ``object_field`` columns (``sim_iccid``,
 ``endpoint_name``, ``operator_country_name``, ...). The rules, chosen so that a
 customer can load every file of a stream into one table:
 

@@ -81,7 +81,7 @@ from sinks.results import chunked, too_large_dead_letter
 from sinks.retry import Attempt, Outcome, RetryPolicy, classify_exception
 
 API_TYPE = "aws_kinesis"
-#: PutRecords limits (DESIGN.md "Facts from the field").
+#: PutRecords limits (the design brief's "Facts from the field", docs/delivery.md).
 MAX_RECORDS_PER_REQUEST = 500
 MAX_REQUEST_BYTES = 5 * 1024 * 1024
 MAX_RECORD_BYTES = 1024 * 1024

@@ -18,7 +18,7 @@ t=<unix seconds>,v1=<hex>``, where ``<hex>`` is HMAC-SHA256 over
 ``"<t>." + body`` with the stream's signing secret (the scheme Stripe and others
 use): a receiver recomputes it with its copy of the secret, compares in constant
 time and rejects old timestamps (replays). :func:`verify_signature` is the
-reference implementation README shows.
+reference implementation docs/delivery.md shows.
 """
 
 from __future__ import annotations

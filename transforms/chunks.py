@@ -3,7 +3,7 @@
 A file read or a backfill has no latency to bound, only a cost per record, and
 on Beam's Python runners most of that cost is the runner's own work per element
 (encoding it between stages, its windowed value, each step's call), not ours
-(``make bench``'s profile in README). So a bounded run carries records from the
+(``make bench``'s profile in docs/benchmarks.md). So a bounded run carries records from the
 read to the sinks in chunks of up to :data:`CHUNK_SIZE`: parse, de-duplicate,
 enrich and route run once per chunk, their per-record functions unchanged, and
 every invalid record still becomes its own dead letter

@@ -1,7 +1,7 @@
 """Raw records of one kind to customer documents: parse, deduplicate, enrich.
 
 One composite per kind (``'Events' >> RawToDocuments('event', ...)``) so the graph
-reads like the data flow of DESIGN.md and every step has a stable label. Batch and
+reads like the data flow of the design brief (docs/architecture.md) and every step has a stable label. Batch and
 streaming runs share it; on unbounded input two steps join in: the lateness gate
 after parsing (``transforms/lateness.py``), and fixed windows of the refresh
 interval before enrichment, so each record meets the reference snapshot of its

@@ -142,7 +142,7 @@ class StreamHolds(dict):
     ``history_delivered``, the streams with the historic-data flag whose history
     has been delivered (``pipelines/historic.py``). A stream with the flag whose
     history is not delivered yet has its live documents parked
-    (``awaiting_history``) until then; see README, "Historic data"."""
+    (``awaiting_history``) until then; see docs/backfill.md, "Historic data"."""
 
     def __init__(self, deactivated: Mapping[str, str], history_delivered: Iterable[str] = ()) -> None:
         super().__init__(deactivated)

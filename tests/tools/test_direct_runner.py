@@ -1,4 +1,4 @@
-"""The DirectRunner workarounds of ``tools/direct_runner.py`` that can be
+"""The DirectRunner workarounds of ``tools/direct_runner`` that can be
 checked apart from a job (the others are covered by the streaming tests)."""
 
 from __future__ import annotations
@@ -159,3 +159,50 @@ def test_steps_run_only_bundles_with_elements():
                  | beam.Map(lambda n, w=beam.DoFn.WindowParam: (n, int(w.start))))
         assert_that(evens, equal_to([(2, T), (4, T + 30), (6, T + 30)]))
     assert sorted(_BUNDLES) == [1, 2], f"bundle sizes {_BUNDLES}: empty bundles ran"
+
+
+def test_the_workarounds_refuse_an_untested_beam_version(monkeypatch):
+    """They replace private Beam symbols: on any other Beam version they stop
+    with a message naming both versions, and patch nothing."""
+    import apache_beam
+    from apache_beam.runners.direct import executor
+
+    from tools import direct_runner
+
+    monkeypatch.setattr(apache_beam, "__version__", "2.78.0")
+    monkeypatch.setattr(direct_runner, "_applied", False)
+    monkeypatch.setattr(direct_runner, "_applied_speed", False)
+    before = executor.TransformExecutor.__init__
+    try:
+        direct_runner.apply_direct_runner_fixes()
+    except direct_runner.UntestedBeamVersionError as err:
+        assert "2.77.0" in str(err) and "2.78.0" in str(err)
+    else:
+        raise AssertionError("applied on an untested Beam version")
+    assert executor.TransformExecutor.__init__ is before
+    assert "2.77.0" in direct_runner.TESTED_BEAM_VERSIONS
+
+
+def test_the_job_applies_no_workaround(tmp_path):
+    """The job's graph, built for the DirectRunner as a user would, patches
+    nothing and imports nothing of tools/ (in a fresh interpreter: this session
+    has the workarounds installed)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    (tmp_path / "events.jsonl").write_text("")
+    code = textwrap.dedent(f"""
+        import sys
+        from apache_beam.options.pipeline_options import PipelineOptions
+        from apache_beam.runners.direct import executor, transform_evaluator
+        before = (executor.TransformExecutor.__init__, transform_evaluator._ParDoEvaluator.__init__)
+        from pipelines import data_streamer
+        data_streamer.job_graph(PipelineOptions(["--runner=DirectRunner", "--events_input={tmp_path}/events.jsonl",
+                                                 "--reference_dir={tmp_path}", "--output_dir={tmp_path}/out"]))
+        assert (executor.TransformExecutor.__init__, transform_evaluator._ParDoEvaluator.__init__) == before
+        print(sorted(name for name in sys.modules if name.split(".")[0] == "tools"))
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
