@@ -198,8 +198,8 @@ class DeliveryOptions(PipelineOptions):
         parser.add_argument(
             "--streams_config",
             default=None,
-            help="JSON or YAML file of the customers' data streams (see docs/data-streams.md). Default: none (documents are "
-            "only written under --output_dir).",
+            help="JSON or YAML file of the customers' data streams (see docs/data-streams.md). Default: none "
+            "(documents are only written under --output_dir).",
         )
         parser.add_argument(
             "--max_buffering_seconds",

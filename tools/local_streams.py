@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import threading
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -230,6 +233,36 @@ def set_local_secrets() -> None:
     (real values set by the caller win)."""
     for name, value in LOCAL_SECRETS.items():
         os.environ.setdefault(name, value)
+
+
+#: Seconds between two progress lines while a local job runs.
+PROGRESS_SECONDS = 10
+
+
+class Progress:
+    """A line every ``every`` seconds while the job runs: the time so far and
+    what the local HTTP receiver has received (REST and DataDog requests)."""
+
+    def __init__(self, local: LocalDestinations, every: float = PROGRESS_SECONDS) -> None:
+        self._local, self._every = local, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="run-local-progress", daemon=True)
+        self._started = time.monotonic()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._every):
+            requests = len(self._local.receiver.requests())
+            sys.stdout.write(f"  [{time.monotonic() - self._started:4.0f} s] job running; "
+                             f"the HTTP receiver has had {requests} requests so far\n")
+            sys.stdout.flush()
+
+    def __enter__(self) -> Progress:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def serve(argv: list[str] | None = None) -> int:

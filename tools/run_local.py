@@ -20,15 +20,11 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-import threading
 import time
 from pathlib import Path
 
 from tools import local_job
-from tools.local_streams import LocalDestinations
-
-#: Seconds between two progress lines while the job runs.
-PROGRESS_SECONDS = 10
+from tools.local_streams import LocalDestinations, Progress
 
 
 def clear_previous_state(out: Path) -> list[str]:
@@ -41,32 +37,6 @@ def clear_previous_state(out: Path) -> list[str]:
             shutil.rmtree(path)
             removed.append(str(path))
     return removed
-
-
-class Progress:
-    """A line every ``every`` seconds while the job runs: the time so far and
-    what the local HTTP receiver has received (REST and DataDog requests)."""
-
-    def __init__(self, local: LocalDestinations, every: float = PROGRESS_SECONDS) -> None:
-        self._local, self._every = local, every
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="run-local-progress", daemon=True)
-        self._started = time.monotonic()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._every):
-            requests = len(self._local.receiver.requests())
-            sys.stdout.write(f"  [{time.monotonic() - self._started:4.0f} s] job running; "
-                             f"the HTTP receiver has had {requests} requests so far\n")
-            sys.stdout.flush()
-
-    def __enter__(self) -> Progress:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from tools import local_job
-from tools.local_streams import LocalDestinations
+from tools.local_streams import LocalDestinations, Progress
 from tools.pubsub_emulator import (
     EmulatorStartError,
     EmulatorToolsError,
@@ -81,20 +81,21 @@ def main(argv: list[str] | None = None) -> int:
                 sys.stdout.write(f"streaming for {args.run_seconds} s: Pub/Sub emulator {emulator.host}, "
                                  f"{args.rate:.0f} records/s per kind\n")
                 sys.stdout.flush()
-                code = local_job.main([
-                    "--streaming",
-                    f"--events_subscription={subscriptions['events']}",
-                    f"--usage_subscription={subscriptions['usage']}",
-                    f"--refresh_subscription={subscriptions['refresh']}",
-                    f"--refresh_interval_seconds={REFRESH_SECONDS}",
-                    f"--run_seconds={args.run_seconds}",
-                    f"--reference_dir={sample / 'reference'}",
-                    f"--streams_config={config_path}",
-                    f"--output_dir={out}",
-                    f"--archive_location={out / 'archive'}",
-                    "--output_window_seconds=10",
-                    *job_args,
-                ])
+                with Progress(local):
+                    code = local_job.main([
+                        "--streaming",
+                        f"--events_subscription={subscriptions['events']}",
+                        f"--usage_subscription={subscriptions['usage']}",
+                        f"--refresh_subscription={subscriptions['refresh']}",
+                        f"--refresh_interval_seconds={REFRESH_SECONDS}",
+                        f"--run_seconds={args.run_seconds}",
+                        f"--reference_dir={sample / 'reference'}",
+                        f"--streams_config={config_path}",
+                        f"--output_dir={out}",
+                        f"--archive_location={out / 'archive'}",
+                        "--output_window_seconds=10",
+                        *job_args,
+                    ])
             for publisher in publishers:
                 publisher.stop()
             published = sum(p.published for p in publishers)

@@ -3,7 +3,7 @@
 In one run, on a generated fleet (cached under ``tools/bench/work/``):
 
 1. batch: the baseline (``tools/bench/baseline.py``, a plain Python loop) and
-   the real batch pipeline on the DirectRunner, each a child process over the same
+   the real batch pipeline on the FnApiRunner (``tools.local_job``), each a child process over the same
    input delivering to the same loopback REST bulk streams; records per second,
    the ratio pipeline / baseline, peak RSS of each, and a check that both delivered
    the same documents (exit 1 if not);
@@ -51,7 +51,7 @@ def build_parser(streaming: ModuleType | None) -> argparse.ArgumentParser:
                              f"this many. Default: {DEFAULT_RECORDS:,}.")
     parser.add_argument("--memory_records", type=int, default=DEFAULT_MEMORY_RECORDS,
                         help="Records of the 1x memory-scaling fleet; the 5x fleet has five times as many. Not 5x "
-                             "the --records default: the batch pipeline on the DirectRunner took about 1.7 min and "
+                             "the --records default: the batch pipeline on the FnApiRunner took about 1.7 min and "
                              "4.9 GiB of RSS per million records on a 2-CPU, 23 GiB machine, so 5 million would "
                              "need about 9 min and more memory than that machine has. A size equal to the "
                              "batch fleet reuses the batch run's measurement. "

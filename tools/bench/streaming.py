@@ -1,5 +1,5 @@
 """Streaming latency benchmark (part of ``make bench``): publish-to-receipt latency
-of the streaming job on the DirectRunner, and the highest rate it sustains.
+of the streaming job on the BundleBasedDirectRunner, and the highest rate it sustains.
 
     python -m tools.bench.streaming [--stream_rate 200] [--stream_seconds 30] ...
 
@@ -38,7 +38,7 @@ What it does, in one process plus two child processes:
   because the previous step's records are all received first. When they are not
   (an overloaded step left a backlog) the job is replaced by a fresh one;
 - the **runner's ceiling**: the same sweep with a trivial pipeline on the same
-  DirectRunner (same fixes, :func:`tools.direct_runner.apply_direct_runner_fixes`),
+  BundleBasedDirectRunner (same fixes, :func:`tools.direct_runner.apply_direct_runner_fixes`),
   reading the same two kinds of message from the same emulator, parsing them
   with orjson and POSTing each bundle's records as a JSON array to the same
   receiver (:func:`trivial_main`), from ``--stream_trivial_start_rate``. On a
@@ -820,7 +820,7 @@ def sweep(which: str, start_rate: float, deadline: float, *, project: str, host:
 
 def trivial_main(argv: Sequence[str]) -> int:
     """``ReadFromPubSub`` (both subscriptions) -> orjson parse -> one POST per
-    bundle to ``--url``, on the streaming DirectRunner with the job's fixes, for
+    bundle to ``--url``, on the BundleBasedDirectRunner with the job's fixes, for
     ``--run_seconds``: the runner's own ceiling."""
     import apache_beam as beam
     import requests
@@ -828,6 +828,7 @@ def trivial_main(argv: Sequence[str]) -> int:
     from apache_beam.runners.runner import PipelineState
 
     from tools.direct_runner import apply_direct_runner_fixes
+    from tools.runners import runner_flag
 
     parser = argparse.ArgumentParser(prog="trivial pipeline")
     parser.add_argument("--events_subscription", required=True)
@@ -859,7 +860,7 @@ def trivial_main(argv: Sequence[str]) -> int:
             self._session.close()
 
     apply_direct_runner_fixes()
-    pipeline = beam.Pipeline(options=PipelineOptions(["--streaming"]))
+    pipeline = beam.Pipeline(options=PipelineOptions(["--streaming", runner_flag(streaming=True)]))
     raw = [pipeline | f"Read[{name}]" >> beam.io.ReadFromPubSub(subscription=subscription)
            for name, subscription in (("events", known.events_subscription), ("usage", known.usage_subscription))]
     _ = (tuple(raw) | "Merge" >> beam.Flatten() | "Parse" >> beam.Map(orjson.loads)
@@ -985,7 +986,7 @@ def _step_line(step: dict[str, Any]) -> str:
 
 def render(result: dict[str, Any]) -> str:
     """The result as readable lines."""
-    lines = ["Streaming latency (Pub/Sub emulator -> DirectRunner -> loopback REST bulk receiver)"]
+    lines = ["Streaming latency (Pub/Sub emulator -> BundleBasedDirectRunner -> loopback REST bulk receiver)"]
     if result.get("p99_seconds") is not None or result.get("published") is not None:
         lines.append(f"  at {result['rate']:.0f} records/s: p50 {_seconds(result['p50_seconds'])} s, "
                      f"p95 {_seconds(result['p95_seconds'])} s, p99 {_seconds(result['p99_seconds'])} s "
