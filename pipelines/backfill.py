@@ -37,6 +37,7 @@ from pipelines.options import (
     ReferenceOptions,
     ReliabilityOptions,
     as_flags,
+    parse_job_flags,
 )
 from pipelines.summary import summarize
 from schemas.streams import StreamConfigError, build_stream_config
@@ -75,7 +76,7 @@ def _parse_args(argv: list[str] | None) -> tuple[Any, PipelineOptions]:
     for options_class in (ReferenceOptions, ProcessingOptions, DeliveryOptions, ReliabilityOptions, ArchiveOptions,
                           OutputOptions):
         options_class._add_argparse_args(parser)
-    known, beam_args = parser.parse_known_args(argv)
+    known, beam_args = parse_job_flags(parser, argv)
     skip = ("stream_id", "start", "end", "max_backfill_days")
     return known, PipelineOptions(beam_args + as_flags(vars(known), skip=skip))
 

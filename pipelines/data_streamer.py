@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import argparse
 import functools
+import glob
 import json
 import logging
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -50,6 +52,7 @@ from pipelines.options import (
     StreamingOptions,
     as_flags,
     is_streaming,
+    parse_job_flags,
     runner_name,
     validate,
 )
@@ -350,13 +353,34 @@ def delivery_json(result: DeliveryResult) -> bytes:
 
 
 def _clear_previous_outputs(output_dir: str) -> None:
-    """Remove the shards a previous run wrote, so a run with fewer shards does not
-    leave stale files beside its own."""
+    """Remove the shards and the summary a previous run wrote, so a run with fewer
+    shards does not leave stale files beside its own, and a run that is stopped
+    leaves no summary that looks like its own."""
     base = output_dir.rstrip("/")
-    patterns = [f"{base}/{prefix}-*-of-*.jsonl" for prefix in OUTPUT_PREFIXES.values()]
+    patterns = [f"{base}/{prefix}-*-of-*.jsonl" for prefix in OUTPUT_PREFIXES.values()] + [f"{base}/summary.json"]
     stale = [m.path for result in FileSystems.match(patterns) for m in result.metadata_list]
     if stale:
         FileSystems.delete(stale)
+
+
+def _remove_temporary_files(output_dir: str, archive_location: str | None) -> None:
+    """The file sinks' temporary files of a run that was interrupted (Ctrl-C): the
+    ``beam-temp-*`` folders of the JSON-lines outputs and the archive's ``_temp``
+    folder. A finished run removes its own."""
+    base = output_dir.rstrip("/")
+    folders = [f"{base}/beam-temp-*"] + [f"{base}/{folder}/beam-temp-*"
+                                         for folder in sorted({p.split("/")[0] for p in OUTPUT_PREFIXES.values()})]
+    if archive_location:
+        folders.append(f"{archive_location.rstrip('/')}/_temp")
+    files = sorted({m.path for result in FileSystems.match([f"{folder}/*" for folder in folders])
+                    for m in result.metadata_list})
+    if files:
+        FileSystems.delete(files)
+    # Object stores have no folders; a local disk keeps them, empty or not.
+    for pattern in folders:
+        if "://" not in pattern:
+            for folder in glob.glob(pattern):
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 def _parse_args(argv: list[str] | None) -> PipelineOptions:
@@ -368,7 +392,7 @@ def _parse_args(argv: list[str] | None) -> PipelineOptions:
     for options_class in (InputOptions, ReferenceOptions, ProcessingOptions, StreamingOptions, DeliveryOptions,
                           ReliabilityOptions, ArchiveOptions, OutputOptions, RunOptions):
         options_class._add_argparse_args(parser)
-    known, beam_args = parser.parse_known_args(argv)
+    known, beam_args = parse_job_flags(parser, argv)
     return PipelineOptions(beam_args + as_flags(vars(known)))
 
 
@@ -413,7 +437,12 @@ def run(argv: list[str] | None = None) -> RunSummary | None:
     stream_options = options.view_as(StreamingOptions)
 
     pipeline = job_graph(options)
-    result = pipeline.run()
+    try:
+        result = pipeline.run()
+    except KeyboardInterrupt:
+        # A blocking batch run (FnApiRunner) interrupted midway.
+        _remove_temporary_files(output_dir, options.view_as(ArchiveOptions).archive_location)
+        raise
     if options.view_as(RunOptions).detach:
         job_id = _job_id(result)
         sys.stdout.write(f"submitted to the {runner_name(options)}: job {job_id}, state {result.state}\n")
@@ -422,12 +451,20 @@ def run(argv: list[str] | None = None) -> RunSummary | None:
         # A bounded streaming run (run-local-streaming, demos): stop after the time.
         # (Polled: the DirectRunner's wait_until_finish takes no duration.)
         deadline = time.monotonic() + stream_options.run_seconds
-        while time.monotonic() < deadline and not PipelineState.is_terminal(result.state):
-            time.sleep(0.5)
-        if not PipelineState.is_terminal(result.state):
-            result.cancel()
+        try:
+            while time.monotonic() < deadline and not PipelineState.is_terminal(result.state):
+                time.sleep(0.5)
+        finally:  # also on Ctrl-C: a streaming job left running would go on for minutes
+            if not PipelineState.is_terminal(result.state):
+                result.cancel()
     else:
-        result.wait_until_finish()
+        try:
+            result.wait_until_finish()
+        except KeyboardInterrupt:
+            if not PipelineState.is_terminal(result.state):
+                result.cancel()
+            _remove_temporary_files(output_dir, options.view_as(ArchiveOptions).archive_location)
+            raise
 
     summary = summarize(result)
     summary.streaming = streaming
@@ -457,6 +494,9 @@ def main(argv: list[str] | None = None) -> int:
     except (OptionError, ReferenceDataError, StreamConfigError) as err:
         sys.stderr.write(f"error: {err}\n")
         return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted: the job was stopped; its outputs are incomplete\n")
+        return 130
     if summary is None:  # --detach: submitted
         return 0
     return 0 if summary.reconciled or summary.streaming else 1

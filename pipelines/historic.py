@@ -90,6 +90,7 @@ from pipelines.options import (
     ReferenceOptions,
     ReliabilityOptions,
     as_flags,
+    parse_job_flags,
 )
 from schemas.delivery import AWAITING_HISTORY, DELIVERED, PARKED_STATUS
 from schemas.streams import DataStream, StreamConfigError, build_stream_config
@@ -139,7 +140,7 @@ def _parse_args(argv: list[str] | None) -> tuple[Any, list[str], PipelineOptions
     for options_class in (ReferenceOptions, ProcessingOptions, DeliveryOptions, ReliabilityOptions, ArchiveOptions,
                           OutputOptions):
         options_class._add_argparse_args(parser)
-    known, beam_args = parser.parse_known_args(argv)
+    known, beam_args = parse_job_flags(parser, argv)
     return known, beam_args, PipelineOptions(beam_args + as_flags(vars(known), skip=_OWN))
 
 

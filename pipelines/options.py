@@ -7,6 +7,8 @@ on the submitting machine instead of on a worker an hour later.
 
 from __future__ import annotations
 
+import argparse
+import difflib
 import re
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
@@ -348,3 +350,42 @@ def validate_streaming(options: PipelineOptions) -> None:
         raise OptionError("--refresh_interval_seconds must be between 1 and 86400")
     if not 1 <= streaming.output_window_seconds <= 3600:
         raise OptionError("--output_window_seconds must be between 1 and 3600")
+
+
+def _option_classes() -> list[type[PipelineOptions]]:
+    """Every ``PipelineOptions`` subclass loaded: Beam's (runners, IOs) and the job's."""
+    found, todo = [], list(PipelineOptions.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        if cls not in found:
+            found.append(cls)
+            todo.extend(cls.__subclasses__())
+    return found
+
+
+def parse_job_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    """``parser``'s flags and the rest as Beam pipeline options; an :class:`OptionError`
+    for any flag that neither ``parser`` nor any Beam option class knows.
+
+    Beam itself only logs "Discarding unparseable args" and runs on without the
+    flag: a misspelled ``--streams_confg`` would run the job without streams and
+    exit 0. The message carries the suggestion Beam's warning would have made."""
+    from apache_beam.options.pipeline_options import _BeamArgumentParser  # Beam's parser: it knows
+    # value-provider arguments, which a plain ArgumentParser does not.
+
+    known, beam_args = parser.parse_known_args(argv)
+    beam_parser = _BeamArgumentParser(allow_abbrev=False, add_help=False)
+    for cls in _option_classes():
+        try:
+            cls._add_argparse_args(beam_parser)
+        except argparse.ArgumentError:
+            continue  # an option two classes declare: the first one's is enough to know the flag
+    _, unknown = beam_parser.parse_known_args(beam_args)
+    flags = [arg for arg in unknown if arg.startswith("-")]
+    if flags:
+        names = [option for p in (parser, beam_parser) for action in p._actions for option in action.option_strings]
+        name = flags[0].split("=", 1)[0]
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f"; did you mean {close[0]}?" if close else " (--help lists the job's flags)"
+        raise OptionError(f"unknown flag {name[:80]}{hint}")
+    return known, beam_args

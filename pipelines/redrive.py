@@ -30,7 +30,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms.window import TimestampedValue
 
 from pipelines.data_streamer import check_destinations, delivery_settings
-from pipelines.options import DeliveryOptions, OptionError, OutputOptions, ReliabilityOptions, as_flags
+from pipelines.options import DeliveryOptions, OptionError, OutputOptions, ReliabilityOptions, as_flags, parse_job_flags
 from pipelines.summary import summarize
 from schemas.streams import DataStream, StreamConfigError, build_stream_config
 from schemas.timestamps import now_iso
@@ -83,7 +83,7 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument("--stream_id", required=True, help="The stream whose parked batches are re-delivered.")
     for options_class in (DeliveryOptions, ReliabilityOptions, OutputOptions):
         options_class._add_argparse_args(parser)
-    known, beam_args = parser.parse_known_args(argv)
+    known, beam_args = parse_job_flags(parser, argv)
     stream_id = known.stream_id
     options = PipelineOptions(beam_args + as_flags(vars(known), skip=("stream_id",)))
     if not options.view_as(DeliveryOptions).streams_config:

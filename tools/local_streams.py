@@ -235,6 +235,9 @@ def set_local_secrets() -> None:
         os.environ.setdefault(name, value)
 
 
+#: The exit status of a local run stopped by Ctrl-C (128 + SIGINT, as shells report it).
+INTERRUPTED = 130
+
 #: Seconds between two progress lines while a local job runs.
 PROGRESS_SECONDS = 10
 

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from tools import local_job
-from tools.local_streams import LocalDestinations, Progress
+from tools.local_streams import INTERRUPTED, LocalDestinations, Progress
 
 
 def clear_previous_state(out: Path) -> list[str]:
@@ -46,6 +46,15 @@ def main(argv: list[str] | None = None) -> int:
     args, job_args = parser.parse_known_args(argv)
     sample, out = Path(args.sample_dir), Path(args.output_dir)
     started = time.monotonic()
+    try:
+        return _run(sample, out, job_args, started)
+    except KeyboardInterrupt:
+        sys.stderr.write(f"interrupted: stopped the job and the local destinations after "
+                         f"{time.monotonic() - started:.0f} s; outputs under {out} are incomplete\n")
+        return INTERRUPTED
+
+
+def _run(sample: Path, out: Path, job_args: list[str], started: float) -> int:
     for path in clear_previous_state(out):
         sys.stdout.write(f"cleared {path} of the previous local run (its destinations are gone)\n")
     with LocalDestinations(sample, out) as local:
@@ -63,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"--archive_location={out / 'archive'}",
                 *job_args,
             ])
+        if code == INTERRUPTED:  # the job said so; the destinations stop on the way out
+            return code
         sys.stdout.write("reading back what the local destinations received ...\n")
         sys.stdout.flush()
         sys.stdout.write(local.report())

@@ -15,12 +15,13 @@ Pub/Sub emulator or Java is missing it says what to install.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
 
 from tools import local_job
-from tools.local_streams import LocalDestinations, Progress
+from tools.local_streams import INTERRUPTED, LocalDestinations, Progress
 from tools.pubsub_emulator import (
     EmulatorStartError,
     EmulatorToolsError,
@@ -65,45 +66,53 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     try:
-        emulator = PubSubEmulator(work_dir=out / "emulator")
-        with emulator, LocalDestinations(sample, out, adjust=_streaming_streams) as local:
+        with contextlib.ExitStack() as running:
+            emulator = running.enter_context(PubSubEmulator(work_dir=out / "emulator"))
+            local = running.enter_context(LocalDestinations(sample, out, adjust=_streaming_streams))
             project = emulator.project
             subscriptions = {name: create_topic_and_subscription(project, f"raw-{name}", f"datastreamer-{name}")
                              for name in ("events", "usage", "refresh")}
-            config_path = local.config_path
-            publishers = [
-                PacedPublisher(project, f"raw-{kind}", (sample / "raw" / f"{kind}.jsonl").read_bytes().splitlines(),
-                               "event" if kind == "events" else "usage", rate=args.rate, restamp=True).start()
-                for kind in ("events", "usage")
-            ]
+            publishers = []
+            for kind in ("events", "usage"):
+                publisher = PacedPublisher(project, f"raw-{kind}",
+                                           (sample / "raw" / f"{kind}.jsonl").read_bytes().splitlines(),
+                                           "event" if kind == "events" else "usage", rate=args.rate, restamp=True)
+                publishers.append(publisher.start())
+                running.callback(publisher.stop)  # before the emulator stops, on every way out
             # Several ticks per interval, so every refresh window has one.
-            with Ticker(project, "raw-refresh", REFRESH_SECONDS / 4):
-                sys.stdout.write(f"streaming for {args.run_seconds} s: Pub/Sub emulator {emulator.host}, "
-                                 f"{args.rate:.0f} records/s per kind\n")
-                sys.stdout.flush()
-                with Progress(local):
-                    code = local_job.main([
-                        "--streaming",
-                        f"--events_subscription={subscriptions['events']}",
-                        f"--usage_subscription={subscriptions['usage']}",
-                        f"--refresh_subscription={subscriptions['refresh']}",
-                        f"--refresh_interval_seconds={REFRESH_SECONDS}",
-                        f"--run_seconds={args.run_seconds}",
-                        f"--reference_dir={sample / 'reference'}",
-                        f"--streams_config={config_path}",
-                        f"--output_dir={out}",
-                        f"--archive_location={out / 'archive'}",
-                        "--output_window_seconds=10",
-                        *job_args,
-                    ])
+            running.enter_context(Ticker(project, "raw-refresh", REFRESH_SECONDS / 4))
+            sys.stdout.write(f"streaming for {args.run_seconds} s: Pub/Sub emulator {emulator.host}, "
+                             f"{args.rate:.0f} records/s per kind\n")
+            sys.stdout.flush()
+            with Progress(local):
+                code = local_job.main([
+                    "--streaming",
+                    f"--events_subscription={subscriptions['events']}",
+                    f"--usage_subscription={subscriptions['usage']}",
+                    f"--refresh_subscription={subscriptions['refresh']}",
+                    f"--refresh_interval_seconds={REFRESH_SECONDS}",
+                    f"--run_seconds={args.run_seconds}",
+                    f"--reference_dir={sample / 'reference'}",
+                    f"--streams_config={local.config_path}",
+                    f"--output_dir={out}",
+                    f"--archive_location={out / 'archive'}",
+                    "--output_window_seconds=10",
+                    *job_args,
+                ])
+            if code == INTERRUPTED:  # the job said so; the rest stops on the way out
+                return code
             for publisher in publishers:
                 publisher.stop()
             published = sum(p.published for p in publishers)
             sys.stdout.write(local.report())
-            sys.stdout.write(f"  published {published} raw records; stream config: {config_path}\n")
+            sys.stdout.write(f"  published {published} raw records; stream config: {local.config_path}\n")
     except (EmulatorStartError, EmulatorToolsError) as err:
         sys.stderr.write(f"error: {err}\n")
         return 2
+    except KeyboardInterrupt:
+        sys.stderr.write(f"interrupted: stopped the job, the publishers, the emulator and the destinations "
+                         f"after {time.monotonic() - started:.0f} s; outputs under {out} are incomplete\n")
+        return INTERRUPTED
     sys.stdout.write(f"  stopped the job, the emulator and the destinations; took {time.monotonic() - started:.0f} s\n")
     return code
 

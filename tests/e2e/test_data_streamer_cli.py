@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import orjson
+import pytest
 
 from pipelines.data_streamer import main
 from tests.guide_samples import EXPECTED_EVENTS, EXPECTED_USAGE, RAW_EVENTS, RAW_USAGE
@@ -92,3 +93,35 @@ def test_bad_reference_data_exits_2_naming_the_file(tmp_path, sample_reference_d
                  f"--output_dir={tmp_path / 'out'}"])
     assert code == 2
     assert "reference table 'currency' is missing" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("flag", "suggestion"), [
+    ("--streams_confg=streams.json", "--streams_config"),  # the job's own flag, misspelled
+    ("--runer=FnApiRunner", "--runner"),  # one of Beam's
+    ("--no_such_thing", None),
+])
+def test_unknown_flag_exits_2_with_the_suggestion(tmp_path, sample_reference_dir, capsys, flag, suggestion):
+    """Beam only logs "Discarding unparseable args" and runs on: a misspelled flag
+    would run the job without it and exit 0."""
+    events, _ = _inputs(tmp_path)
+    code = main([f"--events_input={events}", f"--reference_dir={sample_reference_dir}",
+                 f"--output_dir={tmp_path / 'out'}", flag])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"unknown flag {flag.split('=')[0]}" in err
+    if suggestion:
+        assert f"did you mean {suggestion}?" in err
+    assert not (tmp_path / "out").exists()  # nothing ran
+
+
+@pytest.mark.parametrize(("module", "required"), [
+    ("pipelines.redrive", []),
+    ("pipelines.backfill", ["--from=2026-11-01T00:00:00Z", "--to=2026-11-01T01:00:00Z"]),
+    ("pipelines.historic", []),
+])
+def test_the_other_commands_refuse_unknown_flags_too(module, required, capsys):
+    import importlib
+
+    code = importlib.import_module(module).main(["--stream_id=s1", *required, "--streams_confg=x.json"])
+    assert code == 2
+    assert "unknown flag --streams_confg; did you mean --streams_config?" in capsys.readouterr().err
