@@ -22,12 +22,15 @@ The graph (the data flow of the design brief, docs/architecture.md)::
 from __future__ import annotations
 
 import argparse
+import atexit
 import functools
 import glob
 import json
 import logging
 import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -437,11 +440,16 @@ def run(argv: list[str] | None = None) -> RunSummary | None:
     stream_options = options.view_as(StreamingOptions)
 
     pipeline = job_graph(options)
+    archive = options.view_as(ArchiveOptions).archive_location
     try:
         result = pipeline.run()
-    except KeyboardInterrupt:
-        # A blocking batch run (FnApiRunner) interrupted midway.
-        _remove_temporary_files(output_dir, options.view_as(ArchiveOptions).archive_location)
+    except BaseException:
+        if _INTERRUPTED.is_set():  # a blocking batch run (FnApiRunner) stopped midway
+            _remove_temporary_files(output_dir, archive)
+            # Again at exit: a bundle already under way on a runner thread may
+            # still open a temporary file after the first pass.
+            atexit.register(_remove_temporary_files, output_dir, archive)
+            raise KeyboardInterrupt from None
         raise
     if options.view_as(RunOptions).detach:
         job_id = _job_id(result)
@@ -460,11 +468,14 @@ def run(argv: list[str] | None = None) -> RunSummary | None:
     else:
         try:
             result.wait_until_finish()
-        except KeyboardInterrupt:
+        except BaseException:
+            if not _INTERRUPTED.is_set():
+                raise
             if not PipelineState.is_terminal(result.state):
                 result.cancel()
-            _remove_temporary_files(output_dir, options.view_as(ArchiveOptions).archive_location)
-            raise
+            _remove_temporary_files(output_dir, archive)
+            atexit.register(_remove_temporary_files, output_dir, archive)
+            raise KeyboardInterrupt from None
 
     summary = summarize(result)
     summary.streaming = streaming
@@ -487,16 +498,39 @@ def run(argv: list[str] | None = None) -> RunSummary | None:
     return summary
 
 
+#: Set by Ctrl-C (SIGINT) while :func:`main` runs. Beam re-raises an exception
+#: raised inside a DoFn as a RuntimeError naming the step, so a KeyboardInterrupt
+#: that lands in the FnApiRunner's bundle processing arrives as one; this tells
+#: the two apart.
+_INTERRUPTED = threading.Event()
+
+
+def _on_interrupt(signum: int, frame: Any) -> None:
+    _INTERRUPTED.set()
+    # What unwinds now is the stop itself: Beam would log every step it passes
+    # through with a traceback. The one line of main() says what happened.
+    logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    _INTERRUPTED.clear()
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, _on_interrupt) if in_main_thread else None
     try:
         summary = run(argv)
     except (OptionError, ReferenceDataError, StreamConfigError) as err:
         sys.stderr.write(f"error: {err}\n")
         return 2
-    except KeyboardInterrupt:
+    except BaseException:
+        if not _INTERRUPTED.is_set():
+            raise
         sys.stderr.write("interrupted: the job was stopped; its outputs are incomplete\n")
         return 130
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGINT, previous)
     if summary is None:  # --detach: submitted
         return 0
     return 0 if summary.reconciled or summary.streaming else 1

@@ -11,6 +11,7 @@ summary that could pass for the stopped run's.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -61,6 +62,16 @@ def _interrupt(process: subprocess.Popen, log: Path) -> tuple[float, str]:
     return time.monotonic() - sent, log.read_text()
 
 
+def _alive(pid: int) -> bool:
+    """Running: not gone and not a zombie (a dead child this sandbox's init has
+    not reaped yet)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
 def _processes_mentioning(path: Path) -> list[str]:
     found = []
     for proc in Path("/proc").iterdir():
@@ -70,7 +81,7 @@ def _processes_mentioning(path: Path) -> list[str]:
             command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if str(path) in command:
+        if str(path) in command and _alive(int(proc.name)):
             found.append(f"{proc.name}: {command[:200]}")
     return found
 
@@ -104,3 +115,30 @@ def test_ctrl_c_stops_run_local_streaming_cleanly(sample, tmp_path):
     assert output.rstrip().splitlines()[-1].startswith("interrupted:"), output
     time.sleep(1)
     assert _processes_mentioning(out) == []  # the emulator and its Java server are gone
+
+
+@pytest.fixture(scope="module")
+def larger_sample(tmp_path_factory) -> Path:
+    """The default sample fleet's size: the portable job is still running when Ctrl-C comes."""
+    path = tmp_path_factory.mktemp("larger_sample")
+    generate(path, seed=7, formats=("jsonl",))
+    return path
+
+
+def test_ctrl_c_stops_run_portable_cleanly(larger_sample, tmp_path):
+    """On the portable runner the job runs in a job service and a worker pool,
+    each its own process: both must be gone too."""
+    out = tmp_path / "portable"
+    process, log = _start("tools.run_portable", "--sample_dir", str(larger_sample), "--output_dir", str(out))
+    _wait_for(process, log, "running the batch job", timeout=120)
+    time.sleep(8)
+    took, output = _interrupt(process, log)
+    assert process.returncode == 130, output
+    assert took < STOP_SECONDS, f"took {took:.1f} s:\n{output}"
+    assert "Traceback" not in output, output
+    assert len([line for line in output.splitlines() if "interrupted" in line]) == 1, output
+    services = [int(pid) for pid in re.findall(r"\(pid (\d+)\)", output)]
+    assert len(services) == 2, output  # the job service and the worker pool
+    time.sleep(1)
+    assert [pid for pid in services if _alive(pid)] == []
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("beam-temp-*")) == []
