@@ -14,6 +14,7 @@ reference, and sinks resolve it on the worker (``sinks/secrets.py``).
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -64,8 +65,68 @@ class SecretRef:
     file: str | None = None
 
     def describe(self) -> str:
-        """Where the secret lives, for messages; never the value."""
-        return f"environment variable {self.env}" if self.env else f"file {self.file}"
+        """Where the secret lives, for messages (at most 80 characters of the
+        name); never the value."""
+        name = (self.env if self.env else self.file) or ""
+        shown = name[:80] + ("..." if len(name) > 80 else "")
+        return f"environment variable {shown}" if self.env else f"file {shown}"
+
+
+#: The default ``--secret_env_prefix``: secrets come from variables named for
+#: this job, never from whatever else the worker's environment holds.
+DEFAULT_SECRET_ENV_PREFIX = "DATASTREAMER_"
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
+
+
+@dataclass(frozen=True)
+class SecretPolicy:
+    """Where stream secrets may come from (``--secret_env_prefix``,
+    ``--secrets_dir``). A stream config is written by or for a customer; without
+    limits a reference could name any variable of the worker (its own cloud
+    credentials) or any readable file (a service account key) and have it sent
+    to the customer's endpoint as a header. Checked at load and again by the
+    worker's :class:`~sinks.secrets.SecretResolver`."""
+
+    env_prefix: str = DEFAULT_SECRET_ENV_PREFIX
+    #: None: file references are refused.
+    secrets_dir: str | None = None
+
+    def refusal(self, ref: SecretRef) -> str | None:
+        """Why ``ref`` may not be read, or None; names at most a bounded prefix of the reference."""
+        if ref.env is not None:
+            if not _ENV_NAME.match(ref.env):
+                return f"environment variable {_bounded(ref.env)} is not a valid variable name"
+            if not self.env_prefix or not ref.env.startswith(self.env_prefix) or ref.env == self.env_prefix:
+                return (f"environment variable {_bounded(ref.env)} does not start with the allowed prefix "
+                        f"{self.env_prefix!r} (--secret_env_prefix)")
+            return None
+        try:
+            self.file_path(ref)
+        except ValueError as err:
+            return str(err)
+        return None
+
+    def file_path(self, ref: SecretRef) -> str:
+        """The real path of a file reference, inside :attr:`secrets_dir` after
+        every symbolic link is followed; raises ValueError otherwise. A relative
+        reference is relative to the directory."""
+        name = ref.file or ""
+        if self.secrets_dir is None:
+            raise ValueError(f"file {_bounded(name)}: file secrets are not allowed (no --secrets_dir is configured)")
+        if not name or "\x00" in name:
+            raise ValueError("file secret: an empty or invalid path")
+        if ".." in name.replace("\\", "/").split("/"):
+            raise ValueError(f"file {_bounded(name)}: '..' is not allowed in a secret path")
+        root = os.path.realpath(self.secrets_dir)
+        path = os.path.realpath(os.path.join(root, name))
+        if os.path.commonpath([root, path]) != root or path == root:
+            raise ValueError(f"file {_bounded(name)} is not inside the secrets directory (--secrets_dir)")
+        return path
+
+
+def _bounded(value: str, limit: int = 80) -> str:
+    """``repr`` of at most ``limit`` characters of an untrusted value."""
+    return repr(value[:limit]) + ("..." if len(value) > limit else "")
 
 
 @dataclass(frozen=True)
@@ -400,6 +461,30 @@ def build_stream_config(streams: list[DataStream]) -> StreamConfig:
         grouped.setdefault(stream.organisation_id, []).append(stream)
     # Plain dicts: the config travels to workers pickled, and mappingproxy is not picklable.
     return StreamConfig(streams=by_id, by_organisation={org: tuple(items) for org, items in grouped.items()})
+
+
+#: (dotted field, attribute path) of every secret reference a destination may hold.
+_SECRET_FIELDS = {
+    "rest": (("signing_secret", "signing_secret"), ("auth_secret", "auth_secret")),
+    "kinesis": (("access_key_id", "access_key_id"), ("secret_access_key", "secret_access_key")),
+    "s3": (("access_key_id", "access_key_id"), ("secret_access_key", "secret_access_key")),
+    "datadog": (("api_key", "api_key"), ("application_key", "application_key")),
+}
+
+
+def check_secret_refs(config: StreamConfig, policy: SecretPolicy) -> None:
+    """Raise :class:`StreamConfigError`, naming the stream and field, for the
+    first secret reference ``policy`` does not allow (a job refuses such a
+    config at start; workers check again when they read)."""
+    for stream in config.streams.values():
+        block = DESTINATION_OF[stream.api_type]
+        for name, attribute in _SECRET_FIELDS[block]:
+            ref = getattr(stream.destination, attribute, None)
+            if ref is None:
+                continue
+            reason = policy.refusal(ref)
+            if reason is not None:
+                raise StreamConfigError(f"stream {stream.id!r}: {block}.{name} {reason}")
 
 
 def parse_stream_config(text: str, source: str = "streams config") -> StreamConfig:
