@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import requests
 from apache_beam.pvalue import TaggedOutput
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from urllib3.util import parse_url
 
@@ -209,6 +209,7 @@ _URL_CHARACTERS = "ab.-_:/\\@?#%[] \t\n\x00é1270x"
 
 
 @settings(max_examples=400, deadline=None)
+@example("\\.evil.example/", "https://")  # urlsplit: 'hooks.example.com\\.evil.example'; urllib3: 'hooks.example.com'
 @given(st.text(alphabet=_URL_CHARACTERS, max_size=30), st.sampled_from(["https://", "https:/", "https:\\\\", "https:"]))
 def test_the_host_checked_is_the_host_the_http_client_connects_to(tail, scheme):
     """Property: whenever the guard accepts a URL, the one name it resolved (and
