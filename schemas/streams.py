@@ -125,8 +125,17 @@ class SecretPolicy:
 
 
 def _bounded(value: str, limit: int = 80) -> str:
-    """``repr`` of at most ``limit`` characters of an untrusted value."""
+    """``repr`` of at most ``limit`` characters of an untrusted value: a message
+    quotes a bounded prefix of what a config says, never all of it."""
     return repr(value[:limit]) + ("..." if len(value) > limit else "")
+
+
+def _shown(value: Any) -> str:
+    """An untrusted value of any type for a message, bounded like :func:`_bounded`."""
+    if isinstance(value, str):
+        return _bounded(value)
+    text = repr(value)
+    return text[:80] + ("..." if len(text) > 80 else "")
 
 
 @dataclass(frozen=True)
@@ -244,7 +253,7 @@ class _Reader:
         if not isinstance(value, kind):
             raise self.error(name, f"must be {_kind_name(kind)}, got {type(value).__name__}")
         if choices and value not in choices:
-            raise self.error(name, f"must be one of {', '.join(map(str, choices))}, got {value!r}")
+            raise self.error(name, f"must be one of {', '.join(map(str, choices))}, got {_shown(value)}")
         return value
 
     def int_in(self, name: str, bounds: tuple[int, int], default: int) -> int:
@@ -282,7 +291,7 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
 def _check_url(reader: _Reader, name: str, url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise reader.error(name, f"must be an http(s) URL, got {url!r}")
+        raise reader.error(name, f"must be an http(s) URL, got {_bounded(url)}")
     if parts.username or parts.password:
         raise reader.error(name, "must not carry credentials; use auth_header and auth_secret")
     return url
@@ -294,10 +303,10 @@ def _rest(reader: _Reader) -> RestDestination:
     headers: dict[str, str] = {}
     for key, value in headers_value.items():
         if not isinstance(key, str) or not _HEADER_NAME.match(key) or not isinstance(value, str):
-            raise reader.error("headers", f"has an invalid header {key!r}")
+            raise reader.error("headers", f"has an invalid header {_shown(key)}")
         if key.lower() in _CREDENTIAL_HEADERS:
             raise reader.error(
-                "headers", f"must not carry the credential header {key!r}; use auth_header and auth_secret"
+                "headers", f"must not carry the credential header {_bounded(key)}; use auth_header and auth_secret"
             )
         headers[key] = value
     auth_header = reader.get("auth_header", str, None)
@@ -305,7 +314,7 @@ def _rest(reader: _Reader) -> RestDestination:
     if (auth_header is None) != (auth_secret is None):
         raise reader.error("auth_header", "and auth_secret go together")
     if auth_header is not None and not _HEADER_NAME.match(auth_header):
-        raise reader.error("auth_header", f"is not a valid header name: {auth_header!r}")
+        raise reader.error("auth_header", f"is not a valid header name: {_bounded(auth_header)}")
     return RestDestination(
         url=url,
         signing_secret=reader.secret("signing_secret"),
@@ -319,7 +328,7 @@ def _rest(reader: _Reader) -> RestDestination:
 def _aws(reader: _Reader, target_field: str) -> AwsDestination:
     region = reader.get("region", str)
     if not _AWS_REGION.match(region):
-        raise reader.error("region", f"is not an AWS region: {region!r}")
+        raise reader.error("region", f"is not an AWS region: {_bounded(region)}")
     endpoint = reader.get("endpoint_url", str, None)
     if endpoint is not None:
         _check_url(reader, "endpoint_url", endpoint)
@@ -342,7 +351,7 @@ def _aws(reader: _Reader, target_field: str) -> AwsDestination:
 def _datadog(reader: _Reader) -> DataDogDestination:
     site = reader.get("site", str, "datadoghq.com")
     if not re.match(r"^([a-z0-9-]+\.)*datadoghq\.(com|eu)$|^ddog-gov\.com$", site):
-        raise reader.error("site", f"is not a DataDog site: {site!r}")
+        raise reader.error("site", f"is not a DataDog site: {_bounded(site)}")
     url = reader.get("url", str, None)
     if url is not None:
         _check_url(reader, "url", url)
@@ -385,7 +394,7 @@ def stream_from_dict(data: Mapping[str, Any], position: int = 0) -> DataStream:
     stream_id = data.get("id")
     if not isinstance(stream_id, str) or not _STREAM_ID.match(stream_id):
         raise StreamConfigError(
-            f"stream #{position + 1}: id must be 1 to 128 letters, digits, '-', '_' or '.', got {stream_id!r}"
+            f"stream #{position + 1}: id must be 1 to 128 letters, digits, '-', '_' or '.', got {_shown(stream_id)}"
         )
     reader = _Reader(stream_id, data)
     api_type = reader.get("api_type", str, choices=API_TYPES)
@@ -396,7 +405,7 @@ def stream_from_dict(data: Mapping[str, Any], position: int = 0) -> DataStream:
     try:
         parse_iso(created_at)
     except ValueError:
-        raise reader.error("created_at", f"must be ISO 8601 with an offset, got {created_at!r}") from None
+        raise reader.error("created_at", f"must be ISO 8601 with an offset, got {_bounded(created_at)}") from None
     block = DESTINATION_OF[api_type]
     for other in set(DESTINATION_OF.values()) - {block}:
         if data.get(other) is not None:

@@ -215,5 +215,14 @@ class AwsDeliveryFn(DeliveryFn):
             clients.close()
 
     def connect(self, stream: DataStream) -> AwsTarget:
+        """The stream's client; a client botocore will not make for the endpoint
+        (a malformed ``endpoint_url`` in insecure mode) is a refused destination,
+        never an exception out of ``process``."""
         destination: AwsDestination = stream.destination  # type: ignore[assignment]
-        return AwsTarget(self._clients.get(self.service, destination), destination)
+        try:
+            return AwsTarget(self._clients.get(self.service, destination), destination)
+        except (ValueError, BotoCoreError) as err:
+            if isinstance(err, DestinationRefusedError):
+                raise
+            raise DestinationRefusedError(
+                f"no AWS client for this endpoint: {type(err).__name__}") from None

@@ -375,3 +375,27 @@ def test_an_accepted_secret_path_is_inside_the_directory(tmp_path_factory, parts
         return
     real = os.path.realpath(inner)
     assert os.path.commonpath([real, path]) == real and path != real
+
+
+def test_config_errors_quote_a_bounded_prefix_of_untrusted_values():
+    stream = kinesis_stream("k", "https://kinesis.example", "s")
+    stream["kinesis"]["region"] = "x" * 5000
+    with pytest.raises(StreamConfigError) as caught:
+        config(stream)
+    assert "x" * 81 not in str(caught.value) and len(str(caught.value)) < 200
+
+
+def test_an_aws_client_botocore_will_not_make_is_a_refused_destination_not_an_exception(stream_secrets):
+    """Insecure mode lets any endpoint through the guard; a client botocore
+    refuses to make for it parks the batch instead of raising out of process."""
+    def factory(*args: Any) -> Any:
+        raise ValueError("Invalid endpoint: http://bad")
+
+    fn = _KinesisWriteFn(factory, RetryPolicy(max_attempts=1), allow_insecure=True)
+    fn.setup()
+    streams = config(kinesis_stream("k1", "http://127.0.0.1:9", "s"))
+    outputs = list(fn.process(("k1", [("event", {"id": 1, "timestamp": "2026-11-01T00:00:00.000+0000",
+                                                 "organisation": {"id": 1}, "endpoint": None})]), streams))
+    results = [o for o in outputs if not isinstance(o, TaggedOutput)]
+    assert [(r.status, r.token) for r in results] == [("failed", "destination_refused")]
+    fn.teardown()
