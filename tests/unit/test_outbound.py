@@ -399,3 +399,19 @@ def test_an_aws_client_botocore_will_not_make_is_a_refused_destination_not_an_ex
     results = [o for o in outputs if not isinstance(o, TaggedOutput)]
     assert [(r.status, r.token) for r in results] == [("failed", "destination_refused")]
     fn.teardown()
+
+
+def test_the_secret_flags_reach_the_policy_and_an_empty_prefix_is_refused(tmp_path, sample_reference_dir, capsys):
+    from pipelines.data_streamer import _parse_args, delivery_settings, secret_policy
+    from pipelines.options import ReliabilityOptions
+
+    options = _parse_args(["--events_input=x.jsonl", "--reference_dir=r", "--secret_env_prefix=ACME_DS_",
+                           f"--secrets_dir={tmp_path}"])
+    assert secret_policy(options) == SecretPolicy(env_prefix="ACME_DS_", secrets_dir=str(tmp_path))
+    assert delivery_settings(options).secrets == secret_policy(options)
+    assert _parse_args(["--events_input=x.jsonl"]).view_as(ReliabilityOptions).secret_env_prefix == "DATASTREAMER_"
+    (tmp_path / "events.jsonl").write_text(json.dumps(RAW_EVENTS["5.1.1"]) + "\n")
+    argv = [f"--events_input={tmp_path / 'events.jsonl'}", f"--reference_dir={sample_reference_dir}",
+            f"--output_dir={tmp_path / 'out'}", "--secret_env_prefix="]
+    assert main(argv) == 2
+    assert "--secret_env_prefix must be a non-empty" in capsys.readouterr().err
