@@ -27,7 +27,7 @@ import apache_beam as beam
 from apache_beam.io.avroio import ReadAllFromAvro
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.data_streamer import check_destinations, delivery_json, delivery_settings
+from pipelines.data_streamer import check_destinations, delivery_json, delivery_settings, secret_policy
 from pipelines.options import (
     ArchiveOptions,
     DeliveryOptions,
@@ -103,7 +103,7 @@ def run(argv: list[str] | None = None) -> int:
     if known.stream_id not in config.streams:
         raise StreamConfigError(f"stream {known.stream_id!r} is not in the stream configuration")
     only = build_stream_config([config[known.stream_id]])
-    check_destinations(only, options.view_as(ReliabilityOptions).allow_insecure_destinations)
+    check_destinations(only, options.view_as(ReliabilityOptions).allow_insecure_destinations, secret_policy(options))
     settings = delivery_settings(options)
     processing = options.view_as(ProcessingOptions)
     out = options.view_as(OutputOptions).output_dir.rstrip("/")

@@ -62,10 +62,10 @@ from pipelines.options import (
 from pipelines.summary import RunSummary, summarize
 from schemas.delivery import DeliveryResult
 from schemas.records import dead_letter_json
-from schemas.streams import StreamConfig, StreamConfigError
+from schemas.streams import DESTINATION_OF, SecretPolicy, StreamConfig, StreamConfigError, check_secret_refs
 from sinks.delivery import DeliverToStreams, DeliverySettings
 from sinks.http import Timeouts
-from sinks.outbound import DestinationRefusedError, check_url
+from sinks.outbound import DestinationRefusedError, OutboundGuard
 from sinks.parking import ParkStore
 from sinks.retry import RetryPolicy
 from transforms.archive import ArchiveRawRecords
@@ -302,26 +302,51 @@ def delivery_settings(options: PipelineOptions, streaming: bool = False) -> Deli
             deactivate_after=reliability.deactivate_after_failures,
         ),
         allow_insecure=reliability.allow_insecure_destinations,
+        secrets=secret_policy(options),
         window_lateness_seconds=window_lateness_seconds(
             stream_options.allowed_lateness_seconds, stream_options.refresh_interval_seconds) if streaming else 0,
         output_window_seconds=stream_options.output_window_seconds if streaming else None,
     )
 
 
-def check_destinations(config: StreamConfig, allow_insecure: bool) -> None:
-    """Refuse, before anything runs, REST and DataDog destinations the outbound
-    rules forbid (sinks check again when they send)."""
+def secret_policy(options: PipelineOptions) -> SecretPolicy:
+    """Where stream secrets may come from, from the flags."""
+    reliability = options.view_as(ReliabilityOptions)
+    return SecretPolicy(env_prefix=reliability.secret_env_prefix, secrets_dir=reliability.secrets_dir)
+
+
+def destination_urls(config: StreamConfig) -> list[tuple[str, str, str]]:
+    """(stream id, field, URL) of every customer-given address: REST URLs,
+    DataDog base URLs (its ``url`` or the site's API host) and AWS
+    ``endpoint_url`` overrides."""
+    urls = []
     for stream in config.streams.values():
-        url = getattr(stream.destination, "url", None) if stream.api_type != "datadog" else stream.destination.base_url
-        if url is None:
-            continue
+        destination, block = stream.destination, DESTINATION_OF[stream.api_type]
+        if stream.api_type == "datadog":
+            urls.append((stream.id, f"{block}.url", destination.base_url))  # type: ignore[union-attr]
+        elif block == "rest":
+            urls.append((stream.id, f"{block}.url", destination.url))  # type: ignore[union-attr]
+        elif destination.endpoint_url is not None:  # type: ignore[union-attr]
+            urls.append((stream.id, f"{block}.endpoint_url", destination.endpoint_url))  # type: ignore[union-attr]
+    return urls
+
+
+def check_destinations(config: StreamConfig, allow_insecure: bool, secrets: SecretPolicy | None = None) -> None:
+    """Refuse, before anything runs, destinations the outbound rules forbid
+    (through the same :class:`OutboundGuard` the sinks check with when they open
+    a stream and connect), and secret references ``secrets`` does not allow
+    (workers check again when they read). Raises :class:`StreamConfigError`
+    naming the stream and the field."""
+    guard = OutboundGuard(allow_insecure)
+    for stream_id, name, url in destination_urls(config):
         try:
-            check_url(url, allow_insecure=allow_insecure)
+            guard.check(url)
         except DestinationRefusedError as err:
             raise StreamConfigError(
-                f"stream {stream.id!r}: destination refused: {err} "
+                f"stream {stream_id!r}: destination refused ({name}): {err} "
                 "(--allow_insecure_destinations allows it for development)"
             ) from None
+    check_secret_refs(config, secrets or SecretPolicy())
 
 
 def write_outputs(outputs: dict[str, beam.PCollection], output_dir: str, window_seconds: int | None = None,
@@ -432,7 +457,8 @@ def run(argv: list[str] | None = None) -> RunSummary | None:
     streams_config = options.view_as(DeliveryOptions).streams_config
     if streams_config:
         config = load_stream_config(streams_config)
-        check_destinations(config, options.view_as(ReliabilityOptions).allow_insecure_destinations)
+        check_destinations(config, options.view_as(ReliabilityOptions).allow_insecure_destinations,
+                           secret_policy(options))
         _LOG.info("streams: %d", len(config))
     output_dir = options.view_as(OutputOptions).output_dir
     _clear_previous_outputs(output_dir)

@@ -80,7 +80,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import backfill, redrive
-from pipelines.data_streamer import check_destinations, delivery_settings
+from pipelines.data_streamer import check_destinations, delivery_settings, secret_policy
 from pipelines.options import (
     ArchiveOptions,
     DeliveryOptions,
@@ -193,7 +193,8 @@ def _check_options(known: Any, options: PipelineOptions) -> DataStream:
         raise StreamConfigError(f"stream {stream.id!r} is {stream.state} in its configuration; history is "
                                 "delivered to an active stream only")
     # Backfill and re-drive deliver to this stream only: check its destination now, before the marker.
-    check_destinations(build_stream_config([stream]), options.view_as(ReliabilityOptions).allow_insecure_destinations)
+    check_destinations(build_stream_config([stream]), options.view_as(ReliabilityOptions).allow_insecure_destinations,
+                       secret_policy(options))
     return stream
 
 

@@ -253,6 +253,14 @@ class ReliabilityOptions(PipelineOptions):
         parser.add_argument("--allow_insecure_destinations", action="store_true", default=False,
                             help="DEVELOPMENT ONLY: allow http and destinations on loopback, private or "
                             "metadata addresses and raw IPs (run-local and tests). Default: off.")
+        parser.add_argument("--secret_env_prefix", default="DATASTREAMER_",
+                            help="Stream secrets given as {\"env\": NAME} may only name environment variables "
+                            "starting with this prefix (the worker's other variables, its own credentials among "
+                            "them, are never read). Default: DATASTREAMER_.")
+        parser.add_argument("--secrets_dir", default=None,
+                            help="Directory stream secrets given as {\"file\": PATH} must be inside (a relative PATH "
+                            "is relative to it; links are followed and must stay inside). Default: none (file "
+                            "secrets are refused).")
 
 
 def validate(options: PipelineOptions) -> None:
@@ -295,6 +303,17 @@ def validate(options: PipelineOptions) -> None:
         raise OptionError("--deactivate_after_failures must be at least 1")
     if reliability.park_retention_days < 1:
         raise OptionError("--park_retention_days must be at least 1")
+    validate_secret_options(options)
+
+
+def validate_secret_options(options: PipelineOptions) -> None:
+    """The secret flags every job that delivers shares (job, re-drive, backfill)."""
+    reliability = options.view_as(ReliabilityOptions)
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", reliability.secret_env_prefix or ""):
+        raise OptionError("--secret_env_prefix must be a non-empty environment variable name prefix "
+                          "(letters, digits, '_')")
+    if reliability.secrets_dir is not None and not reliability.secrets_dir.strip():
+        raise OptionError("--secrets_dir must not be empty")
 
 
 _SUBSCRIPTION = re.compile(r"projects/[a-z][-a-z0-9]{4,28}[a-z0-9]/subscriptions/[A-Za-z][-\w.~+%]{2,254}")

@@ -29,7 +29,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms.window import TimestampedValue
 
-from pipelines.data_streamer import check_destinations, delivery_settings
+from pipelines.data_streamer import check_destinations, delivery_settings, secret_policy
 from pipelines.options import DeliveryOptions, OptionError, OutputOptions, ReliabilityOptions, as_flags, parse_job_flags
 from pipelines.summary import summarize
 from schemas.streams import DataStream, StreamConfigError, build_stream_config
@@ -95,7 +95,8 @@ def run(argv: list[str] | None = None) -> int:
     if stream.state != "active":
         raise StreamConfigError(f"stream {stream_id!r} is {stream.state} in its configuration; activate it first")
     # Only the stream re-driven is delivered to: another stream's destination is not this run's concern.
-    check_destinations(build_stream_config([stream]), options.view_as(ReliabilityOptions).allow_insecure_destinations)
+    check_destinations(build_stream_config([stream]), options.view_as(ReliabilityOptions).allow_insecure_destinations,
+                       secret_policy(options))
     settings = delivery_settings(options)
     if stream.historic_data and not FileSystems.exists(history_marker(settings.status_location, stream_id)):
         raise StreamConfigError(f"stream {stream_id!r} is awaiting its history: run pipelines.historic first "

@@ -14,6 +14,7 @@ reference, and sinks resolve it on the worker (``sinks/secrets.py``).
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -64,8 +65,77 @@ class SecretRef:
     file: str | None = None
 
     def describe(self) -> str:
-        """Where the secret lives, for messages; never the value."""
-        return f"environment variable {self.env}" if self.env else f"file {self.file}"
+        """Where the secret lives, for messages (at most 80 characters of the
+        name); never the value."""
+        name = (self.env if self.env else self.file) or ""
+        shown = name[:80] + ("..." if len(name) > 80 else "")
+        return f"environment variable {shown}" if self.env else f"file {shown}"
+
+
+#: The default ``--secret_env_prefix``: secrets come from variables named for
+#: this job, never from whatever else the worker's environment holds.
+DEFAULT_SECRET_ENV_PREFIX = "DATASTREAMER_"
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
+
+
+@dataclass(frozen=True)
+class SecretPolicy:
+    """Where stream secrets may come from (``--secret_env_prefix``,
+    ``--secrets_dir``). A stream config is written by or for a customer; without
+    limits a reference could name any variable of the worker (its own cloud
+    credentials) or any readable file (a service account key) and have it sent
+    to the customer's endpoint as a header. Checked at load and again by the
+    worker's :class:`~sinks.secrets.SecretResolver`."""
+
+    env_prefix: str = DEFAULT_SECRET_ENV_PREFIX
+    #: None: file references are refused.
+    secrets_dir: str | None = None
+
+    def refusal(self, ref: SecretRef) -> str | None:
+        """Why ``ref`` may not be read, or None; names at most a bounded prefix of the reference."""
+        if ref.env is not None:
+            if not _ENV_NAME.match(ref.env):
+                return f"environment variable {_bounded(ref.env)} is not a valid variable name"
+            if not self.env_prefix or not ref.env.startswith(self.env_prefix) or ref.env == self.env_prefix:
+                return (f"environment variable {_bounded(ref.env)} does not start with the allowed prefix "
+                        f"{self.env_prefix!r} (--secret_env_prefix)")
+            return None
+        try:
+            self.file_path(ref)
+        except ValueError as err:
+            return str(err)
+        return None
+
+    def file_path(self, ref: SecretRef) -> str:
+        """The real path of a file reference, inside :attr:`secrets_dir` after
+        every symbolic link is followed; raises ValueError otherwise. A relative
+        reference is relative to the directory."""
+        name = ref.file or ""
+        if self.secrets_dir is None:
+            raise ValueError(f"file {_bounded(name)}: file secrets are not allowed (no --secrets_dir is configured)")
+        if not name or "\x00" in name:
+            raise ValueError("file secret: an empty or invalid path")
+        if ".." in name.replace("\\", "/").split("/"):
+            raise ValueError(f"file {_bounded(name)}: '..' is not allowed in a secret path")
+        root = os.path.realpath(self.secrets_dir)
+        path = os.path.realpath(os.path.join(root, name))
+        if os.path.commonpath([root, path]) != root or path == root:
+            raise ValueError(f"file {_bounded(name)} is not inside the secrets directory (--secrets_dir)")
+        return path
+
+
+def _bounded(value: str, limit: int = 80) -> str:
+    """``repr`` of at most ``limit`` characters of an untrusted value: a message
+    quotes a bounded prefix of what a config says, never all of it."""
+    return repr(value[:limit]) + ("..." if len(value) > limit else "")
+
+
+def _shown(value: Any) -> str:
+    """An untrusted value of any type for a message, bounded like :func:`_bounded`."""
+    if isinstance(value, str):
+        return _bounded(value)
+    text = repr(value)
+    return text[:80] + ("..." if len(text) > 80 else "")
 
 
 @dataclass(frozen=True)
@@ -183,7 +253,7 @@ class _Reader:
         if not isinstance(value, kind):
             raise self.error(name, f"must be {_kind_name(kind)}, got {type(value).__name__}")
         if choices and value not in choices:
-            raise self.error(name, f"must be one of {', '.join(map(str, choices))}, got {value!r}")
+            raise self.error(name, f"must be one of {', '.join(map(str, choices))}, got {_shown(value)}")
         return value
 
     def int_in(self, name: str, bounds: tuple[int, int], default: int) -> int:
@@ -221,7 +291,7 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
 def _check_url(reader: _Reader, name: str, url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise reader.error(name, f"must be an http(s) URL, got {url!r}")
+        raise reader.error(name, f"must be an http(s) URL, got {_bounded(url)}")
     if parts.username or parts.password:
         raise reader.error(name, "must not carry credentials; use auth_header and auth_secret")
     return url
@@ -233,10 +303,10 @@ def _rest(reader: _Reader) -> RestDestination:
     headers: dict[str, str] = {}
     for key, value in headers_value.items():
         if not isinstance(key, str) or not _HEADER_NAME.match(key) or not isinstance(value, str):
-            raise reader.error("headers", f"has an invalid header {key!r}")
+            raise reader.error("headers", f"has an invalid header {_shown(key)}")
         if key.lower() in _CREDENTIAL_HEADERS:
             raise reader.error(
-                "headers", f"must not carry the credential header {key!r}; use auth_header and auth_secret"
+                "headers", f"must not carry the credential header {_bounded(key)}; use auth_header and auth_secret"
             )
         headers[key] = value
     auth_header = reader.get("auth_header", str, None)
@@ -244,7 +314,7 @@ def _rest(reader: _Reader) -> RestDestination:
     if (auth_header is None) != (auth_secret is None):
         raise reader.error("auth_header", "and auth_secret go together")
     if auth_header is not None and not _HEADER_NAME.match(auth_header):
-        raise reader.error("auth_header", f"is not a valid header name: {auth_header!r}")
+        raise reader.error("auth_header", f"is not a valid header name: {_bounded(auth_header)}")
     return RestDestination(
         url=url,
         signing_secret=reader.secret("signing_secret"),
@@ -258,7 +328,7 @@ def _rest(reader: _Reader) -> RestDestination:
 def _aws(reader: _Reader, target_field: str) -> AwsDestination:
     region = reader.get("region", str)
     if not _AWS_REGION.match(region):
-        raise reader.error("region", f"is not an AWS region: {region!r}")
+        raise reader.error("region", f"is not an AWS region: {_bounded(region)}")
     endpoint = reader.get("endpoint_url", str, None)
     if endpoint is not None:
         _check_url(reader, "endpoint_url", endpoint)
@@ -281,7 +351,7 @@ def _aws(reader: _Reader, target_field: str) -> AwsDestination:
 def _datadog(reader: _Reader) -> DataDogDestination:
     site = reader.get("site", str, "datadoghq.com")
     if not re.match(r"^([a-z0-9-]+\.)*datadoghq\.(com|eu)$|^ddog-gov\.com$", site):
-        raise reader.error("site", f"is not a DataDog site: {site!r}")
+        raise reader.error("site", f"is not a DataDog site: {_bounded(site)}")
     url = reader.get("url", str, None)
     if url is not None:
         _check_url(reader, "url", url)
@@ -324,7 +394,7 @@ def stream_from_dict(data: Mapping[str, Any], position: int = 0) -> DataStream:
     stream_id = data.get("id")
     if not isinstance(stream_id, str) or not _STREAM_ID.match(stream_id):
         raise StreamConfigError(
-            f"stream #{position + 1}: id must be 1 to 128 letters, digits, '-', '_' or '.', got {stream_id!r}"
+            f"stream #{position + 1}: id must be 1 to 128 letters, digits, '-', '_' or '.', got {_shown(stream_id)}"
         )
     reader = _Reader(stream_id, data)
     api_type = reader.get("api_type", str, choices=API_TYPES)
@@ -335,7 +405,7 @@ def stream_from_dict(data: Mapping[str, Any], position: int = 0) -> DataStream:
     try:
         parse_iso(created_at)
     except ValueError:
-        raise reader.error("created_at", f"must be ISO 8601 with an offset, got {created_at!r}") from None
+        raise reader.error("created_at", f"must be ISO 8601 with an offset, got {_bounded(created_at)}") from None
     block = DESTINATION_OF[api_type]
     for other in set(DESTINATION_OF.values()) - {block}:
         if data.get(other) is not None:
@@ -400,6 +470,30 @@ def build_stream_config(streams: list[DataStream]) -> StreamConfig:
         grouped.setdefault(stream.organisation_id, []).append(stream)
     # Plain dicts: the config travels to workers pickled, and mappingproxy is not picklable.
     return StreamConfig(streams=by_id, by_organisation={org: tuple(items) for org, items in grouped.items()})
+
+
+#: (dotted field, attribute path) of every secret reference a destination may hold.
+_SECRET_FIELDS = {
+    "rest": (("signing_secret", "signing_secret"), ("auth_secret", "auth_secret")),
+    "kinesis": (("access_key_id", "access_key_id"), ("secret_access_key", "secret_access_key")),
+    "s3": (("access_key_id", "access_key_id"), ("secret_access_key", "secret_access_key")),
+    "datadog": (("api_key", "api_key"), ("application_key", "application_key")),
+}
+
+
+def check_secret_refs(config: StreamConfig, policy: SecretPolicy) -> None:
+    """Raise :class:`StreamConfigError`, naming the stream and field, for the
+    first secret reference ``policy`` does not allow (a job refuses such a
+    config at start; workers check again when they read)."""
+    for stream in config.streams.values():
+        block = DESTINATION_OF[stream.api_type]
+        for name, attribute in _SECRET_FIELDS[block]:
+            ref = getattr(stream.destination, attribute, None)
+            if ref is None:
+                continue
+            reason = policy.refusal(ref)
+            if reason is not None:
+                raise StreamConfigError(f"stream {stream.id!r}: {block}.{name} {reason}")
 
 
 def parse_stream_config(text: str, source: str = "streams config") -> StreamConfig:

@@ -10,10 +10,13 @@ destination is written here once, so a sixth destination is one new module:
   ``unknown_stream``, until a re-drive finds it again);
 - the per-stream circuit (:class:`~sinks.retry.StreamCircuit`): a deactivated
   stream's requests are parked without a call;
-- the outbound rules (``sinks/outbound.py``) for destinations given by URL, and the
-  secrets, resolved on the worker: a refused URL or an unreadable secret parks the
-  request and deactivates the stream (``destination_refused``,
-  ``credentials_unavailable``);
+- the outbound rules (``sinks/outbound.py``) for destinations given by URL (REST,
+  DataDog, an AWS ``endpoint_url``): one :class:`~sinks.outbound.OutboundGuard` per
+  DoFn checks the URL when a batch opens its stream and is the one the sink's
+  connections ask for the checked address to connect to; and the secrets, resolved
+  on the worker where the job's :class:`~schemas.streams.SecretPolicy` allows: a
+  refused URL or an unreadable or refused secret parks the request and
+  deactivates the stream (``destination_refused``, ``credentials_unavailable``);
 - the failure policy (:class:`~sinks.retry.RetryPolicy`: what retries, how long);
 - the one place a :class:`~schemas.delivery.DeliveryResult` and a parked batch are
   built, and the delivery counters, counted on the bundle's thread (Beam's metrics
@@ -55,8 +58,8 @@ from schemas.delivery import (
     UNKNOWN_STREAM,
     DeliveryResult,
 )
-from schemas.streams import DataStream, StreamConfig
-from sinks.outbound import OutboundGuard
+from schemas.streams import DataStream, SecretPolicy, StreamConfig
+from sinks.outbound import DestinationRefusedError, OutboundGuard, Resolver, resolve_host
 from sinks.parking import parked
 from sinks.results import DeliveryCounters, Stopwatch
 from sinks.retry import Attempt, Outcome, RetryPolicy, StreamCircuit
@@ -125,9 +128,14 @@ class DeliveryFn(beam.DoFn):
     #: both contracts, so the difference is kept here, named, in one place.
     parked_count_as_failed: ClassVar[bool] = True
 
-    def __init__(self, policy: RetryPolicy, allow_insecure: bool = False) -> None:
+    #: How the guard resolves names; a test may replace it before ``setup``.
+    resolver: Resolver = staticmethod(resolve_host)  # type: ignore[assignment]
+
+    def __init__(self, policy: RetryPolicy, allow_insecure: bool = False,
+                 secrets: SecretPolicy | None = None) -> None:
         self._policy = policy
         self._allow_insecure = allow_insecure
+        self._secret_policy = secrets or SecretPolicy()
 
     # ----------------------------------------------------------------- what a sink supplies
 
@@ -171,11 +179,11 @@ class DeliveryFn(beam.DoFn):
     # ----------------------------------------------------------------- lifecycle
 
     def setup(self) -> None:
-        self._secrets = SecretResolver()
+        self._secrets = SecretResolver(self._secret_policy)
         self._circuit = StreamCircuit(self._policy.deactivate_after)
         # Sinks that send from a thread pool record outcomes from its threads.
         self._circuit_lock = threading.Lock()
-        self._guard = OutboundGuard(self._allow_insecure)
+        self._guard = OutboundGuard(self._allow_insecure, self.resolver)
         self._counters = DeliveryCounters(self.api_type)
         self.open_clients()
 
@@ -246,6 +254,10 @@ class DeliveryFn(beam.DoFn):
             return Blocked(FAILED, PERMANENT_FAILURE, DESTINATION_REFUSED, DESTINATION_REFUSED)
         try:
             return self.connect(stream)
+        except DestinationRefusedError as err:  # a client that cannot be pinned to checked addresses
+            _LOG.warning("stream %s: destination refused, nothing sent: %s", stream.id, err)
+            self._deactivate(stream.id, DESTINATION_REFUSED)
+            return Blocked(FAILED, PERMANENT_FAILURE, DESTINATION_REFUSED, DESTINATION_REFUSED)
         except SecretError as err:  # the message names the reference, never a value
             _LOG.warning("stream %s: %s; nothing sent", stream.id, err)
             self._deactivate(stream.id, CREDENTIALS_UNAVAILABLE)

@@ -34,8 +34,9 @@ or ten minutes in the future, so a historic replay or a late re-drive through th
 sink is accepted (202) but not stored.
 
 Outbound safety (``sinks/outbound.py``): the base URL must be ``https`` on a public
-host unless ``allow_insecure`` (development, tests); a refused URL gets no request,
-the stream is deactivated with ``destination_refused`` and its payloads parked.
+host unless ``allow_insecure`` (development, tests), and connections go only to the
+addresses the guard checked; a refused URL gets no request, the stream is
+deactivated with ``destination_refused`` and its payloads parked.
 
 Credentials: ``DD-API-KEY`` (and ``DD-APPLICATION-KEY`` when the stream names one)
 are resolved on the worker from the stream's references and only ever live in the
@@ -53,7 +54,7 @@ import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.transforms.window import IntervalWindow
 
-from schemas.streams import DataDogDestination, DataStream
+from schemas.streams import DataDogDestination, DataStream, SecretPolicy
 from sinks.base import Request
 from sinks.datadog_series import aggregate_usage, build_payloads, group_size, series_groups, window_bounds
 from sinks.http import HttpDeliveryFn, SessionFactory, Timeouts, classified_request, new_session
@@ -88,8 +89,8 @@ class _DataDogWriteFn(HttpDeliveryFn):
     parked_count_as_failed = False
 
     def __init__(self, session_factory: SessionFactory, timeouts: Timeouts, max_payload_bytes: int,
-                 policy: RetryPolicy, allow_insecure: bool = False) -> None:
-        super().__init__(session_factory, timeouts, policy, allow_insecure)
+                 policy: RetryPolicy, allow_insecure: bool = False, secrets: SecretPolicy | None = None) -> None:
+        super().__init__(session_factory, timeouts, policy, allow_insecure, secrets)
         self._max_payload_bytes = max_payload_bytes
 
     def requests(self, element: tuple[str, Iterable[dict[str, Any]]], stream: DataStream | None,
@@ -156,6 +157,7 @@ class WriteToDataDog(beam.PTransform):
         policy: RetryPolicy = DEFAULT_POLICY,
         allow_insecure: bool = False,
         allowed_lateness_seconds: int = 0,
+        secrets: SecretPolicy | None = None,
     ) -> None:
         super().__init__()
         self._lateness = allowed_lateness_seconds
@@ -165,7 +167,7 @@ class WriteToDataDog(beam.PTransform):
                 f"(DataDog's limit), got {max_payload_bytes:,}"
             )
         self._streams = streams
-        self._fn = _DataDogWriteFn(session_factory, timeouts, max_payload_bytes, policy, allow_insecure)
+        self._fn = _DataDogWriteFn(session_factory, timeouts, max_payload_bytes, policy, allow_insecure, secrets)
 
     def expand(self, usage: beam.PCollection) -> SinkOutputs:
         windows = (

@@ -22,7 +22,7 @@ from apache_beam.metrics import Metrics
 
 from schemas import metrics
 from schemas.delivery import PARKED_STATUS, DeliveryResult
-from schemas.streams import API_TYPES
+from schemas.streams import API_TYPES, SecretPolicy
 from schemas.timestamps import now_iso
 from sinks.datadog import WriteToDataDog
 from sinks.http import Timeouts
@@ -50,6 +50,8 @@ class DeliverySettings:
     rest_concurrency: int = 8
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     allow_insecure: bool = False
+    #: Which secret references the sinks may read (``--secret_env_prefix``, ``--secrets_dir``).
+    secrets: SecretPolicy = field(default_factory=SecretPolicy)
     #: Streaming: how long after its end a sink's window still takes documents.
     window_lateness_seconds: int = 0
     #: Streaming: results, dead letters and parked batches are gathered in fixed
@@ -70,8 +72,8 @@ def sinks_for(settings: DeliverySettings, streams: pvalue.AsSideInput,
     """The sink transform of every API type, configured from ``settings``;
     ``chunked``: the batching sinks take a chunked run's chunks
     (``transforms/routing.py``)."""
-    common = {"policy": settings.policy}
-    http = {**common, "timeouts": settings.timeouts, "allow_insecure": settings.allow_insecure}
+    common = {"policy": settings.policy, "allow_insecure": settings.allow_insecure, "secrets": settings.secrets}
+    http = {**common, "timeouts": settings.timeouts}
     buffering = settings.max_buffering_seconds
     return {
         "rest_api": WriteToRestApi(streams, max_buffering_seconds=buffering, concurrency=settings.rest_concurrency,

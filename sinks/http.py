@@ -6,17 +6,34 @@ request passes ``allow_redirects=False``): a 3xx from a customer's endpoint is a
 misconfiguration, and following it would send the documents and credentials
 somewhere the customer did not configure. ``max_redirects`` stays at its default:
 set to 0, requests raises ``TooManyRedirects`` for any 3xx even without following.
+
+Connections go where the outbound guard checked (``sinks/outbound.py``): the
+session's adapters are :class:`PinnedAdapter`, whose connection pools ask the
+DoFn's guard for a host's checked addresses when they connect, so a DNS answer
+that changes between the check and the connection (rebinding) cannot move a
+request to another address. TLS is still verified against the URL's host. In
+secure mode the session ignores proxy settings of the environment (a proxy would
+resolve the name itself, unchecked) and a configured proxy is refused.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 import requests
+from requests.adapters import DEFAULT_POOLBLOCK, DEFAULT_POOLSIZE, HTTPAdapter
+from urllib3.poolmanager import ProxyManager
 
+from schemas.delivery import DESTINATION_REFUSED
+from schemas.streams import SecretPolicy
 from sinks.base import DeliveryFn
+from sinks.outbound import DestinationRefusedError, OutboundGuard, PinnedPoolManager
 from sinks.retry import Attempt, RetryPolicy, classify_exception, classify_http
+
+_LOG = logging.getLogger(__name__)
 
 SessionFactory = Callable[[], requests.Session]
 
@@ -38,6 +55,42 @@ def new_session() -> requests.Session:
     return session
 
 
+class PinnedAdapter(HTTPAdapter):
+    """A requests transport adapter whose connections connect to the addresses
+    ``guard`` checked (:class:`~sinks.outbound.PinnedPoolManager`). Made on the
+    worker, in ``setup``, and never pickled."""
+
+    def __init__(self, guard: OutboundGuard, **kwargs: Any) -> None:
+        self._guard = guard  # before HTTPAdapter.__init__, which builds the pool manager
+        super().__init__(**kwargs)
+
+    def init_poolmanager(self, connections: int, maxsize: int, block: bool = DEFAULT_POOLBLOCK,
+                         **pool_kwargs: Any) -> None:
+        self._pool_connections = connections
+        self._pool_maxsize = maxsize
+        self._pool_block = block
+        self.poolmanager = PinnedPoolManager(self._guard, num_pools=connections, maxsize=maxsize, block=block,
+                                             **pool_kwargs)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> ProxyManager:
+        """A proxy resolves and connects by itself, past the guard: refused unless insecure."""
+        if not self._guard.allow_insecure:
+            raise DestinationRefusedError("a proxy would connect to the destination unchecked; proxies are not "
+                                          "used for customer destinations")
+        return super().proxy_manager_for(proxy, **proxy_kwargs)
+
+
+def pin_session(session: requests.Session, guard: OutboundGuard, pool_size: int = DEFAULT_POOLSIZE) -> None:
+    """Mount :class:`PinnedAdapter` for http and https on ``session`` (``pool_size``
+    connections per host, for as many threads), and in secure mode stop it from
+    taking proxies or credentials (.netrc) from the environment."""
+    adapter = PinnedAdapter(guard, pool_connections=pool_size, pool_maxsize=pool_size, max_retries=0)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    if not guard.allow_insecure:
+        session.trust_env = False
+
+
 def classified_request(session: requests.Session, method: str, url: str, body: bytes,
                        headers: Mapping[str, str], timeouts: Timeouts) -> Attempt:
     """One request, classified for the retry policy; never raises for a
@@ -48,6 +101,9 @@ def classified_request(session: requests.Session, method: str, url: str, body: b
     try:
         response = session.request(method, url, data=body, headers=headers, timeout=timeouts.as_requests(),
                                    allow_redirects=False)
+    except DestinationRefusedError as err:  # the guard refused the address at connect time
+        _LOG.warning("destination refused at connect time, nothing sent: %s", err)
+        return Attempt(False, False, None, DESTINATION_REFUSED, DESTINATION_REFUSED)
     except requests.RequestException as err:
         return classify_exception(err)
     try:
@@ -59,16 +115,28 @@ def classified_request(session: requests.Session, method: str, url: str, body: b
 
 class HttpDeliveryFn(DeliveryFn):
     """A delivery DoFn that sends over one ``requests`` session per worker (its
-    connection pool kept across bundles)."""
+    connection pool kept across bundles), pinned to the addresses its guard
+    checked (:func:`pin_session`)."""
+
+    #: connections per host of the session's pool
+    pool_size: int = DEFAULT_POOLSIZE
 
     def __init__(self, session_factory: SessionFactory, timeouts: Timeouts, policy: RetryPolicy,
-                 allow_insecure: bool = False) -> None:
-        super().__init__(policy, allow_insecure)
+                 allow_insecure: bool = False, secrets: SecretPolicy | None = None) -> None:
+        super().__init__(policy, allow_insecure, secrets)
         self._session_factory = session_factory
         self._timeouts = timeouts
 
     def open_clients(self) -> None:
+        """The worker's session, pinned. A session that cannot mount adapters (a
+        test double) is only accepted in insecure mode: in secure mode it could
+        connect wherever a second lookup says."""
         self._session = self._session_factory()
+        if hasattr(self._session, "mount"):
+            pin_session(self._session, self._guard, self.pool_size)
+        elif not self._allow_insecure:
+            raise TypeError("the session factory must make requests sessions: connections must be pinned to "
+                            "the addresses the outbound guard checked")
 
     def close_clients(self) -> None:
         session, self._session = getattr(self, "_session", None), None

@@ -72,7 +72,7 @@ from apache_beam import pvalue
 from botocore.exceptions import BotoCoreError, ClientError
 
 from schemas.delivery import REMOTE_ERROR, THROTTLED
-from schemas.streams import DataStream
+from schemas.streams import DataStream, SecretPolicy
 from sinks.aws import AwsDeliveryFn, AwsTarget, ClientFactory, boto3_client
 from sinks.base import Item, Request, Settled
 from sinks.batching import BatchingSink
@@ -178,8 +178,9 @@ class _KinesisWriteFn(AwsDeliveryFn):
     api_type = API_TYPE
     service = "kinesis"
 
-    def __init__(self, client_factory: ClientFactory, policy: RetryPolicy = DEFAULT_POLICY) -> None:
-        super().__init__(client_factory, policy)
+    def __init__(self, client_factory: ClientFactory, policy: RetryPolicy = DEFAULT_POLICY,
+                 allow_insecure: bool = False, secrets: SecretPolicy | None = None) -> None:
+        super().__init__(client_factory, policy, allow_insecure, secrets)
 
     def requests(self, element: tuple[str, Iterable[Item]], stream: DataStream | None, window: Any,
                  pane: Any) -> Iterator[Request | pvalue.TaggedOutput]:
@@ -217,11 +218,14 @@ class WriteToKinesis(BatchingSink):
     ``policy`` bounds the retries of each request; ``chunked``: the input is a
     chunked bounded run's ``(stream_id, (count, packed [(kind, document), ...]))``
     chunks
-    (``transforms/routing.py``).
+    (``transforms/routing.py``). ``allow_insecure`` lifts the outbound rules for
+    an ``endpoint_url`` (http, loopback: moto) for development and tests only;
+    ``secrets`` says which secret references may be read.
     """
 
     def __init__(self, streams: pvalue.AsSideInput, *, client_factory: ClientFactory = boto3_client,
                  max_buffering_seconds: float = DEFAULT_MAX_BUFFERING_SECONDS,
-                 policy: RetryPolicy = DEFAULT_POLICY, chunked: bool = False) -> None:
-        super().__init__(streams, _KinesisWriteFn(client_factory, policy), MAX_RECORDS_PER_REQUEST,
-                         max_buffering_seconds, chunked, send_label="PutRecords")
+                 policy: RetryPolicy = DEFAULT_POLICY, chunked: bool = False, allow_insecure: bool = False,
+                 secrets: SecretPolicy | None = None) -> None:
+        super().__init__(streams, _KinesisWriteFn(client_factory, policy, allow_insecure, secrets),
+                         MAX_RECORDS_PER_REQUEST, max_buffering_seconds, chunked, send_label="PutRecords")

@@ -66,16 +66,15 @@ from typing import Any, NamedTuple
 import orjson
 import requests
 from apache_beam import pvalue
-from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
 
 from schemas.delivery import DEADLINE_EXCEEDED, PARKED_STATUS, RETRIES_EXHAUSTED, STREAM_DEACTIVATED
-from schemas.streams import BULK_SIZE_RANGE, DataStream, RestDestination
+from schemas.streams import BULK_SIZE_RANGE, DataStream, RestDestination, SecretPolicy
 from sinks.base import NOT_OPEN, Blocked, Item, Request, Sent
 from sinks.batching import BatchingSink
-from sinks.http import HttpDeliveryFn, SessionFactory, Timeouts, classified_request, new_session
+from sinks.http import HttpDeliveryFn, SessionFactory, Timeouts, classified_request, new_session, pin_session
 from sinks.ordering import order_key
-from sinks.outbound import SIGNATURE_HEADER, sign
+from sinks.outbound import SIGNATURE_HEADER, OutboundGuard, sign
 from sinks.results import chunked, too_large_dead_letter
 from sinks.retry import Attempt, RetryPolicy
 from sinks.secrets import SecretResolver
@@ -113,13 +112,12 @@ def credentials_of(destination: RestDestination, secrets: SecretResolver) -> _Cr
     return _Credentials(headers, secrets.resolve(destination.signing_secret))
 
 
-def mount_pool(session: requests.Session, pool_size: int) -> None:
+def mount_pool(session: requests.Session, pool_size: int, guard: OutboundGuard) -> None:
     """Give ``session`` a connection pool per host as large as the number of
     threads that use it, so concurrent requests do not open and discard extra
-    connections (urllib3 warns "Connection pool is full" otherwise)."""
-    adapter = HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size, max_retries=0)
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
+    connections (urllib3 warns "Connection pool is full" otherwise), connecting
+    only to the addresses ``guard`` checked."""
+    pin_session(session, guard, pool_size)
 
 
 def signed_request(session: requests.Session, method: str, url: str, body: bytes, headers: Mapping[str, str],
@@ -169,15 +167,16 @@ class _RestWriteFn(_RestDoFnBase):
     api_type = REST_API
 
     def __init__(self, session_factory: SessionFactory, timeouts: Timeouts, concurrency: int,
-                 policy: RetryPolicy = DEFAULT_POLICY, allow_insecure: bool = False) -> None:
-        super().__init__(session_factory, timeouts, policy, allow_insecure)
+                 policy: RetryPolicy = DEFAULT_POLICY, allow_insecure: bool = False,
+                 secrets: SecretPolicy | None = None) -> None:
+        super().__init__(session_factory, timeouts, policy, allow_insecure, secrets)
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
         self._concurrency = concurrency
+        self.pool_size = concurrency  # one connection per sending thread
 
     def open_clients(self) -> None:
         super().open_clients()
-        mount_pool(self._session, self._concurrency)
         self._pool = ThreadPoolExecutor(max_workers=self._concurrency, thread_name_prefix="rest-api")
 
     def close_clients(self) -> None:
@@ -239,8 +238,9 @@ class _RestBulkWriteFn(_RestDoFnBase):
     api_type = REST_API_BULK
 
     def __init__(self, session_factory: SessionFactory, timeouts: Timeouts, max_request_bytes: int,
-                 policy: RetryPolicy = DEFAULT_POLICY, allow_insecure: bool = False) -> None:
-        super().__init__(session_factory, timeouts, policy, allow_insecure)
+                 policy: RetryPolicy = DEFAULT_POLICY, allow_insecure: bool = False,
+                 secrets: SecretPolicy | None = None) -> None:
+        super().__init__(session_factory, timeouts, policy, allow_insecure, secrets)
         if max_request_bytes < 3:
             raise ValueError(f"max_request_bytes must hold at least one document, got {max_request_bytes}")
         self._max_request_bytes = max_request_bytes
@@ -281,9 +281,10 @@ class WriteToRestApi(BatchingSink):
 
     def __init__(self, streams: pvalue.AsSideInput, *, session_factory: SessionFactory = new_session,
                  timeouts: Timeouts = DEFAULT_TIMEOUTS, max_buffering_seconds: float = 5, concurrency: int = 8,
-                 policy: RetryPolicy = DEFAULT_POLICY, allow_insecure: bool = False, chunked: bool = False) -> None:
-        super().__init__(streams, _RestWriteFn(session_factory, timeouts, concurrency, policy, allow_insecure),
-                         REST_BATCH_SIZE, max_buffering_seconds, chunked)
+                 policy: RetryPolicy = DEFAULT_POLICY, allow_insecure: bool = False, chunked: bool = False,
+                 secrets: SecretPolicy | None = None) -> None:
+        super().__init__(streams, _RestWriteFn(session_factory, timeouts, concurrency, policy, allow_insecure,
+                                               secrets), REST_BATCH_SIZE, max_buffering_seconds, chunked)
 
 
 class WriteToRestApiBulk(BatchingSink):
@@ -300,6 +301,7 @@ class WriteToRestApiBulk(BatchingSink):
     def __init__(self, streams: pvalue.AsSideInput, *, session_factory: SessionFactory = new_session,
                  timeouts: Timeouts = DEFAULT_TIMEOUTS, max_buffering_seconds: float = 5,
                  max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, policy: RetryPolicy = DEFAULT_POLICY,
-                 allow_insecure: bool = False, chunked: bool = False) -> None:
+                 allow_insecure: bool = False, chunked: bool = False, secrets: SecretPolicy | None = None) -> None:
         super().__init__(streams, _RestBulkWriteFn(session_factory, timeouts, max_request_bytes, policy,
-                                                   allow_insecure), BULK_BATCH_SIZE, max_buffering_seconds, chunked)
+                                                   allow_insecure, secrets),
+                         BULK_BATCH_SIZE, max_buffering_seconds, chunked)

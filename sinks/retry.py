@@ -49,6 +49,7 @@ from schemas.delivery import (
     THROTTLED,
     UNREACHABLE,
 )
+from sinks.outbound import DestinationRefusedError
 
 RETRYABLE_STATUS = frozenset({408, 425, 429})
 AWS_RETRYABLE_CODES = frozenset({
@@ -131,6 +132,8 @@ def classify_aws_code(code: str, status_code: int | None = None) -> Attempt:
 def classify_exception(err: BaseException) -> Attempt:
     """An exception raised by requests or botocore while sending."""
     name = type(err).__name__
+    if isinstance(err, DestinationRefusedError):  # the guard refused the address at connect time
+        return Attempt(False, False, None, DESTINATION_REFUSED, DESTINATION_REFUSED)
     if isinstance(err, ClientError):
         meta = err.response.get("ResponseMetadata", {})
         code = str(err.response.get("Error", {}).get("Code") or name)

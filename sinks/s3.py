@@ -66,7 +66,7 @@ from apache_beam.utils.timestamp import Timestamp
 from botocore.exceptions import BotoCoreError, ClientError
 
 from schemas.records import dead_letter
-from schemas.streams import AwsDestination, DataStream
+from schemas.streams import AwsDestination, DataStream, SecretPolicy
 from sinks.aws import AwsDeliveryFn, AwsTarget, ClientFactory, boto3_client
 from sinks.base import Request
 from sinks.csv_format import UnknownFieldError, render_csv, to_row
@@ -132,8 +132,9 @@ class _S3WriteFn(AwsDeliveryFn):
     api_type = API_TYPE
     service = "s3"
 
-    def __init__(self, client_factory: ClientFactory, policy: RetryPolicy = DEFAULT_POLICY) -> None:
-        super().__init__(client_factory, policy)
+    def __init__(self, client_factory: ClientFactory, policy: RetryPolicy = DEFAULT_POLICY,
+                 allow_insecure: bool = False, secrets: SecretPolicy | None = None) -> None:
+        super().__init__(client_factory, policy, allow_insecure, secrets)
 
     def requests(self, element: tuple[tuple[str, str, int], Iterable[dict[str, Any]]], stream: DataStream | None,
                  window: Any, pane: Any) -> Iterator[Request | pvalue.TaggedOutput]:
@@ -186,15 +187,21 @@ class WriteToS3(beam.PTransform):
     timestamps -> :class:`SinkOutputs` (results, dead letters, parked batches).
     ``client_factory`` makes the boto3 client of a destination (tests point it at
     moto); ``policy`` bounds the retries of each file; ``allowed_lateness_seconds``
-    how long after its end a window still takes documents (streaming)."""
+    how long after its end a window still takes documents (streaming);
+    ``allow_insecure`` lifts the outbound rules for an ``endpoint_url`` (http,
+    loopback: moto) for development and tests only; ``secrets`` says which secret
+    references may be read."""
 
     def __init__(self, streams: pvalue.AsSideInput, *, client_factory: ClientFactory = boto3_client,
-                 policy: RetryPolicy = DEFAULT_POLICY, allowed_lateness_seconds: int = 0) -> None:
+                 policy: RetryPolicy = DEFAULT_POLICY, allowed_lateness_seconds: int = 0,
+                 allow_insecure: bool = False, secrets: SecretPolicy | None = None) -> None:
         super().__init__()
         self._streams = streams
         self._client_factory = client_factory
         self._policy = policy
         self._lateness = allowed_lateness_seconds
+        self._allow_insecure = allow_insecure
+        self._secrets = secrets
 
     def expand(self, routed: beam.PCollection) -> SinkOutputs:
         windows = (
@@ -202,4 +209,5 @@ class WriteToS3(beam.PTransform):
             | "WindowPerRotation" >> window_with_late_panes(PerElementFixedWindows(size_from_key), self._lateness)
             | "GroupPerWindow" >> beam.GroupByKey()
         )
-        return apply_sink(windows, "PutObjects", _S3WriteFn(self._client_factory, self._policy), self._streams)
+        return apply_sink(windows, "PutObjects", _S3WriteFn(self._client_factory, self._policy, self._allow_insecure,
+                                                     self._secrets), self._streams)

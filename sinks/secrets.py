@@ -6,13 +6,19 @@ carry references, never values. Each sink DoFn creates a :class:`SecretResolver`
 in ``setup`` and resolves a reference the first time a stream needs it; values
 stay in that worker's memory and are masked in its logs (``sinks/redaction.py``).
 Messages name the reference, never the value.
+
+Which references may be read is the job's :class:`~schemas.streams.SecretPolicy`
+(``--secret_env_prefix``, ``--secrets_dir``): checked when the config is loaded
+and again here, on the worker, right before reading, because a worker may
+receive a config (a refreshed one, a re-drive's) that the submitting machine
+never checked, and because a symbolic link may have changed since.
 """
 
 from __future__ import annotations
 
 import os
 
-from schemas.streams import SecretRef
+from schemas.streams import SecretPolicy, SecretRef
 from sinks.redaction import register_secret
 
 
@@ -21,9 +27,10 @@ class SecretError(RuntimeError):
 
 
 class SecretResolver:
-    """Reads and caches secrets for one DoFn instance."""
+    """Reads and caches secrets for one DoFn instance, only where ``policy`` allows."""
 
-    def __init__(self) -> None:
+    def __init__(self, policy: SecretPolicy | None = None) -> None:
+        self._policy = policy or SecretPolicy()
         self._cache: dict[SecretRef, str] = {}
 
     def resolve(self, ref: SecretRef) -> str:
@@ -34,18 +41,23 @@ class SecretResolver:
             self._cache[ref] = value
         return value
 
-    @staticmethod
-    def _read(ref: SecretRef) -> str:
+    def _read(self, ref: SecretRef) -> str:
+        refusal = self._policy.refusal(ref)
+        if refusal is not None:
+            raise SecretError(f"secret refused: {refusal}")
         if ref.env is not None:
             value = os.environ.get(ref.env)
             if not value:
                 raise SecretError(f"secret {ref.describe()} is not set on this worker")
             return value
         try:
-            with open(ref.file, encoding="utf-8") as handle:  # type: ignore[arg-type]
+            # The real path the policy checked: every link already followed.
+            with open(self._policy.file_path(ref), encoding="utf-8") as handle:
                 value = handle.read().strip()
         except OSError as err:
             raise SecretError(f"secret {ref.describe()} cannot be read: {err.strerror}") from None
+        except ValueError as err:  # the path left the directory since the check above
+            raise SecretError(f"secret refused: {err}") from None
         if not value:
             raise SecretError(f"secret {ref.describe()} is empty")
         return value

@@ -11,12 +11,12 @@ from schemas.streams import StreamConfig, build_stream_config, stream_from_dict
 #: env var -> value; set by the ``stream_secrets`` fixture. Distinctive strings so
 #: a search for them cannot match anything by accident.
 SECRETS = {
-    "DS_TEST_AWS_KEY_ID": "AKIATESTKEYID7Q3X9Z",
-    "DS_TEST_AWS_SECRET": "tEsTsEcReT/k9Zq+Wv2uXy8LmNoPq3RsTuVwXyZ01",
-    "DS_TEST_REST_TOKEN": "Bearer rest-token-5f1e9c0b7a3d",
-    "DS_TEST_DD_API_KEY": "ddapikey0123456789abcdef01234567",
-    "DS_TEST_DD_APP_KEY": "ddappkey89abcdef0123456789abcdef01234567",
-    "DS_TEST_SIGNING_SECRET": "whsec_9c2f4e1a7b3d5f6e8a0c2b4d6f8e0a1c",
+    "DATASTREAMER_TEST_AWS_KEY_ID": "AKIATESTKEYID7Q3X9Z",
+    "DATASTREAMER_TEST_AWS_SECRET": "tEsTsEcReT/k9Zq+Wv2uXy8LmNoPq3RsTuVwXyZ01",
+    "DATASTREAMER_TEST_REST_TOKEN": "Bearer rest-token-5f1e9c0b7a3d",
+    "DATASTREAMER_TEST_DD_API_KEY": "ddapikey0123456789abcdef01234567",
+    "DATASTREAMER_TEST_DD_APP_KEY": "ddappkey89abcdef0123456789abcdef01234567",
+    "DATASTREAMER_TEST_SIGNING_SECRET": "whsec_9c2f4e1a7b3d5f6e8a0c2b4d6f8e0a1c",
 }
 
 REGION = "eu-central-1"
@@ -25,7 +25,8 @@ CREATED = "2026-10-01T00:00:00Z"
 
 
 def _aws_refs() -> dict[str, Any]:
-    return {"access_key_id": {"env": "DS_TEST_AWS_KEY_ID"}, "secret_access_key": {"env": "DS_TEST_AWS_SECRET"}}
+    return {"access_key_id": {"env": "DATASTREAMER_TEST_AWS_KEY_ID"},
+            "secret_access_key": {"env": "DATASTREAMER_TEST_AWS_SECRET"}}
 
 
 def rest_stream(stream_id: str, url: str, *, bulk: bool = False, stream_type: str = "both",
@@ -34,8 +35,8 @@ def rest_stream(stream_id: str, url: str, *, bulk: bool = False, stream_type: st
         "id": stream_id, "organisation_id": organisation_id, "stream_type": stream_type,
         "api_type": "rest_api_bulk" if bulk else "rest_api", "created_at": CREATED,
         "rest": {"url": url, "headers": {"X-Customer": "tests"}, "auth_header": "Authorization",
-                 "auth_secret": {"env": "DS_TEST_REST_TOKEN"},
-                 "signing_secret": {"env": "DS_TEST_SIGNING_SECRET"}},
+                 "auth_secret": {"env": "DATASTREAMER_TEST_REST_TOKEN"},
+                 "signing_secret": {"env": "DATASTREAMER_TEST_SIGNING_SECRET"}},
         **extra,
     }
 
@@ -64,8 +65,8 @@ def datadog_stream(stream_id: str, url: str, *, organisation_id: int = ORG, **ex
     return {
         "id": stream_id, "organisation_id": organisation_id, "stream_type": "usage",
         "api_type": "datadog", "created_at": CREATED,
-        "datadog": {"site": "datadoghq.eu", "url": url, "api_key": {"env": "DS_TEST_DD_API_KEY"},
-                    "application_key": {"env": "DS_TEST_DD_APP_KEY"}},
+        "datadog": {"site": "datadoghq.eu", "url": url, "api_key": {"env": "DATASTREAMER_TEST_DD_API_KEY"},
+                    "application_key": {"env": "DATASTREAMER_TEST_DD_APP_KEY"}},
         **extra,
     }
 

@@ -159,11 +159,12 @@ def run_sink(make_sink: Callable[[Any], beam.PTransform], elements: list[Any], s
 
 
 def kinesis_sink(factory: FaultyFactory, policy: RetryPolicy = FAST) -> Callable[[Any], beam.PTransform]:
-    return lambda side: WriteToKinesis(side, client_factory=factory, max_buffering_seconds=1, policy=policy)
+    return lambda side: WriteToKinesis(side, client_factory=factory, max_buffering_seconds=1, policy=policy,
+                                        allow_insecure=True)
 
 
 def s3_sink(factory: FaultyFactory, policy: RetryPolicy = FAST) -> Callable[[Any], beam.PTransform]:
-    return lambda side: WriteToS3(side, client_factory=factory, policy=policy)
+    return lambda side: WriteToS3(side, client_factory=factory, policy=policy, allow_insecure=True)
 
 
 def outcome(result: DeliveryResult) -> tuple[Any, ...]:

@@ -38,7 +38,7 @@ STREAM = "dd-faults"
 INTERVAL = 60
 #: 2019-07-17 08:21:00 UTC, the start of a 60 s window.
 T0 = 1_563_351_660
-API_KEY = SECRETS["DS_TEST_DD_API_KEY"]
+API_KEY = SECRETS["DATASTREAMER_TEST_DD_API_KEY"]
 FAST = RetryPolicy(max_attempts=3, deadline_seconds=5.0, base_delay_seconds=0.01, max_delay_seconds=0.05)
 ACCEPTED = Reply(202, b'{"errors":[]}')
 #: Generous: only the hanging-intake case needs a short read timeout.

@@ -49,7 +49,7 @@ from tests.guide_samples import EXPECTED_EVENTS, EXPECTED_USAGE
 from tests.streams import SECRETS, config, rest_stream
 from tools.local_destinations import HttpReceiver, RecordedRequest, Reply, Script, always_ok, free_port
 
-SIGNING_SECRET = SECRETS["DS_TEST_SIGNING_SECRET"]
+SIGNING_SECRET = SECRETS["DATASTREAMER_TEST_SIGNING_SECRET"]
 BASE = datetime(2019, 7, 17, 8, 0, 0, tzinfo=UTC)
 BOTH = [REST_API, REST_API_BULK]
 TIMEOUTS = Timeouts(connect_seconds=2.0, read_seconds=5.0)

@@ -55,7 +55,7 @@ STREAM = "dd-usage"
 INTERVAL = 60
 #: 2019-07-17 08:21:00 UTC, a multiple of 60: the start of a window.
 T0 = 1_563_351_660
-API_KEY, APP_KEY = SECRETS["DS_TEST_DD_API_KEY"], SECRETS["DS_TEST_DD_APP_KEY"]
+API_KEY, APP_KEY = SECRETS["DATASTREAMER_TEST_DD_API_KEY"], SECRETS["DATASTREAMER_TEST_DD_APP_KEY"]
 #: Fast retries: the failure policy itself is exercised in test_faults_datadog.py.
 POLICY = RetryPolicy(max_attempts=2, deadline_seconds=5.0, base_delay_seconds=0.01, max_delay_seconds=0.05)
 
@@ -314,7 +314,7 @@ def test_fn_connection_error_is_a_failed_result_and_parks_the_documents(stream_s
 
 
 def test_fn_missing_secret_sends_nothing(stream_secrets, monkeypatch):
-    monkeypatch.delenv("DS_TEST_DD_API_KEY")
+    monkeypatch.delenv("DATASTREAMER_TEST_DD_API_KEY")
     session = FakeSession()
     results, _, parked = run_fn(session, [usage(1, 1)])
     assert not session.posts

@@ -236,7 +236,7 @@ def test_fn_retries_only_the_failed_records_and_parks_what_still_fails(stream_se
     streams = config(kinesis_stream("k1", "http://127.0.0.1:9", "s"))
     items = [("event", event_doc("5.1.1", i, BASE + timedelta(seconds=i))) for i in range(5)]
     factory = FailingFactory(failing)
-    results, letters, parked = run_fn(_KinesisWriteFn(factory, FAST), ("k1", items), streams)
+    results, letters, parked = run_fn(_KinesisWriteFn(factory, FAST, allow_insecure=True), ("k1", items), streams)
     error = None if status == "delivered" else "ProvisionedThroughputExceededException"
     assert [summary(r) for r in results] == [("k1", status, 5, failed_documents, error)]
     assert [(r.attempts, r.parked_documents, r.token) for r in results] == [
@@ -255,17 +255,17 @@ def test_fn_retries_only_the_failed_records_and_parks_what_still_fails(stream_se
 
 
 def test_fn_unreadable_secret_is_a_failed_result_without_the_secret(monkeypatch):
-    monkeypatch.delenv("DS_TEST_AWS_KEY_ID", raising=False)
-    monkeypatch.setenv("DS_TEST_AWS_SECRET", SECRETS["DS_TEST_AWS_SECRET"])
+    monkeypatch.delenv("DATASTREAMER_TEST_AWS_KEY_ID", raising=False)
+    monkeypatch.setenv("DATASTREAMER_TEST_AWS_SECRET", SECRETS["DATASTREAMER_TEST_AWS_SECRET"])
     streams = config(kinesis_stream("k1", "http://127.0.0.1:9", "s"))
     items = [("usage", usage_doc(1, BASE, 7))]
     factory = FailingFactory(frozenset())
-    results, _, parked = run_fn(_KinesisWriteFn(factory, FAST), ("k1", items), streams)
+    results, _, parked = run_fn(_KinesisWriteFn(factory, FAST, allow_insecure=True), ("k1", items), streams)
     assert [summary(r) for r in results] == [("k1", "failed", 1, 1, "secret_unavailable")]
     assert [(r.token, r.attempts, r.parked_documents) for r in results] == [("credentials_unavailable", 0, 1)]
     assert [parked_summary(b) for b in parked] == [("k1", PERMANENT_FAILURE, "credentials_unavailable", 0, [1])]
     assert factory.calls == []
-    assert SECRETS["DS_TEST_AWS_SECRET"] not in repr(results) + repr(parked)
+    assert SECRETS["DATASTREAMER_TEST_AWS_SECRET"] not in repr(results) + repr(parked)
 
 
 # --------------------------------------------------------------------------- end to end on moto
@@ -278,7 +278,8 @@ def test_delivers_every_document_in_endpoint_order_on_moto(stream_secrets, moto_
     items = fleet_documents()
     with pipeline() as p:
         side = beam.pvalue.AsSingleton(p | "Streams" >> beam.Create([streams]))
-        out = p | beam.Create([("k1", item) for item in items]) | WriteToKinesis(side, max_buffering_seconds=1)
+        out = p | beam.Create([("k1", item) for item in items]) | WriteToKinesis(side, max_buffering_seconds=1,
+                                                                                 allow_insecure=True)
         assert_that(out.results | beam.Map(summary), equal_to([("k1", "delivered", len(items), 0, None)]),
                     label="CheckResults")
         assert_that(out.results | beam.Map(lambda r: any(v in repr(r) for v in SECRETS.values())),
@@ -320,7 +321,8 @@ def test_requests_stay_within_the_count_and_byte_limits_on_moto(stream_secrets, 
     factory = RecordingFactory()
     with pipeline() as p:
         side = beam.pvalue.AsSingleton(p | "Streams" >> beam.Create([streams]))
-        out = p | beam.Create(small + large) | WriteToKinesis(side, client_factory=factory, max_buffering_seconds=1)
+        out = p | beam.Create(small + large) | WriteToKinesis(side, client_factory=factory, max_buffering_seconds=1,
+                                                                allow_insecure=True)
         assert_that(out.results | beam.Map(lambda r: (r.stream_id, r.status, r.failed_documents)) | beam.Distinct(),
                     equal_to([("k1", "delivered", 0), ("k2", "delivered", 0)]), label="CheckDelivered")
         assert_that(out.results | beam.Map(lambda r: (r.stream_id, r.documents)) | beam.CombinePerKey(sum),
@@ -351,7 +353,7 @@ def test_a_record_over_one_mib_is_dead_lettered_and_not_sent(stream_secrets, mot
     with pipeline() as p:
         side = beam.pvalue.AsSingleton(p | "Streams" >> beam.Create([streams]))
         out = (p | beam.Create([("k1", item) for item in [*ok, too_large]])
-               | WriteToKinesis(side, client_factory=factory, max_buffering_seconds=1))
+               | WriteToKinesis(side, client_factory=factory, max_buffering_seconds=1, allow_insecure=True))
         assert_that(out.results | beam.Map(summary), equal_to([("k1", "delivered", 3, 0, None)]),
                     label="CheckResults")
         assert_that(out.dead_letters | beam.Map(lambda d: (d["kind"], d["stage"], d["reason"], d["record_id"],
@@ -370,7 +372,7 @@ def test_a_missing_stream_gives_a_failed_result_with_the_aws_error(stream_secret
     with pipeline() as p:
         side = beam.pvalue.AsSingleton(p | "Streams" >> beam.Create([streams]))
         out = p | beam.Create([("k1", item) for item in items]) | WriteToKinesis(
-            side, max_buffering_seconds=1, policy=FAST)
+            side, max_buffering_seconds=1, policy=FAST, allow_insecure=True)
         assert_that(out.results | beam.Map(lambda r: (*summary(r), r.status_code, r.token, r.attempts)),
                     equal_to([("k1", "failed", 4, 4, "ResourceNotFoundException", 400, "not_found", 1)]),
                     label="CheckResults")
@@ -386,7 +388,7 @@ def test_a_partial_failure_in_the_pipeline_counts_and_parks_the_failed_records(s
     with pipeline() as p:
         side = beam.pvalue.AsSingleton(p | "Streams" >> beam.Create([streams]))
         out = p | beam.Create(items) | WriteToKinesis(side, client_factory=factory, max_buffering_seconds=1,
-                                                      policy=FAST)
+                                                      policy=FAST, allow_insecure=True)
         assert_that(out.results | beam.Map(lambda r: (*summary(r), r.attempts, r.parked_documents)), equal_to([
             ("k1", "partial", 6, 3, "ProvisionedThroughputExceededException", 3, 3),
             ("k2", "partial", 6, 3, "ProvisionedThroughputExceededException", 3, 3),

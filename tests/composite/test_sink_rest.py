@@ -47,8 +47,8 @@ from tests.guide_samples import EXPECTED_EVENTS, EXPECTED_USAGE
 from tests.streams import SECRETS, config, rest_stream
 from tools.local_destinations import Reply, free_port
 
-TOKEN = SECRETS["DS_TEST_REST_TOKEN"]
-SIGNING_SECRET = SECRETS["DS_TEST_SIGNING_SECRET"]
+TOKEN = SECRETS["DATASTREAMER_TEST_REST_TOKEN"]
+SIGNING_SECRET = SECRETS["DATASTREAMER_TEST_SIGNING_SECRET"]
 #: Two attempts a request, milliseconds apart: the retry policy's own timing is
 #: tested in tests/composite/test_faults_rest.py.
 FAST = RetryPolicy(max_attempts=2, base_delay_seconds=0.01, max_delay_seconds=0.05)
@@ -212,8 +212,8 @@ def test_order_key_puts_events_and_usage_on_one_time_line():
 def test_rest_fn_sends_one_document_per_request_with_headers(stream_secrets):
     streams = config(rest_stream("s1", "https://customer.example/hook", rest={
         "url": "https://customer.example/hook", "method": "PUT", "headers": {"X-Customer": "tests"},
-        "auth_header": "Authorization", "auth_secret": {"env": "DS_TEST_REST_TOKEN"},
-        "signing_secret": {"env": "DS_TEST_SIGNING_SECRET"}}))
+        "auth_header": "Authorization", "auth_secret": {"env": "DATASTREAMER_TEST_REST_TOKEN"},
+        "signing_secret": {"env": "DATASTREAMER_TEST_SIGNING_SECRET"}}))
     session = FakeSession()
     fn = started(_RestWriteFn(new_session, Timeouts(2, 7), concurrency=3), session)
     docs = [usage_doc(i, seconds=100 - i) for i in range(10)]
@@ -303,7 +303,7 @@ def test_rest_fn_programming_errors_are_not_swallowed(stream_secrets):
 
 
 def test_missing_secret_and_unknown_stream_fail_without_sending(monkeypatch):
-    monkeypatch.delenv("DS_TEST_REST_TOKEN", raising=False)
+    monkeypatch.delenv("DATASTREAMER_TEST_REST_TOKEN", raising=False)
     streams = config(rest_stream("s1", "http://a.example/x", bulk=True))
     session = FakeSession()
     fn = started(_RestBulkWriteFn(new_session, Timeouts(), allow_insecure=True,
@@ -558,8 +558,8 @@ def test_rest_end_to_end_one_document_per_request(http_receiver, stream_secrets)
     streams = config(
         rest_stream("put", f"{url}/put", rest={"url": f"{url}/put", "method": "PUT",
                                                "headers": {"X-Customer": "tests"}, "auth_header": "Authorization",
-                                               "auth_secret": {"env": "DS_TEST_REST_TOKEN"},
-        "signing_secret": {"env": "DS_TEST_SIGNING_SECRET"}}),
+                                               "auth_secret": {"env": "DATASTREAMER_TEST_REST_TOKEN"},
+        "signing_secret": {"env": "DATASTREAMER_TEST_SIGNING_SECRET"}}),
         rest_stream("post", f"{url}/post"),
     )
     put_docs = [event_doc(500 + i, seconds=i, sample=s) for i, s in enumerate(sorted(EXPECTED_EVENTS) * 7)]
@@ -582,7 +582,7 @@ def test_rest_end_to_end_one_document_per_request(http_receiver, stream_secrets)
             headers = {k.lower(): v for k, v in request.headers.items()}
             assert headers["content-type"] == "application/json"
             assert headers["x-customer"] == "tests"
-            assert headers["authorization"] == SECRETS["DS_TEST_REST_TOKEN"]
+            assert headers["authorization"] == SECRETS["DATASTREAMER_TEST_REST_TOKEN"]
             assert verify_signature(SIGNING_SECRET, headers[SIGNATURE_HEADER.lower()], request.body)
 
 

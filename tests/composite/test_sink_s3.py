@@ -115,7 +115,7 @@ def parse_csv(body: bytes) -> tuple[list[str], list[dict[str, str]]]:
 def run_s3(streams: Any, elements: list[Any]) -> None:
     with TestPipeline() as p:
         side = beam.pvalue.AsSingleton(p | "Streams" >> beam.Create([streams]))
-        out = p | beam.Create(elements) | beam.Map(stamp) | WriteToS3(side)
+        out = p | beam.Create(elements) | beam.Map(stamp) | WriteToS3(side, allow_insecure=True)
         assert_that(out.results | beam.Map(lambda r: r.status), equal_to(["delivered"] * len(set(
             _expected_files(elements)))), label="CheckDelivered")
         assert_that(out.dead_letters, equal_to([]), label="CheckNoDeadLetters")
@@ -319,7 +319,7 @@ def test_fn_dead_letters_a_document_with_an_unknown_field_and_writes_the_rest(st
     odd = event_doc("5.1.1", 2, BASE + timedelta(seconds=2))
     odd["detail"]["roaming"] = True
     docs = [event_doc("5.1.1", 1, BASE + timedelta(seconds=1)), odd, event_doc("5.1.3", 3, BASE)]
-    fn = _S3WriteFn(lambda *args: client)
+    fn = _S3WriteFn(lambda *args: client, allow_insecure=True)
     fn.setup()
     window = IntervalWindow(Timestamp.of(BASE.timestamp()), Timestamp.of(BASE.timestamp() + 300))
     outputs = list(fn.process((("s1", "event", 300), docs), streams, window=window, pane=PANE_INFO_UNKNOWN))
@@ -340,11 +340,11 @@ def test_fn_dead_letters_a_document_with_an_unknown_field_and_writes_the_rest(st
 
 
 def test_fn_unreadable_secret_is_a_failed_result(monkeypatch):
-    monkeypatch.setenv("DS_TEST_AWS_KEY_ID", SECRETS["DS_TEST_AWS_KEY_ID"])
-    monkeypatch.delenv("DS_TEST_AWS_SECRET", raising=False)
+    monkeypatch.setenv("DATASTREAMER_TEST_AWS_KEY_ID", SECRETS["DATASTREAMER_TEST_AWS_KEY_ID"])
+    monkeypatch.delenv("DATASTREAMER_TEST_AWS_SECRET", raising=False)
     streams = config(s3_stream("s1", "http://127.0.0.1:9", "bucket"))
     client = RecordingS3()
-    fn = _S3WriteFn(lambda *args: client, FAST)
+    fn = _S3WriteFn(lambda *args: client, FAST, allow_insecure=True)
     fn.setup()
     window = IntervalWindow(Timestamp.of(BASE.timestamp()), Timestamp.of(BASE.timestamp() + 300))
     doc = usage_doc(1, BASE)
@@ -359,7 +359,7 @@ def test_fn_unreadable_secret_is_a_failed_result(monkeypatch):
         ("s1", PERMANENT_FAILURE, "credentials_unavailable", (("usage", doc),))
     ]
     assert client.puts == []
-    assert SECRETS["DS_TEST_AWS_KEY_ID"] not in repr(outputs)
+    assert SECRETS["DATASTREAMER_TEST_AWS_KEY_ID"] not in repr(outputs)
 
 
 # --------------------------------------------------------------------------- end to end on moto
@@ -414,7 +414,7 @@ def test_a_window_over_flush_size_is_split_into_files_on_moto(stream_secrets, mo
     random.Random(9).shuffle(elements)
     with TestPipeline() as p:
         side = beam.pvalue.AsSingleton(p | "Streams" >> beam.Create([streams]))
-        out = p | beam.Create(elements) | beam.Map(stamp) | WriteToS3(side)
+        out = p | beam.Create(elements) | beam.Map(stamp) | WriteToS3(side, allow_insecure=True)
         assert_that(out.results | beam.Map(lambda r: (r.target, r.status, r.documents)), equal_to([
             (f"s3://{bucket}/events_20261101_080500.csv", "delivered", 10),
             (f"s3://{bucket}/events_20261101_080507.csv", "delivered", 10),
@@ -458,7 +458,7 @@ def test_a_missing_bucket_gives_a_failed_result(stream_secrets, moto_server):
     elements = [routed("s1", 300, "usage", usage_doc(i, BASE + timedelta(seconds=i))) for i in range(3)]
     with TestPipeline() as p:
         side = beam.pvalue.AsSingleton(p | "Streams" >> beam.Create([streams]))
-        out = p | beam.Create(elements) | beam.Map(stamp) | WriteToS3(side, policy=FAST)
+        out = p | beam.Create(elements) | beam.Map(stamp) | WriteToS3(side, policy=FAST, allow_insecure=True)
         assert_that(out.results | beam.Map(lambda r: (r.status, r.error, r.status_code, r.documents,
                                                        r.failed_documents, r.token, r.attempts)),
                     equal_to([("failed", "NoSuchBucket", 404, 3, 3, "not_found", 1)]), label="CheckResults")

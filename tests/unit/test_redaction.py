@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 
-from schemas.streams import SecretRef
+from schemas.streams import SecretPolicy, SecretRef
 from sinks.secrets import SecretError, SecretResolver
 
 
 def test_resolved_secrets_are_masked_in_messages_args_and_tracebacks(monkeypatch, caplog):
-    monkeypatch.setenv("DS_REDACTION_TEST", "s3cr3t-value-for-redaction")
-    value = SecretResolver().resolve(SecretRef(env="DS_REDACTION_TEST"))
+    monkeypatch.setenv("DATASTREAMER_REDACTION_TEST", "s3cr3t-value-for-redaction")
+    value = SecretResolver().resolve(SecretRef(env="DATASTREAMER_REDACTION_TEST"))
     assert value == "s3cr3t-value-for-redaction"
     log = logging.getLogger("botocore.endpoint")
     with caplog.at_level(logging.DEBUG):
@@ -27,15 +27,16 @@ def test_resolved_secrets_are_masked_in_messages_args_and_tracebacks(monkeypatch
 
 
 def test_missing_and_unreadable_secrets_name_the_reference_only(tmp_path, monkeypatch):
-    monkeypatch.delenv("DS_NOT_SET", raising=False)
+    monkeypatch.delenv("DATASTREAMER_NOT_SET", raising=False)
     resolver = SecretResolver()
     try:
-        resolver.resolve(SecretRef(env="DS_NOT_SET"))
+        resolver.resolve(SecretRef(env="DATASTREAMER_NOT_SET"))
     except SecretError as err:
-        assert "environment variable DS_NOT_SET is not set" in str(err)
+        assert "environment variable DATASTREAMER_NOT_SET is not set" in str(err)
     else:
         raise AssertionError("a missing secret must raise")
     (tmp_path / "key").write_text("  from-a-file \n")
+    resolver = SecretResolver(SecretPolicy(secrets_dir=str(tmp_path)))  # file secrets need a secrets directory
     assert resolver.resolve(SecretRef(file=str(tmp_path / "key"))) == "from-a-file"
     (tmp_path / "empty").write_text("\n")
     try:

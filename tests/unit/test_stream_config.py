@@ -139,7 +139,7 @@ def test_unreadable_files(tmp_path):
 def test_destination_description_has_no_secrets():
     stream = stream_from_dict(rest_stream("r", URL))
     assert stream.describe_destination() == f"POST {URL}"
-    assert "DS_TEST" not in repr(stream.describe_destination())
+    assert "DATASTREAMER_TEST" not in repr(stream.describe_destination())
 
 
 def test_configs_the_model_accepts_match_the_avro_schema():

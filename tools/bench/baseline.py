@@ -70,7 +70,7 @@ from schemas.records import RecordError, dead_letter, dead_letter_json
 from schemas.streams import StreamConfig, StreamConfigError
 from sinks.http import Timeouts, new_session
 from sinks.ordering import order_key
-from sinks.outbound import check_url
+from sinks.outbound import OutboundGuard, check_url
 from sinks.rest import BULK_BATCH_SIZE, DEFAULT_MAX_REQUEST_BYTES, credentials_of, mount_pool, signed_request
 from sinks.results import Stopwatch, chunked
 from sinks.retry import Attempt, RetryPolicy
@@ -119,7 +119,7 @@ class BulkSender:
         self._dead_letters = dead_letters
         self._secrets = SecretResolver()
         self._session = new_session()
-        mount_pool(self._session, 1)
+        mount_pool(self._session, 1, OutboundGuard(allow_insecure))
         self._groups: dict[str, list[tuple[str, dict[str, Any]]]] = {}
         self._credentials: dict[str, tuple[CaseInsensitiveDict, str]] = {}
         self.requests = self.delivered = self.failed = self.too_large = self.bytes = 0
