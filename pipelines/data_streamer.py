@@ -49,6 +49,7 @@ from pipelines.options import (
     RunOptions,
     StreamingOptions,
     as_flags,
+    check_input_patterns,
     is_streaming,
     runner_name,
     validate,
@@ -398,6 +399,7 @@ def run(argv: list[str] | None = None) -> RunSummary | None:
     with ``--detach``, submit the job and return None."""
     options = _parse_args(argv)
     validate(options)
+    check_input_patterns(options)
     # Fail fast, on the submitting machine, with the loader's message naming the
     # bad file, row and field; workers load the same directory again.
     reference = load_reference_data(options.view_as(ReferenceOptions).reference_dir)
