@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import copy
 import io
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import fastavro
@@ -33,7 +35,8 @@ import pytest
 
 from pipelines.data_streamer import main
 from schemas import load_schema
-from schemas.records import RecordError, Unreadable
+from schemas.records import QUOTE_LIMIT, RecordError, Unreadable, quote
+from schemas.streams import StreamConfigError, parse_stream_config, stream_from_dict
 from schemas.timestamps import (
     EARLIEST,
     LATEST,
@@ -42,9 +45,18 @@ from schemas.timestamps import (
     format_usage_time,
     parse_iso,
 )
-from tests.guide_samples import RAW_EVENTS, RAW_USAGE
+from tests.conftest import write_reference
+from tests.guide_samples import RAW_EVENTS, RAW_USAGE, reference_tables
+from tests.streams import datadog_stream, kinesis_stream, rest_stream, s3_stream
+from transforms import routing
 from transforms.files import MAX_UNREADABLE_BYTES, read_avro, read_parquet
 from transforms.parse import parse_record
+from transforms.reference import (
+    MAX_CELL_CHARS,
+    ReferenceDataError,
+    load_reference_data,
+)
+from transforms.routing import load_stream_config
 
 URL = "https://hooks.example.com/iot"
 #: Room for a message's own words around a quoted value.
@@ -204,3 +216,201 @@ def test_an_input_pattern_that_matches_nothing_is_one_line_and_exit_2(tmp_path, 
     err = capsys.readouterr().err
     assert status == 2
     assert err.count("\n") == 1 and err.startswith("error: --events_input: ") and "matches no file" in err
+
+
+# --------------------------------------------------------------------------- 3. loaders
+
+def _config_error(text: str) -> str:
+    with pytest.raises(StreamConfigError) as caught:
+        parse_stream_config(text, source="streams.yaml")
+    return str(caught.value)
+
+
+def _stream_error(stream: dict[str, Any]) -> str:
+    with pytest.raises(StreamConfigError) as caught:
+        stream_from_dict(stream)
+    return str(caught.value)
+
+
+def test_a_yaml_alias_bomb_is_refused_without_expanding_it():
+    bomb = "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, "
+        f"*a{i - 1}, *a{i - 1}]\n" for i in range(1, 6)
+    )
+    text = bomb + "streams:\n  - id: *a5\n"
+    message = _config_error(text)
+    assert len(message) < MESSAGE_LIMIT
+    assert "streams.yaml" in message and "anchors" in message
+
+
+@pytest.mark.parametrize("text", ["[" * 100_000 + "]" * 100_000, "{\"a\": " * 100_000 + "1" + "}" * 100_000,
+                                  "a:\n" + "".join(" " * i + "- \n" for i in range(1, 200)),
+                                  "streams: " + "[" * 100_000])
+def test_deeply_nested_stream_configs_are_refused(text):
+    message = _config_error(text)
+    assert len(message) < MESSAGE_LIMIT and "streams.yaml" in message
+
+
+def test_an_oversized_stream_config_file_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(routing, "MAX_CONFIG_BYTES", 1000)
+    path = tmp_path / "streams.json"
+    path.write_text(json.dumps({"streams": [rest_stream(f"r{i}", URL) for i in range(10)]}))
+    with pytest.raises(StreamConfigError, match="larger than the 1,000 bytes"):
+        load_stream_config(str(path))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda s: s.update(created_at="0001-01-01T00:30:00+01:00"), "stream 'r': created_at must be ISO 8601"),
+        (lambda s: s.update(created_at="9999-12-31T23:30:00-01:00"), "stream 'r': created_at must be ISO 8601"),
+        (lambda s: s.update(organisation_id=2**70), "stream 'r': organisation_id is out of the long range"),
+        (lambda s: s.update(batching={"bulk_size": 10**400}), "stream 'r': batching.bulk_size must be between"),
+        (lambda s: s["rest"].update(url="https://hooks.example.com:99999/iot"), "stream 'r': rest.url is not a "
+                                                                                  "valid URL"),
+        (lambda s: s["rest"].update(url="https://[::1/iot"), "stream 'r': rest.url is not a valid URL"),
+        (lambda s: s["rest"].update(url="https://hooks.example.com/\niot"), "stream 'r': rest.url must not contain"),
+        (lambda s: s.update(state="x" * 100_000), "stream 'r': state must be one of"),
+        (lambda s: s["rest"]["headers"].update({"X-Customer": "a\r\nX-Injected: 1"}),
+         "stream 'r': rest.headers has an invalid value for header 'X-Customer'"),
+    ],
+)
+def test_out_of_range_stream_values_are_clean_errors(change, message):
+    stream = copy.deepcopy(rest_stream("r", URL))
+    change(stream)
+    error = _stream_error(stream)
+    assert message in error and len(error) < MESSAGE_LIMIT
+
+
+def test_patterns_match_whole_values_not_up_to_a_trailing_newline():
+    assert "id must be" in _stream_error(rest_stream("fleet-events\n", URL))
+    header = rest_stream("r", URL)
+    header["rest"]["headers"] = {"X-Customer\n": "tests"}
+    assert "rest.headers has an invalid header" in _stream_error(header)
+    auth = rest_stream("r", URL)
+    auth["rest"]["auth_header"] = "Authorization\n"
+    assert "rest.auth_header is not a valid header name" in _stream_error(auth)
+    datadog = datadog_stream("d", "http://127.0.0.1:9")
+    datadog["datadog"]["site"] = "datadoghq.eu\n"
+    assert "datadog.site is not a DataDog site" in _stream_error(datadog)
+    kinesis = kinesis_stream("k", "http://127.0.0.1:9", "st")
+    kinesis["kinesis"]["region"] = "eu-central-1\n"
+    assert "kinesis.region is not an AWS region" in _stream_error(kinesis)
+
+
+@pytest.mark.parametrize("prefix", ["../other/", "a/../../b/", "a/./b/", "..", "iot\x00/", "iot/\n", "iot\x85/"])
+def test_s3_prefixes_with_dot_segments_or_control_characters_are_refused(prefix):
+    error = _stream_error(s3_stream("s", "http://127.0.0.1:9", "bucket", prefix=prefix))
+    assert "stream 's': s3.prefix must not" in error
+
+
+def test_unknown_keys_are_errors_naming_the_stream_the_key_and_the_closest_field():
+    stream = rest_stream("r", URL, histroic_data=True)
+    assert ("stream 'r': histroic_data is not a known field (did you mean 'historic_data'?)"
+            in _stream_error(stream))
+    nested = rest_stream("r", URL)
+    nested["rest"]["metod"] = "PUT"
+    assert "stream 'r': rest.metod is not a known field (did you mean 'method'?)" in _stream_error(nested)
+    batching = s3_stream("s", "http://127.0.0.1:9", "bucket", batching={"rotation": 60})
+    assert "stream 's': batching.rotation is not a known field (did you mean" in _stream_error(batching)
+    kinesis = kinesis_stream("k", "http://127.0.0.1:9", "st")
+    kinesis["kinesis"]["prefix"] = "p/"  # an S3 field: Kinesis has no prefix
+    assert "stream 'k': kinesis.prefix is not a known field" in _stream_error(kinesis)
+    odd = rest_stream("r", URL)
+    odd["x" * 5000] = 1
+    assert len(_stream_error(odd)) < MESSAGE_LIMIT
+    assert "'stream' is not a known key" in _config_error(json.dumps({"stream": []}))
+
+
+def _reference_error(directory: Path) -> str:
+    with pytest.raises(ReferenceDataError) as caught:
+        load_reference_data(str(directory))
+    return str(caught.value)
+
+
+def test_a_csv_short_row_names_file_and_line(tmp_path):
+    directory = write_reference(tmp_path / "ref", reference_tables(), "csv")
+    path = directory / "operator.csv"
+    lines = path.read_text().splitlines()
+    lines[2] = lines[2].rsplit(",", 1)[0]
+    path.write_text("\n".join(lines) + "\n")
+    assert "operator.csv line 3: has 2 cells, the header has 3" in _reference_error(directory)
+
+
+def test_a_csv_long_row_names_file_and_line(tmp_path):
+    directory = write_reference(tmp_path / "ref", reference_tables(), "csv")
+    path = directory / "operator.csv"
+    lines = path.read_text().splitlines()
+    lines[2] += ",surplus"
+    path.write_text("\n".join(lines) + "\n")
+    assert "operator.csv line 3: has 4 cells, the header has 3" in _reference_error(directory)
+
+
+@pytest.mark.parametrize("size", [MAX_CELL_CHARS + 1, 200_000])
+def test_an_oversized_csv_cell_is_refused_with_a_bounded_message(tmp_path, size):
+    tables = reference_tables()
+    tables["organisation"][0]["name"] = "N" * size
+    message = _reference_error(write_reference(tmp_path / "ref", tables, "csv"))
+    assert "organisation.csv line 2" in message and len(message) < MESSAGE_LIMIT
+
+
+def test_a_bad_cell_is_quoted_by_a_bounded_prefix(tmp_path):
+    tables = reference_tables()
+    tables["operator"][0]["country_id"] = "9" * 5000 + "x"
+    message = _reference_error(write_reference(tmp_path / "ref", tables, "csv"))
+    assert "operator.csv line 2: field country_id:" in message and len(message) < MESSAGE_LIMIT
+
+
+@pytest.mark.parametrize("fmt", ["json", "jsonl"])
+def test_deeply_nested_reference_json_is_refused(tmp_path, fmt):
+    directory = write_reference(tmp_path / "ref", reference_tables(), fmt)
+    (directory / f"country.{fmt}").write_text("[" * 100_000 + "]" * 100_000)
+    message = _reference_error(directory)
+    assert f"country.{fmt}" in message and "nested more than 32 levels" in message
+
+
+@pytest.mark.parametrize("date", ["0001-01-01T00:30:00+01:00", "9999-12-31T23:30:00-01:00", "1969-07-20T20:17:40Z"])
+def test_out_of_range_reference_dates_are_clean_errors(tmp_path, date):
+    tables = reference_tables()
+    tables["sim"][0]["production_date"] = date
+    assert "sim 274887: production_date: timestamp is outside" in _reference_error(
+        write_reference(tmp_path / "ref", tables, "json"))
+
+
+def test_an_oversized_reference_file_is_refused_unread(tmp_path, monkeypatch):
+    from transforms import reference
+
+    monkeypatch.setattr(reference, "MAX_REFERENCE_FILE_BYTES", 100)
+    message = _reference_error(write_reference(tmp_path / "ref", reference_tables(), "json"))
+    assert "larger than the 100 bytes" in message
+
+
+@pytest.mark.parametrize("fmt", ["json", "jsonl", "csv", "parquet"])
+def test_garbage_reference_files_are_clean_errors(tmp_path, fmt):
+    directory = write_reference(tmp_path / "ref", reference_tables(), fmt)
+    (directory / f"currency.{fmt}").write_bytes(b"\xff\xfe\x00garbage\x00" * 100)
+    message = _reference_error(directory)
+    assert f"currency.{fmt}" in message and len(message) < MESSAGE_LIMIT
+
+
+def test_bad_reference_data_and_stream_configs_exit_2_with_one_line(tmp_path, capsys, sample_reference_dir):
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(orjson.dumps(RAW_EVENTS["5.1.3"]) + b"\n")
+    args = ["--events_input", str(events), "--output_dir", str(tmp_path / "out")]
+    bad_reference = write_reference(tmp_path / "ref", reference_tables(), "csv")
+    (bad_reference / "country.csv").write_text("id,name,country_code,mcc,iso_code\n1,Germany\n")
+    assert main([*args, "--reference_dir", str(bad_reference)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "country.csv line 2: has 2 cells" in err
+    bomb = tmp_path / "streams.yaml"
+    bomb.write_text("a: &a [x, x]\nb: &b [*a, *a]\nstreams:\n  - id: *b\n")
+    assert main([*args, "--reference_dir", str(sample_reference_dir), "--streams_config", str(bomb)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "streams.yaml" in err and "anchors" in err
+
+
+def test_quote_is_bounded_for_any_value():
+    assert quote("abc") == "'abc'"
+    assert len(quote("x" * 10_000)) < QUOTE_LIMIT + 40
+    assert quote(10**5000) == "an integer of 16,610 bits"
+    assert quote([[1]] * 10**6) == "a list of 1,000,000 items"
