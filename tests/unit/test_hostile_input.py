@@ -32,6 +32,9 @@ from typing import Any
 import fastavro
 import orjson
 import pytest
+from apache_beam.transforms.window import IntervalWindow
+from apache_beam.utils.timestamp import Timestamp
+from apache_beam.utils.windowed_value import PANE_INFO_UNKNOWN
 
 from pipelines.data_streamer import main
 from schemas import load_schema
@@ -45,9 +48,12 @@ from schemas.timestamps import (
     format_usage_time,
     parse_iso,
 )
+from sinks.csv_format import cell, to_row
+from sinks.s3 import _S3WriteFn
 from tests.conftest import write_reference
+from tests.documents import event_doc
 from tests.guide_samples import RAW_EVENTS, RAW_USAGE, reference_tables
-from tests.streams import datadog_stream, kinesis_stream, rest_stream, s3_stream
+from tests.streams import config, datadog_stream, kinesis_stream, rest_stream, s3_stream
 from transforms import routing
 from transforms.files import MAX_UNREADABLE_BYTES, read_avro, read_parquet
 from transforms.parse import parse_record
@@ -414,3 +420,59 @@ def test_quote_is_bounded_for_any_value():
     assert len(quote("x" * 10_000)) < QUOTE_LIMIT + 40
     assert quote(10**5000) == "an integer of 16,610 bits"
     assert quote([[1]] * 10**6) == "a list of 1,000,000 items"
+
+
+# --------------------------------------------------------------------------- 5. CSV injection
+
+class _RecordingS3:
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+
+    def put_object(self, **kwargs: Any) -> dict[str, Any]:
+        self.bodies.append(kwargs["Body"])
+        return {"ResponseMetadata": {"HTTPStatusCode": 200}}
+
+    def close(self) -> None:
+        pass
+
+
+def test_escape_formulas_is_a_boolean_and_defaults_to_true():
+    assert stream_from_dict(s3_stream("s", "http://127.0.0.1:9", "b")).destination.escape_formulas is True
+    raw = s3_stream("s", "http://127.0.0.1:9", "b")
+    raw["s3"]["escape_formulas"] = False
+    assert stream_from_dict(raw).destination.escape_formulas is False
+    raw["s3"]["escape_formulas"] = "no"
+    assert "stream 's': s3.escape_formulas must be a boolean" in _stream_error(raw)
+
+
+@pytest.mark.parametrize("text", ["=HYPERLINK(\"http://x\")", "+1+1", "-2+3", "@SUM(A1)", "\tx", "\rx"])
+def test_text_cells_that_start_a_formula_are_escaped(text):
+    assert cell(text) == "'" + text
+    assert cell(text, escape_formulas=False) == text
+
+
+def test_numbers_and_other_text_are_not_escaped():
+    assert cell(-1.5) == "-1.5" and cell(-3) == "-3" and cell(0.00558275) == "0.00558275"
+    assert cell("PDP Context deleted.") == "PDP Context deleted." and cell("") == "" and cell(None) == ""
+    assert cell([1, 2]) == "[1,2]" and cell(True) == "true"
+
+
+@pytest.mark.parametrize(("escape", "expected"), [(None, "'=cmd|' /C calc'!A0"), (False, "=cmd|' /C calc'!A0")])
+def test_the_s3_sink_escapes_formulas_unless_the_stream_opts_out(stream_secrets, escape, expected):
+    import csv
+
+    stream = s3_stream("s1", "http://127.0.0.1:9", "bucket")
+    if escape is not None:
+        stream["s3"]["escape_formulas"] = escape
+    base = datetime(2026, 11, 1, 8, 5, tzinfo=UTC)
+    doc = event_doc("5.1.3", 7, base)
+    doc["description"] = "=cmd|' /C calc'!A0"
+    client = _RecordingS3()
+    fn = _S3WriteFn(lambda *args: client)
+    fn.setup()
+    window = IntervalWindow(Timestamp.of(base.timestamp()), Timestamp.of(base.timestamp() + 300))
+    list(fn.process((("s1", "event", 300), [doc]), config(stream), window=window, pane=PANE_INFO_UNKNOWN))
+    fn.teardown()
+    [row] = list(csv.DictReader(io.StringIO(client.bodies[0].decode("utf-8"))))
+    assert row["description"] == expected
+    assert to_row("event", doc)[2] == "'=cmd|' /C calc'!A0"
