@@ -21,24 +21,32 @@ its own error types and a bounded message, never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import json
+import os
+import tempfile
+import time
+from collections import Counter
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import fastavro
 import orjson
 import pytest
+import yaml
 from apache_beam.transforms.window import IntervalWindow
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import PANE_INFO_UNKNOWN
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pipelines.data_streamer import main
 from schemas import load_schema
-from schemas.records import QUOTE_LIMIT, RecordError, Unreadable, quote
+from schemas.records import QUOTE_LIMIT, RecordError, Unreadable, payload_bytes, quote
 from schemas.streams import StreamConfigError, parse_stream_config, stream_from_dict
 from schemas.timestamps import (
     EARLIEST,
@@ -50,7 +58,7 @@ from schemas.timestamps import (
 )
 from sinks.csv_format import cell, to_row
 from sinks.s3 import _S3WriteFn
-from tests.conftest import write_reference
+from tests.conftest import reference_from_tables, write_reference
 from tests.documents import event_doc
 from tests.guide_samples import RAW_EVENTS, RAW_USAGE, reference_tables
 from tests.streams import config, datadog_stream, kinesis_stream, rest_stream, s3_stream
@@ -60,7 +68,9 @@ from transforms.parse import parse_record
 from transforms.reference import (
     MAX_CELL_CHARS,
     ReferenceDataError,
+    build_reference_data,
     load_reference_data,
+    load_table,
 )
 from transforms.routing import load_stream_config
 
@@ -476,3 +486,189 @@ def test_the_s3_sink_escapes_formulas_unless_the_stream_opts_out(stream_secrets,
     [row] = list(csv.DictReader(io.StringIO(client.bodies[0].decode("utf-8"))))
     assert row["description"] == expected
     assert to_row("event", doc)[2] == "'=cmd|' /C calc'!A0"
+
+
+# --------------------------------------------------------------------------- 6. properties
+
+#: Test-body calls per property, printed at the end of a long run.
+EXAMPLES: Counter[str] = Counter()
+_OFFSETS = st.sampled_from([UTC, timezone(timedelta(hours=14)), timezone(-timedelta(hours=14)),
+                            timezone(timedelta(hours=5, minutes=30)), timezone(-timedelta(minutes=1))])
+TIMESTAMPS = st.one_of(
+    st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59, 59), timezones=_OFFSETS)
+    .map(lambda moment: moment.isoformat()),
+    st.datetimes(timezones=_OFFSETS).map(lambda moment: moment.strftime("%Y-%m-%dT%H:%M:%S%z")),
+    st.text(alphabet="0123456789-+:TtZz. ", max_size=40),
+    st.sampled_from(EDGE_TIMESTAMPS),
+)
+SCALARS = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.integers(min_value=-(2**70), max_value=2**70),
+    st.sampled_from([2**63, -(2**63) - 1, 2**64, 0, -1]),
+    # Beyond Python's 4,300-digit limit for int <-> str (built lazily: even repr fails).
+    st.sampled_from([5000, -5000]).map(lambda digits: 10**digits if digits > 0 else -(10**-digits)),
+    st.floats(), st.text(), st.text(alphabet=st.characters(codec="utf-8", exclude_categories=())),
+    st.text(alphabet=st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF), max_size=3),
+    TIMESTAMPS,
+)
+VALUES = st.recursive(
+    SCALARS,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=12,
+)
+
+
+def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every key path into nested dicts, for mutations."""
+    found = []
+    if isinstance(value, dict):
+        for key, child in value.items():
+            found.append((*prefix, key))
+            found.extend(_paths(child, (*prefix, key)))
+    return found
+
+
+@st.composite
+def mutated(draw: st.DrawFn, bases: list[dict[str, Any]], values: st.SearchStrategy = VALUES) -> dict[str, Any]:
+    """A base document with a few values replaced, removed or added."""
+    document = copy.deepcopy(draw(st.sampled_from(bases)))
+    for _ in range(draw(st.integers(min_value=0, max_value=4))):
+        paths = _paths(document)
+        if not paths:
+            break
+        path = draw(st.sampled_from(paths))
+        parent = document
+        for key in path[:-1]:
+            parent = parent[key]
+        action = draw(st.sampled_from(["replace", "replace", "delete", "add"]))
+        if action == "replace":
+            parent[path[-1]] = draw(values)
+        elif action == "delete":
+            del parent[path[-1]]
+        else:
+            parent[draw(st.text(max_size=12))] = draw(values)
+    return document
+
+
+def _explore(name: str, prop: Callable[[], None]) -> None:
+    """Run a property once at the profile's ``max_examples``; with
+    ``HYPOTHESIS_SECONDS`` set, keep running it (fresh random examples each time)
+    for that many seconds, then print how many examples ran."""
+    seconds = float(os.environ.get("HYPOTHESIS_SECONDS", "0"))
+    deadline = time.monotonic() + seconds
+    prop()
+    while time.monotonic() < deadline:
+        prop()
+    if seconds:
+        print(f"\nhypothesis: {name}: {EXAMPLES[name]:,} examples in {seconds:.0f} s")
+
+
+@given(kind=st.sampled_from(["event", "usage"]),
+       element=st.one_of(mutated(list(RAW_EVENTS.values()) + list(RAW_USAGE.values())), VALUES, st.binary()),
+       as_bytes=st.booleans())
+def _parse_record_property(kind: str, element: Any, as_bytes: bool) -> None:
+    EXAMPLES["parse_record"] += 1
+    if as_bytes and not isinstance(element, bytes):
+        element = payload_bytes(element)  # its JSON, or its repr when JSON cannot hold it
+    with contextlib.suppress(RecordError):
+        parse_record(kind, element)
+
+
+def test_parse_record_raises_nothing_but_record_error():
+    _explore("parse_record", _parse_record_property)
+
+
+def _stream_bases() -> list[dict[str, Any]]:
+    return [
+        rest_stream("r", URL, filters={"event_type_ids": [1, 2], "alert": True}, batching={"bulk_size": 5}),
+        rest_stream("rb", URL, bulk=True),
+        kinesis_stream("k", "http://127.0.0.1:1", "st"),
+        s3_stream("s", "http://127.0.0.1:1", "bucket-a", prefix="p/", batching={"rotation_seconds": 60}),
+        datadog_stream("d", "http://127.0.0.1:1", batching={"metrics_interval_seconds": 120}),
+    ]
+
+
+@given(stream=mutated(_stream_bases()), form=st.sampled_from(["dict", "json", "yaml"]))
+def _stream_config_property(stream: dict[str, Any], form: str) -> None:
+    EXAMPLES["stream config"] += 1
+    try:
+        if form == "dict":
+            stream_from_dict(stream)
+            return
+        try:
+            text = (json.dumps({"streams": [stream]}) if form == "json"
+                    else yaml.safe_dump({"streams": [stream]}, allow_unicode=True))
+        except (TypeError, ValueError, yaml.YAMLError):
+            return  # not representable in that form
+        parse_stream_config(text)
+    except StreamConfigError:
+        pass
+
+
+@given(text=st.one_of(st.text(), st.text(alphabet="[]{}:,-&*!|>'\"\n #ab1"), st.binary().map(
+    lambda data: data.decode("utf-8", "replace"))))
+def _stream_text_property(text: str) -> None:
+    EXAMPLES["stream config text"] += 1
+    with contextlib.suppress(StreamConfigError):
+        parse_stream_config(text)
+
+
+def test_the_stream_config_loader_raises_nothing_but_stream_config_error():
+    _explore("stream config", _stream_config_property)
+    _explore("stream config text", _stream_text_property)
+
+
+_TABLES = reference_tables()
+_ENTITIES = ["sim", "operator", "imsi", "organisation", "traffic_type"]
+_CELLS = st.one_of(SCALARS.filter(lambda v: not isinstance(v, str) or "\x00" not in v), TIMESTAMPS)
+
+
+def _write_table(directory: Path, entity: str, fmt: str, rows: list[Any]) -> None:
+    for old in directory.glob(f"{entity}.*"):
+        old.unlink()
+    path = directory / f"{entity}.{fmt}"
+    if fmt == "json":
+        path.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8", errors="surrogatepass")
+    elif fmt == "jsonl":
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8",
+                        errors="surrogatepass")
+    else:
+        import csv
+
+        names = sorted({str(key) for row in rows if isinstance(row, dict) for key in row})
+        with path.open("w", newline="", encoding="utf-8", errors="surrogatepass") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(names)
+            for row in rows:
+                values = row if isinstance(row, dict) else {}
+                writer.writerow(["" if values.get(n) is None else values.get(n) for n in names])
+
+
+@given(entity=st.sampled_from(_ENTITIES), fmt=st.sampled_from(["json", "jsonl", "csv", "parquet"]), data=st.data())
+def _reference_property(entity: str, fmt: str, data: st.DataObject) -> None:
+    EXAMPLES["reference tables"] += 1
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        if fmt == "parquet" or data.draw(st.booleans()):
+            (directory / f"{entity}.{fmt}").write_bytes(data.draw(st.binary(max_size=2000)))
+        else:
+            rows = [data.draw(mutated(_TABLES[entity], _CELLS)) for _ in range(data.draw(st.integers(1, 3)))]
+            try:
+                _write_table(directory, entity, fmt, rows)
+            except (TypeError, ValueError):
+                return  # not representable in that format
+        try:
+            table = load_table(str(directory), entity)
+            tables = {name: {row["id"]: dict(row) for row in rows} for name, rows in _TABLES.items()}
+            tables[entity] = table
+            build_reference_data(tables)
+        except ReferenceDataError:
+            pass
+
+
+def test_the_reference_loader_raises_nothing_but_reference_data_error():
+    _explore("reference tables", _reference_property)
+
+
+def test_the_sample_tables_still_load():
+    """The property's base tables are valid, so mutations start from good data."""
+    assert reference_from_tables(_TABLES).sizes()["sim"] == len(_TABLES["sim"])
