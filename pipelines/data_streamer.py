@@ -54,6 +54,7 @@ from pipelines.options import (
     RunOptions,
     StreamingOptions,
     as_flags,
+    check_input_patterns,
     is_streaming,
     parse_job_flags,
     runner_name,
@@ -450,6 +451,7 @@ def run(argv: list[str] | None = None) -> RunSummary | None:
     with ``--detach``, submit the job and return None."""
     options = _parse_args(argv)
     validate(options)
+    check_input_patterns(options)
     # Fail fast, on the submitting machine, with the loader's message naming the
     # bad file, row and field; workers load the same directory again.
     reference = load_reference_data(options.view_as(ReferenceOptions).reference_dir)

@@ -11,8 +11,10 @@ import argparse
 import difflib
 import re
 
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from schemas.records import quote
 from transforms.dedup import DEFAULT_HORIZON_SECONDS
 from transforms.files import FORMATS, detect_format
 from transforms.lateness import DEFAULT_ALLOWED_LATENESS_SECONDS
@@ -314,6 +316,24 @@ def validate_secret_options(options: PipelineOptions) -> None:
                           "(letters, digits, '_')")
     if reliability.secrets_dir is not None and not reliability.secrets_dir.strip():
         raise OptionError("--secrets_dir must not be empty")
+
+
+def check_input_patterns(options: PipelineOptions) -> None:
+    """Raise :class:`OptionError` when an input pattern matches no file.
+
+    Beam's readers only notice while the graph is built or run, with a traceback
+    dozens of lines long; a pattern that names nothing is a typo to report in one
+    line, naming the flag (the job's exit status 2)."""
+    inputs = options.view_as(InputOptions)
+    for flag, pattern in (("--events_input", inputs.events_input), ("--usage_input", inputs.usage_input)):
+        if not pattern:
+            continue
+        try:
+            matched = FileSystems.match([pattern])[0].metadata_list
+        except Exception as err:  # noqa: BLE001 - any failure to list is the flag's problem, in one line
+            raise OptionError(f"{flag}: cannot list {quote(pattern)}: {type(err).__name__}") from None
+        if not matched:
+            raise OptionError(f"{flag}: {quote(pattern)} matches no file")
 
 
 _SUBSCRIPTION = re.compile(r"projects/[a-z][-a-z0-9]{4,28}[a-z0-9]/subscriptions/[A-Za-z][-\w.~+%]{2,254}")

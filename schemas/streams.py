@@ -9,10 +9,22 @@ load, so a bad config never reaches a worker.
 Credentials are :class:`SecretRef` (an environment variable or a file), never
 values: the config, the pipeline graph, logs and outputs only ever hold the
 reference, and sinks resolve it on the worker (``sinks/secrets.py``).
+
+The file is untrusted input (customers' settings, edited by hand or by a portal),
+so whatever it holds the loader raises :class:`StreamConfigError` and nothing
+else (the job exits 2 with its message). Limits: at most
+:data:`MAX_CONFIG_BYTES`; nesting at most :data:`MAX_NESTING` levels; no YAML
+anchors or aliases (a few lines of aliases expand to gigabytes: the "billion
+laughs"); keys are exactly the fields of ``data_stream.avsc`` (an unknown key is a
+typo, reported with the closest field name); patterns match whole values (a
+``$`` would let a trailing newline through); messages quote at most a short
+prefix of a bad value (:func:`schemas.records.quote`).
 """
 
 from __future__ import annotations
 
+import difflib
+import functools
 import json
 import os
 import re
@@ -24,7 +36,10 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from schemas import raw_schema
 from schemas.catalogues import EVENT_TYPES
+from schemas.fields import INT64
+from schemas.records import nesting_depth, quote
 from schemas.timestamps import parse_iso
 
 STREAM_TYPES = ("usage", "events", "both")
@@ -50,9 +65,22 @@ METRICS_INTERVAL_RANGE, DEFAULT_METRICS_INTERVAL_SECONDS = (10, 3_600), 60
 #: ``auth_secret`` so the value stays out of the config.
 _CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-key", "api-key", "dd-api-key",
                                  "dd-application-key", "cookie"})
-_STREAM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-_AWS_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d$")
+# Matched with fullmatch: ``$`` also matches before a trailing newline.
+_STREAM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}")
+_AWS_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d")
+_DATADOG_SITE = re.compile(r"([a-z0-9-]+\.)*datadoghq\.(com|eu)|ddog-gov\.com")
+#: C0 and C1 control characters and DEL: never part of a URL, a header value, a
+#: bucket or a key prefix, and a way to smuggle a header or a log line in.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+#: A stream configuration file larger than this is not one (thousands of streams
+#: take a few MB).
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
+#: The deepest nesting of containers the format has is 5 (``{"streams": ...}``, the
+#: list, a stream, ``rest``, ``auth_secret``); anything near this limit is not a
+#: stream configuration.
+MAX_NESTING = 32
+MAX_URL_LENGTH = 2048
 
 
 class StreamConfigError(ValueError):
@@ -95,9 +123,9 @@ class SecretPolicy:
         """Why ``ref`` may not be read, or None; names at most a bounded prefix of the reference."""
         if ref.env is not None:
             if not _ENV_NAME.match(ref.env):
-                return f"environment variable {_bounded(ref.env)} is not a valid variable name"
+                return f"environment variable {quote(ref.env)} is not a valid variable name"
             if not self.env_prefix or not ref.env.startswith(self.env_prefix) or ref.env == self.env_prefix:
-                return (f"environment variable {_bounded(ref.env)} does not start with the allowed prefix "
+                return (f"environment variable {quote(ref.env)} does not start with the allowed prefix "
                         f"{self.env_prefix!r} (--secret_env_prefix)")
             return None
         try:
@@ -112,30 +140,16 @@ class SecretPolicy:
         reference is relative to the directory."""
         name = ref.file or ""
         if self.secrets_dir is None:
-            raise ValueError(f"file {_bounded(name)}: file secrets are not allowed (no --secrets_dir is configured)")
+            raise ValueError(f"file {quote(name)}: file secrets are not allowed (no --secrets_dir is configured)")
         if not name or "\x00" in name:
             raise ValueError("file secret: an empty or invalid path")
         if ".." in name.replace("\\", "/").split("/"):
-            raise ValueError(f"file {_bounded(name)}: '..' is not allowed in a secret path")
+            raise ValueError(f"file {quote(name)}: '..' is not allowed in a secret path")
         root = os.path.realpath(self.secrets_dir)
         path = os.path.realpath(os.path.join(root, name))
         if os.path.commonpath([root, path]) != root or path == root:
-            raise ValueError(f"file {_bounded(name)} is not inside the secrets directory (--secrets_dir)")
+            raise ValueError(f"file {quote(name)} is not inside the secrets directory (--secrets_dir)")
         return path
-
-
-def _bounded(value: str, limit: int = 80) -> str:
-    """``repr`` of at most ``limit`` characters of an untrusted value: a message
-    quotes a bounded prefix of what a config says, never all of it."""
-    return repr(value[:limit]) + ("..." if len(value) > limit else "")
-
-
-def _shown(value: Any) -> str:
-    """An untrusted value of any type for a message, bounded like :func:`_bounded`."""
-    if isinstance(value, str):
-        return _bounded(value)
-    text = repr(value)
-    return text[:80] + ("..." if len(text) > 80 else "")
 
 
 @dataclass(frozen=True)
@@ -156,7 +170,10 @@ class RestDestination:
 
 @dataclass(frozen=True)
 class AwsDestination:
-    """Kinesis (``target`` is the stream name) or S3 (``target`` is the bucket)."""
+    """Kinesis (``target`` is the stream name) or S3 (``target`` is the bucket).
+
+    ``escape_formulas`` (S3 only): CSV text cells that a spreadsheet would run as a
+    formula get a leading ``'`` (``sinks/csv_format.py``)."""
 
     region: str
     target: str
@@ -164,6 +181,7 @@ class AwsDestination:
     secret_access_key: SecretRef
     endpoint_url: str | None = None
     prefix: str = ""
+    escape_formulas: bool = True
 
 
 @dataclass(frozen=True)
@@ -242,6 +260,21 @@ class _Reader:
     def error(self, name: str, problem: str) -> StreamConfigError:
         return StreamConfigError(f"stream {self.stream_id!r}: {self.path}{name} {problem}")
 
+    def check_keys(self, record: str) -> None:
+        """Refuse keys that are not fields of the Avro record ``record`` of
+        ``data_stream.avsc``, naming the closest field: a misspelt optional
+        field would otherwise silently take its default."""
+        allowed = _record_fields()[record]
+        for key in self.data:
+            if not isinstance(key, str):
+                raise StreamConfigError(f"stream {self.stream_id!r}: {self.path.rstrip('.') or 'stream'} has a key "
+                                        f"that is not a string: {quote(key)}")
+            if key not in allowed:
+                close = difflib.get_close_matches(key[:64], sorted(allowed), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                name = key if _STREAM_ID.fullmatch(key) and len(key) <= 64 else quote(key)
+                raise self.error(name, f"is not a known field{hint}")
+
     def get(self, name: str, kind: type | tuple[type, ...], default: Any = ..., choices: tuple = ()) -> Any:
         value = self.data.get(name)
         if value is None:
@@ -253,13 +286,24 @@ class _Reader:
         if not isinstance(value, kind):
             raise self.error(name, f"must be {_kind_name(kind)}, got {type(value).__name__}")
         if choices and value not in choices:
-            raise self.error(name, f"must be one of {', '.join(map(str, choices))}, got {_shown(value)}")
+            raise self.error(name, f"must be one of {', '.join(map(str, choices))}, got {quote(value)}")
         return value
 
     def int_in(self, name: str, bounds: tuple[int, int], default: int) -> int:
         value = self.get(name, int, default)
         if not bounds[0] <= value <= bounds[1]:
-            raise self.error(name, f"must be between {bounds[0]:,} and {bounds[1]:,}, got {value:,}")
+            shown = f"{value:,}" if value.bit_length() <= 64 else quote(value)
+            raise self.error(name, f"must be between {bounds[0]:,} and {bounds[1]:,}, got {shown}")
+        return value
+
+    def text(self, name: str, default: Any = ..., max_length: int = 1024) -> Any:
+        """A string field without control characters, at most ``max_length`` long."""
+        value = self.get(name, str, default)
+        if isinstance(value, str):
+            if len(value) > max_length:
+                raise self.error(name, f"must be at most {max_length:,} characters, got {len(value):,}")
+            if _CONTROL.search(value):
+                raise self.error(name, f"must not contain control characters: {quote(value)}")
         return value
 
     def nested(self, name: str) -> _Reader | None:
@@ -275,8 +319,9 @@ class _Reader:
         unknown = set(reader.data) - {"env", "file"}
         if unknown:
             # A literal key here would put the secret itself into the config.
-            raise self.error(name, f"must only name where the secret is ('env' or 'file'), not {sorted(unknown)}")
-        env, path = reader.get("env", str, None), reader.get("file", str, None)
+            shown = ", ".join(sorted(quote(key, 32) for key in unknown)[:5])
+            raise self.error(name, f"must only name where the secret is ('env' or 'file'), not [{shown}]")
+        env, path = reader.text("env", None), reader.text("file", None)
         if (env is None) == (path is None):
             raise self.error(name, "must have exactly one of 'env' or 'file'")
         return SecretRef(env=env, file=path)
@@ -289,32 +334,47 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
 
 
 def _check_url(reader: _Reader, name: str, url: str) -> str:
-    parts = urlsplit(url)
+    """An http(s) URL with a host, a port that exists, no credentials, no
+    whitespace or control characters (``urlsplit`` silently drops tabs and
+    newlines, so what is checked would not be what is sent)."""
+    if len(url) > MAX_URL_LENGTH:
+        raise reader.error(name, f"must be at most {MAX_URL_LENGTH:,} characters, got {len(url):,}")
+    if _CONTROL.search(url) or any(ch.isspace() for ch in url):
+        raise reader.error(name, f"must not contain whitespace or control characters: {quote(url)}")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port beyond 65535 or not a number
+    except ValueError as err:
+        raise reader.error(name, f"is not a valid URL ({err}): {quote(url)}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise reader.error(name, f"must be an http(s) URL, got {_bounded(url)}")
+        raise reader.error(name, f"must be an http(s) URL, got {quote(url)}")
     if parts.username or parts.password:
         raise reader.error(name, "must not carry credentials; use auth_header and auth_secret")
     return url
 
 
 def _rest(reader: _Reader) -> RestDestination:
+    reader.check_keys("RestDestination")
     url = _check_url(reader, "url", reader.get("url", str))
     headers_value = reader.get("headers", dict, {})
     headers: dict[str, str] = {}
     for key, value in headers_value.items():
-        if not isinstance(key, str) or not _HEADER_NAME.match(key) or not isinstance(value, str):
-            raise reader.error("headers", f"has an invalid header {_shown(key)}")
+        if not isinstance(key, str) or not _HEADER_NAME.fullmatch(key) or not isinstance(value, str):
+            raise reader.error("headers", f"has an invalid header {quote(key)}")
+        if _CONTROL.search(value) or len(value) > 8192:
+            raise reader.error("headers", f"has an invalid value for header {key!r} (control characters or "
+                                          "longer than 8,192 characters)")
         if key.lower() in _CREDENTIAL_HEADERS:
             raise reader.error(
-                "headers", f"must not carry the credential header {_bounded(key)}; use auth_header and auth_secret"
+                "headers", f"must not carry the credential header {quote(key)}; use auth_header and auth_secret"
             )
         headers[key] = value
     auth_header = reader.get("auth_header", str, None)
     auth_secret = reader.secret("auth_secret", required=False)
     if (auth_header is None) != (auth_secret is None):
         raise reader.error("auth_header", "and auth_secret go together")
-    if auth_header is not None and not _HEADER_NAME.match(auth_header):
-        raise reader.error("auth_header", f"is not a valid header name: {_bounded(auth_header)}")
+    if auth_header is not None and not _HEADER_NAME.fullmatch(auth_header):
+        raise reader.error("auth_header", f"is not a valid header name: {quote(auth_header)}")
     return RestDestination(
         url=url,
         signing_secret=reader.secret("signing_secret"),
@@ -326,18 +386,24 @@ def _rest(reader: _Reader) -> RestDestination:
 
 
 def _aws(reader: _Reader, target_field: str) -> AwsDestination:
+    s3 = target_field == "bucket"
+    reader.check_keys("S3Destination" if s3 else "KinesisDestination")
     region = reader.get("region", str)
-    if not _AWS_REGION.match(region):
-        raise reader.error("region", f"is not an AWS region: {_bounded(region)}")
+    if not _AWS_REGION.fullmatch(region):
+        raise reader.error("region", f"is not an AWS region: {quote(region)}")
     endpoint = reader.get("endpoint_url", str, None)
     if endpoint is not None:
         _check_url(reader, "endpoint_url", endpoint)
-    target = reader.get(target_field, str)
+    target = reader.text(target_field, max_length=256)
     if not target.strip():
         raise reader.error(target_field, "must not be empty")
-    prefix = reader.get("prefix", str, "") if target_field == "bucket" else ""
+    prefix = reader.text("prefix", "") if s3 else ""
     if prefix.startswith("/"):
         raise reader.error("prefix", "must not start with '/'")
+    if any(segment in (".", "..") for segment in prefix.split("/")):
+        # A key with a '..' segment means another folder to every tool that
+        # normalises paths (and to a local or proxy store, another file).
+        raise reader.error("prefix", f"must not have '.' or '..' segments: {quote(prefix)}")
     return AwsDestination(
         region=region,
         target=target,
@@ -345,13 +411,15 @@ def _aws(reader: _Reader, target_field: str) -> AwsDestination:
         secret_access_key=reader.secret("secret_access_key"),
         endpoint_url=endpoint,
         prefix=prefix,
+        escape_formulas=reader.get("escape_formulas", bool, True) if s3 else True,
     )
 
 
 def _datadog(reader: _Reader) -> DataDogDestination:
+    reader.check_keys("DataDogDestination")
     site = reader.get("site", str, "datadoghq.com")
-    if not re.match(r"^([a-z0-9-]+\.)*datadoghq\.(com|eu)$|^ddog-gov\.com$", site):
-        raise reader.error("site", f"is not a DataDog site: {_bounded(site)}")
+    if len(site) > 253 or not _DATADOG_SITE.fullmatch(site):
+        raise reader.error("site", f"is not a DataDog site: {quote(site)}")
     url = reader.get("url", str, None)
     if url is not None:
         _check_url(reader, "url", url)
@@ -366,6 +434,7 @@ def _datadog(reader: _Reader) -> DataDogDestination:
 def _filters(reader: _Reader | None) -> Filters:
     if reader is None:
         return Filters()
+    reader.check_keys("Filters")
     ids = reader.get("event_type_ids", list, None)
     if ids is not None:
         if not ids or any(type(i) is not int or i not in EVENT_TYPES for i in ids):
@@ -377,6 +446,7 @@ def _filters(reader: _Reader | None) -> Filters:
 def _batching(reader: _Reader | None) -> Batching:
     if reader is None:
         return Batching()
+    reader.check_keys("Batching")
     return Batching(
         bulk_size=reader.int_in("bulk_size", BULK_SIZE_RANGE, DEFAULT_BULK_SIZE),
         rotation_seconds=reader.int_in("rotation_seconds", ROTATION_RANGE, DEFAULT_ROTATION_SECONDS),
@@ -392,11 +462,12 @@ def stream_from_dict(data: Mapping[str, Any], position: int = 0) -> DataStream:
     if not isinstance(data, Mapping):
         raise StreamConfigError(f"stream #{position + 1}: must be an object")
     stream_id = data.get("id")
-    if not isinstance(stream_id, str) or not _STREAM_ID.match(stream_id):
+    if not isinstance(stream_id, str) or not _STREAM_ID.fullmatch(stream_id):
         raise StreamConfigError(
-            f"stream #{position + 1}: id must be 1 to 128 letters, digits, '-', '_' or '.', got {_shown(stream_id)}"
+            f"stream #{position + 1}: id must be 1 to 128 letters, digits, '-', '_' or '.', got {quote(stream_id)}"
         )
     reader = _Reader(stream_id, data)
+    reader.check_keys("DataStream")
     api_type = reader.get("api_type", str, choices=API_TYPES)
     stream_type = reader.get("stream_type", str, choices=STREAM_TYPES)
     if api_type == "datadog" and stream_type != "usage":
@@ -405,7 +476,8 @@ def stream_from_dict(data: Mapping[str, Any], position: int = 0) -> DataStream:
     try:
         parse_iso(created_at)
     except ValueError:
-        raise reader.error("created_at", f"must be ISO 8601 with an offset, got {_bounded(created_at)}") from None
+        raise reader.error("created_at", f"must be ISO 8601 with an offset, from 1970 to 9998, got "
+                                         f"{quote(created_at)}") from None
     block = DESTINATION_OF[api_type]
     for other in set(DESTINATION_OF.values()) - {block}:
         if data.get(other) is not None:
@@ -421,9 +493,12 @@ def stream_from_dict(data: Mapping[str, Any], position: int = 0) -> DataStream:
         destination = _aws(dest_reader, "bucket")
     else:
         destination = _datadog(dest_reader)
+    organisation_id = reader.get("organisation_id", int)
+    if not INT64[0] <= organisation_id <= INT64[1]:
+        raise reader.error("organisation_id", f"is out of the long range: {quote(organisation_id)}")
     return DataStream(
         id=stream_id,
-        organisation_id=reader.get("organisation_id", int),
+        organisation_id=organisation_id,
         stream_type=stream_type,
         api_type=api_type,
         created_at=created_at,
@@ -472,39 +547,85 @@ def build_stream_config(streams: list[DataStream]) -> StreamConfig:
     return StreamConfig(streams=by_id, by_organisation={org: tuple(items) for org, items in grouped.items()})
 
 
-#: (dotted field, attribute path) of every secret reference a destination may hold.
-_SECRET_FIELDS = {
-    "rest": (("signing_secret", "signing_secret"), ("auth_secret", "auth_secret")),
-    "kinesis": (("access_key_id", "access_key_id"), ("secret_access_key", "secret_access_key")),
-    "s3": (("access_key_id", "access_key_id"), ("secret_access_key", "secret_access_key")),
-    "datadog": (("api_key", "api_key"), ("application_key", "application_key")),
-}
+class _BoundedLoader(yaml.SafeLoader):
+    """``yaml.safe_load``'s loader without anchors and aliases, and with nesting
+    bounded by :data:`MAX_NESTING`.
+
+    Aliases are how a few hundred bytes of YAML expand to gigabytes (and any
+    message that shows the value expands them too); a stream configuration has
+    no use for them. The nesting bound stops a deep document before PyYAML's
+    recursive composer would hit Python's recursion limit."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not allowed", event.start_mark)
+        if getattr(event, "anchor", None) is not None:
+            raise yaml.composer.ComposerError(None, None, "YAML anchors (&name) are not allowed", event.start_mark)
+        self._depth += 1
+        try:
+            if self._depth > MAX_NESTING:
+                raise yaml.composer.ComposerError(None, None, f"nested more than {MAX_NESTING} levels deep",
+                                                  event.start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
-def check_secret_refs(config: StreamConfig, policy: SecretPolicy) -> None:
-    """Raise :class:`StreamConfigError`, naming the stream and field, for the
-    first secret reference ``policy`` does not allow (a job refuses such a
-    config at start; workers check again when they read)."""
-    for stream in config.streams.values():
-        block = DESTINATION_OF[stream.api_type]
-        for name, attribute in _SECRET_FIELDS[block]:
-            ref = getattr(stream.destination, attribute, None)
-            if ref is None:
-                continue
-            reason = policy.refusal(ref)
-            if reason is not None:
-                raise StreamConfigError(f"stream {stream.id!r}: {block}.{name} {reason}")
+def _decode(text: str, source: str) -> Any:
+    """The JSON or YAML document of ``text``, within the module's limits."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise StreamConfigError(f"{source}: larger than the {MAX_CONFIG_BYTES:,} bytes a stream configuration "
+                                "may have")
+    try:
+        # yaml.load with a SafeLoader subclass: safe_load, stricter still.
+        data = json.loads(text) if text.lstrip().startswith(("{", "[")) else yaml.load(text, Loader=_BoundedLoader)
+    except RecursionError:
+        raise StreamConfigError(f"{source}: nested more than {MAX_NESTING} levels deep") from None
+    except (ValueError, yaml.YAMLError) as err:
+        raise StreamConfigError(f"{source}: not valid JSON or YAML: {quote(str(err), 300)}") from None
+    if nesting_depth(data, MAX_NESTING) > MAX_NESTING:
+        raise StreamConfigError(f"{source}: nested more than {MAX_NESTING} levels deep")
+    return data
 
 
 def parse_stream_config(text: str, source: str = "streams config") -> StreamConfig:
     """Parse JSON or YAML text (``{"streams": [...]}`` or a list)."""
-    try:
-        data = json.loads(text) if text.lstrip().startswith(("{", "[")) else yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as err:
-        raise StreamConfigError(f"{source}: not valid JSON or YAML: {err}") from None
+    data = _decode(text, source)
     if isinstance(data, Mapping):
+        unknown = [key for key in data if key != "streams"]
+        if unknown:
+            close = difflib.get_close_matches(str(unknown[0])[:64], ["streams"], n=1)
+            hint = " (did you mean 'streams'?)" if close else ""
+            raise StreamConfigError(f"{source}: {quote(unknown[0])} is not a known key; the file is "
+                                    f"{{'streams': [...]}} or a list{hint}")
         data = data.get("streams")
     if not isinstance(data, list):
         raise StreamConfigError(f"{source}: expected a list of streams or {{'streams': [...]}}")
     return build_stream_config([stream_from_dict(item, i) for i, item in enumerate(data)])
 
+
+@functools.cache
+def _record_fields() -> dict[str, frozenset[str]]:
+    """Field names of every named record of ``data_stream.avsc``: the keys a
+    stream configuration may have at each level."""
+    found: dict[str, frozenset[str]] = {}
+
+    def visit(schema: Any) -> None:
+        if isinstance(schema, list):
+            for branch in schema:
+                visit(branch)
+        elif isinstance(schema, dict):
+            if schema.get("type") == "record":
+                found[schema["name"]] = frozenset(f["name"] for f in schema["fields"])
+                for item in schema["fields"]:
+                    visit(item["type"])
+            elif schema.get("type") in ("array", "map"):
+                visit(schema.get("items", schema.get("values")))
+
+    visit(raw_schema("data_stream"))
+    return found

@@ -15,6 +15,13 @@ customer can load every file of a stream into one table:
   JSON text; ``null`` and absent fields are empty cells; booleans are ``true`` /
   ``false`` (as in the JSON documents); numbers are written as orjson writes them
   in the JSON documents, so a cell and the Kinesis/REST value are the same text.
+- Text cells that begin with ``=``, ``+``, ``-``, ``@``, a tab or a carriage
+  return get a leading ``'`` (:data:`FORMULA_PREFIXES`): a spreadsheet opening the
+  file would otherwise run them as formulas (CSV injection; OWASP's advice is this
+  prefix). Documents carry text from devices and customers (endpoint names and
+  tags, descriptions, APNs), so any of them may start that way. Only text is
+  escaped: a number the job writes as a number (``-1.5``) stays a number. A stream
+  whose consumer needs the raw text sets ``s3.escape_formulas: false``.
 - Python's ``csv`` module with its default dialect (``,`` delimiter, ``"`` quoting
   only where needed) and ``\\r\\n`` line ends, RFC 4180's choice and what
   spreadsheet tools and most CSV readers expect. Files are UTF-8 without a BOM.
@@ -34,6 +41,8 @@ import orjson
 
 #: The line end of every row, header included (RFC 4180).
 LINE_TERMINATOR = "\r\n"
+#: First characters that make a spreadsheet read a cell as a formula (OWASP, "CSV Injection").
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
 _PDP_CONTEXT_COLUMNS = tuple(
     f"detail_pdp_context_{key}"
@@ -111,29 +120,32 @@ def leaves(document: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def cell(value: Any) -> str:
-    """The text of one CSV cell."""
+def cell(value: Any, escape_formulas: bool = True) -> str:
+    """The text of one CSV cell; with ``escape_formulas``, text that a
+    spreadsheet would run as a formula gets a leading ``'`` (module docstring)."""
     if value is None:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
+        if escape_formulas and value.startswith(FORMULA_PREFIXES):
+            return f"'{value}"
         return value
     return orjson.dumps(value).decode("utf-8")  # numbers and lists: their JSON text
 
 
-def flatten(kind: str, document: Mapping[str, Any]) -> dict[str, str]:
+def flatten(kind: str, document: Mapping[str, Any], escape_formulas: bool = True) -> dict[str, str]:
     """Every column of ``kind``, in order, with its cell text for ``document``."""
     flat = leaves(document)
     unknown = flat.keys() - _COLUMN_SETS[kind]
     if unknown:
         raise UnknownFieldError(f"{kind} document has fields that are not CSV columns: {sorted(unknown)}")
-    return {column: cell(flat.get(column)) for column in COLUMNS[kind]}
+    return {column: cell(flat.get(column), escape_formulas) for column in COLUMNS[kind]}
 
 
-def to_row(kind: str, document: Mapping[str, Any]) -> list[str]:
+def to_row(kind: str, document: Mapping[str, Any], escape_formulas: bool = True) -> list[str]:
     """One CSV row of ``document`` in the column order of ``kind``."""
-    return list(flatten(kind, document).values())
+    return list(flatten(kind, document, escape_formulas).values())
 
 
 def render_csv(kind: str, rows: Iterable[Sequence[str]]) -> bytes:

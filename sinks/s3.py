@@ -31,7 +31,9 @@ files are named from the window's last second with a counter instead
 window's.
 
 Format: :mod:`sinks.csv_format` (fixed header per kind, flattened ``object_field``
-columns, UTF-8, ``\\r\\n`` line ends), ``Content-Type: text/csv; charset=utf-8``.
+columns, UTF-8, ``\\r\\n`` line ends, text cells that a spreadsheet would run as a
+formula prefixed with ``'`` unless the stream sets ``s3.escape_formulas: false``),
+``Content-Type: text/csv; charset=utf-8``.
 
 Failures (the one policy of ``sinks/retry.py``). Each ``put_object`` is retried
 through ``RetryPolicy.run``; a retry rewrites the same key, so it cannot add a
@@ -142,9 +144,11 @@ class _S3WriteFn(AwsDeliveryFn):
         rows: list[list[str]] = []
         kept: list[dict[str, Any]] = []  # the documents of ``rows``, for parking
         times: list[datetime] = []
+        # Without a stream (it was deleted) the documents are parked, not written.
+        escape = stream.destination.escape_formulas if stream is not None else True  # type: ignore[union-attr]
         for document in sorted(documents, key=lambda doc: order_key(kind, doc)):
             try:
-                rows.append(to_row(kind, document))
+                rows.append(to_row(kind, document, escape))
             except UnknownFieldError as err:
                 _LOG.error("stream %s: %s", stream_id, err)
                 letter = dead_letter(kind, "deliver", "internal_error", str(err),  # type: ignore[arg-type]

@@ -7,6 +7,13 @@ DoFns called directly), ``composite`` (``TestPipeline``/``TestStream`` graphs),
 fleet, the emulator, the DirectRunner workarounds). ``make test-fast`` runs unit
 and composite.
 
+Property tests (hypothesis) run a few dozen examples each in the normal suite
+(profile ``fast``, the default). ``HYPOTHESIS_PROFILE=long`` runs many more per
+round, and ``HYPOTHESIS_SECONDS=<s>`` makes each property of
+``tests/unit/test_hostile_input.py`` run rounds for ``s`` seconds and print how many
+examples it ran: the long run, e.g. ``HYPOTHESIS_PROFILE=long
+HYPOTHESIS_SECONDS=200 pytest -s tests/unit/test_hostile_input.py -k raises_nothing``.
+
 Runners (``tools/runners.py``): a ``TestPipeline()`` without options runs on the
 batch runner, Beam's FnApiRunner; tests of streaming graphs name the
 BundleBasedDirectRunner, for which the session installs the workarounds of
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
+from hypothesis import HealthCheck, settings
 
 from schemas.arrow import arrow_schema
 from schemas.fields import record_fields
@@ -37,6 +46,11 @@ TIERS = ("unit", "composite", "e2e", "tools")
 
 TestPipeline.pytest_test_pipeline_options = runners.runner_flag(streaming=False)
 apply_direct_runner_fixes()
+
+_RELAXED = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
+settings.register_profile("fast", max_examples=40, deadline=None, suppress_health_check=_RELAXED)
+settings.register_profile("long", max_examples=2_000, deadline=None, suppress_health_check=_RELAXED)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fast"))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

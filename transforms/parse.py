@@ -27,7 +27,7 @@ from apache_beam.transforms.window import TimestampedValue
 from schemas import metrics
 from schemas.catalogues import EVENT_REQUIRED_FIELDS
 from schemas.fields import record_fields
-from schemas.records import Kind, RecordError, dead_letter, payload_bytes
+from schemas.records import Kind, RecordError, Unreadable, dead_letter, payload_bytes
 from schemas.timestamps import parse_iso, to_epoch_ms
 from transforms.chunks import event_time
 from transforms.validation import validate_fields
@@ -40,6 +40,9 @@ DEAD_LETTERS = "dead_letters"
 DEFAULT_MAX_RECORD_BYTES = 64 * 1024
 
 _SCHEMAS = {"event": "raw_event", "usage": "raw_usage"}
+#: What the parser takes: a JSONL line or Pub/Sub message, an Avro or Parquet row,
+#: or the part of a file its reader could not decode.
+RawElement = bytes | dict[str, Any] | Unreadable
 
 
 def decode_json(payload: bytes, max_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> dict[str, Any]:
@@ -62,11 +65,14 @@ def decode_json(payload: bytes, max_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> di
 
 
 def _timestamp_ms(record: dict[str, Any], field: str, path: str | None = None) -> int:
+    """The field's instant in epoch ms; any malformed or out-of-range value is
+    ``invalid_timestamp:<field>`` (:func:`schemas.timestamps.parse_iso`)."""
     try:
         return to_epoch_ms(parse_iso(record[field]))
     except ValueError as err:
         name = path or field
-        raise RecordError(f"invalid_timestamp:{name}", f"{name}: {err}") from None
+        detail = err.detail if isinstance(err, RecordError) else str(err)
+        raise RecordError(f"invalid_timestamp:{name}", f"{name}: {detail}") from None
 
 
 def _check_positive_id(record: dict[str, Any]) -> None:
@@ -127,11 +133,19 @@ _VALIDATORS = {"event": validate_event, "usage": validate_usage}
 
 
 def parse_record(
-    kind: Kind, element: bytes | dict[str, Any], max_bytes: int = DEFAULT_MAX_RECORD_BYTES
+    kind: Kind, element: RawElement, max_bytes: int = DEFAULT_MAX_RECORD_BYTES
 ) -> tuple[dict[str, Any], int]:
-    """Parse one raw element of ``kind``; raise :class:`RecordError` if invalid."""
+    """Parse one raw element of ``kind``; raise :class:`RecordError` if invalid.
+
+    An :class:`~schemas.records.Unreadable` (the part of a file its reader could
+    not decode) is invalid with the reader's reason, so it is counted and
+    dead-lettered like a bad record."""
+    if isinstance(element, Unreadable):
+        raise RecordError(element.reason, element.detail)
     if isinstance(element, bytes):
         obj = decode_json(element, max_bytes)
+    elif not isinstance(element, dict):
+        raise RecordError("not_an_object", f"a record must be an object, got {type(element).__name__}")
     else:
         obj = element
         size = len(payload_bytes(element))
@@ -140,7 +154,7 @@ def parse_record(
     return _VALIDATORS[kind](obj)
 
 
-def _record_id(element: bytes | dict[str, Any]) -> int | None:
+def _record_id(element: RawElement) -> int | None:
     """Best-effort id of an invalid record, for the dead letter."""
     obj = element
     if isinstance(element, bytes):
@@ -165,7 +179,7 @@ class _ParseFn(beam.DoFn):
         self._read = Metrics.counter(metrics.NAMESPACE, metrics.read(self._kind))
         self._valid = Metrics.counter(metrics.NAMESPACE, metrics.valid(self._kind))
 
-    def process(self, element: bytes | dict[str, Any]) -> Iterator[Any]:
+    def process(self, element: RawElement) -> Iterator[Any]:
         self._read.inc()
         parsed = self._parse(element)
         if isinstance(parsed, pvalue.TaggedOutput):
@@ -174,7 +188,7 @@ class _ParseFn(beam.DoFn):
         self._valid.inc()
         yield TimestampedValue(parsed[0], event_time(parsed[1]))
 
-    def _parse(self, element: bytes | dict[str, Any]) -> tuple[dict[str, Any], int] | pvalue.TaggedOutput:
+    def _parse(self, element: RawElement) -> tuple[dict[str, Any], int] | pvalue.TaggedOutput:
         """``(record, event time in ms)``, or the dead letter of an invalid element."""
         try:
             return parse_record(self._kind, element, self._max_bytes)
@@ -184,7 +198,7 @@ class _ParseFn(beam.DoFn):
             _LOG.exception("unexpected error parsing a %s record", self._kind)
             return self._dead(element, "internal_error", f"{type(err).__name__} while parsing")
 
-    def _dead(self, element: bytes | dict[str, Any], reason: str, detail: str) -> pvalue.TaggedOutput:
+    def _dead(self, element: RawElement, reason: str, detail: str) -> pvalue.TaggedOutput:
         metrics.count_dead_letter(self._kind, reason)
         letter = dead_letter(self._kind, "parse", reason, detail, payload_bytes(element), _record_id(element))
         return pvalue.TaggedOutput(DEAD_LETTERS, letter)
@@ -195,7 +209,7 @@ class _ParseChunkFn(_ParseFn):
     (main output) and a dead letter per invalid element, exactly as
     :class:`_ParseFn` would have for each element."""
 
-    def process(self, chunk: list[bytes | dict[str, Any]]) -> Iterator[Any]:
+    def process(self, chunk: list[RawElement]) -> Iterator[Any]:
         self._read.inc(len(chunk))
         valid: list[tuple[dict[str, Any], int]] = []
         for element in chunk:

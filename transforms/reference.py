@@ -10,6 +10,12 @@ replace the whole consistent set at once instead of table by table.
 
 Bad reference data fails the load with a message naming the file, the row and the
 field: enrichment against a half-loaded catalogue would dead-letter good records.
+Whatever a file holds, the loader raises :class:`ReferenceDataError` and nothing
+else (the job exits 2 with the message): files larger than
+:data:`MAX_REFERENCE_FILE_BYTES` are refused unread, JSON nested deeper than
+:data:`MAX_NESTING` is refused, a CSV row must have exactly the header's cells, a
+cell is at most :data:`MAX_CELL_CHARS` characters, and a message quotes at most a
+short prefix of a bad value (:func:`schemas.records.quote`).
 """
 
 from __future__ import annotations
@@ -22,16 +28,25 @@ from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
+import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from schemas import REFERENCE_ENTITIES
 from schemas.fields import INT32, INT64, FieldSpec, record_fields
-from schemas.records import RecordError
+from schemas.records import RecordError, nesting_depth, quote
 from schemas.timestamps import format_event_time, parse_iso
 from transforms.validation import validate_fields
 
 EXTENSIONS = ("parquet", "json", "jsonl", "csv")
+#: The largest reference file read: the biggest table (SIMs of a large fleet) is a
+#: few hundred MB; anything larger is a wrong file, and would only exhaust memory.
+MAX_REFERENCE_FILE_BYTES = 1024**3
+#: Reference rows are flat; JSON nested deeper than this is not a table.
+MAX_NESTING = 32
+#: The longest CSV cell (names and tags are short); Python's csv module refuses
+#: cells over 131,072 characters on its own, with an error this loader reports.
+MAX_CELL_CHARS = 64 * 1024
 
 Row = dict[str, Any]
 
@@ -89,36 +104,91 @@ def _coerce_cell(spec: FieldSpec, cell: str, where: str) -> Any:
                 raise ValueError("not a boolean")
             return lowered in ("true", "1")
     except ValueError as err:
-        raise ReferenceDataError(f"{where}: field {spec.name}: {cell!r} is not a {spec.kind} ({err})") from None
+        raise ReferenceDataError(f"{where}: field {spec.name}: {quote(cell)} is not a {spec.kind} "
+                                 f"({quote(str(err))})") from None
     return cell
+
+
+def _json(text: str | bytes, where: str) -> Any:
+    """Decoded JSON, or :class:`ReferenceDataError` naming ``where``; nesting
+    beyond :data:`MAX_NESTING` is refused."""
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise ReferenceDataError(f"{where}: JSON nested more than {MAX_NESTING} levels deep") from None
+    except ValueError as err:
+        raise ReferenceDataError(f"{where}: not valid JSON: {quote(str(err), 120)}") from None
+    if nesting_depth(value, MAX_NESTING) > MAX_NESTING:
+        raise ReferenceDataError(f"{where}: JSON nested more than {MAX_NESTING} levels deep")
+    return value
+
+
+def _read_file(path: str) -> bytes:
+    """The file's bytes, refusing more than :data:`MAX_REFERENCE_FILE_BYTES`."""
+    with FileSystems.open(path) as handle:
+        data = handle.read(MAX_REFERENCE_FILE_BYTES + 1)
+    if len(data) > MAX_REFERENCE_FILE_BYTES:
+        raise ReferenceDataError(f"{path}: larger than the {MAX_REFERENCE_FILE_BYTES:,} bytes a reference file "
+                                 "may have")
+    return data
+
+
+def _csv_rows(path: str, text: str, specs: tuple[FieldSpec, ...]) -> Iterable[tuple[str, Row]]:
+    """(location, row) pairs of a CSV table; every row has exactly the header's cells."""
+    by_name = {spec.name: spec for spec in specs}
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader, None)
+        if header is None:
+            raise ReferenceDataError(f"{path}: empty file (a CSV table needs a header row)")
+        if len(set(header)) != len(header):
+            raise ReferenceDataError(f"{path} line 1: the header names a column twice")
+        for cells in reader:
+            where = f"{path} line {reader.line_num}"
+            if cells == []:
+                continue  # a blank line
+            if len(cells) != len(header):
+                raise ReferenceDataError(f"{where}: has {len(cells)} cells, the header has {len(header)}")
+            row: Row = {}
+            for key, cell in zip(header, cells, strict=True):
+                if len(cell) > MAX_CELL_CHARS:
+                    raise ReferenceDataError(f"{where}: field {quote(key)}: a cell of {len(cell):,} characters, "
+                                             f"the limit is {MAX_CELL_CHARS:,}")
+                row[key] = _coerce_cell(by_name[key], cell, where) if key in by_name else cell
+            yield where, row
+    except csv.Error as err:
+        raise ReferenceDataError(f"{path} line {reader.line_num}: not valid CSV: {quote(str(err), 120)}") from None
 
 
 def _read_rows(path: str, extension: str, specs: tuple[FieldSpec, ...]) -> Iterable[tuple[str, Row]]:
     """Yield (location, raw row) pairs of one reference file."""
-    with FileSystems.open(path) as handle:
-        data = handle.read()
+    data = _read_file(path)
     if extension == "parquet":
-        for number, row in enumerate(pq.read_table(io.BytesIO(data)).to_pylist(), start=1):
+        try:
+            rows = pq.read_table(io.BytesIO(data)).to_pylist()
+        except (pa.ArrowException, ValueError, TypeError, OverflowError, NotImplementedError) as err:
+            raise ReferenceDataError(f"{path}: not a readable Parquet file: {quote(str(err), 120)}") from None
+        for number, row in enumerate(rows, start=1):
             yield f"{path} row {number}", row
     elif extension == "json":
-        rows = json.loads(data)
+        rows = _json(data, path)
         if not isinstance(rows, list):
             raise ReferenceDataError(f"{path}: expected a JSON array of objects")
         for number, row in enumerate(rows, start=1):
             yield f"{path} item {number}", row
     elif extension == "jsonl":
-        for number, line in enumerate(data.decode("utf-8").splitlines(), start=1):
+        for number, line in enumerate(_text(path, data, "utf-8").split("\n"), start=1):
             if line.strip():
-                yield f"{path} line {number}", json.loads(line)
+                yield f"{path} line {number}", _json(line, f"{path} line {number}")
     else:
-        by_name = {spec.name: spec for spec in specs}
-        reader = csv.DictReader(io.StringIO(data.decode("utf-8-sig")))
-        for number, row in enumerate(reader, start=2):
-            where = f"{path} line {number}"
-            yield where, {
-                key: _coerce_cell(by_name[key], cell, where) if key in by_name else cell
-                for key, cell in row.items()
-            }
+        yield from _csv_rows(path, _text(path, data, "utf-8-sig"), specs)
+
+
+def _text(path: str, data: bytes, encoding: str) -> str:
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as err:
+        raise ReferenceDataError(f"{path}: not valid UTF-8 at byte {err.start:,}") from None
 
 
 def _find_file(directory: str, entity: str) -> tuple[str, str]:
@@ -157,7 +227,7 @@ def load_table(directory: str, entity: str) -> dict[int, Row]:
     except (ValueError, OSError) as err:
         if isinstance(err, ReferenceDataError):
             raise
-        raise ReferenceDataError(f"{path}: cannot read {entity} table: {err}") from err
+        raise ReferenceDataError(f"{path}: cannot read {entity} table: {quote(str(err), 120)}") from err
     return table
 
 
@@ -191,7 +261,8 @@ def build_reference_data(tables: Mapping[str, dict[int, Row]]) -> ReferenceData:
             try:
                 row[field] = format_event_time(parse_iso(row[field]))
             except ValueError as err:
-                raise ReferenceDataError(f"{entity} {row['id']}: {field}: {err}") from None
+                detail = err.detail if isinstance(err, RecordError) else quote(str(err))
+                raise ReferenceDataError(f"{entity} {row['id']}: {field}: {detail}") from None
     imsi_by_value: dict[str, Row] = {}
     for row in tables["imsi"].values():
         if row["imsi"] in imsi_by_value:

@@ -43,8 +43,15 @@ from apache_beam.transforms.window import TimestampedValue
 from schemas import metrics
 from schemas.delivery import AWAITING_HISTORY, STREAM_DEACTIVATED, STREAM_PAUSED
 from schemas.packed import pack_pairs
-from schemas.records import Kind
-from schemas.streams import API_TYPES, DataStream, StreamConfig, StreamConfigError, parse_stream_config
+from schemas.records import Kind, quote
+from schemas.streams import (
+    API_TYPES,
+    MAX_CONFIG_BYTES,
+    DataStream,
+    StreamConfig,
+    StreamConfigError,
+    parse_stream_config,
+)
 from transforms.chunks import event_time
 from transforms.status import StreamHolds
 
@@ -53,9 +60,18 @@ def load_stream_config(path: str) -> StreamConfig:
     """Read and check a JSON or YAML stream configuration (local, gs://, s3://)."""
     try:
         with FileSystems.open(path) as handle:
-            text = handle.read().decode("utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise StreamConfigError(f"{path}: cannot read the stream configuration: {err}") from err
+            # One byte over the limit is enough to refuse the file unread.
+            data = handle.read(MAX_CONFIG_BYTES + 1)
+    except Exception as err:  # noqa: BLE001 - whatever the filesystem raises, the message names the file
+        raise StreamConfigError(f"{path}: cannot read the stream configuration: "
+                                f"{type(err).__name__}: {quote(str(err), 200)}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise StreamConfigError(f"{path}: larger than the {MAX_CONFIG_BYTES:,} bytes a stream configuration may have")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise StreamConfigError(f"{path}: cannot read the stream configuration: not valid UTF-8 at byte "
+                                f"{err.start:,}") from None
     return parse_stream_config(text, source=path)
 
 

@@ -129,3 +129,54 @@ def test_dead_letter_json_keeps_any_payload_bytes():
     decoded = orjson.loads(dead_letter_json(letter))
     assert base64.b64decode(decoded["payload"]) == b"\xff\x00{"
     assert decoded["reason"] == "not_utf8"
+
+
+def test_damaged_avro_and_parquet_files_become_dead_letters_and_counts_reconcile(tmp_path, sample_reference_dir):
+    """A truncated Avro file, an Avro string with invalid UTF-8 and a garbage
+    Parquet file: the records before the damage are delivered, each damaged part
+    is one dead letter naming its file, and the run's counts add up (Beam's own
+    readers failed the whole run with a traceback)."""
+    import io
+
+    import fastavro
+
+    from schemas import load_schema
+
+    def avro(records):
+        buffer = io.BytesIO()
+        fastavro.writer(buffer, load_schema("raw_event"), records, sync_interval=1)
+        return buffer.getvalue()
+
+    events = list(RAW_EVENTS.values())
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a-truncated.avro").write_bytes(avro(events)[:-25])
+    bad_text = dict(AUTH, id=9201, description="marker-text")
+    after = dict(UL, id=9202)  # read on after the damaged record
+    utf8 = avro([bad_text, after]).replace(b"marker-text", b"marker\xff\xfetxt")
+    (tmp_path / "in" / "b-utf8.avro").write_bytes(utf8)
+    (tmp_path / "usage.parquet").write_bytes(b"PAR1" + b"\x00garbage" * 50 + b"PAR1")
+    options = PipelineOptions(
+        events_input=str(tmp_path / "in" / "*.avro"),
+        usage_input=str(tmp_path / "usage.parquet"),
+        reference_dir=str(sample_reference_dir),
+    )
+    p = TestPipeline(options=options)
+    outputs = build_pipeline(p, options)
+    documents = outputs["event"] | beam.Map(lambda d: d["id"])
+    assert_that(documents, equal_to([events[0]["id"], events[1]["id"], 9202]), label="CheckEvents")
+    letters = outputs["dead_letters"] | beam.Map(
+        lambda d: (d["kind"], d["stage"], d["reason"], d["detail"].split(": ")[0].rsplit("/", 1)[-1]))
+    assert_that(letters, equal_to([
+        ("event", "parse", "damaged_file", "a-truncated.avro"),
+        ("event", "parse", "not_utf8", "b-utf8.avro"),
+        ("usage", "parse", "damaged_file", "usage.parquet"),
+    ]), label="CheckDeadLetters")
+    result = p.run()
+    result.wait_until_finish()
+    summary = summarize(result)
+    event = summary.kinds["event"]
+    assert (event.read, event.documents) == (5, 3)
+    assert event.read == event.documents + event.duplicates + event.dead_letter_total
+    assert event.dead_letters == Counter({"damaged_file": 1, "not_utf8": 1})
+    assert summary.kinds["usage"].dead_letters == Counter({"damaged_file": 1})
+    assert summary.reconciled
