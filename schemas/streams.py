@@ -547,6 +547,29 @@ def build_stream_config(streams: list[DataStream]) -> StreamConfig:
     return StreamConfig(streams=by_id, by_organisation={org: tuple(items) for org, items in grouped.items()})
 
 
+_SECRET_FIELDS = {
+    "rest": (("signing_secret", "signing_secret"), ("auth_secret", "auth_secret")),
+    "kinesis": (("access_key_id", "access_key_id"), ("secret_access_key", "secret_access_key")),
+    "s3": (("access_key_id", "access_key_id"), ("secret_access_key", "secret_access_key")),
+    "datadog": (("api_key", "api_key"), ("application_key", "application_key")),
+}
+
+
+def check_secret_refs(config: StreamConfig, policy: SecretPolicy) -> None:
+    """Raise :class:`StreamConfigError`, naming the stream and field, for the
+    first secret reference ``policy`` does not allow (a job refuses such a
+    config at start; workers check again when they read)."""
+    for stream in config.streams.values():
+        block = DESTINATION_OF[stream.api_type]
+        for name, attribute in _SECRET_FIELDS[block]:
+            ref = getattr(stream.destination, attribute, None)
+            if ref is None:
+                continue
+            reason = policy.refusal(ref)
+            if reason is not None:
+                raise StreamConfigError(f"stream {stream.id!r}: {block}.{name} {reason}")
+
+
 class _BoundedLoader(yaml.SafeLoader):
     """``yaml.safe_load``'s loader without anchors and aliases, and with nesting
     bounded by :data:`MAX_NESTING`.
