@@ -478,7 +478,7 @@ def test_the_s3_sink_escapes_formulas_unless_the_stream_opts_out(stream_secrets,
     doc = event_doc("5.1.3", 7, base)
     doc["description"] = "=cmd|' /C calc'!A0"
     client = _RecordingS3()
-    fn = _S3WriteFn(lambda *args: client)
+    fn = _S3WriteFn(lambda *args: client, allow_insecure=True)  # the recorded endpoint is a loopback stand-in
     fn.setup()
     window = IntervalWindow(Timestamp.of(base.timestamp()), Timestamp.of(base.timestamp() + 300))
     list(fn.process((("s1", "event", 300), [doc]), config(stream), window=window, pane=PANE_INFO_UNKNOWN))
