@@ -19,6 +19,8 @@ RUNTIME = [
     "google-cloud-pubsub>=2.20,<3",
     "boto3>=1.34,<2",
     "requests>=2.31,<3",
+    # sinks/http.py and sinks/aws.py pin connections to checked addresses with urllib3's pools.
+    "urllib3>=2,<3",
     "tenacity>=8,<10",
     "orjson>=3.10,<4",
     "PyYAML>=6,<7",
