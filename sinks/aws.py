@@ -39,7 +39,8 @@ from urllib3.poolmanager import PoolManager
 
 from schemas.streams import AwsDestination, DataStream, SecretPolicy
 from sinks.base import DeliveryFn
-from sinks.outbound import DestinationRefusedError, OutboundGuard, PinnedConnectionMixin, PinnedPoolManager
+from sinks.outbound import DestinationRefusedError, OutboundGuard
+from sinks.pinning import PinnedConnectionMixin, PinnedPoolManager
 from sinks.retry import RetryPolicy
 from sinks.secrets import SecretResolver
 

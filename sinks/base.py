@@ -39,7 +39,7 @@ import functools
 import logging
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
 import apache_beam as beam
 from apache_beam import pvalue
@@ -61,50 +61,12 @@ from schemas.delivery import (
 from schemas.streams import DataStream, SecretPolicy, StreamConfig
 from sinks.outbound import DestinationRefusedError, OutboundGuard, Resolver, resolve_host
 from sinks.parking import parked
+from sinks.requests import Blocked, Request, Sent, Settled
 from sinks.results import DeliveryCounters, Stopwatch
 from sinks.retry import Attempt, Outcome, RetryPolicy, StreamCircuit
 from sinks.secrets import SecretError, SecretResolver
 
 _LOG = logging.getLogger(__name__)
-
-Item = tuple[str, dict[str, Any]]  # (kind, document), as routed: what a parked batch holds
-
-
-class Request(NamedTuple):
-    """One request a batch becomes: the items it carries (parked as received when
-    not delivered), its size and target for the result, and what the sink sends."""
-
-    items: tuple[Item, ...]
-    size: int
-    target: str  # the destination without credentials: URL, s3 key, kinesis stream
-    body: Any = None
-
-
-class Settled(NamedTuple):
-    """What a sent request came to, after the policy's attempts."""
-
-    delivered: int
-    delivered_bytes: int
-    #: delivered after an attempt that may have reached the destination too
-    redelivered: int
-    undelivered: tuple[Item, ...]
-
-
-class Blocked(NamedTuple):
-    """Why requests are not sent: their result's status, park reason, error, token."""
-
-    status: str
-    reason: str
-    error: str | None
-    token: str | None
-
-
-class Sent(NamedTuple):
-    """How one request went after the policy's retries, before it becomes a result."""
-
-    outcome: Outcome
-    started_at: str
-    duration_ms: int
 
 
 #: Not connected yet: a batch opens its destination once, at its first request.

@@ -55,9 +55,9 @@ from apache_beam import pvalue
 from apache_beam.transforms.window import IntervalWindow
 
 from schemas.streams import DataDogDestination, DataStream, SecretPolicy
-from sinks.base import Request
 from sinks.datadog_series import aggregate_usage, build_payloads, group_size, series_groups, window_bounds
 from sinks.http import HttpDeliveryFn, SessionFactory, Timeouts, classified_request, new_session
+from sinks.requests import Request
 from sinks.results import SinkOutputs, apply_sink, too_large_dead_letter
 from sinks.retry import Attempt, RetryPolicy
 from sinks.windows import PerElementFixedWindows, size_from_key, window_with_late_panes

@@ -30,7 +30,8 @@ from urllib3.poolmanager import ProxyManager
 from schemas.delivery import DESTINATION_REFUSED
 from schemas.streams import SecretPolicy
 from sinks.base import DeliveryFn
-from sinks.outbound import DestinationRefusedError, OutboundGuard, PinnedPoolManager
+from sinks.outbound import DestinationRefusedError, OutboundGuard
+from sinks.pinning import PinnedPoolManager
 from sinks.retry import Attempt, RetryPolicy, classify_exception, classify_http
 
 _LOG = logging.getLogger(__name__)

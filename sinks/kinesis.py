@@ -74,9 +74,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 from schemas.delivery import REMOTE_ERROR, THROTTLED
 from schemas.streams import DataStream, SecretPolicy
 from sinks.aws import AwsDeliveryFn, AwsTarget, ClientFactory, boto3_client
-from sinks.base import Item, Request, Settled
 from sinks.batching import BatchingSink
 from sinks.ordering import order_key
+from sinks.requests import Item, Request, Settled
 from sinks.results import chunked, too_large_dead_letter
 from sinks.retry import Attempt, Outcome, RetryPolicy, classify_exception
 

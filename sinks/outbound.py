@@ -52,21 +52,18 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import ConnectTimeoutError, LocationParseError, NewConnectionError
-from urllib3.poolmanager import PoolManager
-from urllib3.util import connection as urllib3_connection
+from urllib3.exceptions import LocationParseError
 from urllib3.util import parse_url
+
+from schemas.records import QUOTE_LIMIT, quote
 
 SIGNATURE_HEADER = "X-DataStreamer-Signature"
 RECHECK_SECONDS = 300.0
 DEFAULT_TOLERANCE_SECONDS = 300
 #: Longest prefix of an untrusted value (a URL, a host) quoted in a message.
-QUOTE_LIMIT = 80
 #: Longest URL taken at all (browsers and servers commonly stop near 2 KiB).
 MAX_URL_LENGTH = 2048
 
@@ -92,13 +89,6 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 class DestinationRefusedError(ValueError):
     """A destination the outbound rules forbid; the message says which rule and
     quotes at most :data:`QUOTE_LIMIT` characters of the destination."""
-
-
-def quote(value: object, limit: int = QUOTE_LIMIT) -> str:
-    """``repr`` of at most ``limit`` characters of an untrusted value, so a
-    message cannot be flooded or forged with newlines by what it reports."""
-    text = str(value)
-    return repr(text[:limit]) + ("..." if len(text) > limit else "")
 
 
 def resolve_host(host: str) -> list[str]:
@@ -303,80 +293,6 @@ class OutboundGuard:
 def check_url(url: str, *, allow_insecure: bool = False, resolver: Resolver = resolve_host) -> None:
     """Raise :class:`DestinationRefusedError` unless ``url`` is a safe destination."""
     OutboundGuard(allow_insecure, resolver).check(url)
-
-
-# --------------------------------------------------------------------------- pinned connections
-
-
-class PinnedConnectionMixin:
-    """Connects to an address the guard checked instead of resolving the host
-    again; the host name stays the connection's ``host``, so TLS sends it as SNI
-    and verifies the certificate against it. Without a guard (or in insecure
-    mode) it connects as urllib3 does."""
-
-    host: str
-    port: int
-    timeout: Any
-    source_address: Any
-    socket_options: Any
-
-    def __init__(self, *args: Any, address_guard: OutboundGuard | None = None, **kwargs: Any) -> None:
-        self._address_guard = address_guard
-        super().__init__(*args, **kwargs)
-
-    def _new_conn(self) -> socket.socket:
-        guard = self._address_guard
-        addresses = guard.addresses(self.host) if guard is not None else None
-        if addresses is None:
-            return super()._new_conn()  # type: ignore[misc]
-        failure: OSError | None = None
-        for address in addresses:
-            try:
-                return urllib3_connection.create_connection(
-                    (address, self.port), self.timeout, source_address=self.source_address,
-                    socket_options=self.socket_options)
-            except TimeoutError as err:
-                raise ConnectTimeoutError(
-                    self, f"Connection to {self.host} timed out. (connect timeout={self.timeout})") from err
-            except OSError as err:
-                failure = err
-        raise NewConnectionError(self, f"Failed to establish a new connection: {failure}")  # type: ignore[arg-type]
-
-
-class PinnedHTTPConnection(PinnedConnectionMixin, HTTPConnection):
-    """An http connection to a checked address (insecure mode only, in practice)."""
-
-
-class PinnedHTTPSConnection(PinnedConnectionMixin, HTTPSConnection):
-    """A verified TLS connection to a checked address."""
-
-
-class PinnedHTTPConnectionPool(HTTPConnectionPool):
-    ConnectionCls = PinnedHTTPConnection
-
-
-class PinnedHTTPSConnectionPool(HTTPSConnectionPool):
-    ConnectionCls = PinnedHTTPSConnection
-
-
-class PinnedPoolManager(PoolManager):
-    """A urllib3 pool manager whose connections connect to the guard's checked
-    addresses. ``pool_classes`` lets a client with its own connection classes
-    (botocore) keep them, as long as they mix in :class:`PinnedConnectionMixin`."""
-
-    def __init__(self, guard: OutboundGuard, pool_classes: dict[str, type[HTTPConnectionPool]] | None = None,
-                 **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._guard = guard
-        self.pool_classes_by_scheme = pool_classes or {
-            "http": PinnedHTTPConnectionPool, "https": PinnedHTTPSConnectionPool}
-
-    def _new_pool(self, scheme: str, host: str, port: int,
-                  request_context: dict[str, Any] | None = None) -> HTTPConnectionPool:
-        """urllib3's documented customization point: every pool's connections get the guard."""
-        pool = super()._new_pool(scheme, host, port, request_context)
-        pool.conn_kw["address_guard"] = self._guard
-        return pool
 
 
 # --------------------------------------------------------------------------- signatures

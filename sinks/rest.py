@@ -70,11 +70,12 @@ from requests.structures import CaseInsensitiveDict
 
 from schemas.delivery import DEADLINE_EXCEEDED, PARKED_STATUS, RETRIES_EXHAUSTED, STREAM_DEACTIVATED
 from schemas.streams import BULK_SIZE_RANGE, DataStream, RestDestination, SecretPolicy
-from sinks.base import NOT_OPEN, Blocked, Item, Request, Sent
+from sinks.base import NOT_OPEN
 from sinks.batching import BatchingSink
 from sinks.http import HttpDeliveryFn, SessionFactory, Timeouts, classified_request, new_session, pin_session
 from sinks.ordering import order_key
 from sinks.outbound import SIGNATURE_HEADER, OutboundGuard, sign
+from sinks.requests import Blocked, Item, Request, Sent
 from sinks.results import chunked, too_large_dead_letter
 from sinks.retry import Attempt, RetryPolicy
 from sinks.secrets import SecretResolver

@@ -70,9 +70,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 from schemas.records import dead_letter
 from schemas.streams import AwsDestination, DataStream, SecretPolicy
 from sinks.aws import AwsDeliveryFn, AwsTarget, ClientFactory, boto3_client
-from sinks.base import Request
 from sinks.csv_format import UnknownFieldError, render_csv, to_row
 from sinks.ordering import document_time, order_key
+from sinks.requests import Request
 from sinks.results import DEAD_LETTERS, SinkOutputs, apply_sink
 from sinks.retry import Attempt, RetryPolicy, classify_exception
 from sinks.windows import PerElementFixedWindows, size_from_key, window_with_late_panes
