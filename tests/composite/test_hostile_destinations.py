@@ -76,7 +76,7 @@ class LoopbackServer:
                 conn.settimeout(10)  # a cold first handshake can be slow on a loaded machine
                 if self._tls is not None:
                     conn = self._tls.wrap_socket(conn, server_side=True)
-                    self.requests.append(conn.recv(65536))
+                    self.requests.append(_read_request(conn))
                     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
             except (OSError, ssl.SSLError):
                 pass
@@ -87,6 +87,27 @@ class LoopbackServer:
         self._stop.set()
         self._thread.join(timeout=2)
         self._sock.close()
+
+
+def _read_request(conn: socket.socket) -> bytes:
+    """The whole request: headers and Content-Length bytes of body. Answering
+    after the first read (requests may send the body in a packet of its own) and
+    closing would reset the client mid-send."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"content-length:")), 0)
+    while len(body) < length:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return head + b"\r\n\r\n" + body
 
 
 @pytest.fixture
