@@ -40,10 +40,18 @@ PERMANENT_TOKENS = frozenset({
 
 #: Error codes of batches parked without a request (besides DESTINATION_REFUSED):
 #: the stream's credentials cannot be read; the stream is no longer configured;
-#: a ``rest_api`` batch's time budget ran out before these documents started.
+#: a batch's time budget ran out before these documents started.
 SECRET_UNAVAILABLE = "secret_unavailable"
 UNKNOWN_STREAM = "unknown_stream"
 DEADLINE_EXCEEDED = "deadline_exceeded"
+#: The error of a batch whose request was still in flight when its budget ran
+#: out (``sinks/dispatch.py``): parked, and maybe delivered as well, so its
+#: documents count as redelivered when the backlog is delivered.
+IN_FLIGHT = "in_flight_at_budget"
+#: Parked batches the recovery step delivers on its own once the stream's
+#: destination answers again; paused streams and history holds wait for the
+#: customer or ``pipelines.historic``.
+RECOVERABLE_REASONS = frozenset({"retries_exhausted", "permanent_failure", "stream_deactivated"})
 
 #: Why a batch was parked (``ParkedBatch.reason``; the status tokens say why its
 #: delivery failed).
