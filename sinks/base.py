@@ -8,8 +8,12 @@ destination is written here once, so a sixth destination is one new module:
 
 - the stream lookup (a stream removed since routing: its batch is parked,
   ``unknown_stream``, until a re-drive finds it again);
-- the per-stream circuit (:class:`~sinks.retry.StreamCircuit`): a deactivated
-  stream's requests are parked without a call;
+- the stream's circuit (``schemas/circuit.py``), shared by every instance, bundle
+  and worker: a stream whose circuit is not closed has its requests parked
+  without a call (the job's recovery step probes it and delivers the backlog);
+- sending (``sinks/dispatch.py``): a bundle's batches go out stream beside
+  stream, one after the other within a stream, each within the stream budget;
+  what overruns it is parked and the bundle goes on;
 - the outbound rules (``sinks/outbound.py``) for destinations given by URL (REST,
   DataDog, an AWS ``endpoint_url``): one :class:`~sinks.outbound.OutboundGuard` per
   DoFn checks the URL when a batch opens its stream and is the one the sink's
@@ -27,10 +31,10 @@ would replay the bundle, every other stream's documents with it, indefinitely in
 streaming. Each document ends in exactly one of a delivered result, a parked batch
 or a dead letter.
 
-Clients and circuit live from ``setup`` to ``teardown``, across bundles: the circuit
-is this worker's memory of a failing stream. There is no bundle buffer to flush:
-each element is one complete batch (grouped upstream, its state kept by the
-runner), sent or parked whole before ``process`` returns.
+Clients live from ``setup`` to ``teardown``, across bundles; the circuits live in
+their store. Each element is one complete batch (grouped upstream, its state kept
+by the runner), sent or parked whole before its bundle ends: ``finish_bundle``
+waits for every batch of the bundle, or parks the ones over budget.
 """
 
 from __future__ import annotations
@@ -38,17 +42,22 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
 import apache_beam as beam
 from apache_beam import pvalue
 
+from schemas.circuit import CircuitStore, parked_token
 from schemas.delivery import (
     CREDENTIALS_UNAVAILABLE,
+    DEADLINE_EXCEEDED,
     DELIVERED,
     DESTINATION_REFUSED,
     FAILED,
+    IN_FLIGHT,
     PARKED_STATUS,
     PARTIAL,
     PERMANENT_FAILURE,
@@ -56,14 +65,16 @@ from schemas.delivery import (
     SECRET_UNAVAILABLE,
     STREAM_DEACTIVATED,
     UNKNOWN_STREAM,
+    UNREACHABLE,
     DeliveryResult,
 )
 from schemas.streams import DataStream, SecretPolicy, StreamConfig
+from sinks.dispatch import BundleSender, Job
 from sinks.outbound import DestinationRefusedError, OutboundGuard, Resolver, resolve_host
 from sinks.parking import parked
 from sinks.requests import Blocked, Request, Sent, Settled
 from sinks.results import DeliveryCounters, Stopwatch
-from sinks.retry import Attempt, Outcome, RetryPolicy, StreamCircuit
+from sinks.retry import Attempt, Outcome, RetryPolicy
 from sinks.secrets import SecretError, SecretResolver
 
 _LOG = logging.getLogger(__name__)
@@ -98,6 +109,9 @@ class DeliveryFn(beam.DoFn):
         self._policy = policy
         self._allow_insecure = allow_insecure
         self._secret_policy = secrets or SecretPolicy()
+        # Pickled with the DoFn: every instance made from this sink shares the
+        # circuits of one scope even without a location (schemas/circuit.py).
+        self._circuit_scope = f"memory:{id(self)}:{time.time_ns()}"
 
     # ----------------------------------------------------------------- what a sink supplies
 
@@ -142,15 +156,23 @@ class DeliveryFn(beam.DoFn):
 
     def setup(self) -> None:
         self._secrets = SecretResolver(self._secret_policy)
-        self._circuit = StreamCircuit(self._policy.deactivate_after)
-        # Sinks that send from a thread pool record outcomes from its threads.
-        self._circuit_lock = threading.Lock()
+        self._circuits = CircuitStore(self._policy.circuit_location, self._policy.circuit_settings(),
+                                      scope=self._circuit_scope)
+        # What a thread is doing: a lane's tally and budget, a recovery probe.
+        self._local = threading.local()
         self._guard = OutboundGuard(self._allow_insecure, self.resolver)
-        self._counters = DeliveryCounters(self.api_type)
+        self._beam_counters = DeliveryCounters(self.api_type)
+        self._lanes = ThreadPoolExecutor(max_workers=self._policy.stream_concurrency,
+                                         thread_name_prefix=f"{self.api_type}-lanes")
         self.open_clients()
 
     def teardown(self) -> None:
         """Never raises: a failing close must not hide what the worker was doing."""
+        lanes = getattr(self, "_lanes", None)
+        if lanes is not None:
+            # Not waiting: a thread still holds an abandoned request until its
+            # (budget-cut) timeout; it ends on its own.
+            lanes.shutdown(wait=False)
         try:
             self.close_clients()
         except Exception:  # noqa: BLE001 - teardown is best effort by contract
@@ -159,11 +181,89 @@ class DeliveryFn(beam.DoFn):
         if secrets is not None:
             secrets.clear()
 
+    @property
+    def _counters(self) -> Any:
+        """The step's counters on the bundle's thread, a lane's tally on a lane's."""
+        tally = getattr(self._local, "tally", None)
+        return tally if tally is not None else self._beam_counters
+
+    def remaining_seconds(self) -> float | None:
+        """What is left of the current request's budget on this thread, if any."""
+        deadline = getattr(self._local, "deadline", None)
+        return None if deadline is None else deadline - time.monotonic()
+
+    def start_bundle(self) -> None:
+        policy = self._policy
+        self._bundle = BundleSender(self._lanes, policy.stream_budget_seconds, policy.budget_grace_seconds,
+                                    4 * policy.stream_concurrency, self._local)
+
+    def finish_bundle(self) -> Iterator[Any]:
+        bundle, self._bundle = self._bundle, None
+        yield from bundle.finish(self._beam_counters)
+
     def process(self, element: Any, config: StreamConfig, window: Any = beam.DoFn.WindowParam,
-                pane: Any = beam.DoFn.PaneInfoParam) -> Iterator[Any]:
+                pane: Any = beam.DoFn.PaneInfoParam, timestamp: Any = beam.DoFn.TimestampParam) -> Iterator[Any]:
+        """Dead letters now; the batch to its stream's lane (``sinks/dispatch.py``).
+        Called outside a bundle (a DoFn test), the batch is sent on this thread."""
+        if getattr(self, "_bundle", None) is None:
+            yield from self.deliver_now(element, config, window, pane)
+            return
+        outputs = self._prepared(element, config, window, pane)
+        stream, requests = next(outputs)
+        yield from outputs
+        if stream is None or not requests:
+            return
+        self._bundle.submit(Job(
+            stream.id,
+            run=functools.partial(self._run, stream, requests),
+            park=functools.partial(self._overran, stream, requests),
+            window=window, timestamp=timestamp,
+        ))
+        yield from self._bundle.ready(self._beam_counters)
+        yield from self._bundle.wait_below_limit(self._beam_counters)
+
+    def deliver_now(self, element: Any, config: StreamConfig, window: Any, pane: Any,
+                    probe: bool = False) -> list[Any]:
+        """A batch sent on this thread, within the budget: the recovery step's
+        way in (``sinks/recovery.py``). ``probe``: sent whatever the circuit
+        says, and the outcome left for the caller to record."""
+        outputs = self._prepared(element, config, window, pane)
+        stream, requests = next(outputs)
+        done = list(outputs)
+        if stream is None or not requests:
+            return done
+        self._local.probe = probe
+        try:
+            return done + self._run(stream, requests, self._policy.stream_budget_seconds)
+        finally:
+            self._local.probe = False
+
+    def _run(self, stream: DataStream, requests: Sequence[Request], budget: float) -> list[Any]:
+        self._local.budget_end = time.monotonic() + budget
+        try:
+            outputs = list(self.deliver(stream, requests))
+        finally:
+            self._local.budget_end = None
+        self._log_failures(stream, [o for o in outputs if isinstance(o, DeliveryResult)])
+        return outputs
+
+    def _overran(self, stream: DataStream, requests: Sequence[Request], in_flight: bool) -> list[Any]:
+        """A batch the bundle stopped waiting for: parked, maybe delivered too
+        (``in_flight``), or parked without a request (queued behind one)."""
+        if not in_flight:
+            return self._not_sent(stream.id, requests, Blocked(PARKED_STATUS, RETRIES_EXHAUSTED, DEADLINE_EXCEEDED,
+                                                               None))
+        if not getattr(self._local, "probe", False):
+            self._circuits.record(stream.id, False, UNREACHABLE)
+        return self._not_sent(stream.id, requests, Blocked(FAILED, RETRIES_EXHAUSTED, IN_FLIGHT, UNREACHABLE))
+
+    def _prepared(self, element: Any, config: StreamConfig, window: Any, pane: Any) -> Iterator[Any]:
+        """First ``(stream, requests to send)``, then the outputs already
+        decided: dead letters, and the batch of a stream no longer configured."""
         stream_id = self.stream_id(element)
         stream = config.streams.get(stream_id)
         requests: list[Request] = []
+        decided: list[Any] = []
         for output in self.requests(element, stream, window, pane):
             if isinstance(output, Request):
                 requests.append(output)
@@ -173,24 +273,26 @@ class DeliveryFn(beam.DoFn):
                 # counted as one (delivery dead letters are counted where the
                 # sinks' outputs are joined).
                 self._counters.dead_letters.inc()
-                yield output
-        if not requests:
-            return
-        if stream is None:
+                decided.append(output)
+        if stream is None and requests:
             _LOG.warning("stream %s is not in the stream configuration; %d documents parked", stream_id,
                          _count(requests))
-            yield from self._not_sent(stream_id, requests, Blocked(FAILED, PERMANENT_FAILURE, UNKNOWN_STREAM, None))
-            return
-        outputs = list(self.deliver(stream, requests))
-        self._log_failures(stream, [o for o in outputs if isinstance(o, DeliveryResult)])
-        yield from outputs
+            decided += self._not_sent(stream_id, requests, Blocked(FAILED, PERMANENT_FAILURE, UNKNOWN_STREAM, None))
+            requests = []
+        yield stream, requests
+        yield from decided
 
     # ----------------------------------------------------------------- sending
 
     def deliver(self, stream: DataStream, requests: Sequence[Request]) -> Iterator[Any]:
-        """The requests one after the other, in order; each waits for the circuit."""
+        """The requests one after the other, in order, each within what is left
+        of the batch's budget; each waits for the circuit."""
         connection = NOT_OPEN
         for index, request in enumerate(requests):
+            left = self._budget_left()
+            if left is not None and left <= 0:
+                yield from self._over_budget(stream, requests[index:])
+                return
             admitted = self._admit(stream, connection)
             if isinstance(admitted, Blocked):
                 yield from self._not_sent(stream.id, requests[index:] if self.park_together else [request], admitted)
@@ -199,6 +301,13 @@ class DeliveryFn(beam.DoFn):
                 continue
             connection = admitted
             yield from self._sent(stream.id, request, self._send(stream.id, request, connection))
+
+    def _over_budget(self, stream: DataStream, requests: Sequence[Request]) -> list[Any]:
+        """The requests a batch had no budget left for: parked without a request;
+        the batch counts as one failure of the stream (it is too slow)."""
+        if not getattr(self._local, "probe", False):
+            self._circuits.record(stream.id, False, UNREACHABLE)
+        return self._not_sent(stream.id, requests, Blocked(PARKED_STATUS, RETRIES_EXHAUSTED, DEADLINE_EXCEEDED, None))
 
     def _admit(self, stream: DataStream, connection: Any) -> Any:
         """The connection to send the stream's next request with, or why it is
@@ -225,24 +334,43 @@ class DeliveryFn(beam.DoFn):
             self._deactivate(stream.id, CREDENTIALS_UNAVAILABLE)
             return Blocked(FAILED, PERMANENT_FAILURE, SECRET_UNAVAILABLE, CREDENTIALS_UNAVAILABLE)
 
+    def _budget_left(self) -> float | None:
+        end = getattr(self._local, "budget_end", None)
+        return None if end is None else end - time.monotonic()
+
     def _send(self, stream_id: str, request: Request, connection: Any,
-              deadline_seconds: float | None = None) -> Sent:
-        """One request with the policy's retries; records the outcome in the
-        circuit. Safe to call from a pool's threads (counts nothing)."""
+              deadline_seconds: float | None = None, budget_end: float | None = None) -> Sent:
+        """One request with the policy's retries, within what is left of the
+        batch's budget; records the outcome in the circuit (not for a probe: its
+        caller does). Safe to call from a pool's threads (counts nothing): a
+        sink sending a batch from its own pool passes the lane's ``budget_end``
+        and the probe flag stays with the lane."""
+        probe = getattr(self._local, "probe", False)
+        end = budget_end if budget_end is not None else getattr(self._local, "budget_end", None)
+        if end is not None:
+            left = end - time.monotonic()
+            deadline_seconds = left if deadline_seconds is None else min(deadline_seconds, left)
         watch = Stopwatch()
-        outcome = self._policy.run(functools.partial(self.attempt, request, connection),
-                                   deadline_seconds=deadline_seconds)
-        with self._circuit_lock:
-            self._circuit.record(stream_id, outcome)
+        self._local.deadline = None if deadline_seconds is None else time.monotonic() + deadline_seconds
+        try:
+            outcome = self._policy.run(functools.partial(self.attempt, request, connection),
+                                       deadline_seconds=deadline_seconds)
+        finally:
+            self._local.deadline = None
+        if not probe:
+            self._circuits.record(stream_id, outcome.ok, outcome.last.token, outcome.last.retryable)
         return Sent(outcome, watch.started_at, watch.elapsed_ms())
 
     def _deactivated(self, stream_id: str) -> str | None:
-        with self._circuit_lock:
-            return self._circuit.deactivated(stream_id)
+        """The token the stream's documents are parked with, None if they are
+        sent (always sent by a probe)."""
+        if getattr(self._local, "probe", False):
+            return None
+        return parked_token(self._circuits.get(stream_id))
 
     def _deactivate(self, stream_id: str, token: str) -> None:
-        with self._circuit_lock:
-            self._circuit.deactivate(stream_id, token)
+        if not getattr(self._local, "probe", False):
+            self._circuits.open(stream_id, token)
 
     # ----------------------------------------------------------------- outputs
 

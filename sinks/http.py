@@ -126,7 +126,18 @@ class HttpDeliveryFn(DeliveryFn):
                  allow_insecure: bool = False, secrets: SecretPolicy | None = None) -> None:
         super().__init__(policy, allow_insecure, secrets)
         self._session_factory = session_factory
-        self._timeouts = timeouts
+        self._configured_timeouts = timeouts
+
+    @property
+    def _timeouts(self) -> Timeouts:
+        """The configured timeouts, the read timeout cut to what is left of the
+        batch's budget (``sinks/dispatch.py``): a destination that never answers
+        holds a request for the budget, not for the read timeout."""
+        configured = self._configured_timeouts
+        remaining = self.remaining_seconds()
+        if remaining is None or remaining >= configured.read_seconds:
+            return configured
+        return Timeouts(configured.connect_seconds, max(0.1, remaining))
 
     def open_clients(self) -> None:
         """The worker's session, pinned. A session that cannot mount adapters (a

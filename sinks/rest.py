@@ -195,19 +195,25 @@ class _RestWriteFn(_RestDoFnBase):
             yield Request((item,), len(body), _url(stream), body)
 
     def deliver(self, stream: DataStream, requests: Sequence[Request]) -> Iterator[Any]:
-        """Concurrently, within one time budget; once the circuit opens or the
+        """Concurrently, within the batch's budget; once the circuit opens or the
         budget is spent, the documents not yet started are parked as one batch."""
         connection = self._admit(stream, NOT_OPEN)
         if isinstance(connection, Blocked):
             yield from self._not_sent(stream.id, requests, connection)
             return
         started = time.monotonic()
+        budget_end = getattr(self._local, "budget_end", None)
+        probe = getattr(self._local, "probe", False)
 
         def send(request: Request) -> Sent | str:
-            """The request's outcome, or why it was not started."""
+            """The request's outcome, or why it was not started (on a pool thread:
+            the lane's budget and probe flag are passed on)."""
+            self._local.probe = probe
             if self._deactivated(stream.id) is not None:
                 return STREAM_DEACTIVATED
             remaining = self._policy.deadline_seconds - (time.monotonic() - started)
+            if budget_end is not None:
+                remaining = min(remaining, budget_end - time.monotonic())
             if remaining <= 0:
                 return DEADLINE_EXCEEDED
             return self._send(stream.id, request, connection, remaining)

@@ -15,11 +15,10 @@ would end past the deadline ends the retries at once. Nothing retries forever
 inside a bundle (in streaming a raised exception would replay the bundle without
 end); what is not delivered in time is parked (``sinks/parking.py``).
 
-:class:`StreamCircuit` keeps a stream from holding its worker: after
-``deactivate_after`` consecutive failed batches, or at once on a permanent failure,
-the stream is deactivated on that worker and its later batches are parked without
-a request. This is what bounds how long one dead destination can delay the other
-streams sharing a worker thread.
+The stream's circuit (``schemas/circuit.py``) keeps a dead destination from being
+tried batch after batch: after ``deactivate_after`` consecutive failed batches, or
+at once on a permanent failure, it opens and the stream's later batches are parked
+without a request until a probe gets through.
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ from __future__ import annotations
 import email.utils
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import requests
 from botocore.exceptions import (
@@ -39,6 +38,7 @@ from botocore.exceptions import (
 )
 from tenacity import RetryCallState, Retrying, retry_if_result, wait_random_exponential
 
+from schemas.circuit import CircuitSettings
 from schemas.delivery import (
     AUTH_FAILED,
     DESTINATION_REFUSED,
@@ -162,7 +162,22 @@ class RetryPolicy:
     deadline_seconds: float = 30.0
     base_delay_seconds: float = 0.5
     max_delay_seconds: float = 10.0
-    deactivate_after: int = 3  # consecutive failed batches before a stream is deactivated
+    deactivate_after: int = 3  # consecutive failed batches before a stream's circuit opens
+    #: Per batch, from its start: what it may take before it is parked and the
+    #: bundle goes on (``sinks/dispatch.py``); cuts the deadline and read timeouts.
+    stream_budget_seconds: float = 5.0
+    #: How long past its budget a batch in flight is waited for before it is abandoned.
+    budget_grace_seconds: float = 1.0
+    #: Streams sent side by side per sink instance.
+    stream_concurrency: int = 8
+    #: Where the circuits are kept (``schemas/circuit.py``): the status location's
+    #: ``circuits/``; None: in this process only (tests).
+    circuit_location: str | None = None
+    probe_initial_seconds: float = 10.0
+    probe_max_seconds: float = 300.0
+
+    def circuit_settings(self) -> CircuitSettings:
+        return CircuitSettings(self.deactivate_after, self.probe_initial_seconds, self.probe_max_seconds)
 
     def run(
         self,
@@ -224,33 +239,4 @@ class Outcome:
     def ok(self) -> bool:
         return self.last.ok
 
-
-@dataclass
-class StreamCircuit:
-    """Per worker and sink: which streams are deactivated, and why.
-
-    Mutable on purpose and created in ``setup``: it is the worker's memory of a
-    failing destination within a run; the durable status is computed from the
-    delivery results (``transforms/status.py``) with the same rule.
-    """
-
-    deactivate_after: int = 3
-    _failures: dict[str, int] = field(default_factory=dict)
-    _deactivated: dict[str, str] = field(default_factory=dict)
-
-    def deactivated(self, stream_id: str) -> str | None:
-        """The token the stream was deactivated with, or None while it is tried."""
-        return self._deactivated.get(stream_id)
-
-    def record(self, stream_id: str, outcome: Outcome) -> None:
-        if outcome.ok:
-            self._failures[stream_id] = 0
-            return
-        failures = self._failures.get(stream_id, 0) + 1
-        self._failures[stream_id] = failures
-        if not outcome.last.retryable or failures >= self.deactivate_after:
-            self._deactivated[stream_id] = outcome.last.token or REMOTE_ERROR
-
-    def deactivate(self, stream_id: str, token: str) -> None:
-        self._deactivated[stream_id] = token
 

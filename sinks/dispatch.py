@@ -1,0 +1,208 @@
+"""Sending a bundle's batches: streams side by side, each within its own budget.
+
+One slow or dead destination must cost the other streams of a bundle a bounded
+delay, not its read timeout per batch: the DirectRunner's streaming executor has
+one thread for the whole job, and a Flink subtask processes its bundles one after
+the other, so a bundle that waits holds every stream behind it. So a sink does not
+send in ``process``; it hands each batch to a :class:`BundleSender`:
+
+- each stream has a lane: its batches go one after the other, in arrival order
+  (a stream's documents keep their order, and a dead destination gets one batch at
+  a time, so its circuit opens after ``deactivate_after`` failed batches, not after
+  as many as were sent at once);
+- lanes run side by side on a bounded pool (``stream_concurrency`` threads per
+  sink instance);
+- each batch gets ``budget_seconds`` from the moment it starts (its requests'
+  retries and read timeouts are cut to what is left); one still running at its
+  budget plus ``grace_seconds`` is abandoned: its documents are parked and counted
+  "maybe twice" (the request was in flight), the batches queued behind it in its
+  lane are parked without a request, and the bundle ends;
+- outputs leave as soon as they are ready (as windowed values of their input), and
+  ``process`` waits only when more than ``max_pending`` batches are queued.
+
+Beam's metrics are per thread, so what a lane counts is tallied
+(:class:`Tally`) and added to the step's counters on the bundle's thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from apache_beam import pvalue
+from apache_beam.utils.windowed_value import WindowedValue
+
+_LOG = logging.getLogger(__name__)
+
+
+class _Count:
+    def __init__(self) -> None:
+        self.value = 0
+
+    def inc(self, n: int = 1) -> None:
+        self.value += n
+
+
+class Tally:
+    """The counters of :class:`~sinks.results.DeliveryCounters`, kept in plain
+    numbers on a lane's thread and added to the real ones later."""
+
+    NAMES = ("requests", "documents", "failed_documents", "bytes", "dead_letters", "redelivered")
+
+    def __init__(self) -> None:
+        for name in self.NAMES:
+            setattr(self, name, _Count())
+
+    def apply(self, counters: Any) -> None:
+        for name in self.NAMES:
+            value = getattr(self, name).value
+            if value:
+                getattr(counters, name).inc(value)
+
+
+@dataclass
+class Job:
+    """One batch of one stream: what to run, and where its outputs go."""
+
+    stream_id: str
+    #: sends the batch within a budget of seconds -> its outputs (results, TaggedOutputs)
+    run: Callable[[float], list[Any]]
+    #: parks the batch when it was never started or abandoned: (in_flight) -> outputs
+    park: Callable[[bool], list[Any]]
+    window: Any
+    timestamp: Any
+    outputs: list[Any] = field(default_factory=list)
+    tally: Tally = field(default_factory=Tally)
+    started: float | None = None
+    done: bool = False
+    abandoned: bool = False
+
+
+class BundleSender:
+    """The batches of one bundle of one sink instance (module docstring)."""
+
+    def __init__(self, pool: ThreadPoolExecutor, budget_seconds: float, grace_seconds: float,
+                 max_pending: int, local: threading.local) -> None:
+        self._pool = pool
+        self._budget = budget_seconds
+        self._grace = grace_seconds
+        self._max_pending = max_pending
+        self._local = local  # the sink's thread-local: a lane sets its tally there
+        self._cond = threading.Condition()
+        self._lanes: dict[str, deque[Job]] = {}
+        self._running: dict[str, Job | None] = {}
+        self._finished: deque[Job] = deque()
+        self._pending = 0
+
+    def submit(self, job: Job) -> None:
+        with self._cond:
+            self._lanes.setdefault(job.stream_id, deque()).append(job)
+            self._pending += 1
+            if job.stream_id not in self._running:
+                self._running[job.stream_id] = None
+                self._pool.submit(self._run_lane, job.stream_id)
+
+    def _run_lane(self, stream_id: str) -> None:
+        while True:
+            with self._cond:
+                lane = self._lanes.get(stream_id)
+                if not lane:
+                    self._running.pop(stream_id, None)
+                    return
+                job = lane.popleft()
+                job.started = time.monotonic()
+                self._running[stream_id] = job
+            self._local.tally = job.tally
+            try:
+                outputs = job.run(self._budget)
+            except BaseException as err:  # noqa: BLE001 - a bug: raised again on the bundle's thread
+                outputs = [err]
+            finally:
+                self._local.tally = None
+            with self._cond:
+                if job.abandoned:  # the bundle went on without it; its documents were parked
+                    self._cond.notify_all()
+                    return
+                job.outputs, job.done = outputs, True
+                self._finished.append(job)
+                self._pending -= 1
+                self._running[stream_id] = None
+                self._cond.notify_all()
+
+    # ----------------------------------------------------------------- the bundle's thread
+
+    def ready(self, counters: Any) -> Iterator[Any]:
+        """The outputs of the batches finished so far, as windowed values."""
+        while True:
+            with self._cond:
+                if not self._finished:
+                    return
+                job = self._finished.popleft()
+            yield from self._emit(job, job.outputs, counters)
+
+    def wait_below_limit(self, counters: Any) -> Iterator[Any]:
+        """Backpressure: wait while more than ``max_pending`` batches are queued."""
+        while True:
+            with self._cond:
+                if self._pending <= self._max_pending:
+                    break
+                self._cond.wait(timeout=0.5)
+            yield from self._abandon_overdue(counters)
+            yield from self.ready(counters)
+        yield from self.ready(counters)
+
+    def finish(self, counters: Any) -> Iterator[Any]:
+        """Wait for every batch, or abandon the overdue ones; then all outputs."""
+        while True:
+            yield from self.ready(counters)
+            with self._cond:
+                if self._pending == 0:
+                    break
+                self._cond.wait(timeout=0.2)
+            yield from self._abandon_overdue(counters)
+        yield from self.ready(counters)
+
+    def _abandon_overdue(self, counters: Any) -> Iterator[Any]:
+        now = time.monotonic()
+        abandoned: list[tuple[Job, bool]] = []
+        with self._cond:
+            for stream_id, job in list(self._running.items()):
+                if job is None or job.started is None or now < job.started + self._budget + self._grace:
+                    continue
+                job.abandoned = True
+                abandoned.append((job, True))
+                self._pending -= 1
+                for queued in self._lanes.pop(stream_id, deque()):
+                    queued.abandoned = True
+                    abandoned.append((queued, False))
+                    self._pending -= 1
+                # Its thread returns once its request ends; a later batch of the
+                # stream starts a lane of its own.
+                del self._running[stream_id]
+        for job, in_flight in abandoned:
+            _LOG.warning("stream %s: a batch %s its budget of %.0f s; parked", job.stream_id,
+                         "overran" if in_flight else "waited behind one that overran", self._budget)
+            tally = Tally()
+            self._local.tally = tally
+            try:
+                outputs = job.park(in_flight)
+            finally:
+                self._local.tally = None
+            job.tally = tally
+            yield from self._emit(job, outputs, counters)
+
+    def _emit(self, job: Job, outputs: list[Any], counters: Any) -> Iterator[Any]:
+        job.tally.apply(counters)
+        for output in outputs:
+            if isinstance(output, BaseException):
+                raise output
+            if isinstance(output, pvalue.TaggedOutput):
+                yield pvalue.TaggedOutput(output.tag, WindowedValue(output.value, job.timestamp, (job.window,)))
+            else:
+                yield WindowedValue(output, job.timestamp, (job.window,))
