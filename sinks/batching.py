@@ -154,5 +154,10 @@ class BatchingSink(beam.PTransform):
         self._batch = BatchPerStream(batch_size, max_buffering_seconds, chunked)
         self._send = (send_label, fn, streams)
 
+    @property
+    def fn(self) -> DeliveryFn:
+        """The delivery DoFn (the recovery step sends parked batches through it)."""
+        return self._send[1]
+
     def expand(self, routed: beam.PCollection) -> SinkOutputs:
         return apply_sink(routed | "BatchPerStream" >> self._batch, *self._send)

@@ -169,6 +169,11 @@ class WriteToDataDog(beam.PTransform):
         self._streams = streams
         self._fn = _DataDogWriteFn(session_factory, timeouts, max_payload_bytes, policy, allow_insecure, secrets)
 
+    @property
+    def fn(self) -> _DataDogWriteFn:
+        """The delivery DoFn (the recovery step sends parked batches through it)."""
+        return self._fn
+
     def expand(self, usage: beam.PCollection) -> SinkOutputs:
         windows = (
             usage

@@ -28,7 +28,9 @@ from sinks.datadog import WriteToDataDog
 from sinks.http import Timeouts
 from sinks.kinesis import WriteToKinesis
 from sinks.parking import ParkedBatch, WriteParkedBatches
+from sinks.recovery import RecoverStreams
 from sinks.rest import WriteToRestApi, WriteToRestApiBulk
+from sinks.results import DEAD_LETTERS
 from sinks.retry import RetryPolicy
 from sinks.s3 import WriteToS3
 from transforms.routing import PARKED, RouteToStreams
@@ -58,6 +60,9 @@ class DeliverySettings:
     #: windows of processing time of this size (status updates, output files);
     #: ``None`` (batch) gathers them in the global window.
     output_window_seconds: int | None = None
+    #: Streaming: how often open circuits are looked at (``sinks/recovery.py``);
+    #: 0 turns recovery off (parked batches then wait for ``pipelines.redrive``).
+    recovery_interval_seconds: int = 5
 
 
 class DeliveryOutputs(NamedTuple):
@@ -116,11 +121,14 @@ class DeliverToStreams(beam.PTransform):
     """``{"event": documents, "usage": documents}`` -> :class:`DeliveryOutputs`.
 
     ``streams`` is the ``AsSingleton`` stream config; ``deactivated`` the
-    ``AsSingleton`` of ``{stream_id: token}`` from the previous status."""
+    ``AsSingleton`` of ``{stream_id: token}`` from the previous status.
+    ``recovery_ticks`` (streaming): ticks in the windows of ``streams`` that
+    drive the recovery step (``sinks/recovery.py``); without them nothing is
+    recovered by this job."""
 
     def __init__(self, streams: pvalue.AsSideInput, deactivated: pvalue.AsSideInput,
                  settings: DeliverySettings, status_streams: pvalue.AsSideInput | None = None,
-                 chunked: bool = False) -> None:
+                 chunked: bool = False, recovery_ticks: beam.PCollection | None = None) -> None:
         """``status_streams``: the config whose streams the status file keeps, when
         it is more than the streams delivered to (a backfill delivers to one).
         ``chunked``: the documents are a bounded run's chunks of ``(document,
@@ -131,6 +139,7 @@ class DeliverToStreams(beam.PTransform):
         self._deactivated = deactivated
         self._settings = settings
         self._chunked = chunked
+        self._recovery_ticks = recovery_ticks
 
     def expand(self, documents: dict[str, beam.PCollection]) -> DeliveryOutputs:
         pipeline = next(iter(documents.values())).pipeline
@@ -168,6 +177,18 @@ class DeliverToStreams(beam.PTransform):
                     | f"WriteParked[{api_type}]" >> write_parked
                     | f"GatherParked[{api_type}]" >> GatherWindows(gather)
                 )
+        if self._recovery_ticks is not None:
+            recovered = self._recovery_ticks | "Recover" >> RecoverStreams(
+                {api_type: sinks[api_type].fn for api_type in API_TYPES}, self._streams,  # type: ignore[attr-defined]
+                self._settings.park_location, self._settings.policy.circuit_location,
+                self._settings.policy.stream_budget_seconds * 2, self._settings.recovery_interval_seconds)
+            # Not through CountPerStream: a recovered document counts as recovered, not delivered again.
+            results.append(recovered.results | "GatherRecovered" >> GatherWindows(gather))
+            dead_letters.append(
+                recovered[DEAD_LETTERS]
+                | "CountRecoveryDeadLetters" >> beam.Map(_count_delivery_dead_letter)
+                | "GatherRecoveryDeadLetters" >> GatherWindows(gather)
+            )
         for kind, routes in zip(sorted(documents), routed, strict=True):
             parked.append(
                 routes[PARKED]
@@ -181,6 +202,7 @@ class DeliverToStreams(beam.PTransform):
         all_dead = tuple(dead_letters) | "DeliveryDeadLetters" >> beam.Flatten(pipeline=pipeline)
         parked_paths = tuple(parked) | "ParkedPaths" >> beam.Flatten(pipeline=pipeline)
         status = all_results | "StreamStatus" >> UpdateStreamStatus(
-            self._settings.status_location, self._status_streams, self._settings.policy.deactivate_after
+            self._settings.status_location, self._status_streams, self._settings.policy.deactivate_after,
+            self._settings.policy.circuit_location
         )
         return DeliveryOutputs(all_results, all_dead, parked_paths, status)

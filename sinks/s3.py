@@ -88,15 +88,21 @@ _SECOND = timedelta(seconds=1)
 DEFAULT_POLICY = RetryPolicy()
 
 
-def file_name(kind: str, moment: datetime, counter: int | None = None, pane_index: int = 0) -> str:
+def file_name(kind: str, moment: datetime, counter: int | None = None, pane_index: int = 0,
+              recovered: str = "") -> str:
+    """``recovered``: the parked batch a file is written from by the recovery step
+    (``sinks/recovery.py``): ``events_20261101_080500_r<batch>.csv``. A window's
+    other files may have been written already; the batch's own name never
+    overwrites them, and writing the same batch again overwrites its own file."""
     suffix = "" if counter is None else f"_{counter}"
     late = f"_late{pane_index}" if pane_index else ""
-    return f"{FILE_PREFIX[kind]}_{moment:%Y%m%d_%H%M%S}{suffix}{late}.csv"
+    tag = f"_r{recovered}" if recovered else ""
+    return f"{FILE_PREFIX[kind]}_{moment:%Y%m%d_%H%M%S}{suffix}{late}{tag}.csv"
 
 
 def plan_files(
     kind: str, window_start: datetime, window_end: datetime, times: Sequence[datetime], flush_size: int,
-    pane_index: int = 0,
+    pane_index: int = 0, recovered: str = "",
 ) -> list[tuple[str, slice]]:
     """(file name, slice of the sorted documents) for one pane of one window;
     ``times`` are the sorted documents' times. The naming rule is the module
@@ -113,9 +119,9 @@ def plan_files(
             moment = max(first, previous + _SECOND)
         if moment >= window_end:
             overflow += 1
-            name = file_name(kind, window_end - _SECOND, overflow, pane_index)
+            name = file_name(kind, window_end - _SECOND, overflow, pane_index, recovered)
         else:
-            name = file_name(kind, moment, pane_index=pane_index)
+            name = file_name(kind, moment, pane_index=pane_index, recovered=recovered)
         files.append((name, chunk))
         previous = moment
     return files
@@ -163,7 +169,8 @@ class _S3WriteFn(AwsDeliveryFn):
             yield Request(tuple((kind, d) for d in kept), 0, "")
             return
         destination: AwsDestination = stream.destination  # type: ignore[assignment]
-        plan = plan_files(kind, _utc(window.start), _utc(window.end), times, stream.batching.flush_size, pane.index)
+        plan = plan_files(kind, _utc(window.start), _utc(window.end), times, stream.batching.flush_size, pane.index,
+                          getattr(pane, "recovered", ""))
         for name, chunk in plan:
             key = f"{destination.prefix}{name}"
             body = render_csv(kind, rows[chunk])
@@ -201,11 +208,13 @@ class WriteToS3(beam.PTransform):
                  allow_insecure: bool = False, secrets: SecretPolicy | None = None) -> None:
         super().__init__()
         self._streams = streams
-        self._client_factory = client_factory
-        self._policy = policy
         self._lateness = allowed_lateness_seconds
-        self._allow_insecure = allow_insecure
-        self._secrets = secrets
+        self._fn = _S3WriteFn(client_factory, policy, allow_insecure, secrets)
+
+    @property
+    def fn(self) -> _S3WriteFn:
+        """The delivery DoFn (the recovery step sends parked batches through it)."""
+        return self._fn
 
     def expand(self, routed: beam.PCollection) -> SinkOutputs:
         windows = (
@@ -213,5 +222,4 @@ class WriteToS3(beam.PTransform):
             | "WindowPerRotation" >> window_with_late_panes(PerElementFixedWindows(size_from_key), self._lateness)
             | "GroupPerWindow" >> beam.GroupByKey()
         )
-        return apply_sink(windows, "PutObjects", _S3WriteFn(self._client_factory, self._policy, self._allow_insecure,
-                                                     self._secrets), self._streams)
+        return apply_sink(windows, "PutObjects", self._fn, self._streams)
