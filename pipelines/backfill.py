@@ -49,7 +49,7 @@ from transforms.documents import RawToDocuments
 from transforms.files import WriteJsonLines, write_dead_letters
 from transforms.reference import LoadReferenceData, ReferenceDataError
 from transforms.routing import load_stream_config
-from transforms.status import deactivated_streams, load_status, render_status_table
+from transforms.status import load_status, render_status_table
 
 _LOG = logging.getLogger(__name__)
 _KINDS = (("event", "Events"), ("usage", "Usage"))
@@ -133,9 +133,9 @@ def run(argv: list[str] | None = None) -> int:
         sys.stdout.write("  nothing archived in that range\n")
         return 0
     streams = beam.pvalue.AsSingleton(pipeline | "StreamConfig" >> beam.Create([only]))
-    deactivated = beam.pvalue.AsSingleton(
-        pipeline | "PreviousStatus" >> beam.Create([deactivated_streams(load_status(settings.status_location))])
-    )
+    # Nothing held at routing: a stream whose circuit is open has its documents
+    # parked by its sink (the circuits are in the status location).
+    deactivated = beam.pvalue.AsSingleton(pipeline | "PreviousStatus" >> beam.Create([{}]))
     # The status keeps every stream's record, not only the backfilled one's.
     all_streams = beam.pvalue.AsSingleton(pipeline | "AllStreams" >> beam.Create([config]))
     delivered = documents | "Deliver" >> DeliverToStreams(streams, deactivated, settings, status_streams=all_streams,

@@ -211,6 +211,7 @@ def build_pipeline(
     ticks: beam.PCollection | None = None,
     first_refresh_seconds: int | None = None,
     document_chunks: bool = False,
+    recovery_ticks: beam.PCollection | None = None,
 ) -> dict[str, beam.PCollection]:
     """Wire the graph; return the documents per kind, all dead letters and, when
     streams are configured, the delivery results (``"deliveries"``), parked batch
@@ -219,7 +220,10 @@ def build_pipeline(
     Batch and streaming share this graph; only the source and the side inputs
     differ. ``sources`` replaces the raw inputs of the options (``{"event": ...,
     "usage": ...}``), and ``ticks``/``first_refresh_seconds`` the refresh
-    impulse, for tests that drive a streaming run from a ``TestStream``. Tests
+    impulse, for tests that drive a streaming run from a ``TestStream``; such a
+    run recovers failed streams only with ``recovery_ticks`` (ticks stamped with
+    the time they stand for; a real run ticks every
+    ``--recovery_interval_seconds``, ``sinks/recovery.py``). Tests
     assert on the returned PCollections; :func:`run` writes them.
 
     A bounded run carries its records and documents in chunks
@@ -263,8 +267,18 @@ def build_pipeline(
                 kind, archive, window_lateness_seconds(lateness, refresh) if streaming else 0)
     if settings is not None:
         documents = {kind: outputs[kind] for kind in ("event", "usage") if kind in outputs}
+        if recovery_ticks is None and streaming and ticks is None and settings.recovery_interval_seconds:
+            if options.view_as(StreamingOptions).refresh_subscription:
+                # The DirectRunner, where PeriodicImpulse cannot run beside
+                # ReadFromPubSub: the refresh ticks (its harness sends one every
+                # few seconds) drive recovery too, at most once an interval.
+                recovery_ticks = side.ticks
+            else:
+                recovery_ticks = p | "RecoveryTicks" >> Ticks(settings.recovery_interval_seconds, int(time.time()))
+        if recovery_ticks is not None:
+            recovery_ticks = recovery_ticks | "RecoveryWindows" >> beam.WindowInto(side.windows)
         delivered = documents | "Deliver" >> DeliverToStreams(side.streams, side.holds, settings,
-                                                              chunked=not streaming)
+                                                              chunked=not streaming, recovery_ticks=recovery_ticks)
         outputs["deliveries"] = delivered.results
         outputs["parked"] = delivered.parked
         outputs["status"] = delivered.status
@@ -289,9 +303,10 @@ def delivery_settings(options: PipelineOptions, streaming: bool = False) -> Deli
     delivery = options.view_as(DeliveryOptions)
     reliability = options.view_as(ReliabilityOptions)
     base = options.view_as(OutputOptions).output_dir.rstrip("/")
+    status_location = reliability.status_location or f"{base}/status"
     return DeliverySettings(
         park_location=reliability.park_location or f"{base}/parked",
-        status_location=reliability.status_location or f"{base}/status",
+        status_location=status_location,
         max_buffering_seconds=delivery.max_buffering_seconds,
         timeouts=Timeouts(delivery.http_connect_timeout, delivery.http_read_timeout),
         rest_concurrency=delivery.rest_concurrency,
@@ -301,12 +316,18 @@ def delivery_settings(options: PipelineOptions, streaming: bool = False) -> Deli
             base_delay_seconds=reliability.retry_base_delay_seconds,
             max_delay_seconds=reliability.retry_max_delay_seconds,
             deactivate_after=reliability.deactivate_after_failures,
+            stream_budget_seconds=reliability.stream_budget_seconds,
+            stream_concurrency=reliability.stream_concurrency,
+            circuit_location=status_location,
+            probe_initial_seconds=reliability.probe_initial_seconds,
+            probe_max_seconds=reliability.probe_max_seconds,
         ),
         allow_insecure=reliability.allow_insecure_destinations,
         secrets=secret_policy(options),
         window_lateness_seconds=window_lateness_seconds(
             stream_options.allowed_lateness_seconds, stream_options.refresh_interval_seconds) if streaming else 0,
         output_window_seconds=stream_options.output_window_seconds if streaming else None,
+        recovery_interval_seconds=reliability.recovery_interval_seconds if streaming else 0,
     )
 
 

@@ -243,8 +243,22 @@ class ReliabilityOptions(PipelineOptions):
         parser.add_argument("--retry_max_delay_seconds", type=float, default=10.0,
                             help="Longest single backoff wait, seconds. Default: 10.")
         parser.add_argument("--deactivate_after_failures", type=int, default=3,
-                            help="Consecutive failed batches after which a stream is deactivated "
-                            "(a permanent error deactivates at once). Default: 3.")
+                            help="Consecutive failed batches after which a stream's circuit opens and its "
+                            "documents are parked (a permanent error opens it at once). Default: 3.")
+        parser.add_argument("--stream_budget_seconds", type=float, default=5.0,
+                            help="Longest one batch of one stream may take, retries included, before it is "
+                            "parked and the bundle goes on: the delay one dead destination can cause the other "
+                            "streams, per failed batch (read timeouts are cut to it). Default: 5.")
+        parser.add_argument("--stream_concurrency", type=int, default=8,
+                            help="Streams whose batches a sink sends side by side, per worker (1 to 64). Default: 8.")
+        parser.add_argument("--probe_initial_seconds", type=float, default=10.0,
+                            help="After a stream's circuit opens, when its destination is first probed; each "
+                            "failed probe doubles the wait. Default: 10.")
+        parser.add_argument("--probe_max_seconds", type=float, default=300.0,
+                            help="Longest wait between two probes of a failing destination. Default: 300.")
+        parser.add_argument("--recovery_interval_seconds", type=int, default=5,
+                            help="Streaming: how often open circuits are looked at, probed when due, and "
+                            "recovered streams' parked batches delivered (0: never; re-drive by hand). Default: 5.")
         parser.add_argument("--park_location", default=None,
                             help="Durable store of parked batches: a directory, gs:// or s3:// path. "
                             "Default: <output_dir>/parked.")
@@ -297,6 +311,14 @@ def validate(options: PipelineOptions) -> None:
     reliability = options.view_as(ReliabilityOptions)
     if not 1 <= reliability.max_attempts <= 20:
         raise OptionError("--max_attempts must be between 1 and 20")
+    if not 0.5 <= reliability.stream_budget_seconds <= 600:
+        raise OptionError("--stream_budget_seconds must be between 0.5 and 600")
+    if not 1 <= reliability.stream_concurrency <= 64:
+        raise OptionError("--stream_concurrency must be between 1 and 64")
+    if not 0 < reliability.probe_initial_seconds <= reliability.probe_max_seconds:
+        raise OptionError("--probe_initial_seconds must be positive and at most --probe_max_seconds")
+    if reliability.recovery_interval_seconds < 0:
+        raise OptionError("--recovery_interval_seconds must be 0 (off) or a positive number of seconds")
     if reliability.retry_deadline_seconds <= 0:
         raise OptionError("--retry_deadline_seconds must be positive")
     if not 0 < reliability.retry_base_delay_seconds <= reliability.retry_max_delay_seconds:

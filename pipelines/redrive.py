@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from dataclasses import replace
@@ -32,6 +33,7 @@ from apache_beam.transforms.window import TimestampedValue
 from pipelines.data_streamer import check_destinations, delivery_settings, secret_policy
 from pipelines.options import DeliveryOptions, OptionError, OutputOptions, ReliabilityOptions, as_flags, parse_job_flags
 from pipelines.summary import summarize
+from schemas.circuit import CircuitStore
 from schemas.streams import DataStream, StreamConfigError, build_stream_config
 from schemas.timestamps import now_iso
 from sinks.delivery import sinks_for
@@ -67,7 +69,10 @@ def _result_json(result: Any) -> bytes:
 
 
 def reactivate(status_location: str, stream: DataStream) -> None:
-    """Mark the stream active before re-driving: the customer fixed it."""
+    """Mark the stream active before re-driving: the customer fixed it. Its
+    circuit closes, so a job that is running sends its live documents again
+    within seconds (``schemas/circuit.py``), not after a refresh interval."""
+    CircuitStore(status_location).close(stream.id)
     records = load_status(status_location)
     current = records.get(stream.id)
     if current is not None:
@@ -104,6 +109,22 @@ def run(argv: list[str] | None = None) -> int:
     store = ParkStore(settings.park_location)
     before = store.list(stream_id)
     reactivate(settings.status_location, stream)
+    # Held while this runs: a streaming job's recovery step leaves the stream's
+    # parked batches to this re-drive instead of sending them too.
+    circuits = CircuitStore(settings.status_location)
+    owner = f"redrive-{os.getpid()}"
+    circuits.take_drain(stream.id, owner)
+    try:
+        _redrive(options, settings, config, stream, store, before)
+    finally:
+        circuits.release(stream.id, owner)
+    sys.stdout.write(render_status_table([load_status(settings.status_location)[stream_id]]))
+    return 0 if not store.list(stream_id) else 1
+
+
+def _redrive(options: PipelineOptions, settings: Any, config: Any, stream: DataStream, store: ParkStore,
+             before: list[str]) -> None:
+    stream_id = stream.id
     sys.stdout.write(f"re-driving {len(before)} parked batches of stream {stream_id} ({stream.api_type})\n")
     if before:
         out = options.view_as(OutputOptions).output_dir.rstrip("/")
@@ -123,7 +144,7 @@ def run(argv: list[str] | None = None) -> int:
         delivered.dead_letters | "WriteDeadLetters" >> write_dead_letters(f"{out}/redrive/dead_letters")
         delivered.results | "WriteDeliveries" >> WriteJsonLines(f"{out}/redrive/deliveries", encode=_result_json)
         delivered.results | "StreamStatus" >> UpdateStreamStatus(
-            settings.status_location, streams, settings.policy.deactivate_after
+            settings.status_location, streams, settings.policy.deactivate_after, settings.policy.circuit_location
         )
         started = now_iso()
         result = pipeline.run()
@@ -138,8 +159,6 @@ def run(argv: list[str] | None = None) -> int:
             f"  delivered {counts.get('documents', 0)} documents in {counts.get('requests', 0)} requests; "
             f"parked again {counts.get('parked', 0)}; {len(after)} batches still parked\n"
         )
-    sys.stdout.write(render_status_table([load_status(settings.status_location)[stream_id]]))
-    return 0 if not store.list(stream_id) else 1
 
 
 def main(argv: list[str] | None = None) -> int:

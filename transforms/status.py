@@ -6,23 +6,29 @@ delivery time, last remote status (HTTP code or AWS error code), consecutive fai
 batches, and a state: ``active``, ``paused`` (by the customer) or ``deactivated``
 with a stable error token (``unreachable``, ``auth_failed``, ``not_found``,
 ``payload_rejected``, ``redirected``, ``throttled``, ``remote_error``,
-``destination_refused``, ``credentials_unavailable``). The rule is the sinks'
-circuit (``sinks/retry.py``): deactivated at once on a permanent error, or after
-``deactivate_after`` consecutive failed batches. A deactivated stream stays
-deactivated in later runs (its documents are parked) until ``make redrive``
-delivers its parked batches and reactivates it.
+``destination_refused``, ``credentials_unavailable``).
+
+The state of a stream the customer has not paused or deactivated is its circuit's
+(``schemas/circuit.py``, kept beside this file in ``circuits/``): ``deactivated``
+with the token while the circuit is not closed (the portal's "Error", with the
+reason), ``active`` once it is closed again; ``circuit`` and ``next_probe_at``
+say where recovery stands. Without a circuit store (a status written from
+results alone) the rule is the circuit's own: deactivated at once on a permanent
+error, or after ``deactivate_after`` consecutive failed batches.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
 from typing import Any
 
 import apache_beam as beam
 import orjson
 from apache_beam.io.filesystems import FileSystems
 
+from schemas.circuit import OPEN, CircuitStore
 from schemas.delivery import DELIVERED, PARKED_STATUS, PERMANENT_TOKENS, REMOTE_ERROR, DeliveryResult
 from schemas.streams import StreamConfig
 from schemas.timestamps import now_iso
@@ -43,6 +49,10 @@ class StreamStatus:
     last_remote_status: str | None
     consecutive_failures: int
     updated_at: str
+    #: closed | open | half_open | recovering (``schemas/circuit.py``)
+    circuit: str = "closed"
+    #: open: when the destination is probed next (ISO 8601 UTC)
+    next_probe_at: str | None = None
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self))
@@ -131,14 +141,28 @@ def merge_status(
     return records
 
 
-def deactivated_streams(previous: Mapping[str, StreamStatus]) -> dict[str, str]:
-    """stream id -> token of the streams an earlier run deactivated."""
-    return {sid: s.error or REMOTE_ERROR for sid, s in previous.items() if s.state == "deactivated"}
+def with_circuits(records: list[StreamStatus], circuits: CircuitStore) -> list[StreamStatus]:
+    """The records with the state of their circuits (module docstring)."""
+    out = []
+    for record in records:
+        circuit = circuits.get(record.stream_id, fresh=True)
+        probe = (datetime.fromtimestamp(circuit.next_probe_at, UTC).isoformat(timespec="seconds")
+                 if circuit.state == OPEN and circuit.next_probe_at else None)
+        record = replace(record, circuit=circuit.state, next_probe_at=probe)
+        if record.state in ("active", "deactivated") and not (record.state == "deactivated" and record.error is None):
+            if circuit.closed:
+                record = replace(record, state="active", error=None)
+            else:
+                record = replace(record, state="deactivated", error=circuit.token or REMOTE_ERROR)
+        out.append(record)
+    return out
 
 
 class StreamHolds(dict):
     """What holds streams back from live delivery, read from the status location:
-    ``{stream_id: token}`` of the streams an earlier run deactivated, and
+    ``{stream_id: token}`` of streams to park (empty here: a failing
+    destination's documents are parked by its sink, which reads the stream's
+    circuit every few seconds, not at a refresh interval), and
     ``history_delivered``, the streams with the historic-data flag whose history
     has been delivered (``pipelines/historic.py``). A stream with the flag whose
     history is not delivered yet has its live documents parked
@@ -174,19 +198,22 @@ def history_delivered(location: str | None) -> frozenset[str]:
 def stream_holds(location: str | None) -> StreamHolds:
     """The :class:`StreamHolds` of the status location (re-read every refresh
     interval by a streaming run)."""
-    return StreamHolds(deactivated_streams(load_status(location)), history_delivered(location))
+    return StreamHolds({}, history_delivered(location))
 
 
 class _UpdateStatusFn(beam.DoFn):
-    def __init__(self, location: str, deactivate_after: int) -> None:
+    def __init__(self, location: str, deactivate_after: int, circuit_location: str | None = None) -> None:
         self._location = location
         self._deactivate_after = deactivate_after
+        self._circuit_location = circuit_location
 
     def process(
         self, element: tuple[None, Iterable[tuple[str, list[DeliveryResult]]]], config: StreamConfig
     ) -> Iterator[StreamStatus]:
         results = {stream_id: items for stream_id, items in element[1] if stream_id is not None}
         records = merge_status(config, load_status(self._location), results, self._deactivate_after)
+        if self._circuit_location is not None:
+            records = with_circuits(records, CircuitStore(self._circuit_location))
         write_status(self._location, records)
         yield from records
 
@@ -199,11 +226,15 @@ class UpdateStreamStatus(beam.PTransform):
     merge (one key), so two updates never race to write the status file.
     """
 
-    def __init__(self, location: str, streams: beam.pvalue.AsSideInput, deactivate_after: int) -> None:
+    def __init__(self, location: str, streams: beam.pvalue.AsSideInput, deactivate_after: int,
+                 circuit_location: str | None = None) -> None:
+        """``circuit_location``: where the sinks keep their circuits (the
+        stream's state is its circuit's, module docstring)."""
         super().__init__()
         self._location = location
         self._streams = streams
         self._deactivate_after = deactivate_after
+        self._circuit_location = circuit_location
 
     def expand(self, results: beam.PCollection) -> beam.PCollection:
         per_stream = (
@@ -220,7 +251,8 @@ class UpdateStreamStatus(beam.PTransform):
         return (
             per_stream
             | "AllStreams" >> beam.GroupByKey()
-            | "Merge" >> beam.ParDo(_UpdateStatusFn(self._location, self._deactivate_after), self._streams)
+            | "Merge" >> beam.ParDo(_UpdateStatusFn(self._location, self._deactivate_after, self._circuit_location),
+                                   self._streams)
         )
 
 
@@ -232,7 +264,11 @@ def render_status_table(records: Iterable[StreamStatus]) -> str:
         f"  {'stream':<26}{'API':<15}{'type':<8}{'destination':<52}{'last data':<31}{'remote status'}",
     ]
     for record in records:
-        remote = record.state if record.state != "deactivated" else f"deactivated ({record.error})"
+        if record.state == "deactivated" and record.circuit != "closed":
+            remote = f"error ({record.error}, {record.circuit.replace('_', '-')}"
+            remote += f", next probe {record.next_probe_at[11:19]}Z)" if record.next_probe_at else ")"
+        else:
+            remote = record.state if record.state != "deactivated" else f"deactivated ({record.error})"
         if record.last_remote_status:
             remote += f", last {record.last_remote_status}"
         lines.append(

@@ -6,7 +6,7 @@ import pytest
 
 from schemas.delivery import DeliveryResult
 from tests.streams import config, kinesis_stream, rest_stream
-from transforms.status import StreamStatus, advance, deactivated_streams, load_status, merge_status, write_status
+from transforms.status import StreamStatus, advance, load_status, merge_status, write_status
 
 STREAMS = config(
     rest_stream("r", "https://hooks.example.com/a"),
@@ -77,6 +77,6 @@ def test_paused_in_config_wins_and_status_survives_runs(tmp_path):
     assert by_id["r"].destination == "POST https://hooks.example.com/a"
     write_status(str(tmp_path), first)
     previous = load_status(str(tmp_path))
-    assert deactivated_streams(previous) == {"r": "not_found"}
+    assert (previous["r"].state, previous["r"].error) == ("deactivated", "not_found")
     second = {s.stream_id: s for s in merge_status(STREAMS, previous, {}, 3)}
     assert second["r"].state == "deactivated" and second["r"].last_remote_status == "404"
