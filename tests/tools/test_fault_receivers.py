@@ -1,8 +1,9 @@
 """The failing destinations of ``tools/faults.py`` against a real client (requests):
 each fault is what a client meets on the wire (a read timeout, a reset, a protocol
-error), the outage switch turns faults on and off between requests, and every
-request is recorded with its arrival times and the reply chosen. Timeouts are
-short on purpose: these test the tool, not the job."""
+error), the outage switch turns faults on and off between requests, every request
+is recorded with its arrival times and the reply chosen, and ``tools/latency.py``
+measures delivery latency from those records. Timeouts are short on purpose: these
+test the tool, not the job."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from email.utils import parsedate_to_datetime
 import pytest
 import requests
 
+from schemas.timestamps import format_event_time, format_usage_time
 from tools.faults import (
     FORBIDDEN,
     GARBAGE_RESPONSE,
@@ -36,6 +38,7 @@ from tools.faults import (
     unavailable,
     wrong_content_length,
 )
+from tools.latency import documents, latencies, latency_report, timestamp_latencies
 from tools.local_destinations import HttpReceiver, Reply, Script
 
 SHORT = (1.0, 0.3)  # connect, read: a hang shows as a read timeout within 0.3 s
@@ -298,6 +301,38 @@ def test_receiver_garbage_status_line_is_a_protocol_error(receiver):
     receiver.down(GARBAGE_RESPONSE)
     with pytest.raises(requests.ConnectionError, match="BadStatusLine"):
         post(receiver)
+
+
+# --------------------------------------------------------------------------- latency
+
+
+def test_receiver_latencies_count_only_accepted_arrivals(receiver):
+    receiver.down(first(1, unavailable()))
+    sent = time.monotonic()
+    sent_at = {"1": sent, "2": sent, "3": sent, "4": sent}  # 4 is never sent
+    assert post(receiver, body=[{"id": 1}, {"id": 2}]).status_code == 503
+    time.sleep(0.2)
+    assert post(receiver, body=[{"id": 1}, {"id": 2}]).status_code == 200  # the retry
+    assert post(receiver, body={"id": 3}).status_code == 200  # rest_api: one object
+
+    measured = latencies(receiver, sent_at, clock="monotonic")
+    assert len(measured) == 3
+    assert all(0.2 <= value < 2.0 for value in measured[:2])  # from the accepted retry, not the 503
+    report = latency_report(receiver, sent_at, clock="monotonic")
+    assert (report["delivered"], report["lost"], report["p99"]) == (3, 1, float("inf"))
+    assert report["p50"] == sorted(measured)[1]
+
+
+def test_receiver_latencies_from_document_timestamps(receiver):
+    moment = datetime.now(UTC) - timedelta(seconds=2)
+    event = {"id": 1, "timestamp": format_event_time(moment)}
+    usage = {"id": 2, "start_timestamp": format_usage_time(moment), "end_timestamp": format_usage_time(moment)}
+    post(receiver, body=[event, usage])
+
+    measured = timestamp_latencies(receiver)
+    assert len(measured) == 2
+    assert all(1.9 <= value < 4.0 for value in measured)  # usage times have whole seconds
+    assert documents(receiver.requests()[0]) == [event, usage]
 
 
 def _wait_for(condition, timeout: float = 3.0) -> None:
