@@ -157,7 +157,7 @@ class _Plan:
     ``before_body`` comes from the fault it wraps, so a plan that can answer
     :data:`RESET_BEFORE_BODY` is asked before the body is read."""
 
-    def __init__(self, fault: Reply | FaultPlan, choose: Callable[[RecordedRequest, FaultPlan], Reply | None]):
+    def __init__(self, fault: Reply | FaultPlan, choose: Callable[[RecordedRequest, FaultPlan], Reply | None]) -> None:
         self._fault: FaultPlan = fault if not isinstance(fault, Reply) else (lambda _r, f=fault: f)
         self.before_body = fault.before_body if isinstance(fault, Reply) else getattr(fault, "before_body", False)
         self._choose = choose
