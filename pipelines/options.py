@@ -249,8 +249,8 @@ class ReliabilityOptions(PipelineOptions):
                             help="Longest one batch of one stream may take, retries included, before it is "
                             "parked and the bundle goes on: the delay one dead destination can cause the other "
                             "streams, per failed batch (read timeouts are cut to it). Default: 5.")
-        parser.add_argument("--stream_concurrency", type=int, default=8,
-                            help="Streams whose batches a sink sends side by side, per worker (1 to 64). Default: 8.")
+        parser.add_argument("--stream_concurrency", type=int, default=16,
+                            help="Streams whose batches a sink sends side by side, per worker (1 to 64). Default: 16.")
         parser.add_argument("--probe_initial_seconds", type=float, default=10.0,
                             help="After a stream's circuit opens, when its destination is first probed; each "
                             "failed probe doubles the wait. Default: 10.")

@@ -55,7 +55,9 @@ class RunSummary:
     deliveries: dict[str, dict[str, int]] = field(default_factory=dict)
     #: routed documents no destination can take, "<kind>|<reason>" -> count
     delivery_dead_letters: dict[str, int] = field(default_factory=dict)
-    #: stream id -> {"routed", "delivered", "parked", "not_deliverable", "redelivered"}
+    #: stream id -> {"routed", "delivered", "parked", "not_deliverable", "redelivered",
+    #: "recovered" (delivered from the park by the recovery step), "unparked" (of
+    #: those, parked by this run)}
     streams: dict[str, dict[str, int]] = field(default_factory=dict)
     #: streaming: "reference" / "streams" / "holds" -> {"loaded", "failed"}
     refreshes: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -67,6 +69,10 @@ class RunSummary:
         return bool(self.streams) or any(k.routed or k.filtered for k in self.kinds.values())
 
     def stream_reconciled(self, counts: dict[str, int]) -> bool:
+        """routed = delivered + parked + not deliverable. "delivered" counts live
+        deliveries only; documents parked by this run and then delivered by the
+        recovery step (``unparked``, ``sinks/recovery.py``) stay in "parked", of
+        which ``parked - unparked`` are still in the park."""
         return counts.get("routed", 0) == (
             counts.get("delivered", 0) + counts.get("parked", 0) + counts.get("not_deliverable", 0)
         )
@@ -112,12 +118,13 @@ class RunSummary:
         if self.delivering:
             ok = all(k.documents == k.routed_documents + k.filtered for k in self.kinds.values())
             lines.append(f"  reconciled: documents = routed + filtered: {'yes' if ok else 'NO'}")
-            lines.append(f"  {'per stream':<28}{'routed':>9}{'delivered':>10}{'parked':>8}{'not deliverable':>16}"
-                         f"{'maybe twice':>12}  reconciled")
+            lines.append(f"  {'per stream':<28}{'routed':>9}{'delivered':>10}{'parked':>8}{'recovered':>10}"
+                         f"{'not deliverable':>16}{'maybe twice':>12}  reconciled")
             for stream_id, counts in sorted(self.streams.items()):
                 lines.append(
                     f"    {stream_id:<26}{counts.get('routed', 0):>9}{counts.get('delivered', 0):>10}"
-                    f"{counts.get('parked', 0):>8}{counts.get('not_deliverable', 0):>16}"
+                    f"{counts.get('parked', 0):>8}{counts.get('recovered', 0):>10}"
+                    f"{counts.get('not_deliverable', 0):>16}"
                     f"{counts.get('redelivered', 0):>12}  {'yes' if self.stream_reconciled(counts) else 'NO'}"
                 )
         if ev.documents_by_type:

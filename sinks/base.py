@@ -12,8 +12,9 @@ destination is written here once, so a sixth destination is one new module:
   and worker: a stream whose circuit is not closed has its requests parked
   without a call (the job's recovery step probes it and delivers the backlog);
 - sending (``sinks/dispatch.py``): a bundle's batches go out stream beside
-  stream, one after the other within a stream, each within the stream budget;
-  what overruns it is parked and the bundle goes on;
+  stream, one after the other within a stream, each request within the stream
+  budget and each batch within the policy's deadline; what overruns is parked
+  and the bundle goes on;
 - the outbound rules (``sinks/outbound.py``) for destinations given by URL (REST,
   DataDog, an AWS ``endpoint_url``): one :class:`~sinks.outbound.OutboundGuard` per
   DoFn checks the URL when a batch opens its stream and is the one the sink's
@@ -61,6 +62,7 @@ from schemas.delivery import (
     PARKED_STATUS,
     PARTIAL,
     PERMANENT_FAILURE,
+    REMOTE_ERROR,
     RETRIES_EXHAUSTED,
     SECRET_UNAVAILABLE,
     STREAM_DEACTIVATED,
@@ -232,14 +234,17 @@ class DeliveryFn(beam.DoFn):
         done = list(outputs)
         if stream is None or not requests:
             return done
-        self._local.probe = probe
+        # A probe stops at its first failed request: the rest of the batch is
+        # parked as it was, not tried request by request against a dead destination.
+        self._local.probe = {"failed": None} if probe else None
         try:
-            return done + self._run(stream, requests, self._policy.stream_budget_seconds)
+            return done + self._run(stream, requests)
         finally:
-            self._local.probe = False
+            self._local.probe = None
 
-    def _run(self, stream: DataStream, requests: Sequence[Request], budget: float) -> list[Any]:
-        self._local.budget_end = time.monotonic() + budget
+    def _run(self, stream: DataStream, requests: Sequence[Request]) -> list[Any]:
+        """The batch, within the policy's deadline (each request within the stream budget)."""
+        self._local.budget_end = time.monotonic() + self._policy.deadline_seconds
         try:
             outputs = list(self.deliver(stream, requests))
         finally:
@@ -339,17 +344,21 @@ class DeliveryFn(beam.DoFn):
         return None if end is None else end - time.monotonic()
 
     def _send(self, stream_id: str, request: Request, connection: Any,
-              deadline_seconds: float | None = None, budget_end: float | None = None) -> Sent:
-        """One request with the policy's retries, within what is left of the
-        batch's budget; records the outcome in the circuit (not for a probe: its
-        caller does). Safe to call from a pool's threads (counts nothing): a
-        sink sending a batch from its own pool passes the lane's ``budget_end``
-        and the probe flag stays with the lane."""
-        probe = getattr(self._local, "probe", False)
-        end = budget_end if budget_end is not None else getattr(self._local, "budget_end", None)
+              deadline_seconds: float | None = None) -> Sent:
+        """One request with the policy's retries, within the stream budget and
+        what is left of the batch's deadline; records the outcome in the circuit
+        (not for a probe: its caller does). Safe to call from a pool's threads
+        (counts nothing): a sink sending a batch from its own pool passes the
+        lane's batch deadline, job and probe flag on to them."""
+        probe = getattr(self._local, "probe", None)
+        job = getattr(self._local, "job", None)
+        if job is not None:
+            job.touch()
+        deadline_seconds = min(self._policy.stream_budget_seconds,
+                               self._policy.deadline_seconds if deadline_seconds is None else deadline_seconds)
+        end = getattr(self._local, "budget_end", None)
         if end is not None:
-            left = end - time.monotonic()
-            deadline_seconds = left if deadline_seconds is None else min(deadline_seconds, left)
+            deadline_seconds = min(deadline_seconds, end - time.monotonic())
         watch = Stopwatch()
         self._local.deadline = None if deadline_seconds is None else time.monotonic() + deadline_seconds
         try:
@@ -359,13 +368,16 @@ class DeliveryFn(beam.DoFn):
             self._local.deadline = None
         if not probe:
             self._circuits.record(stream_id, outcome.ok, outcome.last.token, outcome.last.retryable)
+        elif not outcome.ok:
+            probe["failed"] = outcome.last.token or REMOTE_ERROR
         return Sent(outcome, watch.started_at, watch.elapsed_ms())
 
     def _deactivated(self, stream_id: str) -> str | None:
         """The token the stream's documents are parked with, None if they are
-        sent (always sent by a probe)."""
-        if getattr(self._local, "probe", False):
-            return None
+        sent (by a probe: until one of its requests failed)."""
+        probe = getattr(self._local, "probe", None)
+        if probe:
+            return probe["failed"]
         return parked_token(self._circuits.get(stream_id))
 
     def _deactivate(self, stream_id: str, token: str) -> None:

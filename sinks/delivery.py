@@ -181,7 +181,7 @@ class DeliverToStreams(beam.PTransform):
             recovered = self._recovery_ticks | "Recover" >> RecoverStreams(
                 {api_type: sinks[api_type].fn for api_type in API_TYPES}, self._streams,  # type: ignore[attr-defined]
                 self._settings.park_location, self._settings.policy.circuit_location,
-                self._settings.policy.stream_budget_seconds * 2, self._settings.recovery_interval_seconds)
+                self._settings.policy.stream_budget_seconds, self._settings.recovery_interval_seconds)
             # Not through CountPerStream: a recovered document counts as recovered, not delivered again.
             results.append(recovered.results | "GatherRecovered" >> GatherWindows(gather))
             dead_letters.append(

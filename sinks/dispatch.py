@@ -12,11 +12,12 @@ send in ``process``; it hands each batch to a :class:`BundleSender`:
   as many as were sent at once);
 - lanes run side by side on a bounded pool (``stream_concurrency`` threads per
   sink instance);
-- each batch gets ``budget_seconds`` from the moment it starts (its requests'
-  retries and read timeouts are cut to what is left); one still running at its
-  budget plus ``grace_seconds`` is abandoned: its documents are parked and counted
-  "maybe twice" (the request was in flight), the batches queued behind it in its
-  lane are parked without a request, and the bundle ends;
+- each request gets ``budget_seconds`` (the stream budget: its retries and read
+  timeouts are cut to it) and each batch the failure policy's deadline; a batch
+  whose current request is still running at its budget plus ``grace_seconds``
+  (a destination that drips its answer) is abandoned: its documents are parked
+  and counted "maybe twice" (the request was in flight), the batches queued
+  behind it in its lane are parked without a request, and the bundle goes on;
 - outputs leave as soon as they are ready (as windowed values of their input), and
   ``process`` waits only when more than ``max_pending`` batches are queued.
 
@@ -71,8 +72,8 @@ class Job:
     """One batch of one stream: what to run, and where its outputs go."""
 
     stream_id: str
-    #: sends the batch within a budget of seconds -> its outputs (results, TaggedOutputs)
-    run: Callable[[float], list[Any]]
+    #: sends the batch -> its outputs (results, TaggedOutputs)
+    run: Callable[[], list[Any]]
     #: parks the batch when it was never started or abandoned: (in_flight) -> outputs
     park: Callable[[bool], list[Any]]
     window: Any
@@ -80,8 +81,14 @@ class Job:
     outputs: list[Any] = field(default_factory=list)
     tally: Tally = field(default_factory=Tally)
     started: float | None = None
+    #: when its current request started (:meth:`touch`): what overrunning is measured from
+    touched: float | None = None
     done: bool = False
     abandoned: bool = False
+
+    def touch(self) -> None:
+        """A request of the batch starts now."""
+        self.touched = time.monotonic()
 
 
 class BundleSender:
@@ -116,15 +123,15 @@ class BundleSender:
                     self._running.pop(stream_id, None)
                     return
                 job = lane.popleft()
-                job.started = time.monotonic()
+                job.started = job.touched = time.monotonic()
                 self._running[stream_id] = job
-            self._local.tally = job.tally
+            self._local.tally, self._local.job = job.tally, job
             try:
-                outputs = job.run(self._budget)
+                outputs = job.run()
             except BaseException as err:  # noqa: BLE001 - a bug: raised again on the bundle's thread
                 outputs = [err]
             finally:
-                self._local.tally = None
+                self._local.tally = self._local.job = None
             with self._cond:
                 if job.abandoned:  # the bundle went on without it; its documents were parked
                     self._cond.notify_all()
@@ -173,7 +180,7 @@ class BundleSender:
         abandoned: list[tuple[Job, bool]] = []
         with self._cond:
             for stream_id, job in list(self._running.items()):
-                if job is None or job.started is None or now < job.started + self._budget + self._grace:
+                if job is None or job.touched is None or now < job.touched + self._budget + self._grace:
                     continue
                 job.abandoned = True
                 abandoned.append((job, True))
@@ -186,7 +193,7 @@ class BundleSender:
                 # stream starts a lane of its own.
                 del self._running[stream_id]
         for job, in_flight in abandoned:
-            _LOG.warning("stream %s: a batch %s its budget of %.0f s; parked", job.stream_id,
+            _LOG.warning("stream %s: a batch %s the stream budget of %.0f s a request; parked", job.stream_id,
                          "overran" if in_flight else "waited behind one that overran", self._budget)
             tally = Tally()
             self._local.tally = tally

@@ -23,9 +23,10 @@ hold's wait for the customer or ``pipelines.historic``. A batch is deleted from
 the park store once all its documents are delivered; what fails again stays
 (or, partly delivered, is parked anew with what is left, and then deleted).
 
-Each tick works for at most ``recovery_budget_seconds`` in total, so a large
-backlog is delivered over several ticks and the job's other steps are not held
-(the DirectRunner runs every step on one thread).
+Streams are worked on side by side, and a tick starts no new batch after its
+budget (one stream budget): a large backlog is delivered over several ticks, and
+the job's other steps are held for about a budget at most (the DirectRunner runs
+every step on one thread).
 
 Counts: documents delivered here count as the stream's ``recovered``; those
 parked by this same run also as ``unparked``, so a run's reconciliation reads
@@ -41,6 +42,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -58,6 +60,7 @@ from schemas.delivery import DELIVERED, IN_FLIGHT, RECOVERABLE_REASONS, Delivery
 from schemas.streams import DataStream, StreamConfig
 from schemas.timestamps import now_iso
 from sinks.base import DeliveryFn
+from sinks.dispatch import Tally
 from sinks.ordering import document_time
 from sinks.parking import PARKED, ParkedBatch, ParkStore
 from sinks.results import DEAD_LETTERS
@@ -129,8 +132,13 @@ class _RecoverFn(beam.DoFn):
                                       scope=next(iter(self._fns.values()))._circuit_scope)
         self._parks = ParkStore(self._park_location)
         self._owner = f"recovery-{uuid.uuid4().hex[:12]}"
+        # Streams are probed side by side: a tick waits for the slowest probe
+        # (one stream budget), not for the sum of them.
+        self._pool = ThreadPoolExecutor(max_workers=policy.stream_concurrency, thread_name_prefix="recovery")
+        self._local = threading.local()
 
     def teardown(self) -> None:
+        self._pool.shutdown(wait=False)
         for fn in self._fns.values():
             fn.teardown()
 
@@ -141,13 +149,34 @@ class _RecoverFn(beam.DoFn):
                 return
             _LAST_RUN[self._scope] = now
         deadline = now + self._budget_seconds
+        work = []
         for circuit in self._circuits.streams_needing_attention():
-            if time.monotonic() >= deadline:
-                return
             stream = config.streams.get(circuit.stream_id)
             if stream is None or stream.state != "active" or stream.api_type not in self._fns:
                 continue
-            yield from self._recover(stream, circuit, config, deadline)
+            work.append(self._pool.submit(self._recover_counted, stream, circuit, config, deadline))
+        for future in work:  # each is bounded by its budgets
+            outputs, tallies, counts = future.result()
+            for api_type, tally in tallies.items():
+                tally.apply(self._fns[api_type]._beam_counters)
+            for stream_id, measure, value in counts:
+                if value:
+                    Metrics.counter(metrics.NAMESPACE, metrics.stream_measure(stream_id, measure)).inc(value)
+            yield from outputs
+
+    def _recover_counted(self, stream: DataStream, circuit: CircuitState, config: StreamConfig,
+                         deadline: float) -> tuple[list[Any], dict[str, Tally], list[tuple[str, str, int]]]:
+        """:meth:`_recover` on a pool thread: Beam's counters are per thread, so
+        what it counts is tallied here and added on the bundle's thread."""
+        fn = self._fns[stream.api_type]
+        tally = Tally()
+        fn._local.tally = tally
+        self._local.counts = []
+        try:
+            outputs = list(self._recover(stream, circuit, config, deadline))
+        finally:
+            fn._local.tally = None
+        return outputs, {stream.api_type: tally}, self._local.counts
 
     def _recover(self, stream: DataStream, circuit: CircuitState, config: StreamConfig,
                  deadline: float) -> Iterator[Any]:
@@ -241,11 +270,12 @@ class _RecoverFn(beam.DoFn):
         return outputs, not parked_again
 
     def _count(self, stream_id: str, batch: ParkedBatch, delivered: int) -> None:
-        Metrics.counter(metrics.NAMESPACE, metrics.stream_measure(stream_id, "recovered")).inc(delivered)
+        counts = self._local.counts
+        counts.append((stream_id, "recovered", delivered))
         if batch.parked_at >= self._started_at:
-            Metrics.counter(metrics.NAMESPACE, metrics.stream_measure(stream_id, "unparked")).inc(delivered)
+            counts.append((stream_id, "unparked", delivered))
         if batch.error == IN_FLIGHT:
-            Metrics.counter(metrics.NAMESPACE, metrics.stream_measure(stream_id, "redelivered")).inc(delivered)
+            counts.append((stream_id, "redelivered", delivered))
 
 
 def _token(outputs: list[Any]) -> str | None:

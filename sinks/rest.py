@@ -202,18 +202,18 @@ class _RestWriteFn(_RestDoFnBase):
             yield from self._not_sent(stream.id, requests, connection)
             return
         started = time.monotonic()
-        budget_end = getattr(self._local, "budget_end", None)
-        probe = getattr(self._local, "probe", False)
+        lane = {name: getattr(self._local, name, None) for name in ("budget_end", "probe", "job")}
 
         def send(request: Request) -> Sent | str:
             """The request's outcome, or why it was not started (on a pool thread:
-            the lane's budget and probe flag are passed on)."""
-            self._local.probe = probe
+            the lane's deadline, job and probe flag are passed on)."""
+            for name, value in lane.items():
+                setattr(self._local, name, value)
             if self._deactivated(stream.id) is not None:
                 return STREAM_DEACTIVATED
             remaining = self._policy.deadline_seconds - (time.monotonic() - started)
-            if budget_end is not None:
-                remaining = min(remaining, budget_end - time.monotonic())
+            if lane["budget_end"] is not None:
+                remaining = min(remaining, lane["budget_end"] - time.monotonic())
             if remaining <= 0:
                 return DEADLINE_EXCEEDED
             return self._send(stream.id, request, connection, remaining)

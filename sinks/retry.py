@@ -169,7 +169,7 @@ class RetryPolicy:
     #: How long past its budget a batch in flight is waited for before it is abandoned.
     budget_grace_seconds: float = 1.0
     #: Streams sent side by side per sink instance.
-    stream_concurrency: int = 8
+    stream_concurrency: int = 16
     #: Where the circuits are kept (``schemas/circuit.py``): the status location's
     #: ``circuits/``; None: in this process only (tests).
     circuit_location: str | None = None

@@ -174,3 +174,45 @@ def test_the_same_counts(direct, portable):
         assert portable["summary"][key] == direct["summary"][key], key
     documents = {api: counts["documents"] for api, counts in direct["summary"]["deliveries"].items()}
     assert {api: counts["documents"] for api, counts in portable["summary"]["deliveries"].items()} == documents
+
+
+def test_a_dead_destination_is_cut_off_across_bundles_and_worker_processes(fleet, tmp_path, secrets_in_env):
+    """The circuit is the stream's, not a DoFn instance's: on the portable runner,
+    with SDK workers in their own processes and the stream's documents in many
+    batches (bulk requests of 20), a destination that never answers gets at most
+    ``--deactivate_after_failures`` (3) requests, the default read timeout cut to
+    the stream budget; the healthy stream gets everything and the run reconciles."""
+    from tools import faults
+
+    org = sorted(o["id"] for o in json.loads((fleet / "reference" / "organisation.json").read_text()))[0]
+    out = tmp_path / "out"
+    out.mkdir()
+    with HttpReceiver() as dead, HttpReceiver() as healthy, \
+            JobService(log_path=tmp_path / "job_service.log") as job_service, \
+            WorkerPool(env=os.environ, log_path=tmp_path / "worker_pool.log") as pool:
+        dead.down(faults.HANG)
+        config = out / "streams.json"
+        config.write_text(json.dumps({"streams": [
+            rest_stream("dead", f"{dead.url}/dead", bulk=True, organisation_id=org, batching={"bulk_size": 20}),
+            rest_stream("healthy", f"{healthy.url}/healthy", bulk=True, organisation_id=org),
+        ]}))
+        code = data_streamer.main([
+            f"--events_input={fleet / 'raw' / 'events.jsonl'}",
+            f"--usage_input={fleet / 'raw' / 'usage.jsonl'}",
+            f"--reference_dir={fleet / 'reference'}",
+            f"--streams_config={config}",
+            f"--output_dir={out}",
+            "--allow_insecure_destinations",
+            *portable_flags(job_service, pool),
+        ])
+        hung = dead.requests()
+        delivered = sum(len(r.json()) for r in healthy.requests())
+    summary = json.loads((out / "summary.json").read_text())
+    routed = summary["streams"]["dead"]["routed"]
+    assert code == 0 and summary["reconciled"] is True
+    assert routed > 20 * 3, "enough batches that an instance-local count would send more"
+    assert 1 <= len(hung) <= 3
+    assert summary["streams"]["dead"]["parked"] == routed
+    assert delivered == summary["streams"]["healthy"]["delivered"] == routed
+    circuit = json.loads((out / "status" / "circuits" / "dead.json").read_text())
+    assert (circuit["state"], circuit["token"]) == ("open", "unreachable")
