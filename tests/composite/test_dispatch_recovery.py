@@ -1,0 +1,208 @@
+"""Sending a bundle's streams side by side within their budgets
+(sinks/dispatch.py), and the recovery step that probes open circuits and
+delivers the backlog first (sinks/recovery.py), on real loopback receivers.
+
+The budgets here are short (half a second) to test the mechanism quickly; the
+fault suite (tests/e2e/test_faults_*.py) measures it with the defaults.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from apache_beam import pvalue
+from apache_beam.transforms.window import GlobalWindow, IntervalWindow
+from apache_beam.utils.timestamp import Timestamp
+from apache_beam.utils.windowed_value import WindowedValue
+
+from schemas.circuit import OPEN, RECOVERING, CircuitStore
+from schemas.delivery import DELIVERED, IN_FLIGHT, DeliveryResult
+from sinks.http import Timeouts, new_session
+from sinks.parking import PARKED, ParkedBatch, ParkStore
+from sinks.recovery import RecoveredPane, _RecoverFn, sink_elements
+from sinks.rest import _RestBulkWriteFn
+from sinks.retry import RetryPolicy
+from sinks.s3 import file_name
+from tests.documents import event_doc, usage_doc
+from tests.streams import config, rest_stream, s3_stream
+from tools import faults
+from tools.local_destinations import HttpReceiver
+
+SHORT = dict(max_attempts=2, deadline_seconds=5, base_delay_seconds=0.01, max_delay_seconds=0.05,
+             stream_budget_seconds=0.5, budget_grace_seconds=0.5, probe_initial_seconds=0.1, probe_max_seconds=1)
+
+
+def _fn(location: str | None = None) -> _RestBulkWriteFn:
+    policy = RetryPolicy(**SHORT, circuit_location=location)
+    fn = _RestBulkWriteFn(new_session, Timeouts(1, 30), 1_000_000, policy, allow_insecure=True)
+    fn.setup()
+    return fn
+
+
+def _unwrap(outputs: list[Any]) -> tuple[list[DeliveryResult], list[ParkedBatch]]:
+    results, parked = [], []
+    for output in outputs:
+        value = output.value if isinstance(output, pvalue.TaggedOutput) else output
+        if isinstance(value, WindowedValue):
+            value = value.value
+        if isinstance(output, pvalue.TaggedOutput) and output.tag == PARKED:
+            parked.append(value)
+        elif isinstance(value, DeliveryResult):
+            results.append(value)
+    return results, parked
+
+
+BASE = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
+
+
+def _batch(first_id: int, n: int = 3) -> list[tuple[str, dict[str, Any]]]:
+    return [("event", event_doc("5.1.1", first_id + i, BASE + timedelta(seconds=i))) for i in range(n)]
+
+
+def test_a_bundle_sends_streams_side_by_side_and_parks_a_batch_that_overruns(stream_secrets):
+    """A destination that drips its answer (each read within the read timeout,
+    the whole far beyond the budget) is abandoned at budget plus grace: its batch
+    is parked as maybe delivered, and the healthy stream's batch was delivered
+    meanwhile, not after it."""
+    with HttpReceiver() as healthy, HttpReceiver() as dripping:
+        dripping.down(faults.drip(faults.OK, chunk_bytes=1, interval_seconds=0.2))
+        streams = config(rest_stream("dripping", f"{dripping.url}/d", bulk=True),
+                         rest_stream("healthy", f"{healthy.url}/h", bulk=True))
+        fn = _fn()
+        fn.start_bundle()
+        started = time.monotonic()
+        outputs = list(fn.process(("dripping", _batch(1)), streams, GlobalWindow(), None, Timestamp(0)))
+        outputs += list(fn.process(("healthy", _batch(10)), streams, GlobalWindow(), None, Timestamp(0)))
+        outputs += list(fn.finish_bundle())
+        took = time.monotonic() - started
+        healthy_at = healthy.requests()[0].received_monotonic - started
+        fn.teardown()
+    results, parked = _unwrap(outputs)
+    assert all(isinstance(o.value if isinstance(o, pvalue.TaggedOutput) else o, WindowedValue) for o in outputs)
+    assert healthy_at < 0.5, "the healthy stream did not wait for the dripping one"
+    assert 1.0 <= took < 3.0, "the bundle waited budget + grace for the overrun, not the whole answer"
+    by_stream = {r.stream_id: r for r in results}
+    assert (by_stream["healthy"].status, by_stream["healthy"].documents) == (DELIVERED, 3)
+    assert (by_stream["dripping"].status, by_stream["dripping"].error) == ("failed", IN_FLIGHT)
+    assert [(p.stream_id, p.error, [d["id"] for _, d in p.documents]) for p in parked] == [
+        ("dripping", IN_FLIGHT, [1, 2, 3])]
+
+
+def test_a_streams_batches_go_one_after_the_other_and_the_circuit_stops_them(stream_secrets):
+    """Five batches of a dead stream in one bundle: one lane, so three failed
+    requests open the circuit and the last two are parked without a request."""
+    with HttpReceiver() as dead:
+        dead.down(faults.HANG)
+        streams = config(rest_stream("dead", f"{dead.url}/d", bulk=True))
+        fn = _fn()
+        fn.start_bundle()
+        outputs = []
+        for n in range(5):
+            outputs += list(fn.process(("dead", _batch(100 * n)), streams, GlobalWindow(), None, Timestamp(0)))
+        outputs += list(fn.finish_bundle())
+        requests = dead.requests()
+        fn.teardown()
+    results, parked = _unwrap(outputs)
+    assert len(requests) == 3
+    assert [r.attempts for r in results] == [1, 1, 1, 0, 0]
+    assert [p.reason for p in parked] == ["retries_exhausted"] * 3 + ["stream_deactivated"] * 2
+
+
+def _park(store: ParkStore, stream_id: str, first_id: int, reason: str = "stream_deactivated") -> str:
+    batch = ParkedBatch(stream_id, "rest_api_bulk", reason, None, "unreachable", None, 0,
+                        "2026-12-01T00:00:00.000+00:00", tuple(_batch(first_id)))
+    path = store.write(batch)
+    time.sleep(0.02)  # distinct modification times: the backlog's order
+    return path
+
+
+def _recover_fn(tmp_path, fn: _RestBulkWriteFn) -> _RecoverFn:
+    recover = _RecoverFn({"rest_api_bulk": fn}, str(tmp_path / "parked"), str(tmp_path / "status"), 5, 0)
+    recover.setup()
+    return recover
+
+
+def test_recovery_probes_then_delivers_the_backlog_in_order_and_closes(tmp_path, stream_secrets):
+    with HttpReceiver() as receiver:
+        streams = config(rest_stream("r", f"{receiver.url}/r", bulk=True))
+        store = ParkStore(str(tmp_path / "parked"))
+        paths = [_park(store, "r", 100 * n) for n in range(3)]
+        _park(store, "r", 900, reason="stream_paused")  # the customer's pause: not recovery's
+        fn = _fn(str(tmp_path / "status"))
+        circuits = CircuitStore(str(tmp_path / "status"), RetryPolicy(**SHORT).circuit_settings())
+        circuits.open("r", "unreachable")
+        time.sleep(0.2)  # the probe is due
+        recover = _recover_fn(tmp_path, fn)
+        results, _ = _unwrap(list(recover.process("tick", streams)))
+        recover.teardown()
+        bodies = [[d["id"] for d in r.json()] for r in receiver.requests()]
+    assert bodies == [[0, 1, 2], [100, 101, 102], [200, 201, 202]], "oldest first"
+    assert [r.status for r in results] == [DELIVERED] * 3
+    assert not set(paths) & set(store.list("r")), "delivered batches are deleted"
+    assert [store.read(p).reason for p in store.list("r")] == ["stream_paused"]
+    assert circuits.get("r", fresh=True).closed
+
+
+def test_a_failed_probe_keeps_the_backlog_and_waits_twice_as_long(tmp_path, stream_secrets):
+    with HttpReceiver() as receiver:
+        receiver.down(faults.unavailable())
+        streams = config(rest_stream("r", f"{receiver.url}/r", bulk=True))
+        store = ParkStore(str(tmp_path / "parked"))
+        paths = [_park(store, "r", 100 * n) for n in range(2)]
+        fn = _fn(str(tmp_path / "status"))
+        circuits = CircuitStore(str(tmp_path / "status"), RetryPolicy(**SHORT).circuit_settings())
+        circuits.open("r", "unreachable")
+        time.sleep(0.2)
+        recover = _recover_fn(tmp_path, fn)
+        list(recover.process("tick", streams))
+        recover.teardown()
+        tried = {tuple(d["id"] for d in r.json()) for r in receiver.requests()}
+    assert tried == {(0, 1, 2)}, "only the oldest batch probed"
+    assert store.list("r") == sorted(paths)
+    state = circuits.get("r", fresh=True)
+    assert (state.state, state.probes, state.probe_delay_seconds) == (OPEN, 1, 0.2)
+
+
+def test_a_probe_waits_while_a_redrive_holds_the_stream(tmp_path, stream_secrets):
+    with HttpReceiver() as receiver:
+        streams = config(rest_stream("r", f"{receiver.url}/r", bulk=True))
+        _park(ParkStore(str(tmp_path / "parked")), "r", 0)
+        fn = _fn(str(tmp_path / "status"))
+        circuits = CircuitStore(str(tmp_path / "status"), RetryPolicy(**SHORT).circuit_settings())
+        circuits.open("r", "unreachable")
+        assert circuits.begin_probe("r", "redrive-1", force=True)
+        circuits.recovering("r", "redrive-1")
+        recover = _recover_fn(tmp_path, fn)
+        list(recover.process("tick", streams))
+        recover.teardown()
+        assert receiver.requests() == []
+    assert circuits.get("r", fresh=True).state == RECOVERING
+
+
+def test_recovered_s3_batches_are_files_of_their_own_in_their_windows():
+    stream = config(s3_stream("s", "http://127.0.0.1:1", "b", batching={"rotation_seconds": 60}))["s"]
+    batch = ParkedBatch("s", "aws_s3", "retries_exhausted", None, None, None, 1, "2026-12-01T00:00:00.000+00:00",
+                        (("usage", usage_doc(1, BASE + timedelta(seconds=10))),
+                         ("usage", usage_doc(2, BASE + timedelta(seconds=70))),
+                         ("event", event_doc("5.1.1", 3, BASE + timedelta(seconds=20)))))
+    elements = sink_elements(stream, batch)
+    start = int(BASE.timestamp())
+    assert sorted((key, [d["id"] for d in docs], w.start.micros // 10**6 - start, w.end.micros // 10**6 - start)
+                  for (key, docs), w in elements) == [
+        (("s", "event", 60), [3], 0, 60), (("s", "usage", 60), [1], 0, 60), (("s", "usage", 60), [2], 60, 120)]
+    assert all(isinstance(w, IntervalWindow) for _, w in elements)
+    pane = RecoveredPane(batch.batch_id[:8])
+    assert file_name("usage", datetime(2026, 12, 1, 8, 5), pane_index=pane.index,
+                     recovered=pane.recovered) == f"cdr_20261201_080500_r{batch.batch_id[:8]}.csv"
+
+
+@pytest.mark.parametrize("api_type", ["rest_api", "rest_api_bulk", "aws_kinesis"])
+def test_batching_sinks_take_a_parked_batch_as_one_element(api_type):
+    stream = config(rest_stream("r", "http://127.0.0.1:1/r"))["r"]
+    stream = type(stream)(**{**stream.__dict__, "api_type": api_type}) if api_type != "rest_api" else stream
+    batch = ParkedBatch("r", api_type, "retries_exhausted", None, None, None, 1, "t", tuple(_batch(1)))
+    [(element, window)] = sink_elements(stream, batch)
+    assert element == ("r", list(batch.documents)) and window == GlobalWindow()
