@@ -20,10 +20,11 @@ attempts and deadline; any other 4xx (403: bad API key), a 3xx (redirects are no
 followed) and an unreadable key fail at once. A payload that is not delivered is
 parked (``sinks/parking.py``) with its usage documents, and its result says why
 (status code, error code, status token, attempts). A permanent failure, or
-``deactivate_after`` consecutive failed payloads, deactivates the stream on this
-worker (:class:`StreamCircuit`): its remaining payloads, in this window and later
-ones, are parked without a request, which is what keeps one dead intake from
-holding the worker the other streams share. A payload delivered by a retry after a
+``deactivate_after`` consecutive failed payloads, opens the stream's circuit
+(``schemas/circuit.py``, shared by every worker): its remaining payloads, in this
+window and later ones, are parked without a request until a probe gets through
+(``sinks/recovery.py``), which is what keeps one dead intake from holding the
+worker the other streams share. A payload delivered by a retry after a
 5xx or a timeout may have reached DataDog twice; its result counts those documents
 as ``redelivered_documents``. (The payload is identical and DataDog keeps one point
 per series and timestamp, so the values do not change; the count is reported anyway,

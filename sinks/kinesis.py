@@ -52,8 +52,8 @@ pending are parked (``retries_exhausted``, or ``permanent_failure`` when the las
 error is permanent) as one batch of ``(kind, document)`` pairs: the result is
 ``delivered`` (every record), ``partial`` (some parked) or ``failed`` (none
 delivered), and ``parked_documents`` says how many were parked. A permanent error,
-or ``deactivate_after`` failed requests in a row, deactivates the stream on this
-worker (:class:`~sinks.retry.StreamCircuit`): its later requests are parked as
+or ``deactivate_after`` failed requests in a row, opens the stream's circuit
+(``schemas/circuit.py``, shared by every worker): its later requests are parked as
 ``stream_deactivated`` without a call, so a dead stream costs the others one
 request's retries, not one per batch. An unreadable secret parks the request
 (``credentials_unavailable``) and deactivates the stream too. Records that a retry

@@ -22,18 +22,20 @@ signature.
 
 - ``rest_api``: the documents of a batch go out over ``concurrency`` connections
   and share one time budget, the policy's ``deadline_seconds`` for the whole batch
-  (each request's retries get what is left of it), so a slow endpoint cannot hold
-  the worker for a deadline per document. Once the stream's circuit opens (a
+  (each request's retries get what is left of it, and at most the stream budget,
+  ``sinks/dispatch.py``), so a slow endpoint cannot hold the worker for a deadline
+  per document. Once the stream's circuit opens (a
   permanent failure, or ``deactivate_after`` failed requests in a row) or the budget
   is spent, the batch's documents not yet started are parked without a request, as
   one batch; requests in flight finish.
 - ``rest_api_bulk``: the requests (chunks) of a batch go out one after the other,
-  each retried as a unit within the policy's attempts and deadline; once the
+  each retried as a unit within the stream budget and what is left of the
+  batch's deadline; once the
   circuit opens, the remaining chunks are parked without a request, as one batch.
 
 A request that fails for good is parked with its documents (``retries_exhausted``
 or ``permanent_failure``), and its result says ``failed`` with the last status code,
-error and status token. A stream that is already deactivated on this worker, whose
+error and status token. A stream whose circuit is open (``schemas/circuit.py``), whose
 URL the outbound rules refuse (``sinks/outbound.py``: https only, no raw IP or
 internal address unless ``allow_insecure``), or whose credentials cannot be read,
 is parked without a request. Documents a retry delivered after an attempt that may

@@ -43,8 +43,8 @@ connection errors. Permanent, not retried: a missing bucket (``NoSuchBucket``:
 ``InvalidAccessKeyId``: ``auth_failed``), any other 4xx (``payload_rejected``). A
 file that is not written is parked with its documents as ``(kind, document)`` pairs
 (``retries_exhausted`` or ``permanent_failure``) and gives a ``failed`` result. A
-permanent error, or ``deactivate_after`` failed files in a row, deactivates the
-stream on this worker (:class:`~sinks.retry.StreamCircuit`): its later files are
+permanent error, or ``deactivate_after`` failed files in a row, opens the
+stream's circuit (``schemas/circuit.py``, shared by every worker): its later files are
 parked as ``stream_deactivated`` without a request. An unreadable secret parks the
 file (``credentials_unavailable``) and deactivates the stream too. A file written
 by a retry after an attempt that got no answer is reported as
