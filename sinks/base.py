@@ -55,12 +55,10 @@ from schemas.circuit import CircuitStore, parked_token
 from schemas.delivery import (
     CREDENTIALS_UNAVAILABLE,
     DEADLINE_EXCEEDED,
-    DELIVERED,
     DESTINATION_REFUSED,
     FAILED,
     IN_FLIGHT,
     PARKED_STATUS,
-    PARTIAL,
     PERMANENT_FAILURE,
     REMOTE_ERROR,
     RETRIES_EXHAUSTED,
@@ -73,7 +71,7 @@ from schemas.delivery import (
 from schemas.streams import DataStream, SecretPolicy, StreamConfig
 from sinks.dispatch import BundleSender, Job
 from sinks.outbound import DestinationRefusedError, OutboundGuard, Resolver, resolve_host
-from sinks.parking import parked
+from sinks.outputs import DeliveryOutputs, count_items
 from sinks.requests import Blocked, Request, Sent, Settled
 from sinks.results import DeliveryCounters, Stopwatch
 from sinks.retry import Attempt, Outcome, RetryPolicy
@@ -86,7 +84,7 @@ _LOG = logging.getLogger(__name__)
 NOT_OPEN: Any = object()
 
 
-class DeliveryFn(beam.DoFn):
+class DeliveryFn(DeliveryOutputs, beam.DoFn):
     """``(key, batch)`` -> one :class:`DeliveryResult` per request sent (and per
     group of requests parked without one), parked batches and dead letters."""
 
@@ -281,7 +279,7 @@ class DeliveryFn(beam.DoFn):
                 decided.append(output)
         if stream is None and requests:
             _LOG.warning("stream %s is not in the stream configuration; %d documents parked", stream_id,
-                         _count(requests))
+                         count_items(requests))
             decided += self._not_sent(stream_id, requests, Blocked(FAILED, PERMANENT_FAILURE, UNKNOWN_STREAM, None))
             requests = []
         yield stream, requests
@@ -384,80 +382,3 @@ class DeliveryFn(beam.DoFn):
         if not getattr(self._local, "probe", False):
             self._circuits.open(stream_id, token)
 
-    # ----------------------------------------------------------------- outputs
-
-    def _sent(self, stream_id: str, request: Request, sent: Sent) -> list[Any]:
-        """The result of a request that was sent, and its parked batch when some
-        of it was not delivered. "requests" counts attempts; "documents" and
-        "bytes" what was delivered."""
-        outcome, last = sent.outcome, sent.outcome.last
-        settled = self.settle(request, outcome)
-        self._counters.requests.inc(outcome.attempts)
-        self._counters.documents.inc(settled.delivered)
-        self._counters.bytes.inc(settled.delivered_bytes)
-        self._counters.redelivered.inc(settled.redelivered)
-        if not settled.undelivered:
-            return [self._result(stream_id, [request], DELIVERED, last.status_code, None, None, outcome.attempts,
-                                 0, settled.redelivered, sent, 0)]
-        undelivered = len(settled.undelivered)
-        self._counters.failed_documents.inc(undelivered)
-        reason = RETRIES_EXHAUSTED if last.retryable else PERMANENT_FAILURE
-        return [
-            self._result(stream_id, [request], PARTIAL if settled.delivered else FAILED, last.status_code,
-                         last.error, last.token, outcome.attempts, undelivered, settled.redelivered, sent,
-                         undelivered),
-            parked(stream_id, self.api_type, reason, settled.undelivered, error=last.error, token=last.token,
-                   status_code=last.status_code, attempts=outcome.attempts),
-        ]
-
-    def _not_sent(self, stream_id: str, requests: Sequence[Request], blocked: Blocked) -> list[Any]:
-        """One result and one parked batch for requests never attempted."""
-        items = [item for request in requests for item in request.items]
-        failed = len(items) if self.parked_count_as_failed or blocked.status != PARKED_STATUS else 0
-        self._counters.failed_documents.inc(failed)
-        return [
-            self._result(stream_id, requests, blocked.status, None, blocked.error, blocked.token, 0, len(items), 0,
-                         None, failed),
-            parked(stream_id, self.api_type, blocked.reason, items, error=blocked.error, token=blocked.token),
-        ]
-
-    def _result(self, stream_id: str, requests: Sequence[Request], status: str, status_code: int | None,
-                error: str | None, token: str | None, attempts: int, parked_documents: int, redelivered: int,
-                sent: Sent | None, failed_documents: int) -> DeliveryResult:
-        """The one place a result is built. ``sent`` gives the time the request
-        started and took; requests parked without one start now and take no time."""
-        return DeliveryResult(
-            stream_id=stream_id,
-            api_type=self.api_type,
-            documents=_count(requests),
-            bytes=sum(request.size for request in requests),
-            status=status,
-            status_code=status_code,
-            error=error,
-            failed_documents=failed_documents,
-            started_at=sent.started_at if sent is not None else Stopwatch().started_at,
-            duration_ms=sent.duration_ms if sent is not None else 0,
-            target=requests[0].target,
-            attempts=attempts,
-            token=token,
-            redelivered_documents=redelivered,
-            parked_documents=parked_documents,
-        )
-
-    def _log_failures(self, stream: DataStream, results: list[DeliveryResult]) -> None:
-        """One line per batch, not per request: a dead destination must not flood
-        the logs with one line per document."""
-        failed = [r for r in results if not r.ok]
-        if failed:
-            first = failed[0]
-            _LOG.warning(
-                "stream %s: %d of %d %s requests to %s not delivered, %d documents parked "
-                "(first: %s, status %s, error %s, token %s, %d attempts)",
-                stream.id, len(failed), len(results), self.api_type, stream.describe_destination(),
-                sum(r.parked_documents for r in failed), first.status, first.status_code, first.error, first.token,
-                first.attempts,
-            )
-
-
-def _count(requests: Sequence[Request]) -> int:
-    return sum(len(r.items) for r in requests)
