@@ -50,8 +50,11 @@ _LOG = logging.getLogger(__name__)
 ClientFactory = Callable[[str, str, str | None, str, str], Any]
 
 #: Retries are ours to decide (one failure policy for every sink), so botocore's
-#: own are off; timeouts keep a hanging endpoint from holding a worker.
-_BOTO_CONFIG = Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=5, read_timeout=30)
+#: own are off: ``total_max_attempts`` counts the first request too (botocore's
+#: ``max_attempts`` counts retries only, so 1 meant one retry after every
+#: failure), and one attempt of the policy is one HTTP request; timeouts keep a
+#: hanging endpoint from holding a worker.
+_BOTO_CONFIG = Config(retries={"total_max_attempts": 1, "mode": "standard"}, connect_timeout=5, read_timeout=30)
 
 
 def boto3_client(service: str, region: str, endpoint_url: str | None, key_id: str, secret: str) -> Any:

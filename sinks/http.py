@@ -14,6 +14,11 @@ that changes between the check and the connection (rebinding) cannot move a
 request to another address. TLS is still verified against the URL's host. In
 secure mode the session ignores proxy settings of the environment (a proxy would
 resolve the name itself, unchecked) and a configured proxy is refused.
+
+Nothing retries behind the failure policy's back: the adapters are mounted with
+``max_retries=0`` (urllib3 raises at the first failure, and a stale pooled
+connection fails its attempt instead of being re-sent), so one attempt of
+:class:`~sinks.retry.RetryPolicy` is one request.
 """
 
 from __future__ import annotations
