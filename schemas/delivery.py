@@ -32,10 +32,15 @@ THROTTLED = "throttled"
 REMOTE_ERROR = "remote_error"
 CREDENTIALS_UNAVAILABLE = "credentials_unavailable"
 DESTINATION_REFUSED = "destination_refused"
+#: The stream's settings or secrets make a request that cannot be sent at all
+#: (a header value outside Latin-1, a bucket name botocore refuses): the
+#: customer's configuration must change, not the destination.
+INVALID_CONFIGURATION = "invalid_configuration"
 
 #: Tokens of failures that retrying cannot fix: they deactivate a stream at once.
 PERMANENT_TOKENS = frozenset({
     AUTH_FAILED, NOT_FOUND, PAYLOAD_REJECTED, REDIRECTED, CREDENTIALS_UNAVAILABLE, DESTINATION_REFUSED,
+    INVALID_CONFIGURATION,
 })
 
 #: Error codes of batches parked without a request (besides DESTINATION_REFUSED):

@@ -353,6 +353,18 @@ def _check_url(reader: _Reader, name: str, url: str) -> str:
     return url
 
 
+def _sendable_header_value(value: str) -> bool:
+    """What http.client and requests send as a header value: Latin-1, not
+    starting with whitespace. Refused here, a value fails the config at load
+    instead of failing every request of its stream (the sinks check secrets, read
+    only on the worker, the same way: ``sinks/wire.py``)."""
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return not value[:1].isspace()
+
+
 def _rest(reader: _Reader) -> RestDestination:
     reader.check_keys("RestDestination")
     url = _check_url(reader, "url", reader.get("url", str))
@@ -364,6 +376,9 @@ def _rest(reader: _Reader) -> RestDestination:
         if _CONTROL.search(value) or len(value) > 8192:
             raise reader.error("headers", f"has an invalid value for header {key!r} (control characters or "
                                           "longer than 8,192 characters)")
+        if not _sendable_header_value(value):
+            raise reader.error("headers", f"has a value for header {key!r} that HTTP cannot carry (characters "
+                                          "outside Latin-1, or leading whitespace)")
         if key.lower() in _CREDENTIAL_HEADERS:
             raise reader.error(
                 "headers", f"must not carry the credential header {quote(key)}; use auth_header and auth_secret"

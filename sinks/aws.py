@@ -43,6 +43,7 @@ from sinks.outbound import DestinationRefusedError, OutboundGuard
 from sinks.pinning import PinnedConnectionMixin, PinnedPoolManager
 from sinks.retry import RetryPolicy
 from sinks.secrets import SecretResolver
+from sinks.wire import InvalidConfigurationError, check_access_key_id
 
 _LOG = logging.getLogger(__name__)
 
@@ -136,7 +137,9 @@ def pin_client(client: Any, guard: OutboundGuard) -> PinnedAwsSession:
 class AwsClients:
     """Per-DoFn cache of clients; create it in ``setup``. A client of a
     destination with an ``endpoint_url`` is pinned to ``guard``'s checked
-    addresses unless the guard is in insecure mode."""
+    addresses unless the guard is in insecure mode. An access key id that
+    cannot go into the ``Authorization`` header is refused before a client is
+    made (:func:`~sinks.wire.check_access_key_id`)."""
 
     def __init__(self, factory: ClientFactory, secrets: SecretResolver, guard: OutboundGuard | None = None) -> None:
         self._factory = factory
@@ -150,11 +153,13 @@ class AwsClients:
                destination.access_key_id, destination.secret_access_key)
         client = self._clients.get(key)
         if client is None:
+            key_id = self._secrets.resolve(destination.access_key_id)
+            check_access_key_id(key_id, f"access_key_id ({destination.access_key_id.describe()})")
             client = self._factory(
                 service,
                 destination.region,
                 destination.endpoint_url,
-                self._secrets.resolve(destination.access_key_id),
+                key_id,
                 self._secrets.resolve(destination.secret_access_key),
             )
             if destination.endpoint_url is not None and not self._guard.allow_insecure:
@@ -226,7 +231,7 @@ class AwsDeliveryFn(DeliveryFn):
         try:
             return AwsTarget(self._clients.get(self.service, destination), destination)
         except (ValueError, BotoCoreError) as err:
-            if isinstance(err, DestinationRefusedError):
+            if isinstance(err, DestinationRefusedError | InvalidConfigurationError):
                 raise
             raise DestinationRefusedError(
                 f"no AWS client for this endpoint: {type(err).__name__}") from None

@@ -16,7 +16,9 @@ destination is written here once, so a sixth destination is one new module:
   connections ask for the checked address to connect to; and the secrets, resolved
   on the worker where the job's :class:`~schemas.streams.SecretPolicy` allows: a
   refused URL or an unreadable or refused secret parks the request and
-  deactivates the stream (``destination_refused``, ``credentials_unavailable``);
+  deactivates the stream (``destination_refused``, ``credentials_unavailable``),
+  and so does anything else opening the stream raises (a secret no header can
+  carry: ``invalid_configuration``, ``sinks/wire.py``);
 - the failure policy (:class:`~sinks.retry.RetryPolicy`: what retries, how long);
 - the one place a :class:`~schemas.delivery.DeliveryResult` and a parked batch are
   built, and the delivery counters, counted on the bundle's thread (Beam's metrics
@@ -49,6 +51,7 @@ from schemas.delivery import (
     DELIVERED,
     DESTINATION_REFUSED,
     FAILED,
+    INVALID_CONFIGURATION,
     PARKED_STATUS,
     PARTIAL,
     PERMANENT_FAILURE,
@@ -63,8 +66,9 @@ from sinks.outbound import DestinationRefusedError, OutboundGuard, Resolver, res
 from sinks.parking import parked
 from sinks.requests import Blocked, Request, Sent, Settled
 from sinks.results import DeliveryCounters, Stopwatch
-from sinks.retry import Attempt, Outcome, RetryPolicy, StreamCircuit
+from sinks.retry import Attempt, Outcome, RetryPolicy, StreamCircuit, classify_open_failure
 from sinks.secrets import SecretError, SecretResolver
+from sinks.wire import InvalidConfigurationError
 
 _LOG = logging.getLogger(__name__)
 
@@ -224,6 +228,13 @@ class DeliveryFn(beam.DoFn):
             _LOG.warning("stream %s: %s; nothing sent", stream.id, err)
             self._deactivate(stream.id, CREDENTIALS_UNAVAILABLE)
             return Blocked(FAILED, PERMANENT_FAILURE, SECRET_UNAVAILABLE, CREDENTIALS_UNAVAILABLE)
+        except Exception as err:  # noqa: BLE001 - whatever opening a stream raises is its failure, not the job's
+            failure = classify_open_failure(err)
+            # Our own messages name a setting, never its value; another's could hold a secret.
+            detail = str(err) if isinstance(err, InvalidConfigurationError) else type(err).__name__
+            _LOG.warning("stream %s: its destination cannot be opened (%s); nothing sent", stream.id, detail)
+            self._deactivate(stream.id, failure.token or INVALID_CONFIGURATION)
+            return Blocked(FAILED, PERMANENT_FAILURE, failure.error, failure.token or INVALID_CONFIGURATION)
 
     def _send(self, stream_id: str, request: Request, connection: Any,
               deadline_seconds: float | None = None) -> Sent:

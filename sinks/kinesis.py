@@ -43,9 +43,10 @@ Failures (the one policy of ``sinks/retry.py``). Each ``PutRecords`` request is
 retried through ``RetryPolicy.run``, and each retry resends only the records still
 pending: the records a response accepted are never sent again, because Kinesis
 would store them twice. A per-record ``ErrorCode`` (``ProvisionedThroughputExceededException``:
-``throttled``; ``InternalFailure``: ``remote_error``) is retryable. A request that
-raises is classified by ``classify_exception``: throttling and 5xx codes, timeouts
-and connection errors retry; a missing stream (``ResourceNotFoundException``:
+``throttled``; ``InternalFailure``: ``remote_error``) is retryable. Whatever a request
+raises (botocore, its parsers, the HTTP stack) is classified by
+``classify_exception``: throttling and 5xx codes, timeouts, connection errors and
+answers that cannot be parsed retry; a missing stream (``ResourceNotFoundException``:
 ``not_found``), invalid credentials (``auth_failed``) or a rejected payload fail at
 once. When the policy gives up, what was accepted is delivered and the records still
 pending are parked (``retries_exhausted``, or ``permanent_failure`` when the last
@@ -69,7 +70,6 @@ from typing import Any, NamedTuple
 
 import orjson
 from apache_beam import pvalue
-from botocore.exceptions import BotoCoreError, ClientError
 
 from schemas.delivery import REMOTE_ERROR, THROTTLED
 from schemas.streams import DataStream, SecretPolicy
@@ -143,7 +143,7 @@ class _PutRecords:
                 StreamName=stream_name,
                 Records=[{"Data": r.data, "PartitionKey": r.key} for r in sending],
             )
-        except (ClientError, BotoCoreError) as err:
+        except Exception as err:  # noqa: BLE001 - every exception of a request is its failure (sinks/retry.py)
             attempt = classify_exception(err)
             if attempt.maybe_received:
                 self._maybe_received.update(self._pending)

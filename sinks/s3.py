@@ -38,10 +38,12 @@ formula prefixed with ``'`` unless the stream sets ``s3.escape_formulas: false``
 Failures (the one policy of ``sinks/retry.py``). Each ``put_object`` is retried
 through ``RetryPolicy.run``; a retry rewrites the same key, so it cannot add a
 second file. Retried: ``SlowDown`` and other throttling or 5xx codes, timeouts,
-connection errors. Permanent, not retried: a missing bucket (``NoSuchBucket``:
-``not_found``), denied or invalid credentials (``AccessDenied``,
-``InvalidAccessKeyId``: ``auth_failed``), any other 4xx (``payload_rejected``). A
-file that is not written is parked with its documents as ``(kind, document)`` pairs
+connection errors, answers botocore cannot parse (whatever a request raises is
+classified, never raised). Permanent, not retried: a missing bucket
+(``NoSuchBucket``: ``not_found``), denied or invalid credentials (``AccessDenied``,
+``InvalidAccessKeyId``: ``auth_failed``), a bucket name botocore refuses
+(``invalid_configuration``), any other 4xx (``payload_rejected``). A file that is
+not written is parked with its documents as ``(kind, document)`` pairs
 (``retries_exhausted`` or ``permanent_failure``) and gives a ``failed`` result. A
 permanent error, or ``deactivate_after`` failed files in a row, deactivates the
 stream on this worker (:class:`~sinks.retry.StreamCircuit`): its later files are
@@ -65,7 +67,6 @@ import apache_beam as beam
 import orjson
 from apache_beam import pvalue
 from apache_beam.utils.timestamp import Timestamp
-from botocore.exceptions import BotoCoreError, ClientError
 
 from schemas.records import dead_letter
 from schemas.streams import AwsDestination, DataStream, SecretPolicy
@@ -176,7 +177,7 @@ class _S3WriteFn(AwsDeliveryFn):
         try:
             response = connection.client.put_object(Bucket=connection.destination.target, Key=file.key,
                                                     Body=file.body, ContentType=CONTENT_TYPE)
-        except (ClientError, BotoCoreError) as err:
+        except Exception as err:  # noqa: BLE001 - every exception of a request is its failure (sinks/retry.py)
             return classify_exception(err)
         return Attempt(ok=True, status_code=response.get("ResponseMetadata", {}).get("HTTPStatusCode"))
 

@@ -69,6 +69,11 @@ def test_a_bare_yaml_list_is_accepted():
         (lambda s: s["rest"].update(method="DELETE"), "stream 'r': rest.method must be one of POST, PUT"),
         (lambda s: s["rest"]["headers"].update(Authorization="Bearer x"),
          "stream 'r': rest.headers must not carry the credential header 'Authorization'"),
+        (lambda s: s["rest"]["headers"].update({"X-Customer": "東京"}),
+         "stream 'r': rest.headers has a value for header 'X-Customer' that HTTP cannot carry (characters "
+         "outside Latin-1, or leading whitespace)"),
+        (lambda s: s["rest"]["headers"].update({"X-Customer": " acme"}),
+         "stream 'r': rest.headers has a value for header 'X-Customer' that HTTP cannot carry"),
         (lambda s: s["rest"].update(auth_secret={"value": "literal"}),
          "stream 'r': rest.auth_secret must only name where the secret is"),
         (lambda s: s["rest"].update(auth_secret={"env": "A", "file": "/b"}),
