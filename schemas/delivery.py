@@ -49,6 +49,11 @@ PERMANENT_TOKENS = frozenset({
 SECRET_UNAVAILABLE = "secret_unavailable"
 UNKNOWN_STREAM = "unknown_stream"
 DEADLINE_EXCEEDED = "deadline_exceeded"
+#: Error code of a response that does not prove delivery: a 2xx from Kinesis
+#: without one result per record sent, each with a sequence number, or from S3
+#: without an ETag. The documents may have been stored, so they are retried and
+#: counted as possibly delivered twice when a retry succeeds.
+UNPROVEN_RESPONSE = "unproven_response"
 
 #: Why a batch was parked (``ParkedBatch.reason``; the status tokens say why its
 #: delivery failed).

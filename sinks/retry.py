@@ -15,7 +15,8 @@ that stream's failed attempt, classified by :func:`classify_exception`, never an
 exception out of the sink: what no rule names is a retryable ``remote_error``
 that may have been received (a response botocore cannot parse, an
 ``AttributeError`` from a client library reading a body of the wrong shape). Only
-a bug outside the request (in the sink's own code) ends a run.
+a bug outside the request (in the sink's own code) ends a run. A response counts
+as a success only when it proves delivery (:func:`unproven`).
 
 Retries wait with exponential backoff and full jitter (tenacity's
 ``wait_random_exponential``), or exactly ``Retry-After`` when the destination sends
@@ -60,6 +61,7 @@ from schemas.delivery import (
     REDIRECTED,
     REMOTE_ERROR,
     THROTTLED,
+    UNPROVEN_RESPONSE,
     UNREACHABLE,
 )
 from sinks.outbound import DestinationRefusedError
@@ -199,6 +201,13 @@ def classify_open_failure(err: BaseException) -> Attempt:
     if attempt.retryable:
         return Attempt(False, False, None, attempt.error, INVALID_CONFIGURATION)
     return attempt
+
+
+def unproven(status_code: int | None) -> Attempt:
+    """A 2xx whose body does not prove delivery (a Kinesis answer without one
+    result with a sequence number per record, an S3 answer without an ETag):
+    not a success. Retryable, and what was sent may have been stored."""
+    return Attempt(False, True, status_code, UNPROVEN_RESPONSE, REMOTE_ERROR, maybe_received=True)
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,10 @@ proves delivery counts as delivered.
 
 Against real loopback endpoints (:class:`~tools.local_destinations.HttpReceiver`)
 standing in for a customer's REST endpoint, DataDog, and an S3- or
-Kinesis-compatible endpoint that answers what no AWS service would, and streams
-whose settings no request can carry: a header value or secret outside Latin-1 or
-with a line break, a body botocore cannot parse. Each case
+Kinesis-compatible endpoint that answers what no AWS service would: a header value
+no request can carry (a secret outside Latin-1, one with a line break), a body
+botocore cannot parse, a ``200 {}`` to ``PutRecords``, fewer results than records,
+results without sequence numbers, an object stored without an ETag. Each case
 asserts the exact results (status, attempts, error, token, counts), the parked
 batches, what the endpoint received (one HTTP request per attempt: no library
 retries behind the policy's back), and that nothing was raised out of the sink.
@@ -13,14 +14,16 @@ retries behind the policy's back), and that nothing was raised out of the sink.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import datetime as dt
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import apache_beam as beam
+import orjson
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.transforms.window import TimestampedValue
@@ -240,7 +243,29 @@ def test_whatever_opening_an_aws_stream_raises_parks_it_and_deactivates_it(strea
     ]
 
 
-# =========================================================================== Kinesis and S3 on loopback
+# =========================================================================== Kinesis: proof of delivery
+
+
+def kinesis_ids(request: RecordedRequest) -> list[int]:
+    return [orjson.loads(base64.b64decode(r["Data"]))["id"] for r in request.json()["Records"]]
+
+
+def kinesis_answer(entries: Callable[[list[int], int], Any]) -> Callable[[RecordedRequest], Reply]:
+    """A PutRecords answer from ``entries(ids sent, call number)``: the Records
+    list (or a whole body when it returns a dict)."""
+    calls: list[int] = []
+
+    def respond(request: RecordedRequest) -> Reply:
+        calls.append(1)
+        made = entries(kinesis_ids(request), len(calls))
+        body = made if isinstance(made, dict) else {"FailedRecordCount": 0, "Records": made}
+        return Reply(200, orjson.dumps(body), {"Content-Type": "application/x-amz-json-1.1"})
+
+    return respond
+
+
+def stored(position: int) -> dict[str, str]:
+    return {"SequenceNumber": f"4959{position:05d}", "ShardId": "shardId-000000000000"}
 
 
 def run_kinesis(receiver: HttpReceiver, items: list[tuple[str, dict[str, Any]]],
@@ -251,6 +276,48 @@ def run_kinesis(receiver: HttpReceiver, items: list[tuple[str, dict[str, Any]]],
         return split(list(fn.process(("k1", items), config(kinesis_stream("k1", receiver.url, "st")))))
     finally:
         fn.teardown()
+
+
+@pytest.mark.parametrize("entries", [
+    lambda sent, call: {},  # 200 {}
+    lambda sent, call: {"FailedRecordCount": 0},  # no Records at all
+    lambda sent, call: [stored(n) for n in range(len(sent) - 1)],  # one result short
+    lambda sent, call: [stored(n) for n in range(len(sent) + 1)],  # one result too many
+    lambda sent, call: [{"ShardId": "shardId-000000000000"} for _ in sent],  # no sequence numbers
+    lambda sent, call: [{} for _ in sent],  # entries with neither a sequence number nor an error
+], ids=["empty-object", "no-records", "fewer", "more", "no-sequence-numbers", "empty-entries"])
+def test_kinesis_answers_that_do_not_prove_delivery_are_failed_attempts(http_receiver, stream_secrets, entries):
+    http_receiver.responder = kinesis_answer(entries)
+    items = events(1, 3)
+
+    results, parked = run_kinesis(http_receiver, items)
+
+    assert [kinesis_ids(r) for r in http_receiver.requests()] == [[1, 2, 3], [1, 2, 3]]
+    assert [(*outcome(r), r.status_code) for r in results] == [
+        ("k1", "failed", 3, 2, "unproven_response", "remote_error", 3, 0, 200)]
+    assert [parked_summary(b) for b in parked] == [
+        ("k1", "retries_exhausted", "remote_error", "unproven_response", 2, [1, 2, 3])]
+
+
+def test_kinesis_delivers_what_each_entry_proves_and_retries_the_rest(http_receiver, stream_secrets):
+    """First answer: stored, throttled, an entry that proves nothing. Only the
+    last two are sent again; the one the first answer did not prove may be in the
+    stream twice now, and is counted so."""
+    def entries(sent: list[int], call: int) -> Any:
+        if call == 1:
+            return [stored(0), {"ErrorCode": "ProvisionedThroughputExceededException", "ErrorMessage": "slow"}, {}]
+        return [stored(n + 1) for n in range(len(sent))]
+
+    http_receiver.responder = kinesis_answer(entries)
+
+    results, parked = run_kinesis(http_receiver, events(1, 3))
+
+    assert [kinesis_ids(r) for r in http_receiver.requests()] == [[1, 2, 3], [2, 3]]
+    assert [outcome(r) for r in results] == [("k1", "delivered", 3, 2, None, None, 0, 1)]
+    assert parked == []
+
+
+# =========================================================================== S3: parser errors and proof
 
 
 class _Pane:
@@ -273,22 +340,22 @@ def run_s3(receiver: HttpReceiver, documents: list[dict[str, Any]],
         fn.teardown()
 
 
-# =========================================================================== S3: answers botocore cannot parse
-
-
 GARBAGE = Reply(201, b"<not xml", {"Content-Type": "application/xml"})
+NO_ETAG = Reply(200, b"", {})
 STORED = Reply(200, b"", {"ETag": '"9b2cf535f27731c974343645a3985328"'})
 
 
 @pytest.mark.parametrize(("replies", "expected", "parked_as"), [
     ([GARBAGE], ("failed", 2, 2, "ResponseParserError", "remote_error", 2, 0), "retries_exhausted"),
+    ([NO_ETAG], ("failed", 2, 2, "unproven_response", "remote_error", 2, 0), "retries_exhausted"),
     ([GARBAGE, STORED], ("delivered", 2, 2, None, None, 0, 2), None),
-], ids=["garbage-xml", "garbage-then-stored"])
-def test_s3_answers_that_cannot_be_read_are_failed_attempts(http_receiver, stream_secrets, replies, expected,
-                                                            parked_as):
+    ([NO_ETAG, STORED], ("delivered", 2, 2, None, None, 0, 2), None),
+], ids=["garbage-xml", "no-etag", "garbage-then-stored", "no-etag-then-stored"])
+def test_s3_answers_that_cannot_be_read_or_prove_nothing_are_failed_attempts(http_receiver, stream_secrets,
+                                                                             replies, expected, parked_as):
     """A body botocore cannot parse (its ResponseParserError is not a
-    BotoCoreError): a failed attempt, retried; a file a retry then stores may
-    have been stored by the first attempt too."""
+    BotoCoreError) and a 2xx without the object's ETag: failed attempts, retried;
+    a file a retry then stores may have been stored by the first attempt too."""
     key = "/bucket/events_20261101_080000.csv"
     http_receiver.responder = Script({key: replies})
     documents = [d for _, d in events(1, 2)]

@@ -11,7 +11,7 @@ from botocore.exceptions import ParamValidationError
 from botocore.parsers import ResponseParserError
 
 from sinks.outbound import DestinationRefusedError
-from sinks.retry import Attempt, classify_exception, classify_open_failure
+from sinks.retry import Attempt, classify_exception, classify_open_failure, unproven
 from sinks.wire import (
     InvalidConfigurationError,
     check_access_key_id,
@@ -61,6 +61,10 @@ def test_a_failure_to_open_a_stream_is_permanent():
     assert classify_open_failure(DestinationRefusedError("x")).token == "destination_refused"
     assert classify_open_failure(InvalidConfigurationError("m", "invalid_access_key_id")).error == \
         "invalid_access_key_id"
+
+
+def test_an_answer_that_proves_nothing_is_a_retryable_failure():
+    assert unproven(200) == Attempt(False, True, 200, "unproven_response", "remote_error", maybe_received=True)
 
 
 @pytest.mark.parametrize(("value", "problem"), [
