@@ -38,6 +38,7 @@ from pipelines.options import (
     ReliabilityOptions,
     as_flags,
     parse_job_flags,
+    stream_limits,
 )
 from pipelines.summary import summarize
 from schemas.streams import StreamConfigError, build_stream_config
@@ -99,7 +100,7 @@ def run(argv: list[str] | None = None) -> int:
     config_path = options.view_as(DeliveryOptions).streams_config
     if not config_path:
         raise OptionError("--streams_config is required")
-    config = load_stream_config(config_path)
+    config = load_stream_config(config_path, stream_limits(options))
     if known.stream_id not in config.streams:
         raise StreamConfigError(f"stream {known.stream_id!r} is not in the stream configuration")
     only = build_stream_config([config[known.stream_id]])

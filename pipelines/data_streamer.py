@@ -58,12 +58,20 @@ from pipelines.options import (
     is_streaming,
     parse_job_flags,
     runner_name,
+    stream_limits,
     validate,
 )
 from pipelines.summary import RunSummary, summarize
 from schemas.delivery import DeliveryResult
 from schemas.records import dead_letter_json
-from schemas.streams import DESTINATION_OF, SecretPolicy, StreamConfig, StreamConfigError, check_secret_refs
+from schemas.streams import (
+    DESTINATION_OF,
+    SecretPolicy,
+    StreamConfig,
+    StreamConfigError,
+    StreamLimits,
+    check_secret_refs,
+)
 from sinks.delivery import DeliverToStreams, DeliverySettings
 from sinks.http import Timeouts
 from sinks.outbound import DestinationRefusedError, OutboundGuard
@@ -114,7 +122,8 @@ def _batch_side_inputs(p: beam.Pipeline, options: PipelineOptions,
     streams = holds = None
     config_path = options.view_as(DeliveryOptions).streams_config
     if config_path and settings is not None:
-        streams = beam.pvalue.AsSingleton(p | "StreamConfig" >> LoadStreamConfig(config_path))
+        streams = beam.pvalue.AsSingleton(p | "StreamConfig" >> LoadStreamConfig(config_path,
+                                                                                  stream_limits(options)))
         holds = beam.pvalue.AsSingleton(
             p
             | "StatusLocation" >> beam.Create([settings.status_location])
@@ -143,7 +152,7 @@ def _streaming_side_inputs(p: beam.Pipeline, options: PipelineOptions, settings:
     config_path = options.view_as(DeliveryOptions).streams_config
     if config_path and settings is not None:
         streams = beam.pvalue.AsSingleton(ticks | "StreamConfig" >> RefreshingSnapshot(
-            "streams", functools.partial(_load_streams, config_path), windows))
+            "streams", functools.partial(_load_streams, config_path, stream_limits(options)), windows))
         status = settings.status_location
         holds = beam.pvalue.AsSingleton(ticks | "StreamHolds" >> RefreshingSnapshot(
             "holds", functools.partial(_load_holds, status), windows))
@@ -154,8 +163,8 @@ def _load_reference(directory: str, tick: Any) -> ReferenceData:
     return load_reference_data(location(tick, "reference_dir", directory))
 
 
-def _load_streams(path: str, tick: Any) -> StreamConfig:
-    return load_stream_config(location(tick, "streams_config", path))
+def _load_streams(path: str, limits: StreamLimits, tick: Any) -> StreamConfig:
+    return load_stream_config(location(tick, "streams_config", path), limits)
 
 
 def _load_holds(status_location: str, tick: Any) -> StreamHolds:
@@ -479,7 +488,7 @@ def run(argv: list[str] | None = None) -> RunSummary | None:
     _LOG.info("reference data: %s", reference.sizes())
     streams_config = options.view_as(DeliveryOptions).streams_config
     if streams_config:
-        config = load_stream_config(streams_config)
+        config = load_stream_config(streams_config, stream_limits(options))
         check_destinations(config, options.view_as(ReliabilityOptions).allow_insecure_destinations,
                            secret_policy(options))
         _LOG.info("streams: %d", len(config))

@@ -91,6 +91,7 @@ from pipelines.options import (
     ReliabilityOptions,
     as_flags,
     parse_job_flags,
+    stream_limits,
 )
 from schemas.delivery import AWAITING_HISTORY, DELIVERED, PARKED_STATUS
 from schemas.streams import DataStream, StreamConfigError, build_stream_config
@@ -182,7 +183,7 @@ def _check_options(known: Any, options: PipelineOptions) -> DataStream:
     config_path = options.view_as(DeliveryOptions).streams_config
     if not config_path:
         raise OptionError("--streams_config is required")
-    config = load_stream_config(config_path)
+    config = load_stream_config(config_path, stream_limits(options))
     if known.stream_id not in config.streams:
         raise StreamConfigError(f"stream {known.stream_id!r} is not in the stream configuration")
     stream = config[known.stream_id]

@@ -15,6 +15,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from schemas.records import quote
+from schemas.streams import DEFAULT_MAX_STREAMS, DEFAULT_MAX_STREAMS_PER_ORGANISATION, StreamLimits
 from transforms.dedup import DEFAULT_HORIZON_SECONDS
 from transforms.files import FORMATS, detect_format
 from transforms.lateness import DEFAULT_ALLOWED_LATENESS_SECONDS
@@ -22,6 +23,9 @@ from transforms.parse import DEFAULT_MAX_RECORD_BYTES
 from transforms.refresh import DEFAULT_REFRESH_SECONDS
 
 DEFAULT_OUTPUT_WINDOW_SECONDS = 60
+#: The largest --max_streams and --max_streams_per_organisation accepted; the
+#: 16 MiB a configuration file may have holds some 60,000 streams anyway.
+MAX_STREAMS_LIMIT = 1_000_000
 
 
 class OptionError(ValueError):
@@ -229,6 +233,22 @@ class DeliveryOptions(PipelineOptions):
             default=8,
             help="Concurrent requests per worker and rest_api batch (1 to 64). Default: 8.",
         )
+        parser.add_argument(
+            "--max_streams",
+            type=int,
+            default=DEFAULT_MAX_STREAMS,
+            help="Most data streams --streams_config may hold: every worker holds them all and re-reads them at "
+            "each refresh. A larger configuration is refused at start (exit 2) and, edited later, at a refresh "
+            f"(the last good one is kept). Default: {DEFAULT_MAX_STREAMS}.",
+        )
+        parser.add_argument(
+            "--max_streams_per_organisation",
+            type=int,
+            default=DEFAULT_MAX_STREAMS_PER_ORGANISATION,
+            help="Most data streams one organisation may have: each of its documents is routed, serialised and "
+            "sent once per stream. Enforced like --max_streams. "
+            f"Default: {DEFAULT_MAX_STREAMS_PER_ORGANISATION}.",
+        )
 
 
 class ReliabilityOptions(PipelineOptions):
@@ -308,6 +328,7 @@ def validate(options: PipelineOptions) -> None:
         raise OptionError("--http_connect_timeout and --http_read_timeout must be positive")
     if not 1 <= delivery.rest_concurrency <= 64:
         raise OptionError("--rest_concurrency must be between 1 and 64")
+    stream_limits(options)
     reliability = options.view_as(ReliabilityOptions)
     if not 1 <= reliability.max_attempts <= 20:
         raise OptionError("--max_attempts must be between 1 and 20")
@@ -328,6 +349,18 @@ def validate(options: PipelineOptions) -> None:
     if reliability.park_retention_days < 1:
         raise OptionError("--park_retention_days must be at least 1")
     validate_secret_options(options)
+
+
+def stream_limits(options: PipelineOptions) -> StreamLimits:
+    """``--max_streams`` and ``--max_streams_per_organisation``, checked: every
+    command that loads a stream configuration (the job, re-drive, backfill,
+    historic) passes them to its loaders, the workers' included."""
+    delivery = options.view_as(DeliveryOptions)
+    for flag, value in (("--max_streams", delivery.max_streams),
+                        ("--max_streams_per_organisation", delivery.max_streams_per_organisation)):
+        if not 1 <= value <= MAX_STREAMS_LIMIT:
+            raise OptionError(f"{flag} must be between 1 and {MAX_STREAMS_LIMIT:,}")
+    return StreamLimits(delivery.max_streams, delivery.max_streams_per_organisation)
 
 
 def validate_secret_options(options: PipelineOptions) -> None:

@@ -31,7 +31,15 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms.window import TimestampedValue
 
 from pipelines.data_streamer import check_destinations, delivery_settings, secret_policy
-from pipelines.options import DeliveryOptions, OptionError, OutputOptions, ReliabilityOptions, as_flags, parse_job_flags
+from pipelines.options import (
+    DeliveryOptions,
+    OptionError,
+    OutputOptions,
+    ReliabilityOptions,
+    as_flags,
+    parse_job_flags,
+    stream_limits,
+)
 from pipelines.summary import summarize
 from schemas.circuit import CircuitStore
 from schemas.streams import DataStream, StreamConfigError, build_stream_config
@@ -93,7 +101,7 @@ def run(argv: list[str] | None = None) -> int:
     options = PipelineOptions(beam_args + as_flags(vars(known), skip=("stream_id",)))
     if not options.view_as(DeliveryOptions).streams_config:
         raise OptionError("--streams_config is required")
-    config = load_stream_config(options.view_as(DeliveryOptions).streams_config)
+    config = load_stream_config(options.view_as(DeliveryOptions).streams_config, stream_limits(options))
     if stream_id not in config.streams:
         raise StreamConfigError(f"stream {stream_id!r} is not in the stream configuration")
     stream = config[stream_id]

@@ -32,10 +32,15 @@ THROTTLED = "throttled"
 REMOTE_ERROR = "remote_error"
 CREDENTIALS_UNAVAILABLE = "credentials_unavailable"
 DESTINATION_REFUSED = "destination_refused"
+#: The stream's settings or secrets make a request that cannot be sent at all
+#: (a header value outside Latin-1, a bucket name botocore refuses): the
+#: customer's configuration must change, not the destination.
+INVALID_CONFIGURATION = "invalid_configuration"
 
 #: Tokens of failures that retrying cannot fix: they deactivate a stream at once.
 PERMANENT_TOKENS = frozenset({
     AUTH_FAILED, NOT_FOUND, PAYLOAD_REJECTED, REDIRECTED, CREDENTIALS_UNAVAILABLE, DESTINATION_REFUSED,
+    INVALID_CONFIGURATION,
 })
 
 #: Error codes of batches parked without a request (besides DESTINATION_REFUSED):
@@ -52,6 +57,11 @@ IN_FLIGHT = "in_flight_at_budget"
 #: destination answers again; paused streams and history holds wait for the
 #: customer or ``pipelines.historic``.
 RECOVERABLE_REASONS = frozenset({"retries_exhausted", "permanent_failure", "stream_deactivated"})
+#: Error code of a response that does not prove delivery: a 2xx from Kinesis
+#: without one result per record sent, each with a sequence number, or from S3
+#: without an ETag. The documents may have been stored, so they are retried and
+#: counted as possibly delivered twice when a retry succeeds.
+UNPROVEN_RESPONSE = "unproven_response"
 
 #: Why a batch was parked (``ParkedBatch.reason``; the status tokens say why its
 #: delivery failed).

@@ -81,10 +81,35 @@ MAX_CONFIG_BYTES = 16 * 1024 * 1024
 #: stream configuration.
 MAX_NESTING = 32
 MAX_URL_LENGTH = 2048
+#: Defaults of ``--max_streams`` and ``--max_streams_per_organisation``: what a
+#: worker holds comfortably (docs/configuration.md, "Stream limits", has the
+#: measurements).
+DEFAULT_MAX_STREAMS = 10_000
+DEFAULT_MAX_STREAMS_PER_ORGANISATION = 100
 
 
 class StreamConfigError(ValueError):
     """An invalid stream configuration; the message names the stream and field."""
+
+
+@dataclass(frozen=True)
+class StreamLimits:
+    """How many streams a configuration may hold, in all and per organisation
+    (``--max_streams``, ``--max_streams_per_organisation``).
+
+    Every worker holds the whole configuration (a side input, loaded again at
+    every refresh), and every document fans out to each stream of its
+    organisation: a routed element, a serialisation and a request per stream. So
+    the total bounds a worker's memory and load time, and the per-organisation
+    count bounds what one document costs. Checked wherever a configuration is
+    loaded, on the submitting machine and on every worker (the file may change
+    after the job started), before the streams are built."""
+
+    max_streams: int = DEFAULT_MAX_STREAMS
+    max_streams_per_organisation: int = DEFAULT_MAX_STREAMS_PER_ORGANISATION
+
+
+DEFAULT_LIMITS = StreamLimits()
 
 
 @dataclass(frozen=True)
@@ -353,6 +378,18 @@ def _check_url(reader: _Reader, name: str, url: str) -> str:
     return url
 
 
+def _sendable_header_value(value: str) -> bool:
+    """What http.client and requests send as a header value: Latin-1, not
+    starting with whitespace. Refused here, a value fails the config at load
+    instead of failing every request of its stream (the sinks check secrets, read
+    only on the worker, the same way: ``sinks/wire.py``)."""
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return not value[:1].isspace()
+
+
 def _rest(reader: _Reader) -> RestDestination:
     reader.check_keys("RestDestination")
     url = _check_url(reader, "url", reader.get("url", str))
@@ -364,6 +401,9 @@ def _rest(reader: _Reader) -> RestDestination:
         if _CONTROL.search(value) or len(value) > 8192:
             raise reader.error("headers", f"has an invalid value for header {key!r} (control characters or "
                                           "longer than 8,192 characters)")
+        if not _sendable_header_value(value):
+            raise reader.error("headers", f"has a value for header {key!r} that HTTP cannot carry (characters "
+                                          "outside Latin-1, or leading whitespace)")
         if key.lower() in _CREDENTIAL_HEADERS:
             raise reader.error(
                 "headers", f"must not carry the credential header {quote(key)}; use auth_header and auth_secret"
@@ -570,18 +610,23 @@ def check_secret_refs(config: StreamConfig, policy: SecretPolicy) -> None:
                 raise StreamConfigError(f"stream {stream.id!r}: {block}.{name} {reason}")
 
 
+class _TooManyStreamsError(Exception):
+    """Raised by :class:`_BoundedLoader` past ``max_items`` streams."""
+
+
 class _BoundedLoader(yaml.SafeLoader):
-    """``yaml.safe_load``'s loader without anchors and aliases, and with nesting
-    bounded by :data:`MAX_NESTING`.
+    """``yaml.safe_load``'s loader without anchors and aliases, with nesting
+    bounded by :data:`MAX_NESTING` and the list of streams by ``max_items``.
 
     Aliases are how a few hundred bytes of YAML expand to gigabytes (and any
     message that shows the value expands them too); a stream configuration has
     no use for them. The nesting bound stops a deep document before PyYAML's
     recursive composer would hit Python's recursion limit."""
 
-    def __init__(self, stream: str) -> None:
+    def __init__(self, stream: str, max_items: int | None = None) -> None:
         super().__init__(stream)
         self._depth = 0
+        self._max_items = max_items
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         event = self.peek_event()
@@ -589,6 +634,12 @@ class _BoundedLoader(yaml.SafeLoader):
             raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not allowed", event.start_mark)
         if getattr(event, "anchor", None) is not None:
             raise yaml.composer.ComposerError(None, None, "YAML anchors (&name) are not allowed", event.start_mark)
+        if (self._max_items is not None and self._depth <= 2 and isinstance(parent, yaml.SequenceNode)
+                and index >= self._max_items):
+            # The list of streams (the document, or its "streams"), one entry
+            # too many: stop before composing the rest, which pure-Python YAML
+            # does at some 15 KB and 1 ms a stream.
+            raise _TooManyStreamsError()
         self._depth += 1
         try:
             if self._depth > MAX_NESTING:
@@ -599,14 +650,19 @@ class _BoundedLoader(yaml.SafeLoader):
             self._depth -= 1
 
 
-def _decode(text: str, source: str) -> Any:
+def _decode(text: str, source: str, limits: StreamLimits) -> Any:
     """The JSON or YAML document of ``text``, within the module's limits."""
     if len(text) > MAX_CONFIG_BYTES:
         raise StreamConfigError(f"{source}: larger than the {MAX_CONFIG_BYTES:,} bytes a stream configuration "
                                 "may have")
     try:
-        # yaml.load with a SafeLoader subclass: safe_load, stricter still.
-        data = json.loads(text) if text.lstrip().startswith(("{", "[")) else yaml.load(text, Loader=_BoundedLoader)
+        if text.lstrip().startswith(("{", "[")):
+            data = json.loads(text)
+        else:
+            # yaml.load with a SafeLoader subclass: safe_load, stricter still.
+            data = yaml.load(text, Loader=functools.partial(_BoundedLoader, max_items=limits.max_streams))
+    except _TooManyStreamsError:
+        raise _too_many(source, limits) from None
     except RecursionError:
         raise StreamConfigError(f"{source}: nested more than {MAX_NESTING} levels deep") from None
     except (ValueError, yaml.YAMLError) as err:
@@ -616,9 +672,18 @@ def _decode(text: str, source: str) -> Any:
     return data
 
 
-def parse_stream_config(text: str, source: str = "streams config") -> StreamConfig:
-    """Parse JSON or YAML text (``{"streams": [...]}`` or a list)."""
-    data = _decode(text, source)
+def _too_many(source: str, limits: StreamLimits, count: int | None = None) -> StreamConfigError:
+    held = f"{count:,} entries, more than" if count is not None else "more than"
+    return StreamConfigError(f"{source}: streams has {held} the {limits.max_streams:,} streams a configuration "
+                             "may hold (--max_streams)")
+
+
+def parse_stream_config(text: str, source: str = "streams config",
+                        limits: StreamLimits = DEFAULT_LIMITS) -> StreamConfig:
+    """Parse JSON or YAML text (``{"streams": [...]}`` or a list) of at most
+    ``limits`` streams. The total is checked before any stream is built; an
+    organisation's count as its streams are built, naming the one too many."""
+    data = _decode(text, source, limits)
     if isinstance(data, Mapping):
         unknown = [key for key in data if key != "streams"]
         if unknown:
@@ -629,7 +694,21 @@ def parse_stream_config(text: str, source: str = "streams config") -> StreamConf
         data = data.get("streams")
     if not isinstance(data, list):
         raise StreamConfigError(f"{source}: expected a list of streams or {{'streams': [...]}}")
-    return build_stream_config([stream_from_dict(item, i) for i, item in enumerate(data)])
+    if len(data) > limits.max_streams:
+        raise _too_many(source, limits, len(data))
+    streams = []
+    per_organisation: dict[int, int] = {}
+    for position, item in enumerate(data):
+        stream = stream_from_dict(item, position)
+        count = per_organisation.get(stream.organisation_id, 0) + 1
+        if count > limits.max_streams_per_organisation:
+            raise StreamConfigError(
+                f"{source}: stream {stream.id!r}: organisation_id {stream.organisation_id} has more than the "
+                f"{limits.max_streams_per_organisation:,} streams an organisation may have "
+                "(--max_streams_per_organisation)")
+        per_organisation[stream.organisation_id] = count
+        streams.append(stream)
+    return build_stream_config(streams)
 
 
 @functools.cache

@@ -43,6 +43,7 @@ from sinks.outbound import DestinationRefusedError, OutboundGuard
 from sinks.pinning import PinnedConnectionMixin, PinnedPoolManager
 from sinks.retry import RetryPolicy
 from sinks.secrets import SecretResolver
+from sinks.wire import InvalidConfigurationError, check_access_key_id
 
 _LOG = logging.getLogger(__name__)
 
@@ -50,8 +51,11 @@ _LOG = logging.getLogger(__name__)
 ClientFactory = Callable[[str, str, str | None, str, str], Any]
 
 #: Retries are ours to decide (one failure policy for every sink), so botocore's
-#: own are off; timeouts keep a hanging endpoint from holding a worker.
-_BOTO_CONFIG = Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=5, read_timeout=30)
+#: own are off: ``total_max_attempts`` counts the first request too (botocore's
+#: ``max_attempts`` counts retries only, so 1 meant one retry after every
+#: failure), and one attempt of the policy is one HTTP request; timeouts keep a
+#: hanging endpoint from holding a worker.
+_BOTO_CONFIG = Config(retries={"total_max_attempts": 1, "mode": "standard"}, connect_timeout=5, read_timeout=30)
 
 
 def boto3_client(service: str, region: str, endpoint_url: str | None, key_id: str, secret: str) -> Any:
@@ -133,7 +137,9 @@ def pin_client(client: Any, guard: OutboundGuard) -> PinnedAwsSession:
 class AwsClients:
     """Per-DoFn cache of clients; create it in ``setup``. A client of a
     destination with an ``endpoint_url`` is pinned to ``guard``'s checked
-    addresses unless the guard is in insecure mode."""
+    addresses unless the guard is in insecure mode. An access key id that
+    cannot go into the ``Authorization`` header is refused before a client is
+    made (:func:`~sinks.wire.check_access_key_id`)."""
 
     def __init__(self, factory: ClientFactory, secrets: SecretResolver, guard: OutboundGuard | None = None) -> None:
         self._factory = factory
@@ -147,11 +153,13 @@ class AwsClients:
                destination.access_key_id, destination.secret_access_key)
         client = self._clients.get(key)
         if client is None:
+            key_id = self._secrets.resolve(destination.access_key_id)
+            check_access_key_id(key_id, f"access_key_id ({destination.access_key_id.describe()})")
             client = self._factory(
                 service,
                 destination.region,
                 destination.endpoint_url,
-                self._secrets.resolve(destination.access_key_id),
+                key_id,
                 self._secrets.resolve(destination.secret_access_key),
             )
             if destination.endpoint_url is not None and not self._guard.allow_insecure:
@@ -223,7 +231,7 @@ class AwsDeliveryFn(DeliveryFn):
         try:
             return AwsTarget(self._clients.get(self.service, destination), destination)
         except (ValueError, BotoCoreError) as err:
-            if isinstance(err, DestinationRefusedError):
+            if isinstance(err, DestinationRefusedError | InvalidConfigurationError):
                 raise
             raise DestinationRefusedError(
                 f"no AWS client for this endpoint: {type(err).__name__}") from None

@@ -21,7 +21,9 @@ destination is written here once, so a sixth destination is one new module:
   connections ask for the checked address to connect to; and the secrets, resolved
   on the worker where the job's :class:`~schemas.streams.SecretPolicy` allows: a
   refused URL or an unreadable or refused secret parks the request and
-  deactivates the stream (``destination_refused``, ``credentials_unavailable``);
+  deactivates the stream (``destination_refused``, ``credentials_unavailable``),
+  and so does anything else opening the stream raises (a secret no header can
+  carry: ``invalid_configuration``, ``sinks/wire.py``);
 - the failure policy (:class:`~sinks.retry.RetryPolicy`: what retries, how long);
 - the one place a :class:`~schemas.delivery.DeliveryResult` and a parked batch are
   built, and the delivery counters, counted on the bundle's thread (Beam's metrics
@@ -58,6 +60,7 @@ from schemas.delivery import (
     DESTINATION_REFUSED,
     FAILED,
     IN_FLIGHT,
+    INVALID_CONFIGURATION,
     PARKED_STATUS,
     PERMANENT_FAILURE,
     REMOTE_ERROR,
@@ -74,8 +77,9 @@ from sinks.outbound import DestinationRefusedError, OutboundGuard, Resolver, res
 from sinks.outputs import DeliveryOutputs, count_items
 from sinks.requests import Blocked, Request, Sent, Settled
 from sinks.results import DeliveryCounters, Stopwatch
-from sinks.retry import Attempt, Outcome, RetryPolicy
+from sinks.retry import Attempt, Outcome, RetryPolicy, classify_open_failure
 from sinks.secrets import SecretError, SecretResolver
+from sinks.wire import InvalidConfigurationError
 
 _LOG = logging.getLogger(__name__)
 
@@ -336,6 +340,13 @@ class DeliveryFn(DeliveryOutputs, beam.DoFn):
             _LOG.warning("stream %s: %s; nothing sent", stream.id, err)
             self._deactivate(stream.id, CREDENTIALS_UNAVAILABLE)
             return Blocked(FAILED, PERMANENT_FAILURE, SECRET_UNAVAILABLE, CREDENTIALS_UNAVAILABLE)
+        except Exception as err:  # noqa: BLE001 - whatever opening a stream raises is its failure, not the job's
+            failure = classify_open_failure(err)
+            # Our own messages name a setting, never its value; another's could hold a secret.
+            detail = str(err) if isinstance(err, InvalidConfigurationError) else type(err).__name__
+            _LOG.warning("stream %s: its destination cannot be opened (%s); nothing sent", stream.id, detail)
+            self._deactivate(stream.id, failure.token or INVALID_CONFIGURATION)
+            return Blocked(FAILED, PERMANENT_FAILURE, failure.error, failure.token or INVALID_CONFIGURATION)
 
     def _budget_left(self) -> float | None:
         end = getattr(self._local, "budget_end", None)

@@ -62,6 +62,7 @@ from sinks.requests import Request
 from sinks.results import SinkOutputs, apply_sink, too_large_dead_letter
 from sinks.retry import Attempt, RetryPolicy
 from sinks.windows import PerElementFixedWindows, size_from_key, window_with_late_panes
+from sinks.wire import check_header_values
 
 _LOG = logging.getLogger(__name__)
 
@@ -120,11 +121,15 @@ class _DataDogWriteFn(HttpDeliveryFn):
 
     def connect(self, stream: DataStream) -> dict[str, str]:
         """The request headers with the stream's keys; raises :class:`SecretError`
-        when a key cannot be read."""
+        when a key cannot be read and :class:`~sinks.wire.InvalidConfigurationError`
+        when one cannot be sent as a header value."""
         destination: DataDogDestination = stream.destination  # type: ignore[assignment]
         headers = {"Content-Type": "application/json", "DD-API-KEY": self._secrets.resolve(destination.api_key)}
+        sources = {"dd-api-key": f"datadog.api_key ({destination.api_key.describe()})"}
         if destination.application_key is not None:
             headers["DD-APPLICATION-KEY"] = self._secrets.resolve(destination.application_key)
+            sources["dd-application-key"] = f"datadog.application_key ({destination.application_key.describe()})"
+        check_header_values(headers, sources)
         return headers
 
     def attempt(self, request: Request, connection: dict[str, str]) -> Attempt:

@@ -14,6 +14,11 @@ that changes between the check and the connection (rebinding) cannot move a
 request to another address. TLS is still verified against the URL's host. In
 secure mode the session ignores proxy settings of the environment (a proxy would
 resolve the name itself, unchecked) and a configured proxy is refused.
+
+Nothing retries behind the failure policy's back: the adapters are mounted with
+``max_retries=0`` (urllib3 raises at the first failure, and a stale pooled
+connection fails its attempt instead of being re-sent), so one attempt of
+:class:`~sinks.retry.RetryPolicy` is one request.
 """
 
 from __future__ import annotations
@@ -94,18 +99,21 @@ def pin_session(session: requests.Session, guard: OutboundGuard, pool_size: int 
 
 def classified_request(session: requests.Session, method: str, url: str, body: bytes,
                        headers: Mapping[str, str], timeouts: Timeouts) -> Attempt:
-    """One request, classified for the retry policy; never raises for a
-    destination failure (:func:`classify_exception` re-raises anything else: a
-    bug). Redirects are not followed (module docstring); the body is read, not
-    streamed, so a reset mid-response fails the attempt instead of passing for a
-    2xx; a success keeps its status code (DataDog answers 202)."""
+    """One request, classified for the retry policy; never raises: whatever
+    requests, urllib3 or http.client raise for it (a header value http.client
+    cannot encode, a response it cannot parse) is the attempt's failure
+    (:func:`classify_exception`). Redirects are not followed (module docstring);
+    the body is read, not streamed, so a reset mid-response fails the attempt
+    instead of passing for a 2xx; a success keeps its status code (DataDog
+    answers 202). Only a 2xx proves delivery: the body of the answer is not read
+    for more (the guide's contract with receivers)."""
     try:
         response = session.request(method, url, data=body, headers=headers, timeout=timeouts.as_requests(),
                                    allow_redirects=False)
     except DestinationRefusedError as err:  # the guard refused the address at connect time
         _LOG.warning("destination refused at connect time, nothing sent: %s", err)
         return Attempt(False, False, None, DESTINATION_REFUSED, DESTINATION_REFUSED)
-    except requests.RequestException as err:
+    except Exception as err:  # noqa: BLE001 - every exception of a request is its failure (sinks/retry.py)
         return classify_exception(err)
     try:
         attempt = classify_http(response.status_code, response.headers)

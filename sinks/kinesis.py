@@ -39,13 +39,25 @@ on unbounded input, ``GroupByKey`` and split on bounded input, where the DirectR
 bundle-based executor would lose batches flushed at the end of the input when a
 ``GroupByKey`` follows (apache/beam issue 28716).
 
+Proof of delivery. A record counts as delivered only when the response has
+exactly one entry per record sent and the record's own entry has a
+``SequenceNumber`` and a ``ShardId``: what Kinesis answers for a stored record.
+A ``200 {}``, a response without ``Records``, with fewer or more entries than
+records sent, or an entry with neither a sequence number nor an ``ErrorCode``
+proves nothing (an endpoint that is not Kinesis, a proxy, a truncated answer):
+the attempt fails (``unproven_response``, ``remote_error``, retryable), the
+records it does not prove stay pending, and since they may have been stored they
+count as redelivered if a retry stores them. ``FailedRecordCount`` is not
+trusted: the entries are what is counted.
+
 Failures (the one policy of ``sinks/retry.py``). Each ``PutRecords`` request is
 retried through ``RetryPolicy.run``, and each retry resends only the records still
 pending: the records a response accepted are never sent again, because Kinesis
 would store them twice. A per-record ``ErrorCode`` (``ProvisionedThroughputExceededException``:
-``throttled``; ``InternalFailure``: ``remote_error``) is retryable. A request that
-raises is classified by ``classify_exception``: throttling and 5xx codes, timeouts
-and connection errors retry; a missing stream (``ResourceNotFoundException``:
+``throttled``; ``InternalFailure``: ``remote_error``) is retryable. Whatever a request
+raises (botocore, its parsers, the HTTP stack) is classified by
+``classify_exception``: throttling and 5xx codes, timeouts, connection errors and
+answers that cannot be parsed retry; a missing stream (``ResourceNotFoundException``:
 ``not_found``), invalid credentials (``auth_failed``) or a rejected payload fail at
 once. When the policy gives up, what was accepted is delivered and the records still
 pending are parked (``retries_exhausted``, or ``permanent_failure`` when the last
@@ -69,7 +81,6 @@ from typing import Any, NamedTuple
 
 import orjson
 from apache_beam import pvalue
-from botocore.exceptions import BotoCoreError, ClientError
 
 from schemas.delivery import REMOTE_ERROR, THROTTLED
 from schemas.streams import DataStream, SecretPolicy
@@ -78,7 +89,7 @@ from sinks.batching import BatchingSink
 from sinks.ordering import order_key
 from sinks.requests import Item, Request, Settled
 from sinks.results import chunked, too_large_dead_letter
-from sinks.retry import Attempt, Outcome, RetryPolicy, classify_exception
+from sinks.retry import Attempt, Outcome, RetryPolicy, classify_exception, unproven
 
 API_TYPE = "aws_kinesis"
 #: PutRecords limits (the design brief's "Facts from the field", docs/delivery.md).
@@ -143,30 +154,50 @@ class _PutRecords:
                 StreamName=stream_name,
                 Records=[{"Data": r.data, "PartitionKey": r.key} for r in sending],
             )
-        except (ClientError, BotoCoreError) as err:
+        except Exception as err:  # noqa: BLE001 - every exception of a request is its failure (sinks/retry.py)
             attempt = classify_exception(err)
             if attempt.maybe_received:
                 self._maybe_received.update(self._pending)
             return attempt
-        status_code = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        outcomes = response.get("Records") or []
-        if not int(response.get("FailedRecordCount") or 0):
-            outcomes = [{}] * len(sending)
-        elif len(outcomes) != len(sending):  # the failures cannot be attributed: all stay pending
-            outcomes = [{"ErrorCode": INTERNAL_FAILURE}] * len(sending)
-        failed: list[int] = []
+        return self._read(response)
+
+    def _read(self, response: Any) -> Attempt:
+        """What the response proves (module docstring, "Proof of delivery"): a
+        record is delivered only by its own entry with a ``SequenceNumber`` and a
+        ``ShardId``; an entry with an ``ErrorCode`` failed; anything else (no
+        ``Records``, a count other than the records sent, an entry with neither)
+        proves nothing, so those records stay pending and may have been stored."""
+        status_code = _status_code(response)
+        entries = response.get("Records") if isinstance(response, dict) else None
+        if not isinstance(entries, list) or len(entries) != len(self._pending):
+            self._maybe_received.update(self._pending)
+            return unproven(status_code)
+        pending: list[int] = []
+        unproven_records: list[int] = []
         first_error: str | None = None
-        for position, outcome in zip(self._pending, outcomes, strict=True):
-            code = outcome.get("ErrorCode")
+        for position, entry in zip(self._pending, entries, strict=True):
+            entry = entry if isinstance(entry, dict) else {}
+            code = entry.get("ErrorCode")
             if code:
-                failed.append(position)
+                pending.append(position)
                 first_error = first_error or str(code)
-            else:
+            elif entry.get("SequenceNumber") and entry.get("ShardId"):
                 self._delivered.append(position)
-        self._pending = failed
-        if not failed:
-            return Attempt(ok=True, status_code=status_code)
-        return record_failure(first_error or INTERNAL_FAILURE)
+            else:
+                pending.append(position)
+                unproven_records.append(position)
+        self._pending = pending
+        self._maybe_received.update(unproven_records)
+        if unproven_records:
+            return unproven(status_code)
+        if pending:
+            return record_failure(first_error or INTERNAL_FAILURE)
+        return Attempt(ok=True, status_code=status_code)
+
+
+def _status_code(response: Any) -> int | None:
+    metadata = response.get("ResponseMetadata") if isinstance(response, dict) else None
+    return metadata.get("HTTPStatusCode") if isinstance(metadata, dict) else None
 
 
 class _KinesisWriteFn(AwsDeliveryFn):

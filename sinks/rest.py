@@ -79,8 +79,9 @@ from sinks.ordering import order_key
 from sinks.outbound import SIGNATURE_HEADER, OutboundGuard, sign
 from sinks.requests import Blocked, Item, Request, Sent
 from sinks.results import chunked, too_large_dead_letter
-from sinks.retry import Attempt, RetryPolicy
+from sinks.retry import Attempt, RetryPolicy, classify_exception
 from sinks.secrets import SecretResolver
+from sinks.wire import check_header_values, check_signing_secret
 
 _LOG = logging.getLogger(__name__)
 
@@ -107,12 +108,20 @@ def credentials_of(destination: RestDestination, secrets: SecretResolver) -> _Cr
     """The stream's own headers, then Content-Type and the auth header (ours win
     over a configured header of the same name), and the signing secret.
 
-    Raises :class:`SecretError` when a credential cannot be read."""
+    Raises :class:`SecretError` when a credential cannot be read, and
+    :class:`~sinks.wire.InvalidConfigurationError` when one cannot be sent (a
+    header value outside Latin-1, a line break in it): found here, when the
+    stream is opened, instead of deep in http.client on every attempt."""
     headers = CaseInsensitiveDict(destination.headers)
     headers["Content-Type"] = "application/json"
+    sources: dict[str, str] = {}
     if destination.auth_header is not None and destination.auth_secret is not None:
         headers[destination.auth_header] = secrets.resolve(destination.auth_secret)
-    return _Credentials(headers, secrets.resolve(destination.signing_secret))
+        sources[destination.auth_header.lower()] = f"rest.auth_secret ({destination.auth_secret.describe()})"
+    check_header_values(headers, sources)
+    signing_secret = secrets.resolve(destination.signing_secret)
+    check_signing_secret(signing_secret, f"rest.signing_secret ({destination.signing_secret.describe()})")
+    return _Credentials(headers, signing_secret)
 
 
 def mount_pool(session: requests.Session, pool_size: int, guard: OutboundGuard) -> None:
@@ -129,7 +138,10 @@ def signed_request(session: requests.Session, method: str, url: str, body: bytes
     classified for the retry policy. Shared by the sinks and the bench's baseline
     loop, so both send exactly alike."""
     request_headers = CaseInsensitiveDict(headers)
-    request_headers[SIGNATURE_HEADER] = sign(signing_secret, body)
+    try:
+        request_headers[SIGNATURE_HEADER] = sign(signing_secret, body)
+    except Exception as err:  # noqa: BLE001 - part of the request: its failure, not the job's (sinks/retry.py)
+        return classify_exception(err)
     return classified_request(session, method, url, body, request_headers, timeouts)
 
 

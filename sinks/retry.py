@@ -6,7 +6,17 @@ resets; AWS throttling and 5xx error codes; Kinesis per-record failures (the sin
 resends only the failed records). Permanent: any other 4xx, a 3xx (redirects are
 never followed), invalid credentials, a missing bucket or stream, a payload the
 destination rejects, an unreadable secret, a destination refused by the outbound
-safety rules. A permanent failure is not retried.
+safety rules, a request the stream's settings or secrets cannot make at all
+(``invalid_configuration``: a header value outside Latin-1, a bucket name botocore
+refuses). A permanent failure is not retried.
+
+Every exception raised while a request is built, sent or its response read is
+that stream's failed attempt, classified by :func:`classify_exception`, never an
+exception out of the sink: what no rule names is a retryable ``remote_error``
+that may have been received (a response botocore cannot parse, an
+``AttributeError`` from a client library reading a body of the wrong shape). Only
+a bug outside the request (in the sink's own code) ends a run. A response counts
+as a success only when it proves delivery (:func:`unproven`).
 
 Retries wait with exponential backoff and full jitter (tenacity's
 ``wait_random_exponential``), or exactly ``Retry-After`` when the destination sends
@@ -24,6 +34,7 @@ without a request until a probe gets through.
 from __future__ import annotations
 
 import email.utils
+import http.client
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -34,22 +45,27 @@ from botocore.exceptions import (
     ClientError,
     ConnectTimeoutError,
     EndpointConnectionError,
+    ParamValidationError,
     ReadTimeoutError,
 )
+from botocore.parsers import ResponseParserError
 from tenacity import RetryCallState, Retrying, retry_if_result, wait_random_exponential
 
 from schemas.circuit import CircuitSettings
 from schemas.delivery import (
     AUTH_FAILED,
     DESTINATION_REFUSED,
+    INVALID_CONFIGURATION,
     NOT_FOUND,
     PAYLOAD_REJECTED,
     REDIRECTED,
     REMOTE_ERROR,
     THROTTLED,
+    UNPROVEN_RESPONSE,
     UNREACHABLE,
 )
 from sinks.outbound import DestinationRefusedError
+from sinks.wire import InvalidConfigurationError
 
 RETRYABLE_STATUS = frozenset({408, 425, 429})
 AWS_RETRYABLE_CODES = frozenset({
@@ -64,6 +80,15 @@ AWS_AUTH_CODES = frozenset({
     "InvalidSignatureException", "MissingAuthenticationToken",
 })
 AWS_NOT_FOUND_CODES = frozenset({"NoSuchBucket", "ResourceNotFoundException", "NotFound", "404"})
+#: A request the client library refuses to build from the stream's settings: the
+#: same on every attempt (``invalid_configuration``).
+_UNSENDABLE = (
+    requests.exceptions.InvalidHeader, requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
+    requests.exceptions.InvalidSchema, ParamValidationError, UnicodeEncodeError,
+)
+#: A response that came but cannot be read: the request may have been processed.
+_UNREADABLE = (ResponseParserError, requests.exceptions.ContentDecodingError, http.client.HTTPException,
+               UnicodeDecodeError)
 
 @dataclass(frozen=True)
 class Attempt:
@@ -130,10 +155,19 @@ def classify_aws_code(code: str, status_code: int | None = None) -> Attempt:
 
 
 def classify_exception(err: BaseException) -> Attempt:
-    """An exception raised by requests or botocore while sending."""
+    """Any exception raised while a request was built, sent or its response read
+    (requests, urllib3, http.client, botocore and their parsers), as that
+    stream's failed attempt. Never raises: what no rule names is a retryable
+    ``remote_error`` that may have been received, because it is the request's
+    failure whatever it is (the module docstring) and only the destination's
+    next answer can tell whether it lasts."""
     name = type(err).__name__
     if isinstance(err, DestinationRefusedError):  # the guard refused the address at connect time
         return Attempt(False, False, None, DESTINATION_REFUSED, DESTINATION_REFUSED)
+    if isinstance(err, InvalidConfigurationError):
+        return Attempt(False, False, None, err.error, INVALID_CONFIGURATION)
+    if isinstance(err, _UNSENDABLE):
+        return Attempt(False, False, None, name, INVALID_CONFIGURATION)
     if isinstance(err, ClientError):
         meta = err.response.get("ResponseMetadata", {})
         code = str(err.response.get("Error", {}).get("Code") or name)
@@ -149,9 +183,31 @@ def classify_exception(err: BaseException) -> Attempt:
         return Attempt(False, True, None, name, UNREACHABLE, maybe_received=True)
     if isinstance(err, requests.exceptions.ChunkedEncodingError | BotoCoreError):
         return Attempt(False, True, None, name, UNREACHABLE, maybe_received=True)
+    if isinstance(err, _UNREADABLE):
+        return Attempt(False, True, None, name, REMOTE_ERROR, maybe_received=True)
     if isinstance(err, requests.RequestException):
         return Attempt(False, False, None, name, PAYLOAD_REJECTED)
-    raise err  # not a destination failure: a bug, let the DoFn's caller see it
+    if isinstance(err, OSError):  # a socket error no library wrapped
+        return Attempt(False, True, None, name, UNREACHABLE, maybe_received=True)
+    return Attempt(False, True, None, name, REMOTE_ERROR, maybe_received=True)
+
+
+def classify_open_failure(err: BaseException) -> Attempt:
+    """An exception raised while a stream's destination was opened (its secrets
+    resolved, its client made), before any request. Permanent on this worker:
+    opening does no I/O with the destination, so trying again gives the same
+    answer; ``invalid_configuration`` unless the exception says more."""
+    attempt = classify_exception(err)
+    if attempt.retryable:
+        return Attempt(False, False, None, attempt.error, INVALID_CONFIGURATION)
+    return attempt
+
+
+def unproven(status_code: int | None) -> Attempt:
+    """A 2xx whose body does not prove delivery (a Kinesis answer without one
+    result with a sequence number per record, an S3 answer without an ETag):
+    not a success. Retryable, and what was sent may have been stored."""
+    return Attempt(False, True, status_code, UNPROVEN_RESPONSE, REMOTE_ERROR, maybe_received=True)
 
 
 @dataclass(frozen=True)

@@ -37,16 +37,21 @@ formula prefixed with ``'`` unless the stream sets ``s3.escape_formulas: false``
 
 Failures (the one policy of ``sinks/retry.py``). Each ``put_object`` is retried
 through ``RetryPolicy.run``; a retry rewrites the same key, so it cannot add a
-second file. Retried: ``SlowDown`` and other throttling or 5xx codes, timeouts,
-connection errors. Permanent, not retried: a missing bucket (``NoSuchBucket``:
-``not_found``), denied or invalid credentials (``AccessDenied``,
-``InvalidAccessKeyId``: ``auth_failed``), any other 4xx (``payload_rejected``). A
-file that is not written is parked with its documents as ``(kind, document)`` pairs
-(``retries_exhausted`` or ``permanent_failure``) and gives a ``failed`` result. A
-permanent error, or ``deactivate_after`` failed files in a row, opens the
-stream's circuit (``schemas/circuit.py``, shared by every worker): its later files are
-parked as ``stream_deactivated`` without a request. An unreadable secret parks the
-file (``credentials_unavailable``) and deactivates the stream too. A file written
+second file. A file counts as written only when the answer carries its ``ETag``,
+as S3 answers every stored object; an answer without one (an endpoint that is
+not S3) is ``unproven_response`` and retried. Retried: ``SlowDown`` and other
+throttling or 5xx codes, timeouts, connection errors, answers botocore cannot
+parse (whatever a request raises is classified, never raised). Permanent, not
+retried: a missing bucket (``NoSuchBucket``: ``not_found``), denied or invalid
+credentials (``AccessDenied``, ``InvalidAccessKeyId``: ``auth_failed``), a bucket
+name botocore refuses (``invalid_configuration``), any other 4xx
+(``payload_rejected``). A file that is not written is parked with its documents
+as ``(kind, document)`` pairs (``retries_exhausted`` or ``permanent_failure``) and
+gives a ``failed`` result. A permanent error, or ``deactivate_after`` failed files
+in a row, opens the stream's circuit (``schemas/circuit.py``, shared by every
+worker): its later files are parked as
+``stream_deactivated`` without a request. An unreadable secret parks the file
+(``credentials_unavailable``) and deactivates the stream too. A file written
 by a retry after an attempt that got no answer is reported as
 ``redelivered_documents``: the key was overwritten, but a reader notified of the
 first write may have seen it twice. A document with a field the CSV does not know
@@ -65,7 +70,6 @@ import apache_beam as beam
 import orjson
 from apache_beam import pvalue
 from apache_beam.utils.timestamp import Timestamp
-from botocore.exceptions import BotoCoreError, ClientError
 
 from schemas.records import dead_letter
 from schemas.streams import AwsDestination, DataStream, SecretPolicy
@@ -74,7 +78,7 @@ from sinks.csv_format import UnknownFieldError, render_csv, to_row
 from sinks.ordering import document_time, order_key
 from sinks.requests import Request
 from sinks.results import DEAD_LETTERS, SinkOutputs, apply_sink
-from sinks.retry import Attempt, RetryPolicy, classify_exception
+from sinks.retry import Attempt, RetryPolicy, classify_exception, unproven
 from sinks.windows import PerElementFixedWindows, size_from_key, window_with_late_panes
 
 _LOG = logging.getLogger(__name__)
@@ -183,9 +187,13 @@ class _S3WriteFn(AwsDeliveryFn):
         try:
             response = connection.client.put_object(Bucket=connection.destination.target, Key=file.key,
                                                     Body=file.body, ContentType=CONTENT_TYPE)
-        except (ClientError, BotoCoreError) as err:
+        except Exception as err:  # noqa: BLE001 - every exception of a request is its failure (sinks/retry.py)
             return classify_exception(err)
-        return Attempt(ok=True, status_code=response.get("ResponseMetadata", {}).get("HTTPStatusCode"))
+        metadata = response.get("ResponseMetadata") if isinstance(response, dict) else None
+        status_code = metadata.get("HTTPStatusCode") if isinstance(metadata, dict) else None
+        if not isinstance(response, dict) or not response.get("ETag"):
+            return unproven(status_code)  # S3 answers every stored object with its ETag
+        return Attempt(ok=True, status_code=status_code)
 
 
 class _File(NamedTuple):

@@ -46,18 +46,22 @@ from schemas.packed import pack_pairs
 from schemas.records import Kind, quote
 from schemas.streams import (
     API_TYPES,
+    DEFAULT_LIMITS,
     MAX_CONFIG_BYTES,
     DataStream,
     StreamConfig,
     StreamConfigError,
+    StreamLimits,
     parse_stream_config,
 )
 from transforms.chunks import event_time
 from transforms.status import StreamHolds
 
 
-def load_stream_config(path: str) -> StreamConfig:
-    """Read and check a JSON or YAML stream configuration (local, gs://, s3://)."""
+def load_stream_config(path: str, limits: StreamLimits = DEFAULT_LIMITS) -> StreamConfig:
+    """Read and check a JSON or YAML stream configuration (local, gs://, s3://)
+    of at most ``limits`` streams; workers load it too, so the limits a job was
+    started with travel with its loaders."""
     try:
         with FileSystems.open(path) as handle:
             # One byte over the limit is enough to refuse the file unread.
@@ -72,19 +76,20 @@ def load_stream_config(path: str) -> StreamConfig:
     except UnicodeDecodeError as err:
         raise StreamConfigError(f"{path}: cannot read the stream configuration: not valid UTF-8 at byte "
                                 f"{err.start:,}") from None
-    return parse_stream_config(text, source=path)
+    return parse_stream_config(text, source=path, limits=limits)
 
 
 class LoadStreamConfig(beam.PTransform):
-    """A one-element PCollection with the :class:`StreamConfig`; use it as
-    ``AsSingleton``."""
+    """A one-element PCollection with the :class:`StreamConfig` of at most
+    ``limits`` streams, loaded on a worker; use it as ``AsSingleton``."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, limits: StreamLimits = DEFAULT_LIMITS) -> None:
         super().__init__()
         self._path = path
+        self._limits = limits
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
-        return pbegin | "Path" >> beam.Create([self._path]) | "Load" >> beam.Map(load_stream_config)
+        return pbegin | "Path" >> beam.Create([self._path]) | "Load" >> beam.Map(load_stream_config, self._limits)
 
 
 PARKED = "parked"

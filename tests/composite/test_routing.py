@@ -4,12 +4,17 @@ streams; stream type, event type and alert filters hold; the rest is filtered.""
 from __future__ import annotations
 
 import copy
+import json
 
 import apache_beam as beam
+import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
+from pipelines import data_streamer
+from pipelines.options import stream_limits
 from pipelines.summary import summarize
+from schemas.streams import StreamLimits
 from tests.guide_samples import EXPECTED_EVENTS, EXPECTED_USAGE
 from tests.streams import config, datadog_stream, kinesis_stream, rest_stream, s3_stream
 from transforms.routing import RouteToStreams, route
@@ -118,3 +123,21 @@ def test_route_transform_outputs_and_filtered_count():
     assert summary.kinds["event"].routed == 12  # 8 deliveries and 4 parked for the inactive streams
     assert summary.kinds["event"].routed_documents == 2
     assert summary.kinds["event"].filtered == 1
+
+
+def test_a_batch_job_loads_its_streams_on_the_worker_within_the_limits_of_its_flags(tmp_path, sample_reference_dir):
+    """The batch graph's stream configuration is loaded on a worker with the
+    job's --max_streams: a file that grew past it after the start is refused
+    there too (the submitting machine's check is in tests/e2e)."""
+    path = tmp_path / "streams.json"
+    path.write_text(json.dumps([rest_stream(f"s{n}", "http://h.example/a") for n in range(3)]))
+    options = data_streamer._parse_args([f"--events_input={tmp_path}/events.jsonl",
+                                         f"--reference_dir={sample_reference_dir}", f"--streams_config={path}",
+                                         f"--output_dir={tmp_path}/out", "--max_streams=2"])
+    assert stream_limits(options) == StreamLimits(max_streams=2, max_streams_per_organisation=100)
+    p = TestPipeline()
+    side = data_streamer._batch_side_inputs(p, options, data_streamer.delivery_settings(options))
+    _ = p | beam.Create([None]) | beam.Map(lambda _, streams: len(streams), side.streams)
+    with pytest.raises(Exception, match=r"streams has 3 entries, more than the 2 streams a configuration may hold "
+                                        r"\(--max_streams\)"):
+        p.run().wait_until_finish()

@@ -290,14 +290,28 @@ def test_rest_fn_outcomes_become_results_and_parked_batches_without_raising(stre
         "ok": 1, "moved": 1, "broken": 2, "down": 2, "slow": 2, "rejected": 1}
 
 
-def test_rest_fn_programming_errors_are_not_swallowed(stream_secrets):
-    """Only destination failures become results: anything else is a bug and raises."""
+def test_rest_fn_exceptions_of_a_request_are_its_failure_and_bugs_of_the_sink_raise(stream_secrets,
+                                                                                     monkeypatch):
+    """Whatever the HTTP stack raises for a request, even a KeyError, is that
+    stream's failed attempt (retried, parked); a bug in the sink's own code, outside
+    the request, still raises."""
     streams = config(rest_stream("s", "https://a.example/s"))
-    fn = started(_RestWriteFn(new_session, Timeouts(), concurrency=1, policy=FAST),
-                 FakeSession(lambda url: KeyError("a bug")))
+    session = FakeSession(lambda url: KeyError("a library's bug"))
+    fn = started(_RestWriteFn(new_session, Timeouts(), concurrency=1, policy=FAST), session)
     try:
-        with pytest.raises(KeyError):
-            list(fn.process(("s", [("event", event_doc(1))]), streams))
+        document = event_doc(1)
+        results, parked, _ = split_outputs(fn.process(("s", [("event", document)]), streams))
+        assert [(r.status, r.error, r.token, r.attempts, r.parked_documents) for r in results] == [
+            ("failed", "KeyError", "remote_error", 2, 1)]
+        assert [(b.reason, b.documents) for b in parked] == [("retries_exhausted", (("event", document),))]
+        assert len(session.calls) == 2
+
+        def broken_settle(*args: Any) -> Any:
+            raise KeyError("a bug of the sink")
+
+        monkeypatch.setattr(fn, "settle", broken_settle)
+        with pytest.raises(KeyError, match="a bug of the sink"):
+            list(fn.process(("t", [("event", event_doc(2))]), config(rest_stream("t", "https://a.example/t"))))
     finally:
         fn.teardown()
 

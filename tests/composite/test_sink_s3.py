@@ -307,7 +307,7 @@ class RecordingS3:
 
     def put_object(self, **kwargs: Any) -> dict[str, Any]:
         self.puts.append(kwargs)
-        return {"ResponseMetadata": {"HTTPStatusCode": 200}}
+        return {"ETag": '"0"', "ResponseMetadata": {"HTTPStatusCode": 200}}
 
     def close(self) -> None:
         pass

@@ -13,6 +13,7 @@ import pytest
 
 from pipelines.data_streamer import main
 from tests.guide_samples import EXPECTED_EVENTS, EXPECTED_USAGE, RAW_EVENTS, RAW_USAGE
+from tests.streams import rest_stream
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -93,6 +94,40 @@ def test_bad_reference_data_exits_2_naming_the_file(tmp_path, sample_reference_d
                  f"--output_dir={tmp_path / 'out'}"])
     assert code == 2
     assert "reference table 'currency' is missing" in capsys.readouterr().err
+
+
+def test_a_stream_configuration_over_the_limits_exits_2_naming_file_and_field(tmp_path, sample_reference_dir):
+    """The command itself, as operations run it: 101 streams of one organisation
+    are over the default --max_streams_per_organisation; nothing runs."""
+    events, _ = _inputs(tmp_path)
+    config = tmp_path / "streams.json"
+    config.write_text(json.dumps({"streams": [rest_stream(f"s{n}", "https://hooks.example.com/iot")
+                                              for n in range(101)]}))
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.data_streamer", f"--events_input={events}",
+         f"--reference_dir={sample_reference_dir}", f"--streams_config={config}", f"--output_dir={out}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.endswith(f"error: {config}: stream 's100': organisation_id 80025 has more than the 100 "
+                                  "streams an organisation may have (--max_streams_per_organisation)\n")
+    assert "Traceback" not in result.stderr
+    assert not out.exists()
+
+
+def test_max_streams_is_a_flag_of_the_job(tmp_path, sample_reference_dir, capsys):
+    events, _ = _inputs(tmp_path)
+    config = tmp_path / "streams.json"
+    config.write_text(json.dumps([rest_stream(f"s{n}", "https://hooks.example.com/iot", organisation_id=n)
+                                  for n in range(3)]))
+    argv = [f"--events_input={events}", f"--reference_dir={sample_reference_dir}", f"--streams_config={config}",
+            f"--output_dir={tmp_path / 'out'}"]
+    assert main([*argv, "--max_streams=2"]) == 2
+    assert capsys.readouterr().err == (f"error: {config}: streams has 3 entries, more than the 2 streams a "
+                                       "configuration may hold (--max_streams)\n")
+    assert main([*argv, "--max_streams=0"]) == 2
+    assert capsys.readouterr().err == "error: --max_streams must be between 1 and 1,000,000\n"
 
 
 @pytest.mark.parametrize(("flag", "suggestion"), [

@@ -440,7 +440,7 @@ class _RecordingS3:
 
     def put_object(self, **kwargs: Any) -> dict[str, Any]:
         self.bodies.append(kwargs["Body"])
-        return {"ResponseMetadata": {"HTTPStatusCode": 200}}
+        return {"ETag": '"0"', "ResponseMetadata": {"HTTPStatusCode": 200}}
 
     def close(self) -> None:
         pass

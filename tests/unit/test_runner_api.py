@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import socket
 from collections import Counter
 from collections.abc import Iterator
@@ -59,6 +60,8 @@ from apache_beam.transforms.ptransform import PTransform
 
 from pipelines import data_streamer, submit
 from pipelines.submit import SETUP_FILE, SubmitError, build_graph, runner_flags
+from schemas.streams import StreamConfigError
+from tests.streams import rest_stream
 
 PUBSUB_READ_URN = ExternalReadFromPubSub.URN  # beam:transform:org.apache.beam:pubsub_read:v1
 EXTERNAL_READ_LABEL = f"ExternalTransform({PUBSUB_READ_URN})"
@@ -73,6 +76,8 @@ JOB_ARGV = [
     f"--usage_subscription={USAGE_SUBSCRIPTION}",
     f"--reference_dir=gs://{PROJECT}-config/reference",
     f"--streams_config=gs://{PROJECT}-config/streams.json",
+    "--max_streams=5000",
+    "--max_streams_per_organisation=50",
     f"--output_dir=gs://{PROJECT}-data/out",
     f"--archive_location=gs://{PROJECT}-archive/raw",
 ]
@@ -528,6 +533,19 @@ def test_dataflow_update_and_worker_settings_only_when_asked():
                              "--max_num_workers=20"])
     assert "--update" in flags and "--job_name=datastreamer-eu" in flags and "--max_num_workers=20" in flags
     assert "--service_account_email=streamer@iot-streamer-prod.iam.gserviceaccount.com" in flags
+
+
+def test_workers_load_the_streams_within_the_limits_of_the_command_line(builds, tmp_path):
+    """--max_streams and --max_streams_per_organisation travel with the graph to
+    the loads the workers make at every refresh, not only to the submitting
+    machine's: the graph's own loader refuses a 51st stream of an organisation."""
+    snapshot = applied_transforms(builds[0].pipeline)["StreamConfig"].transform
+    path = tmp_path / "streams.json"
+    path.write_text(json.dumps([rest_stream(f"s{n}", "https://hooks.example.com/iot") for n in range(51)]))
+    with pytest.raises(StreamConfigError) as caught:
+        snapshot._load({"streams_config": str(path)})  # a tick naming another file, as the tests' ticks do
+    assert str(caught.value) == (f"{path}: stream 's50': organisation_id 80025 has more than the 50 streams an "
+                                 "organisation may have (--max_streams_per_organisation)")
 
 
 def test_other_flags_go_to_the_job_as_they_are():

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from schemas.streams import StreamConfigError, parse_stream_config, stream_from_dict
+from schemas.streams import StreamConfigError, StreamLimits, parse_stream_config, stream_from_dict
 from tests.streams import datadog_stream, kinesis_stream, rest_stream, s3_stream
 from transforms.routing import load_stream_config
 
@@ -69,6 +69,11 @@ def test_a_bare_yaml_list_is_accepted():
         (lambda s: s["rest"].update(method="DELETE"), "stream 'r': rest.method must be one of POST, PUT"),
         (lambda s: s["rest"]["headers"].update(Authorization="Bearer x"),
          "stream 'r': rest.headers must not carry the credential header 'Authorization'"),
+        (lambda s: s["rest"]["headers"].update({"X-Customer": "東京"}),
+         "stream 'r': rest.headers has a value for header 'X-Customer' that HTTP cannot carry (characters "
+         "outside Latin-1, or leading whitespace)"),
+        (lambda s: s["rest"]["headers"].update({"X-Customer": " acme"}),
+         "stream 'r': rest.headers has a value for header 'X-Customer' that HTTP cannot carry"),
         (lambda s: s["rest"].update(auth_secret={"value": "literal"}),
          "stream 'r': rest.auth_secret must only name where the secret is"),
         (lambda s: s["rest"].update(auth_secret={"env": "A", "file": "/b"}),
@@ -158,3 +163,50 @@ def test_configs_the_model_accepts_match_the_avro_schema():
         stream_from_dict(stream)
         assert validate(stream, schema, raise_errors=True)
     assert not validate({**rest_stream("r", URL), "api_type": "ftp"}, schema, raise_errors=False)
+
+
+# --------------------------------------------------------------------------- limits
+
+
+def _org_streams(count: int, organisation_id: int = 80025, first: int = 0) -> list[dict]:
+    return [rest_stream(f"s{first + n}", URL, organisation_id=organisation_id) for n in range(count)]
+
+
+def test_defaults_of_the_limits():
+    assert StreamLimits() == StreamLimits(max_streams=10_000, max_streams_per_organisation=100)
+
+
+THREE = _org_streams(2, 1) + _org_streams(1, 2, 2)
+
+
+@pytest.mark.parametrize(("name", "text"), [
+    ("streams.json", json.dumps({"streams": THREE})),
+    ("streams.yaml", "streams:\n" + "".join(f"  - {json.dumps(s)}\n" for s in THREE)),  # JSON objects are YAML
+    ("list.yaml", "".join(f"- {json.dumps(s)}\n" for s in THREE)),
+])
+def test_a_configuration_over_the_total_is_refused_naming_file_and_field(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    assert len(load_stream_config(str(path), StreamLimits(max_streams=3))) == 3
+    with pytest.raises(StreamConfigError) as caught:
+        load_stream_config(str(path), StreamLimits(max_streams=2))
+    # JSON is decoded whole, so it is counted; YAML stops composing at the first stream too many.
+    held = "3 entries, more than" if name.endswith(".json") else "more than"
+    assert str(caught.value) == (f"{path}: streams has {held} the 2 streams a configuration may hold "
+                                 "(--max_streams)")
+
+
+def test_an_organisation_over_its_limit_is_refused_naming_file_stream_and_field(tmp_path):
+    path = tmp_path / "streams.json"
+    path.write_text(json.dumps(_org_streams(2, 7) + _org_streams(3, 80025, 10)))
+    assert len(load_stream_config(str(path), StreamLimits(max_streams_per_organisation=3))) == 5
+    with pytest.raises(StreamConfigError) as caught:
+        load_stream_config(str(path), StreamLimits(max_streams_per_organisation=2))
+    assert str(caught.value) == (f"{path}: stream 's12': organisation_id 80025 has more than the 2 streams an "
+                                 "organisation may have (--max_streams_per_organisation)")
+
+
+def test_the_default_limits_apply_where_none_are_given():
+    text = json.dumps(_org_streams(101))
+    with pytest.raises(StreamConfigError, match=r"stream 's100': organisation_id 80025 has more than the 100 "):
+        parse_stream_config(text, "x.json")
