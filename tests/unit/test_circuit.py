@@ -107,3 +107,23 @@ def test_a_torn_file_reads_as_closed(tmp_path):
     path.mkdir(parents=True)
     (path / "s.json").write_text('{"stream_id": "s", "sta')
     assert CircuitStore(str(tmp_path / "status"), SETTINGS).get("s").closed
+
+
+def test_healthy_streams_cost_one_listing_not_a_read_each(store, monkeypatch):
+    """Only failed streams have a circuit file: a worker asking about 1,000
+    healthy streams lists the circuits once per sync time and opens nothing."""
+    import schemas.circuit as circuit_module
+
+    store.open("failing", "unreachable")
+    opened, listed = [], []
+    real_open, real_match = circuit_module.FileSystems.open, circuit_module.FileSystems.match
+    monkeypatch.setattr(circuit_module.FileSystems, "open", lambda path, *a, **k: opened.append(path) or
+                        real_open(path, *a, **k))
+    monkeypatch.setattr(circuit_module.FileSystems, "match", lambda patterns, *a, **k: listed.append(patterns) or
+                        real_match(patterns, *a, **k))
+    other_worker = CircuitStore(store.location, SETTINGS)
+    circuit_module._LISTED.clear()
+    circuit_module._CACHE.clear()
+    states = [other_worker.get(f"s{i}") for i in range(1000)] + [other_worker.get("failing")]
+    assert all(s.closed for s in states[:-1]) and states[-1].state == OPEN
+    assert len(listed) == 1 and len(opened) == 1, "one listing, one read: the failing stream's file"
