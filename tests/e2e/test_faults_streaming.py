@@ -13,6 +13,8 @@ document published is delivered or parked, none lost.
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -219,3 +221,50 @@ def test_destinations_failing_every_other_way_beside_healthy_ones(
     assert run.summary is not None
     for name in (*HEALTHY, *ZOO):
         assert run.summary.stream_reconciled(run.summary.streams[name]), (name, run.summary.streams[name])
+
+
+def test_a_redrive_while_the_job_runs_needs_no_second_one(
+        pubsub_emulator, tmp_path, sample_reference_dir_module, stream_secrets_module):
+    """The outage ends, an operator re-drives by hand before the job's own probe
+    (set far off here): the job sends live documents again within seconds, not
+    after a refresh interval, and its recovery step delivers what was parked
+    while the re-drive ran. At the end nothing is parked and no second re-drive
+    is needed."""
+    names = ("healthy-1", "fixed")
+    with _receivers(names) as receivers:
+        receivers["fixed"].down(faults.unavailable())
+        redriven: dict[str, Any] = {}
+
+        def during(elapsed: float) -> None:
+            if elapsed >= 30 and "up" not in redriven:
+                receivers["fixed"].up()
+                redriven["up"] = time.time()
+            if elapsed >= 35 and "code" not in redriven:
+                out = tmp_path / "out"
+                started = time.time()
+                redriven["code"] = subprocess.run(
+                    [sys.executable, "-m", "pipelines.redrive", "--stream_id=fixed",
+                     f"--streams_config={tmp_path / 'streams.json'}", f"--park_location={out / 'parked'}",
+                     f"--status_location={out / 'status'}", f"--output_dir={tmp_path / 'redrive'}",
+                     "--allow_insecure_destinations"], capture_output=True, text=True, timeout=120).returncode
+                redriven["started"], redriven["ended"] = started, time.time()
+
+        def settled(run: StreamingRun) -> bool:
+            return _everything_healthy(run, names) and not run.parked_ids("fixed")
+
+        run = run_streaming(pubsub_emulator, tmp_path, [_bulk(s, r) for s, r in receivers.items()], receivers,
+                            sample_reference_dir_module, rate=RATE, publish_seconds=PUBLISH_SECONDS,
+                            settled=settled, settle_seconds=90, first_id=50_000_000, during=during,
+                            flags=["--probe_initial_seconds=600", "--probe_max_seconds=600"])
+        _print("redrive", run, names)
+        recorded = receivers["fixed"].requests()
+    assert redriven["code"] == 0
+    assert _everything_healthy(run, names) and run.parked_ids("fixed") == set()
+    arrived = {doc: hit[0].received_at for doc, hit in arrivals(recorded).items()}
+    after = [arrived[d] - sent for d, sent in run.sent_at.items() if sent > redriven["ended"] + 3]
+    assert after, "documents were published after the re-drive"
+    print(f"redrive: took {redriven['ended'] - redriven['started']:.1f} s; live latency after it: "
+          f"max {max(after):.1f} s over {len(after)} documents")
+    # Live again right away: within the buffering (5 s) and the circuit's sync (2 s),
+    # far from the 10 s refresh interval, let alone a second re-drive.
+    assert max(after) < 10
