@@ -31,7 +31,6 @@ import shutil
 import signal
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +41,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineState
 from apache_beam.transforms.window import GlobalWindows
 
+from pipelines.drain import PipelineFailedError, StreamingRun, describe_failure, stop_reading
 from pipelines.options import (
     ArchiveOptions,
     DeliveryOptions,
@@ -61,7 +61,7 @@ from pipelines.options import (
     stream_limits,
     validate,
 )
-from pipelines.summary import RunSummary, summarize
+from pipelines.summary import DrainReport, RunSummary, summarize
 from schemas.delivery import DeliveryResult
 from schemas.records import dead_letter_json
 from schemas.streams import (
@@ -478,7 +478,10 @@ def _job_id(result: Any) -> str:
 
 def run(argv: list[str] | None = None) -> RunSummary | None:
     """Parse flags, run the job to completion, write and print the summary;
-    with ``--detach``, submit the job and return None."""
+    with ``--detach``, submit the job and return None. A streaming run runs
+    until SIGTERM or ``--run_seconds``, then stops reading and drains
+    (:func:`_stop_streaming`); its summary says how it ended. A job that fails
+    raises :class:`PipelineFailedError` (main's exit status 1)."""
     options = _parse_args(argv)
     validate(options)
     check_input_patterns(options)
@@ -495,55 +498,50 @@ def run(argv: list[str] | None = None) -> RunSummary | None:
     output_dir = options.view_as(OutputOptions).output_dir
     _clear_previous_outputs(output_dir)
     streaming = is_streaming(options)
-    stream_options = options.view_as(StreamingOptions)
 
     pipeline = job_graph(options)
     archive = options.view_as(ArchiveOptions).archive_location
+    detach = options.view_as(RunOptions).detach
+    if streaming and not detach:
+        _DRAINABLE.set()  # from now on SIGTERM drains the run instead of stopping it at once
     try:
         result = pipeline.run()
-    except BaseException:
+    except BaseException as error:
         if _INTERRUPTED.is_set():  # a blocking batch run (FnApiRunner) stopped midway
             _remove_temporary_files(output_dir, archive)
             # Again at exit: a bundle already under way on a runner thread may
             # still open a temporary file after the first pass.
             atexit.register(_remove_temporary_files, output_dir, archive)
             raise KeyboardInterrupt from None
-        raise
-    if options.view_as(RunOptions).detach:
+        raise _failed(error) from error
+    if detach:
         job_id = _job_id(result)
         sys.stdout.write(f"submitted to the {runner_name(options)}: job {job_id}, state {result.state}\n")
         return None
-    if streaming and stream_options.run_seconds:
-        # A bounded streaming run (run-local-streaming, demos): stop after the time.
-        # (Polled: the DirectRunner's wait_until_finish takes no duration.)
-        deadline = time.monotonic() + stream_options.run_seconds
-        try:
-            while time.monotonic() < deadline and not PipelineState.is_terminal(result.state):
-                time.sleep(0.5)
-        finally:  # also on Ctrl-C: a streaming job left running would go on for minutes
-            if not PipelineState.is_terminal(result.state):
-                result.cancel()
+    drain = None
+    if streaming:
+        drain = _stop_streaming(result, options)
     else:
         try:
             result.wait_until_finish()
-        except BaseException:
+        except BaseException as error:
             if not _INTERRUPTED.is_set():
-                raise
+                raise _failed(error) from error
             if not PipelineState.is_terminal(result.state):
                 result.cancel()
             _remove_temporary_files(output_dir, archive)
             atexit.register(_remove_temporary_files, output_dir, archive)
             raise KeyboardInterrupt from None
+        if result.state == PipelineState.FAILED:
+            raise PipelineFailedError(None, "the runner reports the job FAILED (its log says why)")
 
     summary = summarize(result)
     summary.streaming = streaming
+    summary.drain = drain
     summary_path = f"{output_dir.rstrip('/')}/summary.json"
     with FileSystems.create(summary_path) as handle:
         handle.write(json.dumps(summary.to_dict(), indent=2, sort_keys=True).encode("utf-8"))
     sys.stdout.write(summary.render())
-    if streaming:
-        sys.stdout.write("  (a stopped streaming run: records still in flight when it stopped are not in "
-                         "these counts, so they need not reconcile)\n")
     sys.stdout.write(f"  outputs under {output_dir}\n")
     if streams_config:
         settings = delivery_settings(options)
@@ -556,11 +554,69 @@ def run(argv: list[str] | None = None) -> RunSummary | None:
     return summary
 
 
+def _failed(error: BaseException) -> BaseException:
+    """What a runner raised while running the job, as :class:`PipelineFailedError`
+    (its step and error, for main's one line); a KeyboardInterrupt or SystemExit
+    as it is. An error that names no step is not a DoFn's, which Beam has logged
+    with its traceback already: its traceback is logged here."""
+    if not isinstance(error, Exception):
+        return error
+    failure = describe_failure(error)
+    if failure.step is None:
+        _LOG.error("the runner raised", exc_info=error)
+    return failure
+
+
+def _stop_streaming(result: Any, options: PipelineOptions) -> DrainReport:
+    """Wait on a streaming run until SIGTERM, ``--run_seconds`` or its end; then
+    stop its reads, drain it (``pipelines/drain.py``) and cancel it. Raises
+    :class:`PipelineFailedError` when the job fails meanwhile."""
+    stream_options = options.view_as(StreamingOptions)
+    inputs = options.view_as(InputOptions)
+    limit = stream_options.drain_seconds
+    running = StreamingRun(result, stream_options.output_window_seconds)
+    try:  # cancelled on every way out, Ctrl-C and failures too: a streaming job left running goes on for minutes
+        reason = running.wait(stream_options.run_seconds, _TERMINATE)
+        reads_stopped, seconds = False, 0.0
+        if not reason.startswith("the runner"):
+            subscriptions = [path for path in (inputs.events_subscription, inputs.usage_subscription) if path]
+            reads_stopped = stop_reading(runner_name(options).rsplit(".", 1)[-1], subscriptions)
+            if reads_stopped:
+                sys.stdout.write(f"stopping ({reason}): stopped reading; draining what was read, for up to {limit} s\n")
+            else:
+                sys.stdout.write(f"stopping ({reason}): this process cannot stop the {runner_name(options)}'s reads: "
+                                 "cancelling now (drain with the runner's own tools, docs/streaming.md)\n")
+            sys.stdout.flush()
+            seconds = running.drain(reads_stopped, limit, _STOP_NOW)
+    finally:
+        running.cancel()
+    return running.report(reason, reads_stopped, limit, seconds)
+
+
 #: Set by Ctrl-C (SIGINT) while :func:`main` runs. Beam re-raises an exception
 #: raised inside a DoFn as a RuntimeError naming the step, so a KeyboardInterrupt
 #: that lands in the FnApiRunner's bundle processing arrives as one; this tells
 #: the two apart.
 _INTERRUPTED = threading.Event()
+
+
+#: Set by :func:`run` once a SIGTERM should drain a streaming run instead of
+#: stopping the job at once (a batch run, or before the job was submitted).
+_DRAINABLE = threading.Event()
+#: SIGTERM during a streaming run: stop reading, drain, then end.
+_TERMINATE = threading.Event()
+#: A second SIGTERM during the drain: end it now.
+_STOP_NOW = threading.Event()
+#: SIGTERM outside a streaming run's drain: stopped as Ctrl-C stops it.
+_TERMINATED = threading.Event()
+
+#: Exit statuses of :func:`main` (docs/configuration.md#exit-status).
+EXIT_OK = 0
+EXIT_FAILED = 1  # the job failed, or a finished run's counts do not reconcile
+EXIT_USAGE = 2  # a bad flag, reference data or stream configuration
+EXIT_IN_FLIGHT = 3  # a streaming run stopped with records in flight after its drain
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
+EXIT_TERMINATED = 143  # SIGTERM outside a streaming run (128 + SIGTERM)
 
 
 def _on_interrupt(signum: int, frame: Any) -> None:
@@ -571,27 +627,53 @@ def _on_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def _on_terminate(signum: int, frame: Any) -> None:
+    """SIGTERM, what Kubernetes, systemd and supervisors send to stop a process:
+    a streaming run drains (its wait loop sees the flag; a second SIGTERM ends
+    the drain), anything else stops as on Ctrl-C."""
+    if _DRAINABLE.is_set():
+        if _TERMINATE.is_set():
+            _STOP_NOW.set()
+        _TERMINATE.set()
+        return
+    _TERMINATED.set()
+    _on_interrupt(signum, frame)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    _INTERRUPTED.clear()
+    for event in (_INTERRUPTED, _DRAINABLE, _TERMINATE, _STOP_NOW, _TERMINATED):
+        event.clear()
     in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, _on_interrupt) if in_main_thread else None
+    previous = {}
+    if in_main_thread:
+        previous = {signal.SIGINT: signal.signal(signal.SIGINT, _on_interrupt),
+                    signal.SIGTERM: signal.signal(signal.SIGTERM, _on_terminate)}
     try:
         summary = run(argv)
     except (OptionError, ReferenceDataError, StreamConfigError) as err:
         sys.stderr.write(f"error: {err}\n")
-        return 2
-    except BaseException:
-        if not _INTERRUPTED.is_set():
-            raise
-        sys.stderr.write("interrupted: the job was stopped; its outputs are incomplete\n")
-        return 130
+        return EXIT_USAGE
+    except BaseException as error:
+        if _TERMINATED.is_set():
+            sys.stderr.write("terminated: the job was stopped (SIGTERM); its outputs are incomplete\n")
+            return EXIT_TERMINATED
+        if _INTERRUPTED.is_set():
+            sys.stderr.write("interrupted: the job was stopped; its outputs are incomplete\n")
+            return EXIT_INTERRUPTED
+        if isinstance(error, PipelineFailedError):
+            sys.stderr.write(f"error: {error}\n")
+            return EXIT_FAILED
+        raise
     finally:
-        if in_main_thread:
-            signal.signal(signal.SIGINT, previous)
+        _DRAINABLE.clear()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     if summary is None:  # --detach: submitted
-        return 0
-    return 0 if summary.reconciled or summary.streaming else 1
+        return EXIT_OK
+    if summary.drain is not None and not summary.drain.clean:
+        return EXIT_IN_FLIGHT
+    return EXIT_OK if summary.reconciled else EXIT_FAILED
 
 
 if __name__ == "__main__":

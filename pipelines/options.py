@@ -26,6 +26,10 @@ DEFAULT_OUTPUT_WINDOW_SECONDS = 60
 #: The largest --max_streams and --max_streams_per_organisation accepted; the
 #: 16 MiB a configuration file may have holds some 60,000 streams anyway.
 MAX_STREAMS_LIMIT = 1_000_000
+#: How long a stopped streaming run may drain (SIGTERM, --run_seconds). A supervisor must wait
+#: longer before it kills (Kubernetes' terminationGracePeriodSeconds, systemd's TimeoutStopSec):
+#: docs/streaming.md.
+DEFAULT_DRAIN_SECONDS = 30
 
 
 class OptionError(ValueError):
@@ -131,8 +135,18 @@ class StreamingOptions(PipelineOptions):
             "--run_seconds",
             type=int,
             default=None,
-            help="Stop a streaming run after this many seconds and print its summary (local runs, demos). "
-            "Default: run until cancelled.",
+            help="Stop a streaming run after this many seconds (stop reading, drain as on SIGTERM, see "
+            "--drain_seconds) and print its summary (local runs, demos). Default: run until cancelled or SIGTERM.",
+        )
+        parser.add_argument(
+            "--drain_seconds",
+            type=int,
+            default=DEFAULT_DRAIN_SECONDS,
+            help="When a streaming run is stopped (SIGTERM, --run_seconds): how long it may take, after it stopped "
+            "reading, for every record read to be delivered, filtered, a duplicate, dead-lettered or parked, and the "
+            "output window holding the last dead letter to be written, before it is cancelled; what is still in "
+            "flight then is in the summary and the exit status is 3. On the local runner only (docs/streaming.md); "
+            f"Flink and Dataflow drain with their own tools. Default: {DEFAULT_DRAIN_SECONDS}.",
         )
 
 
@@ -444,6 +458,8 @@ def validate_streaming(options: PipelineOptions) -> None:
         raise OptionError("--refresh_interval_seconds must be between 1 and 86400")
     if not 1 <= streaming.output_window_seconds <= 3600:
         raise OptionError("--output_window_seconds must be between 1 and 3600")
+    if not 0 <= streaming.drain_seconds <= 3600:
+        raise OptionError("--drain_seconds must be between 0 and 3600")
 
 
 def _option_classes() -> list[type[PipelineOptions]]:

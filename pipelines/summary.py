@@ -48,6 +48,65 @@ class KindSummary:
         return self.read == self.documents + self.duplicates + self.dead_letter_total
 
 
+#: What can be in flight when a streaming run stops, in the order a record meets them.
+IN_FLIGHT = ("records", "documents", "deliveries", "dead_letters_unwritten")
+
+
+@dataclass
+class DrainReport:
+    """How a streaming run ended: why it stopped, how long its drain took and what
+    was still in flight when it was cancelled (``pipelines/drain.py``).
+
+    A streaming run has no natural end, so its counts only add up if it stops
+    reading and lets what it read arrive first; this says whether that happened,
+    so a summary of a cut-short run is never mistaken for a complete one."""
+
+    #: "SIGTERM", "--run_seconds" or "the runner (<state>)" (a job that ended by itself)
+    reason: str
+    #: --drain_seconds
+    limit_seconds: float
+    #: from the stop request until the job was cancelled
+    seconds: float
+    #: whether the reads stopped handing out new messages (only the local runner's can)
+    reads_stopped: bool
+    #: IN_FLIGHT -> count when the job was cancelled: records read but not yet a
+    #: document, duplicate or dead letter; documents neither routed nor filtered;
+    #: stream deliveries (document x stream) neither delivered, parked nor not
+    #: deliverable; dead letters counted in an output window whose file was not
+    #: written yet
+    in_flight: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def in_flight_total(self) -> int:
+        return sum(self.in_flight.values())
+
+    @property
+    def clean(self) -> bool:
+        return self.in_flight_total == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"reason": self.reason, "limit_seconds": self.limit_seconds, "seconds": round(self.seconds, 1),
+                "reads_stopped": self.reads_stopped, "in_flight": self.in_flight, "clean": self.clean}
+
+    def render(self) -> list[str]:
+        if self.reason.startswith("the runner"):
+            lines = [f"  ended by {self.reason}"]
+        elif self.reads_stopped:
+            lines = [f"  stopped by {self.reason}: stopped reading, then drained for {self.seconds:.1f} s "
+                     f"(--drain_seconds {self.limit_seconds:g})"]
+        else:
+            lines = [f"  stopped by {self.reason}: this process could not stop the reads, so it cancelled without "
+                     "draining"]
+        if self.clean:
+            lines.append("  in flight when it stopped: nothing; every record read is accounted for")
+        else:
+            parts = [f"{self.in_flight[name]} {name.replace('_', ' ')}" for name in IN_FLIGHT
+                     if self.in_flight.get(name)]
+            lines.append(f"  in flight when it stopped: {', '.join(parts)}: read and acknowledged, but at no "
+                         "destination (docs/streaming.md#stopping-a-streaming-run)")
+        return lines
+
+
 @dataclass
 class RunSummary:
     kinds: dict[str, KindSummary]
@@ -63,6 +122,8 @@ class RunSummary:
     refreshes: dict[str, dict[str, int]] = field(default_factory=dict)
     #: a stopped streaming run: in-flight records are in no count
     streaming: bool = False
+    #: how a streaming run ended (None: a batch run)
+    drain: DrainReport | None = None
 
     @property
     def delivering(self) -> bool:
@@ -85,6 +146,25 @@ class RunSummary:
         documents = all(k.documents == k.routed_documents + k.filtered for k in self.kinds.values())
         return records and documents and all(self.stream_reconciled(c) for c in self.streams.values())
 
+    def in_flight(self) -> dict[str, int]:
+        """What the counts show between two stages (``IN_FLIGHT``, but for the
+        dead-letter files, which counters cannot see): 0 everywhere once every
+        record read is accounted for. Duplicates are inferred (valid - unique), so
+        a record between the lateness gate and de-duplication counts as one for a
+        moment: a drain also waits for the counts to stop moving."""
+        records = sum(max(0, k.read - k.documents - k.duplicates - k.dead_letter_total) for k in self.kinds.values())
+        documents = deliveries = 0
+        if self.delivering:
+            documents = sum(max(0, k.documents - k.routed_documents - k.filtered) for k in self.kinds.values())
+            deliveries = sum(max(0, c.get("routed", 0) - c.get("delivered", 0) - c.get("parked", 0)
+                                 - c.get("not_deliverable", 0)) for c in self.streams.values())
+        return {"records": records, "documents": documents, "deliveries": deliveries}
+
+    @property
+    def dead_letters(self) -> int:
+        """Every dead letter counted: of the records, and of routed documents no destination can take."""
+        return sum(k.dead_letter_total for k in self.kinds.values()) + sum(self.delivery_dead_letters.values())
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"reconciled": self.reconciled}
         for kind, summary in self.kinds.items():
@@ -93,6 +173,8 @@ class RunSummary:
         out["delivery_dead_letters"] = self.delivery_dead_letters
         out["streams"] = self.streams
         out["refreshes"] = self.refreshes
+        if self.drain is not None:
+            out["drain"] = self.drain.to_dict()
         return out
 
     def render(self) -> str:
@@ -105,7 +187,10 @@ class RunSummary:
         ]
         if ev.late or us.late:
             rows.insert(2, ("late", ev.late, us.late))
-        lines = ["", "Run summary", f"  {'':<16}{'events':>10}{'usage':>10}{'total':>10}"]
+        lines = ["", "Run summary"]
+        if self.drain is not None:
+            lines += self.drain.render()
+        lines.append(f"  {'':<16}{'events':>10}{'usage':>10}{'total':>10}")
         if self.delivering:
             rows += [
                 ("routed", ev.routed_documents, us.routed_documents),

@@ -1,7 +1,8 @@
 """The DirectRunner's prefetching Pub/Sub reads (``tools/direct_runner/direct_pubsub.py``,
-fix 9), against the real emulator: every message handed out once, reads that do
-not wait while the job is busy, messages never read handed back at the end, and
-a failing subscription failing the read."""
+fixes 9 and 10), against the real emulator: every message handed out once, reads
+that do not wait while the job is busy, messages never read handed back at the
+end, a failing subscription failing the read, reads that stop for a drain, and a
+cancel that ends a wait for the job."""
 
 from __future__ import annotations
 
@@ -217,3 +218,66 @@ def test_prefetchers_stop_with_the_transforms_they_read_for(pubsub_emulator):
         prefetcher._thread.join(5)
         assert not prefetcher._thread.is_alive()
         assert not [t for t in threading.enumerate() if t.name == f"pubsub-prefetch:{subscription}"]
+
+
+def test_a_stopped_read_hands_out_nothing_more_and_hands_back_what_it_held(pubsub_emulator):
+    """Fix 10: a stopped run's reads stop (``direct_pubsub.stop_reading``); what
+    was queued comes again at once (the ack deadline is ten minutes), and what is
+    published afterwards is left in Pub/Sub, for the next run."""
+    subscription = _subscription(pubsub_emulator, "prefetch-drain", ack_deadline_seconds=600)
+
+    class Transform:  # stands for an applied read transform (weakly referenced)
+        pass
+
+    transform = Transform()
+    with subscriber_client() as client:
+        prefetcher = direct_pubsub.prefetcher_for(transform, client, subscription)
+        try:
+            publish(pubsub_emulator.project, "prefetch-drain", [b"read-1", b"read-2"])
+            assert sorted(m.message.data for read in _read_until(prefetcher, subscription, 2) for m in read) == [
+                b"read-1", b"read-2"]
+            held = [f"held-{i}".encode() for i in range(5)]
+            publish(pubsub_emulator.project, "prefetch-drain", held)
+            deadline = time.monotonic() + 20
+            while prefetcher.queued() < len(held) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert prefetcher.queued() == len(held)
+            direct_pubsub.stop_reading(frozenset({subscription}))
+            publish(pubsub_emulator.project, "prefetch-drain", [b"later"])
+            time.sleep(1.5)  # a pull would have taken it by now
+            assert prefetcher.queued() == 0
+            assert list(prefetcher.pull(subscription, 10, 30).received_messages) == []
+            # A prefetcher started for the subscription during the same run starts stopped.
+            assert direct_pubsub.prefetcher_for(Transform(), client, subscription).queued() == 0
+        finally:
+            direct_pubsub.close_prefetchers([transform])
+        again = Prefetcher(client, subscription)
+        try:
+            reads = _read_until(again, subscription, len(held) + 1, timeout=15)
+            assert sorted(m.message.data for read in reads for m in read) == sorted([*held, b"later"])
+        finally:
+            again.close()
+
+
+def test_a_cancel_ends_a_wait_for_the_job(pubsub_emulator):
+    """Fix 10: the job waits in ``wait_until_finish`` (on a thread) to learn of a
+    failure; a cancel ends that wait instead of leaving the thread blocked."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+    from tools.direct_runner import apply_direct_runner_fixes
+
+    apply_direct_runner_fixes()
+    subscription = _subscription(pubsub_emulator, "prefetch-wait")
+    options = PipelineOptions()
+    options.view_as(StandardOptions).streaming = True
+    pipeline = beam.Pipeline(runner="BundleBasedDirectRunner", options=options)
+    _ = pipeline | beam.io.ReadFromPubSub(subscription=subscription) | beam.Map(len)
+    result = pipeline.run()
+    waiter = threading.Thread(target=result.wait_until_finish, daemon=True)
+    waiter.start()
+    time.sleep(1)
+    assert waiter.is_alive()  # a streaming job runs on
+    result.cancel()
+    waiter.join(10)
+    assert not waiter.is_alive()

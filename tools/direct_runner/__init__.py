@@ -14,8 +14,8 @@ Upstream: the Pub/Sub read's 30 s pull deadline (3, 9) is apache/beam#25442
 closest, for 2, is apache/beam#18942 (BundleBasedDirectRunner and streaming
 side inputs). Each is described below well enough to file.
 
-Which apply: 1 and 2 (correctness) and 3 and 9 (Pub/Sub reads: without them a
-streaming run waits 30 s per idle pull) always; 4 to 8 (speed only) with
+Which apply: 1 and 2 (correctness), 3 and 9 (Pub/Sub reads: without them a
+streaming run waits 30 s per idle pull) and 10 (stopping a run) always; 4 to 8 (speed only) with
 ``speed=True``, the default, because a local need was measured: ``make
 run-local-streaming`` (150 records/s per kind, 90 s) read 27,689 of 28,154
 published records with them and 8,100 of 28,996 without (99 % of its records
@@ -114,6 +114,19 @@ step ran: 18 of 45 seconds at 673 records/s, most of it the idle refresh
 subscription running to its deadline. The reads now take what a background
 thread per subscription has already pulled, and wait only while the whole job
 is idle (``direct_pubsub``); the executor's end stops those threads.
+
+10. Reads that cannot stop, and a wait that cannot end. A stopped streaming run
+drains what it read before it is cancelled (``pipelines/drain.py``), so its
+reads must stop handing out messages first; the runner's reader has no such
+switch, and a step after it cannot drop what the reader already acknowledged.
+The prefetchers of fix 9 can: :func:`apply_direct_runner_fixes` registers
+``direct_pubsub.stop_reading`` with the job as the reads' stopper on this runner
+(the job registers none itself, so on any other runner it says it cannot drain).
+And ``DirectPipelineResult.wait_until_finish``, which the job waits in to learn
+of a failure (the result's ``state`` stays RUNNING on this runner until that
+wait raises), blocked forever once the job was cancelled: nothing told it. The
+executor's shutdown now wakes it (it then returns, and the result's state may
+read DONE rather than CANCELLED).
 """
 
 from __future__ import annotations
@@ -133,6 +146,8 @@ from apache_beam.transforms.window import IntervalWindow
 from apache_beam.utils import counters
 from apache_beam.utils.timestamp import Timestamp
 
+from pipelines.drain import register_read_stopper
+from tools import runners
 from tools.direct_runner import direct_pubsub
 
 _EMPTY_BUNDLE_WINDOW = IntervalWindow(Timestamp(0), Timestamp(micros=1))
@@ -330,6 +345,20 @@ def _skipping_empty(original: Callable[[Any, Any], None]) -> Callable[[Any, Any]
     return schedule_consumers
 
 
+def _waking_waiters(original: Callable[[Any], None]) -> Callable[[Any], None]:
+    """An executor shutdown (a cancel) that also ends a wait in
+    ``await_completion`` (fix 10): only a finished or failed job offered it
+    anything to take."""
+
+    def request_shutdown(self: Any) -> None:
+        try:
+            original(self)
+        finally:
+            self.visible_updates.offer(executor._ExecutorServiceParallelExecutor._VisibleExecutorUpdate())
+
+    return request_shutdown
+
+
 def _closing_prefetchers(original: Callable[[Any], None]) -> Callable[[Any], None]:
     """An executor's end (finished or cancelled) that also stops its Pub/Sub
     prefetchers (fix 9), so no thread keeps pulling for a pipeline that is done."""
@@ -376,7 +405,7 @@ def check_beam_version(version: str | None = None) -> None:
 
 def apply_direct_runner_fixes(*, speed: bool = True) -> None:
     """Idempotently install the workarounds (module docstring): fixes 1 and 2
-    (correctness) and 3 and 9 (Pub/Sub reads) always, the speed fixes 4 to 8
+    (correctness), 3 and 9 (Pub/Sub reads) and 10 (stopping a run) always, the speed fixes 4 to 8
     with ``speed``. Refuses an untested Beam version before patching anything."""
     global _applied
     check_beam_version()
@@ -411,7 +440,8 @@ def apply_direct_runner_fixes(*, speed: bool = True) -> None:
     reader._get_subscriber_client = classmethod(prefetching_client)
     parallel = executor._ExecutorServiceParallelExecutor
     parallel.await_completion = _closing_prefetchers(parallel.await_completion)
-    parallel.request_shutdown = _closing_prefetchers(parallel.request_shutdown)
+    parallel.request_shutdown = _waking_waiters(_closing_prefetchers(parallel.request_shutdown))
+    register_read_stopper([runners.STREAMING], direct_pubsub.stop_reading)
     _applied = True
     if speed:
         _apply_speed_fixes()

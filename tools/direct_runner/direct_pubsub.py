@@ -26,6 +26,13 @@ handed back (ack deadline 0) for immediate redelivery. A pull that fails for a
 reason other than its deadline stops the thread and is raised by the next read,
 so the job fails as it did.
 
+A run that is stopped (SIGTERM, ``--run_seconds``: ``pipelines/drain.py``) asks
+the reads of its data subscriptions to stop (:func:`stop_reading`): their
+prefetchers hand out nothing more, pull nothing more, and hand back what they had
+queued, so the job drains what it read while the unread messages wait in Pub/Sub
+for the next run. Acknowledgements still owed for messages already read are sent.
+Other subscriptions (the refresh ticks) keep being read: records wait for them.
+
 Hand-written because the client library's streaming pull delivers one callback
 per message on its own thread pool, which costs more per message than the
 batch pull it replaces here, and the runner's reader expects a ``PullResponse``.
@@ -93,6 +100,7 @@ class Prefetcher:
         self._lock = threading.Condition()
         self._error: BaseException | None = None
         self._closed = False
+        self._stopped = False
         activity.prefetchers.add(self)
         self._thread = threading.Thread(target=self._run, name=f"pubsub-prefetch:{subscription}", daemon=True)
         self._thread.start()
@@ -111,11 +119,14 @@ class Prefetcher:
 
         while True:
             with self._lock:
-                while len(self._queue) >= QUEUE_MAX_MESSAGES and not self._acks and not self._closed:
+                while ((self._stopped or len(self._queue) >= QUEUE_MAX_MESSAGES)
+                       and not self._acks and not self._closed):
                     self._lock.wait()
                 if self._closed:
                     return
             self._send_acks()
+            if self._stopped:
+                continue
             room = min(PULL_MAX_MESSAGES, QUEUE_MAX_MESSAGES - len(self._queue))
             if room <= 0:
                 continue
@@ -142,12 +153,14 @@ class Prefetcher:
             if not received:
                 continue
             with self._lock:
-                closed = self._closed
-                if not closed:
+                closed, stopped = self._closed, self._stopped
+                if not (closed or stopped):
                     self._queue.extend(received)
-            if closed:
+            if closed or stopped:  # a pull that was under way when the reading stopped
                 self._hand_back(received)
-                return
+                if closed:
+                    return
+                continue
             with self._activity.arrived:
                 self._activity.arrived.notify_all()
 
@@ -209,6 +222,18 @@ class Prefetcher:
                                              ack_deadline_seconds=0)
         except Exception as error:  # noqa: BLE001 - they are redelivered after the ack deadline anyway
             _LOGGER.warning("Could not hand back %d messages of %s: %s", len(received), self._subscription, error)
+
+    def stop_reading(self) -> None:
+        """Hand out and pull nothing more, and hand back what is queued; the
+        acknowledgements of what was read are still sent (idempotent)."""
+        with self._lock:
+            if self._stopped or self._closed:
+                return
+            self._stopped = True
+            left = list(self._queue)
+            self._queue.clear()
+            self._lock.notify_all()
+        self._hand_back(left)
 
     def close(self) -> None:
         """Stop pulling, send the acknowledgements still owed and hand back what
@@ -272,6 +297,11 @@ _PREFETCHERS: weakref.WeakKeyDictionary[Any, Prefetcher] = weakref.WeakKeyDictio
 _LOCK = threading.Lock()
 
 
+#: Subscriptions whose reads were stopped, until the executor of a run ends
+#: (a prefetcher started after the stop starts stopped).
+_STOPPED: set[str] = set()
+
+
 def prefetcher_for(transform: Any, client: Any, subscription: str) -> Prefetcher:
     """The prefetcher of ``transform``'s subscription, started on first use."""
     with _LOCK:
@@ -280,7 +310,19 @@ def prefetcher_for(transform: Any, client: Any, subscription: str) -> Prefetcher
             prefetcher = Prefetcher(client, subscription)
             _PREFETCHERS[transform] = prefetcher
             weakref.finalize(transform, prefetcher.close)
+            if subscription in _STOPPED:
+                prefetcher.stop_reading()
         return prefetcher
+
+
+def stop_reading(subscriptions: frozenset[str]) -> None:
+    """Stop this process's reads of ``subscriptions`` (the drain of a stopped
+    run, ``pipelines/drain.py``); other subscriptions are still read."""
+    with _LOCK:
+        _STOPPED.update(subscriptions)
+        prefetchers = [p for p in _PREFETCHERS.values() if p.subscription in subscriptions]
+    for prefetcher in prefetchers:
+        prefetcher.stop_reading()
 
 
 class PrefetchingClient:
@@ -306,5 +348,6 @@ def close_prefetchers(transforms: Any) -> None:
     """Stop the prefetchers of these applied transforms (a pipeline's roots)."""
     with _LOCK:
         prefetchers = [_PREFETCHERS.pop(transform) for transform in transforms if transform in _PREFETCHERS]
+        _STOPPED.clear()  # one streaming run at a time in a process: its stop ends with it
     for prefetcher in prefetchers:
         prefetcher.close()
