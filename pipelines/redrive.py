@@ -11,7 +11,10 @@ may have parked a document twice, in different batches). What fails again is
 parked again and the stream is deactivated again by the usual rule; the batches
 re-driven are removed from the park once their documents are delivered or parked
 anew. The status is updated from the results, and the run prints what
-was delivered, what is still parked, and the stream's status.
+was delivered, what is still parked, and the stream's status; it exits 0 when
+nothing it re-drove was parked again. While a streaming job runs, the re-drive
+closes the stream's circuit first and holds the stream meanwhile; batches the
+job parked before it saw the circuit closed are delivered by its recovery step.
 """
 
 from __future__ import annotations
@@ -123,15 +126,18 @@ def run(argv: list[str] | None = None) -> int:
     owner = f"redrive-{os.getpid()}"
     circuits.take_drain(stream.id, owner)
     try:
-        _redrive(options, settings, config, stream, store, before)
+        parked_again = _redrive(options, settings, config, stream, store, before)
     finally:
         circuits.release(stream.id, owner)
     sys.stdout.write(render_status_table([load_status(settings.status_location)[stream_id]]))
-    return 0 if not store.list(stream_id) else 1
+    # Batches a running job parked meanwhile (before it saw the circuit closed)
+    # are not this run's failure: the job's recovery step delivers them.
+    return 0 if parked_again == 0 else 1
 
 
 def _redrive(options: PipelineOptions, settings: Any, config: Any, stream: DataStream, store: ParkStore,
-             before: list[str]) -> None:
+             before: list[str]) -> int:
+    """Deliver ``before``; the number of documents parked again."""
     stream_id = stream.id
     sys.stdout.write(f"re-driving {len(before)} parked batches of stream {stream_id} ({stream.api_type})\n")
     if before:
@@ -167,6 +173,8 @@ def _redrive(options: PipelineOptions, settings: Any, config: Any, stream: DataS
             f"  delivered {counts.get('documents', 0)} documents in {counts.get('requests', 0)} requests; "
             f"parked again {counts.get('parked', 0)}; {len(after)} batches still parked\n"
         )
+        return int(counts.get("parked", 0))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

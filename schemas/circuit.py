@@ -25,7 +25,10 @@ The states (docs/delivery.md, "Circuit"):
 
 ``closed``
     The destination is tried. A failed batch counts; ``deactivate_after``
-    consecutive failed batches, or one permanent failure, open the circuit.
+    consecutive failed batches, or one permanent failure, open the circuit. A
+    failure (or a success after failures) also sets ``drain_until``: what the
+    failed batches parked is delivered by the recovery step within seconds,
+    beside live data, even when the circuit never opens.
 ``open``
     Nothing is sent: the sinks park the stream's documents without a request
     (``stream_deactivated`` with the token of the failure). At ``next_probe_at``
@@ -242,18 +245,22 @@ class CircuitStore:
     def record(self, stream_id: str, ok: bool, token: str | None = None, retryable: bool = True) -> CircuitState:
         """A batch's outcome while the circuit is closed. A success costs no
         write unless failures were counted."""
+        now = time.time()
+        drain_until = now + self.settings.drain_seconds
         if ok:
             current = self.get(stream_id)
             if current.failures == 0:
                 return current
-            return self._update(stream_id, lambda s: replace(s, failures=0) if s.state == CLOSED else None)
-        now = time.time()
+            return self._update(stream_id, lambda s: replace(
+                s, failures=0, drain_until=max(s.drain_until or 0, drain_until)) if s.state == CLOSED else None)
         token = token or REMOTE_ERROR
 
         def fail(state: CircuitState) -> CircuitState | None:
             if state.state != CLOSED:
                 return None  # already open: a straggling failure changes nothing
-            failed = replace(state, failures=state.failures + 1)
+            # What the failed batch parked is delivered by the recovery step soon
+            # (a closed circuit that is draining), even if the circuit never opens.
+            failed = replace(state, failures=state.failures + 1, drain_until=drain_until)
             permanent = not retryable or token in PERMANENT_TOKENS
             if permanent or failed.failures >= self.settings.deactivate_after:
                 return self._opened(failed, token, now)
@@ -337,9 +344,14 @@ class CircuitStore:
         return self._update(stream_id, close)
 
     def release(self, stream_id: str, owner: str) -> None:
-        """Give the lease back (a drain that stopped for now)."""
-        self._update(stream_id, lambda s: replace(s, lease_owner=None, lease_until=None)
-                     if s.lease_owner == owner else None)
+        """Give the lease back (a drain that stopped for now, a re-drive that
+        ended); a closed circuit keeps draining for ``drain_seconds`` more, so
+        what was parked meanwhile is delivered."""
+        drain_until = time.time() + self.settings.drain_seconds
+        self._update(stream_id, lambda s: replace(
+            s, lease_owner=None, lease_until=None,
+            drain_until=max(s.drain_until or 0, drain_until) if s.state == CLOSED else s.drain_until)
+            if s.lease_owner == owner else None)
 
     def forget(self, stream_id: str) -> None:
         """Remove a closed circuit whose drain time is over (keeps listings short)."""

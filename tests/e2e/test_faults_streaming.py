@@ -176,7 +176,9 @@ ZOO = {
     "reset": (faults.always(faults.RESET), False),
     "throttled": (faults.for_seconds(20, faults.throttled(retry_after=1), from_first_request=True), True),
     "unauthorized": (faults.always(faults.UNAUTHORIZED), False),
-    "slow": (faults.always(faults.slow(2.0)), True),
+    # A bundle waits for its slowest lane: a slow destination's answer time adds
+    # to the latency of every stream in the bundles it is in (docs/delivery.md).
+    "slow": (faults.always(faults.slow(1.0)), True),
     "truncated": (faults.always(faults.truncated_body()), False),
     "garbled-200": (faults.always(faults.garbled_body(200)), True),
 }
