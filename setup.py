@@ -13,8 +13,11 @@ installs, so a fresh clone installs what CI tested.
 from setuptools import find_packages, setup
 
 RUNTIME = [
-    "apache-beam[gcp]>=2.70,<2.80",
-    "pyarrow>=18,<26",
+    # Exactly the Beam of the Java side (tools/flink/pom.xml): Flink's job server and
+    # the SDK workers must be one Beam version, and 2.62.0 is the newest whose Flink
+    # runner jars Maven Central serves here (docs/flink.md).
+    "apache-beam[gcp]==2.62.0",
+    "pyarrow>=16,<26",
     "fastavro>=1.9,<2",
     "google-cloud-pubsub>=2.20,<3",
     "boto3>=1.34,<2",

@@ -122,7 +122,7 @@ class StreamingOptions(PipelineOptions):
             default=None,
             help="Pub/Sub subscription whose messages trigger the refreshes instead of a PeriodicImpulse (a "
             "ticker, or storage notifications when reference files change). Required on the DirectRunner, "
-            "where PeriodicImpulse cannot run beside ReadFromPubSub (Beam 2.77). Default: none.",
+            "where PeriodicImpulse cannot run beside ReadFromPubSub (seen with Beam 2.77). Default: none.",
         )
         parser.add_argument(
             "--output_window_seconds",
@@ -447,7 +447,7 @@ def validate_streaming(options: PipelineOptions) -> None:
         raise OptionError(f"--refresh_subscription: expected projects/<project>/subscriptions/<name>, got {refresh!r}")
     if not refresh and runner in ("DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner"):
         raise OptionError("--refresh_subscription is required on the DirectRunner: its streaming mode cannot run "
-                          "PeriodicImpulse beside ReadFromPubSub (Beam 2.77); publish a message to it every refresh "
+                          "PeriodicImpulse beside ReadFromPubSub (seen with Beam 2.77); publish a message to it every refresh "
                           "interval (make run-local-streaming does)")
     streaming = options.view_as(StreamingOptions)
     horizon = options.view_as(ProcessingOptions).dedup_horizon_seconds

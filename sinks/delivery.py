@@ -153,7 +153,7 @@ class DeliverToStreams(beam.PTransform):
         # Everything that counts is applied per branch, before any Flatten: on the
         # DirectRunner's bundle-based executor, metrics recorded downstream of a
         # Flatten fed by a keyed step are lost although the elements arrive (seen
-        # with Beam 2.77; the per-stream reconciliation in the job tests would catch it).
+        # with Beam 2.77 and 2.62; the per-stream reconciliation in the job tests would catch it).
         gather = self._settings.output_window_seconds
         results, dead_letters, parked = [], [], []
         for api_type in API_TYPES:

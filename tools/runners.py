@@ -1,7 +1,7 @@
 """The local runners, named: every local launcher, make target and test tier runs
 on one of these, never on whatever ``DirectRunner`` picks.
 
-Beam 2.77's ``DirectRunner`` is a switch: it first tries the Prism runner (a Go
+Beam's ``DirectRunner`` (2.62) is a switch: it first tries the Prism runner (a Go
 binary it downloads from GitHub on first use), and only when that fails falls back
 to the FnApiRunner (batch) or the BundleBasedDirectRunner (streaming,
 ``TestStream``, processing-time timers). On a machine that can reach GitHub the
@@ -21,7 +21,8 @@ Prism is not used yet (it is not installed here and does not implement
 
 from __future__ import annotations
 
-BATCH = "FnApiRunner"
+#: Beam 2.62 knows the FnApiRunner by its full name only (no short name).
+BATCH = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
 STREAMING = "BundleBasedDirectRunner"
 
 

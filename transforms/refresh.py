@@ -42,7 +42,7 @@ request limit is 10 MB). The submitting machine loads the files once to fail fas
 on bad data; if a worker's very first load fails, there is no good snapshot to
 keep, so the tick fails and the runner retries it.
 
-DirectRunner caveats (Beam 2.77): it keeps every snapshot it ever received in
+DirectRunner caveats (seen with Beam 2.77): it keeps every snapshot it ever received in
 memory (fine for bounded local runs; Dataflow and Flink garbage-collect expired
 side-input windows), and it fails on empty bundles reaching a step with a windowed
 side input (:mod:`tools.direct_runner`).

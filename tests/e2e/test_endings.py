@@ -34,6 +34,7 @@ from google.api_core import exceptions
 
 from tests.guide_samples import RAW_EVENTS
 from tests.streams import REGION, rest_stream, s3_stream
+from tools import runners
 from tools.processes import free_port
 from tools.pubsub_emulator import Ticker, create_topic_and_subscription, publish, subscriber_client
 
@@ -277,7 +278,7 @@ def test_a_failing_batch_run_exits_1_naming_the_step(tmp_path, stream_secrets, s
     streams = [rest_stream("rest-bulk-batch", f"http://127.0.0.1:{free_port()}/bulk", bulk=True)]
     (tmp_path / "streams.json").write_text(json.dumps({"streams": streams}))
     result = subprocess.run(
-        [sys.executable, "-m", "pipelines.data_streamer", "--runner=FnApiRunner",
+        [sys.executable, "-m", "pipelines.data_streamer", runners.runner_flag(streaming=False),
          f"--events_input={tmp_path / 'events.jsonl'}", f"--reference_dir={sample_reference_dir}",
          f"--streams_config={tmp_path / 'streams.json'}", f"--output_dir={tmp_path / 'out'}",
          f"--park_location={park}", "--allow_insecure_destinations", "--max_attempts=1",

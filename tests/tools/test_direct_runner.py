@@ -176,11 +176,11 @@ def test_the_workarounds_refuse_an_untested_beam_version(monkeypatch):
     try:
         direct_runner.apply_direct_runner_fixes()
     except direct_runner.UntestedBeamVersionError as err:
-        assert "2.77.0" in str(err) and "2.78.0" in str(err)
+        assert "2.62.0" in str(err) and "2.78.0" in str(err)
     else:
         raise AssertionError("applied on an untested Beam version")
     assert executor.TransformExecutor.__init__ is before
-    assert "2.77.0" in direct_runner.TESTED_BEAM_VERSIONS
+    assert "2.62.0" in direct_runner.TESTED_BEAM_VERSIONS
 
 
 def test_the_job_applies_no_workaround(tmp_path):

@@ -50,10 +50,16 @@ from apache_beam.coders.row_coder import RowCoder
 from apache_beam.io.external.gcp.pubsub import ReadFromPubSub as ExternalReadFromPubSub
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.gcp import gcsio
-from apache_beam.options.pipeline_options import GoogleCloudOptions, TestOptions
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, TestOptions
 from apache_beam.pipeline import ExternalTransformFinder
-from apache_beam.portability import common_urns
-from apache_beam.portability.api import beam_expansion_api_pb2_grpc, beam_runner_api_pb2, external_transforms_pb2
+from apache_beam.portability import common_urns, python_urns
+from apache_beam.portability.api import (
+    beam_artifact_api_pb2_grpc,
+    beam_expansion_api_pb2_grpc,
+    beam_runner_api_pb2,
+    external_transforms_pb2,
+)
+from apache_beam.runners.portability import artifact_service
 from apache_beam.runners.portability.expansion_service import ExpansionServiceServicer
 from apache_beam.transforms.external import ExternalTransform
 from apache_beam.transforms.ptransform import PTransform
@@ -138,7 +144,15 @@ def expansion_service() -> Iterator[ExpansionService]:
     """A real gRPC expansion service on a free loopback port, expanding the
     Java Pub/Sub read's URN with :class:`PubsubReadStandIn`."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    beam_expansion_api_pb2_grpc.add_ExpansionServiceServicer_to_server(ExpansionServiceServicer(), server)
+    # Beam's defaults for a Python expansion service, without staging a pip freeze
+    # of this machine as the stand-in environment's dependency (a file read).
+    options = PipelineOptions(flags=[], environment_type=python_urns.EMBEDDED_PYTHON, sdk_location="container",
+                              experiments=["disable_logging_submission_environment"])
+    beam_expansion_api_pb2_grpc.add_ExpansionServiceServicer_to_server(ExpansionServiceServicer(options), server)
+    # The artifact service beside it, as every expansion service has: Beam asks it
+    # for the expanded environment's dependencies.
+    beam_artifact_api_pb2_grpc.add_ArtifactRetrievalServiceServicer_to_server(
+        artifact_service.ArtifactRetrievalService(artifact_service.BeamFilesystemHandler(None).file_reader), server)
     port = server.add_insecure_port("127.0.0.1:0")
     assert port > 0, "could not bind the expansion service to a loopback port"
     service = ExpansionService(f"127.0.0.1:{port}")

@@ -1,4 +1,4 @@
-"""Workarounds for problems of Beam 2.77's BundleBasedDirectRunner, the local
+"""Workarounds for problems of Beam 2.62's BundleBasedDirectRunner, the local
 runner of streaming runs, ``TestStream`` tests and graphs with processing-time
 timers (``tools/runners.py``).
 
@@ -382,7 +382,7 @@ GC_THRESHOLDS = (100_000, 50, 1000)
 #: the streaming tests and ``make bench``). They replace private Beam symbols, so
 #: on any other version they refuse to apply rather than patch code they were not
 #: written for.
-TESTED_BEAM_VERSIONS = frozenset({"2.77.0"})
+TESTED_BEAM_VERSIONS = frozenset({"2.62.0"})
 
 
 class UntestedBeamVersionError(RuntimeError):
@@ -429,15 +429,9 @@ def apply_direct_runner_fixes(*, speed: bool = True) -> None:
         finally:
             statesampler.set_current_tracker(state_sampler)
 
-    reader = transform_evaluator._PubSubReadEvaluator
-    original_client = reader._get_subscriber_client.__func__
-
-    def prefetching_client(cls: Any, transform: Any) -> Any:
-        return direct_pubsub.PrefetchingClient(transform, original_client(cls, transform))
-
     executor.TransformExecutor.__init__ = init
     executor.TransformExecutor.call = call
-    reader._get_subscriber_client = classmethod(prefetching_client)
+    transform_evaluator._PubSubReadEvaluator._read_from_pubsub = direct_pubsub.read_from_pubsub
     parallel = executor._ExecutorServiceParallelExecutor
     parallel.await_completion = _closing_prefetchers(parallel.await_completion)
     parallel.request_shutdown = _waking_waiters(_closing_prefetchers(parallel.request_shutdown))

@@ -351,3 +351,58 @@ def close_prefetchers(transforms: Any) -> None:
         _STOPPED.clear()  # one streaming run at a time in a process: its stop ends with it
     for prefetcher in prefetchers:
         prefetcher.close()
+
+
+_CLIENTS: weakref.WeakKeyDictionary[Any, PrefetchingClient] = weakref.WeakKeyDictionary()
+
+
+def _client_for(transform: Any) -> PrefetchingClient:
+    """One subscriber client per read transform, behind its prefetcher; closed
+    with the transform (Beam 2.62's reader opened and closed a client per pull)."""
+    with _LOCK:
+        client = _CLIENTS.get(transform)
+        if client is None:
+            from google.cloud import pubsub
+
+            raw = pubsub.SubscriberClient()
+            client = PrefetchingClient(transform, raw)
+            _CLIENTS[transform] = client
+            weakref.finalize(transform, raw.close)
+        return client
+
+
+def _timestamped(message: Any, timestamp_attribute: str | None) -> tuple[Any, Any]:
+    """``(element timestamp, PubsubMessage)`` as Beam's reader makes them: the
+    attribute (milliseconds or RFC 3339) when given and present, else the publish
+    time."""
+    from apache_beam.io.gcp.pubsub import PubsubMessage
+    from apache_beam.utils.timestamp import Timestamp
+
+    parsed = PubsubMessage._from_message(message)
+    if timestamp_attribute and timestamp_attribute in parsed.attributes:
+        value = parsed.attributes[timestamp_attribute]
+        try:
+            timestamp = Timestamp(micros=int(value) * 1000)
+        except ValueError:
+            try:
+                timestamp = Timestamp.from_rfc3339(value)
+            except ValueError as err:
+                raise ValueError(f"Bad timestamp value: {err}") from err
+    else:
+        if message.publish_time is None:
+            raise ValueError(f"No publish time present in message: {message}")
+        timestamp = Timestamp.from_utc_datetime(message.publish_time)
+    return timestamp, parsed
+
+
+def read_from_pubsub(self: Any, timestamp_attribute: str | None) -> list[tuple[Any, Any]]:
+    """``_PubSubReadEvaluator._read_from_pubsub`` of Beam 2.62 (fixes 3 and 9):
+    the same pull, parse and acknowledge, through the transform's prefetching
+    client instead of a new client per read that waits up to 30 s."""
+    client = _client_for(self._applied_ptransform)
+    response = client.pull(subscription=self._sub_name, max_messages=10, timeout=30)
+    results = [_timestamped(received.message, timestamp_attribute) for received in response.received_messages]
+    ack_ids = [received.ack_id for received in response.received_messages]
+    if ack_ids:
+        client.acknowledge(subscription=self._sub_name, ack_ids=ack_ids)
+    return results
