@@ -15,7 +15,7 @@ SEED ?= 7
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install sample-data run-local run-local-streaming run-portable local-destinations status submit-flink \
+.PHONY: help install sample-data run-local run-local-streaming run-portable run-flink local-destinations status submit-flink \
 	submit-dataflow redrive backfill historic test test-fast lint clean bench
 
 help: ## List the targets
@@ -47,6 +47,9 @@ PORTABLE_ENVIRONMENT ?= EXTERNAL
 run-portable: $(SAMPLE_DIR)/.complete ## run-local on the PortableRunner through Beam's job service and an SDK worker pool (out/portable)
 	$(PY) -m tools.run_portable --sample_dir $(SAMPLE_DIR) --output_dir $(OUT_DIR)/portable \
 		--environment_type $(PORTABLE_ENVIRONMENT)
+
+run-flink: $(SAMPLE_DIR)/.complete ## run-local on Flink: FlinkRunner, [local] mini-cluster in Beam's Flink job server (Java + Maven; out/flink)
+	$(PY) -m tools.run_flink --sample_dir $(SAMPLE_DIR) --output_dir $(OUT_DIR)/flink
 
 RUN_SECONDS ?= 90
 run-local-streaming: $(SAMPLE_DIR)/.complete ## Stream the sample fleet through the Pub/Sub emulator (BundleBasedDirectRunner) for RUN_SECONDS (gcloud + Java)

@@ -447,8 +447,8 @@ def validate_streaming(options: PipelineOptions) -> None:
         raise OptionError(f"--refresh_subscription: expected projects/<project>/subscriptions/<name>, got {refresh!r}")
     if not refresh and runner in ("DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner"):
         raise OptionError("--refresh_subscription is required on the DirectRunner: its streaming mode cannot run "
-                          "PeriodicImpulse beside ReadFromPubSub (seen with Beam 2.77); publish a message to it every refresh "
-                          "interval (make run-local-streaming does)")
+                          "PeriodicImpulse beside ReadFromPubSub (seen with Beam 2.77); publish a message to it every "
+                          "refresh interval (make run-local-streaming does)")
     streaming = options.view_as(StreamingOptions)
     horizon = options.view_as(ProcessingOptions).dedup_horizon_seconds
     if not 0 <= streaming.allowed_lateness_seconds <= horizon:

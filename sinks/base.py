@@ -79,6 +79,7 @@ from sinks.requests import Blocked, Request, Sent, Settled
 from sinks.results import DeliveryCounters, Stopwatch
 from sinks.retry import Attempt, Outcome, RetryPolicy, classify_open_failure
 from sinks.secrets import SecretError, SecretResolver
+from sinks.windows import WindowedGroup
 from sinks.wire import InvalidConfigurationError
 
 _LOG = logging.getLogger(__name__)
@@ -209,10 +210,13 @@ class DeliveryFn(DeliveryOutputs, beam.DoFn):
                 pane: Any = beam.DoFn.PaneInfoParam, timestamp: Any = beam.DoFn.TimestampParam) -> Iterator[Any]:
         """Dead letters now; the batch to its stream's lane (``sinks/dispatch.py``).
         Called outside a bundle (a DoFn test), the batch is sent on this thread."""
+        group_window, group_pane = window, pane
+        if isinstance(element, WindowedGroup):  # a per-stream window's pane (sinks/windows.py)
+            element, group_window, group_pane = element.pair(), element.window, element.pane
         if getattr(self, "_bundle", None) is None:
-            yield from self.deliver_now(element, config, window, pane)
+            yield from self.deliver_now(element, config, group_window, group_pane)
             return
-        outputs = self._prepared(element, config, window, pane)
+        outputs = self._prepared(element, config, group_window, group_pane)
         stream, requests = next(outputs)
         yield from outputs
         if stream is None or not requests:

@@ -7,9 +7,9 @@ stream and delivers the payloads.
 Shape of the branch::
 
     ((stream_id, interval), usage document)
-      -> Window (PerElementFixedWindows, size from the key)
-      -> KeyByStream -> GroupByStream (GroupByKey: one element per stream and window,
-         holding that window's usage documents)
+      -> Window (GroupPerElementWindow, size from the key: one element per stream,
+         window and pane, holding that pane's usage documents; sinks/windows.py)
+      -> KeyByStream
       -> Deliver (aggregate per endpoint key; series payloads POSTed to
          {base_url}/api/v2/series)
 
@@ -47,6 +47,7 @@ request headers; results, parked batches, dead letters and log lines carry the U
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -61,7 +62,7 @@ from sinks.http import HttpDeliveryFn, SessionFactory, Timeouts, classified_requ
 from sinks.requests import Request
 from sinks.results import SinkOutputs, apply_sink, too_large_dead_letter
 from sinks.retry import Attempt, RetryPolicy
-from sinks.windows import PerElementFixedWindows, size_from_key, window_with_late_panes
+from sinks.windows import GroupPerElementWindow, WindowedGroup, size_from_key
 from sinks.wire import check_header_values
 
 _LOG = logging.getLogger(__name__)
@@ -136,9 +137,10 @@ class _DataDogWriteFn(HttpDeliveryFn):
         return classified_request(self._session, "POST", request.target, request.body, connection, self._timeouts)
 
 
-def _by_stream(item: tuple[tuple[str, int], dict[str, Any]]) -> tuple[str, dict[str, Any]]:
-    (stream_id, _interval), document = item
-    return stream_id, document
+def _by_stream(group: WindowedGroup) -> WindowedGroup:
+    """A window's pane keyed by the stream alone (the interval is the stream's)."""
+    stream_id, _interval = group.key
+    return dataclasses.replace(group, key=stream_id)
 
 
 class WriteToDataDog(beam.PTransform):
@@ -183,8 +185,7 @@ class WriteToDataDog(beam.PTransform):
     def expand(self, usage: beam.PCollection) -> SinkOutputs:
         windows = (
             usage
-            | "Window" >> window_with_late_panes(PerElementFixedWindows(size_from_key), self._lateness)
+            | "Window" >> GroupPerElementWindow(size_from_key, self._lateness)
             | "KeyByStream" >> beam.Map(_by_stream)
-            | "GroupByStream" >> beam.GroupByKey()
         )
         return apply_sink(windows, "Deliver", self._fn, self._streams)

@@ -1,10 +1,10 @@
 """Deliver documents to AWS S3 as CSV files: one file per stream, kind and window.
 
 Windows. Each routed element carries its stream's rotation in its key, so
-``PerElementFixedWindows(size_from_key)`` gives every stream its own epoch-aligned
-fixed windows, and ``GroupByKey`` collects one stream's documents of one kind per
-window. With the default trigger a window's file is written once the watermark
-passes its end, so files rotate on time whether or not more data arrives. The
+``GroupPerElementWindow(size_from_key)`` (``sinks/windows.py``) collects one
+stream's documents of one kind per epoch-aligned window of its own size. A
+window's file is written once the watermark passes its end, so files rotate on
+time whether or not more data arrives. The
 grouped window is the file: the DoFn keeps no buffer of its own across bundles.
 Documents that arrive behind the watermark (streaming) fire late panes of their
 window, up to the sink's allowed lateness (``transforms/lateness.py`` sets it
@@ -79,7 +79,7 @@ from sinks.ordering import document_time, order_key
 from sinks.requests import Request
 from sinks.results import DEAD_LETTERS, SinkOutputs, apply_sink
 from sinks.retry import Attempt, RetryPolicy, classify_exception, unproven
-from sinks.windows import PerElementFixedWindows, size_from_key, window_with_late_panes
+from sinks.windows import GroupPerElementWindow, size_from_key
 
 _LOG = logging.getLogger(__name__)
 
@@ -225,9 +225,5 @@ class WriteToS3(beam.PTransform):
         return self._fn
 
     def expand(self, routed: beam.PCollection) -> SinkOutputs:
-        windows = (
-            routed
-            | "WindowPerRotation" >> window_with_late_panes(PerElementFixedWindows(size_from_key), self._lateness)
-            | "GroupPerWindow" >> beam.GroupByKey()
-        )
+        windows = routed | "WindowPerRotation" >> GroupPerElementWindow(size_from_key, self._lateness)
         return apply_sink(windows, "PutObjects", self._fn, self._streams)
