@@ -60,7 +60,7 @@ def _run(sample: Path, out: Path, job_args: list[str], started: float) -> int:
     with LocalDestinations(sample, out) as local:
         sys.stdout.write(f"local destinations: HTTP receiver {local.receiver.url}, moto {local.moto.url}; "
                          f"{len(local.streams)} streams in {local.config_path}\n"
-                         f"running the batch job ({local_job.runner_of(job_args)}) over {sample}\n")
+                         f"running the batch job ({local_job.runner_of(job_args).rsplit('.', 1)[-1]}) over {sample}\n")
         sys.stdout.flush()
         with Progress(local):
             code = local_job.main([

@@ -16,12 +16,20 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.test_portable_runner import _run, direct, fleet, secrets_in_env  # noqa: F401 (fixtures)
+from tests.e2e.test_portable_runner import _run, fleet, secrets_in_env  # noqa: F401 (fixtures)
+from tools import runners
 from tools.portable import WorkerPool
 from tools.processes import group_alive
 from tools.run_flink import flink_flags
 
 STREAMS = ("rest-events", "bulk-both", "bulk-other", "kinesis-usage", "s3-both", "dd")
+
+
+@pytest.fixture(scope="module")
+def direct(fleet, tmp_path_factory, moto_server, secrets_in_env) -> dict[str, Any]:  # noqa: F811
+    """The same input on the FnApiRunner (its own buckets and Kinesis stream)."""
+    return _run(fleet, tmp_path_factory.mktemp("fnapi"), moto_server.url, "fnapi-for-flink",
+                [runners.runner_flag(streaming=False)])
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +43,7 @@ def flink(fleet, tmp_path_factory, moto_server, secrets_in_env) -> dict[str, Any
     return result
 
 
-def test_the_flink_run_succeeds_reconciles_and_used_the_worker_pool(flink, direct):  # noqa: F811
+def test_the_flink_run_succeeds_reconciles_and_used_the_worker_pool(flink, direct):
     assert (direct["code"], flink["code"]) == (0, 0)
     assert flink["summary"]["reconciled"] is True
     assert "Starting worker with command" in flink["worker_log"]
@@ -45,16 +53,16 @@ def test_the_flink_run_succeeds_reconciles_and_used_the_worker_pool(flink, direc
 
 
 @pytest.mark.parametrize("output", ["events", "usage", "dead_letters"])
-def test_the_same_documents_and_dead_letters_as_the_fnapi_runner(direct, flink, output):  # noqa: F811
+def test_the_same_documents_and_dead_letters_as_the_fnapi_runner(direct, flink, output):
     assert direct[output] and flink[output] == direct[output]
 
 
 @pytest.mark.parametrize("stream", STREAMS)
-def test_each_destination_receives_the_same_as_on_the_fnapi_runner(direct, flink, stream):  # noqa: F811
+def test_each_destination_receives_the_same_as_on_the_fnapi_runner(direct, flink, stream):
     assert flink[stream] == direct[stream]
 
 
-def test_the_same_counts_as_on_the_fnapi_runner(direct, flink):  # noqa: F811
+def test_the_same_counts_as_on_the_fnapi_runner(direct, flink):
     for key in ("event", "usage", "streams", "delivery_dead_letters"):
         assert flink["summary"][key] == direct["summary"][key], key
     documents = {api: counts["documents"] for api, counts in direct["summary"]["deliveries"].items()}

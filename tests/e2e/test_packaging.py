@@ -300,6 +300,10 @@ def pickled_functions(proto: beam_runner_api_pb2.Pipeline) -> dict[str, bytes]:
     return found
 
 
+def _class_name(value: object) -> str:
+    return f"{type(value).__module__}.{type(value).__qualname__}"
+
+
 def test_every_pickled_function_of_the_dataflow_graph_unpickles(dataflow_graph):
     functions = pickled_functions(dataflow_graph)
     assert any(label.endswith("ParDo(_EnrichFn)") for label in functions)
@@ -308,9 +312,12 @@ def test_every_pickled_function_of_the_dataflow_graph_unpickles(dataflow_graph):
         try:
             loaded = pickler.loads(payload)
             again = pickler.loads(pickler.dumps(loaded))
-            assert type(again) is type(loaded)
+            # The same class by name: Beam 2.62's default pickler (dill) carries
+            # some of Beam's own DoFn classes by value, so a round trip gives an
+            # equal class, not the same object.
+            assert _class_name(again) == _class_name(loaded)
             if isinstance(loaded, tuple):  # a DoFn's (fn, args, kwargs, side inputs, windowing)
-                assert type(again[0]) is type(loaded[0])
+                assert _class_name(again[0]) == _class_name(loaded[0])
         except Exception as err:  # noqa: BLE001 - every failure is reported, by label
             failures[label] = f"{type(err).__name__}: {err}"
     assert failures == {}

@@ -95,7 +95,11 @@ def _flink_config(directory: Path, rest_port: int, rpc_port: int, slots: int) ->
         "taskmanager.bind-host": "localhost",
         "taskmanager.numberOfTaskSlots": slots,
         "jobmanager.memory.process.size": "1024m",
-        "taskmanager.memory.process.size": "1536m",
+        "taskmanager.memory.process.size": "2048m",
+        # The batch job's graph has many exchanges; Flink's default (10 % of the
+        # process, ~110 MB here) is 3,500 buffers, too few for it at parallelism 2.
+        "taskmanager.memory.network.min": "256m",
+        "taskmanager.memory.network.max": "256m",
         "parallelism.default": 1,
         "state.checkpoints.dir": (directory / "checkpoints").as_uri(),
         "state.savepoints.dir": (directory / "savepoints").as_uri(),
@@ -143,10 +147,26 @@ class StandaloneCluster:
     def log_dir(self) -> Path:
         return self.directory / "log"
 
+    def _resource_params(self, kind: str) -> tuple[list[str], list[str]]:
+        """JVM flags and ``-D`` settings of a JobManager (``JM``) or TaskManager
+        (``TM``), worked out from the config's memory sizes by Flink's own
+        ``BashJavaUtils``, as ``jobmanager.sh``/``taskmanager.sh`` do."""
+        result = subprocess.run(
+            [java(), "-cp", os.pathsep.join(map(str, classpath())), "org.apache.flink.runtime.util.bash.BashJavaUtils",
+             f"GET_{kind}_RESOURCE_PARAMS", "--configDir", str(self.config_dir)],
+            capture_output=True, text=True, check=False)
+        lines = [line.split(":", 1)[1] for line in result.stdout.splitlines()
+                 if line.startswith("BASH_JAVA_UTILS_EXEC_RESULT:")]
+        if result.returncode != 0 or len(lines) != 2:
+            raise ServiceStartError(f"Flink's BashJavaUtils could not size the {kind} (exit {result.returncode}):\n"
+                                    f"{(result.stdout + result.stderr)[-2000:]}")
+        return lines[0].split(), lines[1].split()
+
     def _spawn(self, main_class: str, name: str) -> subprocess.Popen[bytes]:
         log = self.log_dir / f"{name}.log"
-        command = [java(), *java17_flags(), "-Xmx768m", "-cp", os.pathsep.join(map(str, classpath())),
-                   f"-Dlog.file={log}", main_class, "--configDir", str(self.config_dir)]
+        jvm, settings = self._resource_params("JM" if main_class == JOBMANAGER_MAIN else "TM")
+        command = [java(), *java17_flags(), *jvm, "-cp", os.pathsep.join(map(str, classpath())),
+                   f"-Dlog.file={log}", main_class, "--configDir", str(self.config_dir), *settings]
         with log.open("ab") as handle:
             return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT,
                                     env=self.env, start_new_session=True)
