@@ -95,11 +95,12 @@ def _flink_config(directory: Path, rest_port: int, rpc_port: int, slots: int) ->
         "taskmanager.bind-host": "localhost",
         "taskmanager.numberOfTaskSlots": slots,
         "jobmanager.memory.process.size": "1024m",
-        "taskmanager.memory.process.size": "2048m",
+        "taskmanager.memory.process.size": "3072m",
         # The batch job's graph has many exchanges; Flink's default (10 % of the
-        # process, ~110 MB here) is 3,500 buffers, too few for it at parallelism 2.
-        "taskmanager.memory.network.min": "256m",
-        "taskmanager.memory.network.max": "256m",
+        # process, ~110 MB here) is 3,500 buffers; 256 MB (8,192) was still too few for it
+        # at parallelism 2 (each of its ~300 tasks asks for 512).
+        "taskmanager.memory.network.min": "1g",
+        "taskmanager.memory.network.max": "1g",
         "parallelism.default": 1,
         "state.checkpoints.dir": (directory / "checkpoints").as_uri(),
         "state.savepoints.dir": (directory / "savepoints").as_uri(),
