@@ -15,7 +15,7 @@ SEED ?= 7
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install sample-data run-local run-local-streaming run-portable run-flink local-destinations status submit-flink \
+.PHONY: help install sample-data run-local run-local-streaming run-portable run-flink flink-cluster local-destinations status submit-flink \
 	submit-dataflow redrive backfill historic test test-fast lint clean bench
 
 help: ## List the targets
@@ -48,8 +48,12 @@ run-portable: $(SAMPLE_DIR)/.complete ## run-local on the PortableRunner through
 	$(PY) -m tools.run_portable --sample_dir $(SAMPLE_DIR) --output_dir $(OUT_DIR)/portable \
 		--environment_type $(PORTABLE_ENVIRONMENT)
 
-run-flink: $(SAMPLE_DIR)/.complete ## run-local on Flink: FlinkRunner, [local] mini-cluster in Beam's Flink job server (Java + Maven; out/flink)
-	$(PY) -m tools.run_flink --sample_dir $(SAMPLE_DIR) --output_dir $(OUT_DIR)/flink
+run-flink: $(SAMPLE_DIR)/.complete ## run-local on Flink: FlinkRunner on [local] (a mini-cluster in Beam's Flink job server) or FLINK_MASTER=host:port (Java + Maven; out/flink)
+	$(PY) -m tools.run_flink --sample_dir $(SAMPLE_DIR) --output_dir $(OUT_DIR)/flink \
+		$(if $(FLINK_MASTER),--flink_master=$(FLINK_MASTER))
+
+flink-cluster: $(STAMP) ## A standalone Flink cluster (JobManager + TaskManager JVMs, REST on localhost:8081) until Ctrl-C
+	$(PY) -m tools.flink.cluster --directory $(OUT_DIR)/flink-cluster
 
 RUN_SECONDS ?= 90
 run-local-streaming: $(SAMPLE_DIR)/.complete ## Stream the sample fleet through the Pub/Sub emulator (BundleBasedDirectRunner) for RUN_SECONDS (gcloud + Java)

@@ -125,10 +125,11 @@ class StandaloneCluster:
     """
 
     def __init__(self, directory: str | os.PathLike[str] | None = None, *, taskmanagers: int = 1,
-                 slots: int = DEFAULT_SLOTS, env: Mapping[str, str] | None = None) -> None:
+                 slots: int = DEFAULT_SLOTS, rest_port: int | None = None,
+                 env: Mapping[str, str] | None = None) -> None:
         self._own_directory = directory is None
-        self.directory = Path(directory or tempfile.mkdtemp(prefix="flink-cluster-"))
-        self.rest_port = free_port()
+        self.directory = Path(directory or tempfile.mkdtemp(prefix="flink-cluster-")).resolve()
+        self.rest_port = rest_port or free_port()
         self.rpc_port = free_port()
         self.slots = slots
         self.taskmanager_count = taskmanagers
