@@ -286,11 +286,40 @@ class HttpReceiver:
         self.stop()
 
 
+_KINESIS_LOCK = threading.Lock()
+
+
+def _serialize_kinesis_appends() -> None:
+    """Make moto's Kinesis shards take one record at a time.
+
+    moto's ``Shard.put_record`` numbers a record as the shard's highest sequence
+    number plus one and stores it under that number ("not safe for concurrency",
+    says its source): two requests in parallel (a Flink job at parallelism 2) get
+    the same number, and the second record overwrites the first, although both
+    were answered with a sequence number. Real Kinesis does not lose acknowledged
+    records, so the local stand-in must not either. Idempotent."""
+    from moto.kinesis import models
+
+    if getattr(models.Shard.put_record, "_serialized", False):
+        return
+    original = models.Shard.put_record
+
+    def put_record(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with _KINESIS_LOCK:
+            return original(self, *args, **kwargs)
+
+    put_record._serialized = True  # type: ignore[attr-defined]
+    models.Shard.put_record = put_record
+
+
 class MotoServer:
-    """moto's threaded server on a free loopback port."""
+    """moto's threaded server on a free loopback port (its Kinesis shards
+    serialized: :func:`_serialize_kinesis_appends`)."""
 
     def __init__(self, host: str = "127.0.0.1") -> None:
         from moto.server import ThreadedMotoServer  # a test/run-local dependency only
+
+        _serialize_kinesis_appends()
 
         self._host, self._port = host, free_port(host)
         self._server = ThreadedMotoServer(ip_address=host, port=self._port, verbose=False)
