@@ -42,7 +42,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineState
 from apache_beam.transforms.window import GlobalWindows
 
-from pipelines.drain import PipelineFailedError, StreamingRun, describe_failure, stop_reading
+from pipelines.drain import PipelineFailedError, StreamingRun, describe_failure, stop_reading, wrap_result
 from pipelines.options import (
     ArchiveOptions,
     DeliveryOptions,
@@ -65,12 +65,12 @@ from pipelines.options import (
 from pipelines.summary import DrainReport, RunSummary, summarize
 from schemas.delivery import DeliveryResult
 from schemas.records import dead_letter_json
+from schemas.snapshots import RefreshingSnapshot
 from schemas.streams import (
     DESTINATION_OF,
     SecretPolicy,
     StreamConfig,
     StreamConfigError,
-    StreamLimits,
     check_secret_refs,
 )
 from sinks.delivery import DeliverToStreams, DeliverySettings
@@ -83,10 +83,10 @@ from transforms.chunks import Unchunk, document_lines
 from transforms.documents import RawToDocuments
 from transforms.files import ReadRawRecords, WriteJsonLines, WriteWindowedJsonLines, write_dead_letters
 from transforms.lateness import window_lateness_seconds
-from transforms.reference import LoadReferenceData, ReferenceData, ReferenceDataError, load_reference_data
-from transforms.refresh import RefreshingSnapshot, SnapshotWindows, Ticks, first_refresh, location
+from transforms.reference import LoadReferenceData, ReferenceDataError, load_reference_data
+from transforms.refresh import Ticks, first_refresh
 from transforms.routing import LoadStreamConfig, load_stream_config
-from transforms.status import StreamHolds, load_status, render_status_table, stream_holds
+from transforms.status import load_status, render_status_table, stream_holds
 
 _LOG = logging.getLogger(__name__)
 
@@ -103,15 +103,14 @@ OUTPUT_PREFIXES = {
 
 @dataclass
 class SideInputs:
-    """The side inputs of a run: global one-shot snapshots in a batch run,
-    refreshing snapshots (``transforms/refresh.py``) in a streaming run."""
+    """What enrichment and routing read: global one-shot snapshots (side inputs)
+    in a batch run, snapshots each worker re-reads every refresh interval
+    (``transforms/refresh.py``) in a streaming run."""
 
-    reference: beam.pvalue.AsSideInput
-    streams: beam.pvalue.AsSideInput | None
-    holds: beam.pvalue.AsSideInput | None
-    #: the windows enrichment and routing run in (streaming), else None
-    windows: SnapshotWindows | None = None
-    #: the refresh ticks (streaming), also the lateness gate's heartbeats
+    reference: beam.pvalue.AsSideInput | RefreshingSnapshot
+    streams: beam.pvalue.AsSideInput | RefreshingSnapshot | None
+    holds: beam.pvalue.AsSideInput | RefreshingSnapshot | None
+    #: the refresh ticks (streaming): the lateness gate's heartbeats
     ticks: beam.PCollection | None = None
 
 
@@ -135,11 +134,12 @@ def _batch_side_inputs(p: beam.Pipeline, options: PipelineOptions,
 
 def _streaming_side_inputs(p: beam.Pipeline, options: PipelineOptions, settings: DeliverySettings | None,
                            ticks: beam.PCollection | None, first_refresh_seconds: int | None) -> SideInputs:
-    """Reference data, stream configuration and holds, re-read every refresh
-    interval from one shared ``PeriodicImpulse`` (or the test's ``ticks``)."""
+    """Reference data, stream configuration and holds, re-read by each worker
+    every refresh interval; the refresh ticks (``PeriodicImpulse``, the refresh
+    subscription's messages, or the test's ``ticks``) are the lateness gate's
+    heartbeats."""
     interval = options.view_as(StreamingOptions).refresh_interval_seconds
     first = first_refresh(interval) if first_refresh_seconds is None else first_refresh_seconds
-    windows = SnapshotWindows(interval, first)
     refresh_subscription = options.view_as(StreamingOptions).refresh_subscription
     if ticks is None and refresh_subscription:
         ticks = p | "RefreshTicks" >> read_pubsub(
@@ -147,29 +147,14 @@ def _streaming_side_inputs(p: beam.Pipeline, options: PipelineOptions, settings:
     elif ticks is None:
         ticks = p | "RefreshTicks" >> Ticks(interval, first)
     directory = options.view_as(ReferenceOptions).reference_dir
-    reference = beam.pvalue.AsSingleton(ticks | "ReferenceData" >> RefreshingSnapshot(
-        "reference", functools.partial(_load_reference, directory), windows))
+    reference = RefreshingSnapshot("reference", functools.partial(load_reference_data, directory), interval)
     streams = holds = None
     config_path = options.view_as(DeliveryOptions).streams_config
     if config_path and settings is not None:
-        streams = beam.pvalue.AsSingleton(ticks | "StreamConfig" >> RefreshingSnapshot(
-            "streams", functools.partial(_load_streams, config_path, stream_limits(options)), windows))
-        status = settings.status_location
-        holds = beam.pvalue.AsSingleton(ticks | "StreamHolds" >> RefreshingSnapshot(
-            "holds", functools.partial(_load_holds, status), windows))
-    return SideInputs(reference, streams, holds, windows, ticks)
-
-
-def _load_reference(directory: str, tick: Any) -> ReferenceData:
-    return load_reference_data(location(tick, "reference_dir", directory))
-
-
-def _load_streams(path: str, limits: StreamLimits, tick: Any) -> StreamConfig:
-    return load_stream_config(location(tick, "streams_config", path), limits)
-
-
-def _load_holds(status_location: str, tick: Any) -> StreamHolds:
-    return stream_holds(location(tick, "status_location", status_location))
+        streams = RefreshingSnapshot(
+            "streams", functools.partial(load_stream_config, config_path, stream_limits(options)), interval)
+        holds = RefreshingSnapshot("holds", functools.partial(stream_holds, settings.status_location), interval)
+    return SideInputs(reference, streams, holds, ticks)
 
 
 def read_pubsub(subscription: str, timestamp_attribute: str | None,
@@ -264,9 +249,7 @@ def build_pipeline(
             dedup_horizon_seconds=processing.dedup_horizon_seconds,
             max_record_bytes=processing.max_record_bytes,
             allowed_lateness_seconds=lateness,
-            snapshot_windows=side.windows,
             heartbeats=side.ticks,
-            refresh_interval_seconds=refresh,
             keep_valid=bool(archive),
             chunked_documents=not streaming,
         )
@@ -285,8 +268,6 @@ def build_pipeline(
                 recovery_ticks = side.ticks
             else:
                 recovery_ticks = p | "RecoveryTicks" >> Ticks(settings.recovery_interval_seconds, int(time.time()))
-        if recovery_ticks is not None:
-            recovery_ticks = recovery_ticks | "RecoveryWindows" >> beam.WindowInto(side.windows)
         delivered = documents | "Deliver" >> DeliverToStreams(side.streams, side.holds, settings,
                                                               chunked=not streaming, recovery_ticks=recovery_ticks)
         outputs["deliveries"] = delivered.results
@@ -501,6 +482,7 @@ def run(argv: list[str] | None = None) -> RunSummary | None:
     streaming = is_streaming(options)
 
     pipeline = job_graph(options)
+    runner = runner_name(options)  # before the run: some runners rewrite the options they were given
     archive = options.view_as(ArchiveOptions).archive_location
     detach = options.view_as(RunOptions).detach
     if streaming and not detach:
@@ -515,13 +497,14 @@ def run(argv: list[str] | None = None) -> RunSummary | None:
             atexit.register(_remove_temporary_files, output_dir, archive)
             raise KeyboardInterrupt from None
         raise _failed(error) from error
+    result = wrap_result(runner.rsplit(".", 1)[-1], result)
     if detach:
         job_id = _job_id(result)
-        sys.stdout.write(f"submitted to the {runner_name(options)}: job {job_id}, state {result.state}\n")
+        sys.stdout.write(f"submitted to the {runner}: job {job_id}, state {result.state}\n")
         return None
     drain = None
     if streaming:
-        drain = _stop_streaming(result, options)
+        drain = _stop_streaming(result, options, runner)
     else:
         try:
             result.wait_until_finish()
@@ -568,7 +551,7 @@ def _failed(error: BaseException) -> BaseException:
     return failure
 
 
-def _stop_streaming(result: Any, options: PipelineOptions) -> DrainReport:
+def _stop_streaming(result: Any, options: PipelineOptions, runner: str) -> DrainReport:
     """Wait on a streaming run until SIGTERM, ``--run_seconds`` or its end; then
     stop its reads, drain it (``pipelines/drain.py``) and cancel it. Raises
     :class:`PipelineFailedError` when the job fails meanwhile."""
@@ -581,11 +564,11 @@ def _stop_streaming(result: Any, options: PipelineOptions) -> DrainReport:
         reads_stopped, seconds = False, 0.0
         if not reason.startswith("the runner"):
             subscriptions = [path for path in (inputs.events_subscription, inputs.usage_subscription) if path]
-            reads_stopped = stop_reading(runner_name(options).rsplit(".", 1)[-1], subscriptions)
+            reads_stopped = stop_reading(runner.rsplit(".", 1)[-1], subscriptions)
             if reads_stopped:
                 sys.stdout.write(f"stopping ({reason}): stopped reading; draining what was read, for up to {limit} s\n")
             else:
-                sys.stdout.write(f"stopping ({reason}): this process cannot stop the {runner_name(options)}'s reads: "
+                sys.stdout.write(f"stopping ({reason}): this process cannot stop the {runner}'s reads: "
                                  "cancelling now (drain with the runner's own tools, docs/streaming.md)\n")
             sys.stdout.flush()
             seconds = running.drain(reads_stopped, limit, _STOP_NOW)

@@ -71,6 +71,7 @@ from schemas.delivery import (
     UNREACHABLE,
     DeliveryResult,
 )
+from schemas.snapshots import current
 from schemas.streams import DataStream, SecretPolicy, StreamConfig
 from sinks.dispatch import BundleSender, Job
 from sinks.outbound import DestinationRefusedError, OutboundGuard, Resolver, resolve_host
@@ -209,7 +210,9 @@ class DeliveryFn(DeliveryOutputs, beam.DoFn):
     def process(self, element: Any, config: StreamConfig, window: Any = beam.DoFn.WindowParam,
                 pane: Any = beam.DoFn.PaneInfoParam, timestamp: Any = beam.DoFn.TimestampParam) -> Iterator[Any]:
         """Dead letters now; the batch to its stream's lane (``sinks/dispatch.py``).
-        Called outside a bundle (a DoFn test), the batch is sent on this thread."""
+        Called outside a bundle (a DoFn test), the batch is sent on this thread.
+        ``config``: a side input (batch) or a refreshing snapshot (streaming)."""
+        config = current(config)
         group_window, group_pane = window, pane
         if isinstance(element, WindowedGroup):  # a per-stream window's pane (sinks/windows.py)
             element, group_window, group_pane = element.pair(), element.window, element.pane

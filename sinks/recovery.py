@@ -57,6 +57,7 @@ from apache_beam.utils.timestamp import Timestamp
 from schemas import metrics
 from schemas.circuit import CLOSED, HALF_OPEN, OPEN, RECOVERING, CircuitState, CircuitStore
 from schemas.delivery import DELIVERED, IN_FLIGHT, RECOVERABLE_REASONS, DeliveryResult
+from schemas.snapshots import RefreshingSnapshot, current
 from schemas.streams import DataStream, StreamConfig
 from schemas.timestamps import now_iso
 from sinks.base import DeliveryFn
@@ -142,7 +143,8 @@ class _RecoverFn(beam.DoFn):
         for fn in self._fns.values():
             fn.teardown()
 
-    def process(self, tick: Any, config: StreamConfig) -> Iterator[Any]:
+    def process(self, tick: Any, config: StreamConfig | RefreshingSnapshot) -> Iterator[Any]:
+        config = current(config)
         now = time.monotonic()
         with _LAST_RUN_LOCK:  # ticks may come more often than the interval (module docstring)
             if now - _LAST_RUN.get(self._scope, -1e9) < self._interval_seconds * 0.9:

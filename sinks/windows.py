@@ -165,10 +165,9 @@ class GroupPerElementWindow(beam.PTransform):
         self._lateness = allowed_lateness_seconds
 
     def expand(self, pcoll: beam.PCollection) -> beam.PCollection:
-        # The panes go back into the input's windows, by their timestamps: the
-        # sinks look up the refreshed stream configuration through them, and a
-        # consumer in the global window would wait for the end of time
-        # (transforms/refresh.py).
+        # The panes go back into the input's windowing, by their timestamps, so
+        # the steps after the sink see the windowing they gave it (the job's is
+        # the global window).
         windowfn = pcoll.windowing.windowfn
         return (
             pcoll

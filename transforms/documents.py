@@ -3,9 +3,9 @@
 One composite per kind (``'Events' >> RawToDocuments('event', ...)``) so the graph
 reads like the data flow of the design brief (docs/architecture.md) and every step has a stable label. Batch and
 streaming runs share it; on unbounded input two steps join in: the lateness gate
-after parsing (``transforms/lateness.py``), and fixed windows of the refresh
-interval before enrichment, so each record meets the reference snapshot of its
-interval (``transforms/refresh.py``). On bounded input, records travel in chunks
+after parsing (``transforms/lateness.py``), and enrichment reads the reference
+snapshot each worker re-reads every refresh interval (``transforms/refresh.py``)
+instead of a one-shot side input. On bounded input, records travel in chunks
 (``transforms/chunks.py``), and the documents come out one by one, as on
 unbounded input, or as the chunks they were made in (``chunked_documents``, what
 the job's routing and writers take).
@@ -17,13 +17,13 @@ from typing import NamedTuple
 
 import apache_beam as beam
 from apache_beam import pvalue
-from apache_beam.transforms.window import GlobalWindows, WindowFn
 
 from schemas.records import Kind
+from schemas.snapshots import RefreshingSnapshot
 from transforms.chunks import CHUNK_SIZE, Chunk, Unchunk
 from transforms.dedup import DEFAULT_HORIZON_SECONDS, DeduplicateById
 from transforms.enrich import Enrich
-from transforms.lateness import DEFAULT_ALLOWED_LATENESS_SECONDS, GateLateRecords, window_lateness_seconds
+from transforms.lateness import DEFAULT_ALLOWED_LATENESS_SECONDS, GateLateRecords
 from transforms.parse import DEFAULT_MAX_RECORD_BYTES, ParseRecords
 
 
@@ -41,21 +41,19 @@ class RawToDocuments(beam.PTransform):
     def __init__(
         self,
         kind: Kind,
-        reference: pvalue.AsSideInput,
+        reference: pvalue.AsSideInput | RefreshingSnapshot,
         dedup_horizon_seconds: int = DEFAULT_HORIZON_SECONDS,
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
         allowed_lateness_seconds: int = DEFAULT_ALLOWED_LATENESS_SECONDS,
-        snapshot_windows: WindowFn | None = None,
         heartbeats: beam.PCollection | None = None,
-        refresh_interval_seconds: int = 0,
         keep_valid: bool = False,
         chunked_documents: bool = False,
         chunk_size: int = CHUNK_SIZE,
     ) -> None:
-        """``snapshot_windows``: the windows enrichment runs in when ``reference``
-        is a refreshing (windowed) side input; ``None`` for a global one.
-        ``heartbeats`` (the refresh ticks) and ``refresh_interval_seconds`` feed the
-        lateness gate of a streaming run. ``keep_valid``: also output the valid
+        """``reference``: a side input (batch) or a
+        :class:`~transforms.refresh.RefreshingSnapshot` (streaming).
+        ``heartbeats`` (the refresh ticks) feed the lateness gate of a streaming
+        run. ``keep_valid``: also output the valid
         raw records of a bounded input one by one (the archive's input).
         ``chunked_documents``: output a bounded input's documents as the chunks
         of ``(document, event time in ms)`` pairs they are made in, for steps
@@ -67,15 +65,13 @@ class RawToDocuments(beam.PTransform):
         self._horizon = dedup_horizon_seconds
         self._max_bytes = max_record_bytes
         self._lateness = allowed_lateness_seconds
-        self._snapshot_windows = snapshot_windows
         self._heartbeats = heartbeats
-        self._window_lateness = window_lateness_seconds(allowed_lateness_seconds, refresh_interval_seconds)
         self._keep_valid = keep_valid
         self._chunked_documents = chunked_documents
         self._chunk_size = chunk_size
 
     def expand(self, raw: beam.PCollection) -> DocumentsAndDeadLetters:
-        if raw.is_bounded and self._snapshot_windows is None:
+        if raw.is_bounded:
             return self._expand_chunked(raw)
         parsed = raw | "ParseAndValidate" >> ParseRecords(self._kind, self._max_bytes)
         valid, dead = parsed.records, [parsed.dead_letters]
@@ -84,16 +80,8 @@ class RawToDocuments(beam.PTransform):
             valid = gated.records
             dead.append(gated.dead_letters)
         unique = valid | "Deduplicate" >> DeduplicateById(self._kind, self._horizon)
-        if self._snapshot_windows is not None:
-            # Late records (behind the watermark, let through by the gate) must not be
-            # dropped by the stateful steps in these windows (batching): allow them.
-            unique = unique | "SnapshotWindows" >> beam.WindowInto(
-                self._snapshot_windows, allowed_lateness=self._window_lateness)
         enriched = unique | "Enrich" >> Enrich(self._kind, self._reference)
-        enrich_dead = enriched.dead_letters
-        if self._snapshot_windows is not None:
-            enrich_dead = enrich_dead | "UnwindowDeadLetters" >> beam.WindowInto(GlobalWindows())
-        dead.append(enrich_dead)
+        dead.append(enriched.dead_letters)
         return DocumentsAndDeadLetters(enriched.documents, tuple(dead) | "DeadLetters" >> beam.Flatten(), valid)
 
     def _expand_chunked(self, raw: beam.PCollection) -> DocumentsAndDeadLetters:

@@ -34,6 +34,7 @@ from apache_beam.metrics import Metrics
 from schemas import metrics
 from schemas.catalogues import EVENT_TYPES, LOCATION_EVENT_TYPES
 from schemas.records import Kind, RecordError, dead_letter
+from schemas.snapshots import RefreshingSnapshot, current
 from schemas.timestamps import format_event_time, format_tunnel_time, format_usage_time, parse_iso
 from transforms.reference import ReferenceData, Row
 
@@ -252,8 +253,8 @@ class _EnrichFn(beam.DoFn):
             for type_id in EVENT_TYPES
         }
 
-    def process(self, record: dict[str, Any], ref: ReferenceData) -> Iterator[Any]:
-        doc = self._document(record, ref)
+    def process(self, record: dict[str, Any], ref: ReferenceData | RefreshingSnapshot) -> Iterator[Any]:
+        doc = self._document(record, current(ref))
         if isinstance(doc, pvalue.TaggedOutput):
             yield doc
             return
@@ -264,11 +265,6 @@ class _EnrichFn(beam.DoFn):
 
     def _document(self, record: dict[str, Any], ref: ReferenceData) -> dict[str, Any] | pvalue.TaggedOutput:
         """The record's document, or its dead letter."""
-        if isinstance(ref, pvalue.EmptySideInput):
-            # A streaming run's refresh interval whose side-input window got no
-            # snapshot: no tick in the interval before it (transforms/refresh.py).
-            return self._dead(record, "no_reference_snapshot",
-                              "no reference data snapshot for this record's refresh interval")
         try:
             return self._enrich(record, ref)
         except RecordError as err:
@@ -289,6 +285,7 @@ class _EnrichChunkFn(_EnrichFn):
     as :class:`_EnrichFn` would have for each record."""
 
     def process(self, chunk: list[tuple[dict[str, Any], int]], ref: ReferenceData) -> Iterator[Any]:
+        ref = current(ref)
         documents: list[tuple[dict[str, Any], int]] = []
         for record, event_ms in chunk:
             doc = self._document(record, ref)
@@ -311,7 +308,8 @@ class Enrich(beam.PTransform):
     records and documents travel in chunks of ``(value, event time in ms)``
     pairs (``transforms/chunks.py``)."""
 
-    def __init__(self, kind: Kind, reference: pvalue.AsSideInput, chunked: bool = False) -> None:
+    def __init__(self, kind: Kind, reference: pvalue.AsSideInput | RefreshingSnapshot,
+                 chunked: bool = False) -> None:
         super().__init__()
         self._kind = kind
         self._reference = reference

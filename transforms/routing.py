@@ -44,6 +44,7 @@ from schemas import metrics
 from schemas.delivery import AWAITING_HISTORY, STREAM_DEACTIVATED, STREAM_PAUSED
 from schemas.packed import pack_pairs
 from schemas.records import Kind, quote
+from schemas.snapshots import RefreshingSnapshot, current
 from schemas.streams import (
     API_TYPES,
     DEFAULT_LIMITS,
@@ -143,9 +144,10 @@ class _RouteFn(beam.DoFn):
         self._per_stream: dict[str, Any] = {}  # stream id -> its "routed" counter
 
     def process(
-        self, document: dict[str, Any], config: StreamConfig, deactivated: Mapping[str, str]
+        self, document: dict[str, Any], config: StreamConfig | RefreshingSnapshot,
+        deactivated: Mapping[str, str] | RefreshingSnapshot,
     ) -> Iterator[pvalue.TaggedOutput]:
-        routed = route(self._kind, document, config, deactivated)
+        routed = route(self._kind, document, current(config), current(deactivated))
         if not routed:
             self._filtered.inc()
             return
@@ -175,6 +177,7 @@ class _RouteChunkFn(_RouteFn):
         by_stream: dict[tuple[str, str], list[Any]] = {}
         per_stream: Counter[str] = Counter()
         routed_documents = routed_total = 0
+        config, deactivated = current(config), current(deactivated)
         for document, event_ms in chunk:
             routed = route(self._kind, document, config, deactivated)
             if not routed:
@@ -205,8 +208,8 @@ class RouteToStreams(beam.PTransform):
     side input of ``{stream_id: token}`` (streams an earlier run deactivated).
     ``chunked``: the documents are chunks of a bounded run (module docstring)."""
 
-    def __init__(self, kind: Kind, streams: pvalue.AsSideInput, deactivated: pvalue.AsSideInput,
-                 chunked: bool = False) -> None:
+    def __init__(self, kind: Kind, streams: pvalue.AsSideInput | RefreshingSnapshot,
+                 deactivated: pvalue.AsSideInput | RefreshingSnapshot, chunked: bool = False) -> None:
         super().__init__()
         self._kind = kind
         self._streams = streams

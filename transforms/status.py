@@ -30,6 +30,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from schemas.circuit import OPEN, CircuitStore
 from schemas.delivery import DELIVERED, PARKED_STATUS, PERMANENT_TOKENS, REMOTE_ERROR, DeliveryResult
+from schemas.snapshots import RefreshingSnapshot, current
 from schemas.streams import StreamConfig
 from schemas.timestamps import now_iso
 
@@ -208,8 +209,10 @@ class _UpdateStatusFn(beam.DoFn):
         self._circuit_location = circuit_location
 
     def process(
-        self, element: tuple[None, Iterable[tuple[str, list[DeliveryResult]]]], config: StreamConfig
+        self, element: tuple[None, Iterable[tuple[str, list[DeliveryResult]]]],
+        config: StreamConfig | RefreshingSnapshot,
     ) -> Iterator[StreamStatus]:
+        config = current(config)
         results = {stream_id: items for stream_id, items in element[1] if stream_id is not None}
         records = merge_status(config, load_status(self._location), results, self._deactivate_after)
         if self._circuit_location is not None:
@@ -226,7 +229,7 @@ class UpdateStreamStatus(beam.PTransform):
     merge (one key), so two updates never race to write the status file.
     """
 
-    def __init__(self, location: str, streams: beam.pvalue.AsSideInput, deactivate_after: int,
+    def __init__(self, location: str, streams: beam.pvalue.AsSideInput | RefreshingSnapshot, deactivate_after: int,
                  circuit_location: str | None = None) -> None:
         """``circuit_location``: where the sinks keep their circuits (the
         stream's state is its circuit's, module docstring)."""

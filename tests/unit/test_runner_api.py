@@ -33,6 +33,7 @@ stand-in's.
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import json
 import socket
@@ -66,6 +67,7 @@ from apache_beam.transforms.ptransform import PTransform
 
 from pipelines import data_streamer, submit
 from pipelines.submit import SETUP_FILE, SubmitError, build_graph, runner_flags
+from schemas.snapshots import RefreshingSnapshot
 from schemas.streams import StreamConfigError
 from tests.streams import rest_stream
 
@@ -480,9 +482,9 @@ def test_flink_and_dataflow_run_the_same_job(flink_builds, dataflow_builds):
     assert tree(flink, depth=2, skip_below=PUBSUB_READS) == tree(dataflow, depth=2, skip_below=PUBSUB_READS)
     assert tree(flink, skip_below=PUBSUB_READS) == tree(dataflow, skip_below=PUBSUB_READS)
     top = [path[0] for path in tree(flink, depth=1)]
-    for label in ("ReadEvents", "ReadUsage", "RefreshTicks", "ReferenceData", "StreamConfig", "StreamHolds",
-                  "Events", "Usage", "Archive[Events]", "Archive[Usage]", "Deliver", "AllDeadLetters",
-                  "Write[event]", "Write[usage]", "Write[dead_letters]", "Write[deliveries]"):
+    for label in ("ReadEvents", "ReadUsage", "RefreshTicks", "Events", "Usage", "Archive[Events]",
+                  "Archive[Usage]", "Deliver", "AllDeadLetters", "Write[event]", "Write[usage]",
+                  "Write[dead_letters]", "Write[deliveries]"):
         assert label in top
 
 
@@ -552,12 +554,19 @@ def test_dataflow_update_and_worker_settings_only_when_asked():
 def test_workers_load_the_streams_within_the_limits_of_the_command_line(builds, tmp_path):
     """--max_streams and --max_streams_per_organisation travel with the graph to
     the loads the workers make at every refresh, not only to the submitting
-    machine's: the graph's own loader refuses a 51st stream of an organisation."""
-    snapshot = applied_transforms(builds[0].pipeline)["StreamConfig"].transform
+    machine's: the graph's own loader (every step reading the stream
+    configuration carries it) refuses a 51st stream of an organisation."""
+    loaders = {
+        label: arg._load for label, applied in applied_transforms(builds[0].pipeline).items()
+        for arg in getattr(applied.transform, "args", None) or ()
+        if isinstance(arg, RefreshingSnapshot) and arg.what == "streams"
+    }
+    assert any("Route" in label for label in loaders) and any("Recover" in label for label in loaders), loaders
     path = tmp_path / "streams.json"
     path.write_text(json.dumps([rest_stream(f"s{n}", "https://hooks.example.com/iot") for n in range(51)]))
+    load = next(iter(loaders.values()))
     with pytest.raises(StreamConfigError) as caught:
-        snapshot._load({"streams_config": str(path)})  # a tick naming another file, as the tests' ticks do
+        functools.partial(load.func, str(path), *load.args[1:])()  # the graph's loader on another file
     assert str(caught.value) == (f"{path}: stream 's50': organisation_id 80025 has more than the 50 streams an "
                                  "organisation may have (--max_streams_per_organisation)")
 
