@@ -73,7 +73,7 @@ from schemas.delivery import (
 )
 from schemas.snapshots import current
 from schemas.streams import DataStream, SecretPolicy, StreamConfig
-from sinks.dispatch import BundleSender, Job
+from sinks.dispatch import OVERRUNS, BundleSender, Job
 from sinks.outbound import DestinationRefusedError, OutboundGuard, Resolver, resolve_host
 from sinks.outputs import DeliveryOutputs, count_items
 from sinks.requests import Blocked, Request, Sent, Settled
@@ -382,6 +382,10 @@ class DeliveryFn(DeliveryOutputs, beam.DoFn):
                                        deadline_seconds=deadline_seconds)
         finally:
             self._local.deadline = None
+        # A failed request that used up its budget: the stream's next batches
+        # hold no bundle (sinks/dispatch.py).
+        OVERRUNS.record(stream_id, not outcome.ok and deadline_seconds is not None
+                        and watch.elapsed_ms() >= 900 * deadline_seconds)
         if not probe:
             self._circuits.record(stream_id, outcome.ok, outcome.last.token, outcome.last.retryable)
         elif not outcome.ok:

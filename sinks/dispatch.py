@@ -19,7 +19,14 @@ send in ``process``; it hands each batch to a :class:`BundleSender`:
   and counted "maybe twice" (the request was in flight), the batches queued
   behind it in its lane are parked without a request, and the bundle goes on;
 - outputs leave as soon as they are ready (as windowed values of their input), and
-  ``process`` waits only when more than ``max_pending`` batches are queued.
+  ``process`` waits only when more than ``max_pending`` batches are queued;
+- a stream whose last request ran out of its budget (a destination that hangs)
+  holds no further bundle: its batch still running when the bundle ends is
+  abandoned after at most a second (parked, "maybe twice"; the request runs on and its outcome
+  counts towards the stream's circuit), and while such a request runs its
+  stream's new batches are parked without one (:data:`OVERRUNS`). Otherwise a
+  dead destination would cost every stream one budget per bundle until its
+  circuit opens: three in a row, 15 s, with the defaults.
 
 Beam's metrics are per thread, so what a lane counts is tallied
 (:class:`Tally`) and added to the step's counters on the bundle's thread.
@@ -30,7 +37,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -40,6 +47,49 @@ from apache_beam import pvalue
 from apache_beam.utils.windowed_value import WindowedValue
 
 _LOG = logging.getLogger(__name__)
+
+
+class Overruns:
+    """The streams of this process whose last request ran out of its stream
+    budget, and how many of their requests still run after their bundle went on
+    (module docstring). Process-wide: bundles, sink instances and lanes share it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._overran: set[str] = set()
+        self._running: Counter[str] = Counter()
+
+    def record(self, stream_id: str, overran: bool) -> None:
+        """A request of the stream ended: ``overran`` if it used up its budget."""
+        with self._lock:
+            if overran:
+                self._overran.add(stream_id)
+            else:
+                self._overran.discard(stream_id)
+
+    def overran(self, stream_id: str) -> bool:
+        with self._lock:
+            return stream_id in self._overran
+
+    def abandoned(self, stream_id: str, delta: int) -> None:
+        """An abandoned request of the stream goes on running (+1) or ended (-1)."""
+        with self._lock:
+            self._running[stream_id] += delta
+            if self._running[stream_id] <= 0:
+                del self._running[stream_id]
+
+    def still_running(self, stream_id: str) -> bool:
+        with self._lock:
+            return self._running[stream_id] > 0 if stream_id in self._running else False
+
+
+#: This process's :class:`Overruns`.
+OVERRUNS = Overruns()
+#: How long a bundle's end waits for a running batch of a stream whose last
+#: request overran: long enough for a destination that answers again, far below
+#: a budget (the smaller of the two).
+SUSPECT_WAIT_SECONDS = 1.0
+SUSPECT_WAIT_SHARE = 0.2
 
 
 class _Count:
@@ -105,9 +155,15 @@ class BundleSender:
         self._lanes: dict[str, deque[Job]] = {}
         self._running: dict[str, Job | None] = {}
         self._finished: deque[Job] = deque()
+        #: batches of a stream with an abandoned request still running: parked
+        #: without a request by the bundle's thread (:meth:`ready`)
+        self._behind_abandoned: deque[Job] = deque()
         self._pending = 0
 
     def submit(self, job: Job) -> None:
+        if OVERRUNS.still_running(job.stream_id) and job.stream_id not in self._running:
+            self._behind_abandoned.append(job)
+            return
         with self._cond:
             self._lanes.setdefault(job.stream_id, deque()).append(job)
             self._pending += 1
@@ -134,6 +190,7 @@ class BundleSender:
                 self._local.tally = self._local.job = None
             with self._cond:
                 if job.abandoned:  # the bundle went on without it; its documents were parked
+                    OVERRUNS.abandoned(stream_id, -1)
                     self._cond.notify_all()
                     return
                 job.outputs, job.done = outputs, True
@@ -146,6 +203,11 @@ class BundleSender:
 
     def ready(self, counters: Any) -> Iterator[Any]:
         """The outputs of the batches finished so far, as windowed values."""
+        while self._behind_abandoned:
+            job = self._behind_abandoned.popleft()
+            _LOG.warning("stream %s: a batch parked without a request: an earlier one is still running past the "
+                         "stream budget of %.0f s", job.stream_id, self._budget)
+            yield from self._park(job, in_flight=False, counters=counters)
         while True:
             with self._cond:
                 if not self._finished:
@@ -165,24 +227,31 @@ class BundleSender:
         yield from self.ready(counters)
 
     def finish(self, counters: Any) -> Iterator[Any]:
-        """Wait for every batch, or abandon the overdue ones; then all outputs."""
+        """Wait for every batch, or abandon the overdue ones and those of streams
+        whose last request overran; then all outputs."""
         while True:
             yield from self.ready(counters)
+            yield from self._abandon_overdue(counters, finishing=True)
             with self._cond:
                 if self._pending == 0:
                     break
                 self._cond.wait(timeout=0.2)
-            yield from self._abandon_overdue(counters)
         yield from self.ready(counters)
 
-    def _abandon_overdue(self, counters: Any) -> Iterator[Any]:
+    def _abandon_overdue(self, counters: Any, finishing: bool = False) -> Iterator[Any]:
         now = time.monotonic()
         abandoned: list[tuple[Job, bool]] = []
         with self._cond:
             for stream_id, job in list(self._running.items()):
-                if job is None or job.touched is None or now < job.touched + self._budget + self._grace:
+                if job is None or job.touched is None:
+                    continue
+                limit = self._budget + self._grace
+                if finishing and OVERRUNS.overran(stream_id):
+                    limit = min(limit, SUSPECT_WAIT_SECONDS, SUSPECT_WAIT_SHARE * self._budget)
+                if now < job.touched + limit:
                     continue
                 job.abandoned = True
+                OVERRUNS.abandoned(stream_id, +1)
                 abandoned.append((job, True))
                 self._pending -= 1
                 for queued in self._lanes.pop(stream_id, deque()):
@@ -194,15 +263,19 @@ class BundleSender:
                 del self._running[stream_id]
         for job, in_flight in abandoned:
             _LOG.warning("stream %s: a batch %s the stream budget of %.0f s a request; parked", job.stream_id,
-                         "overran" if in_flight else "waited behind one that overran", self._budget)
-            tally = Tally()
-            self._local.tally = tally
-            try:
-                outputs = job.park(in_flight)
-            finally:
-                self._local.tally = None
-            job.tally = tally
-            yield from self._emit(job, outputs, counters)
+                         "overran (or its stream's last request did)" if in_flight
+                         else "waited behind one that overran", self._budget)
+            yield from self._park(job, in_flight, counters)
+
+    def _park(self, job: Job, in_flight: bool, counters: Any) -> Iterator[Any]:
+        tally = Tally()
+        self._local.tally = tally
+        try:
+            outputs = job.park(in_flight)
+        finally:
+            self._local.tally = None
+        job.tally = tally
+        yield from self._emit(job, outputs, counters)
 
     def _emit(self, job: Job, outputs: list[Any], counters: Any) -> Iterator[Any]:
         job.tally.apply(counters)

@@ -26,7 +26,10 @@ the park store once all its documents are delivered; what fails again stays
 Streams are worked on side by side, and a tick starts no new batch after its
 budget (one stream budget): a large backlog is delivered over several ticks, and
 the job's other steps are held for about a budget at most (the DirectRunner runs
-every step on one thread).
+every step on one thread). A stream whose circuit is still closed but whose last
+request ran out of its budget in this process (a destination that hangs) is left
+to its live batches until its circuit opens: re-sending its parked batch at every
+tick would hold every other stream for a budget each time.
 
 Counts: documents delivered here count as the stream's ``recovered``; those
 parked by this same run also as ``unparked``, so a run's reconciliation reads
@@ -61,7 +64,7 @@ from schemas.snapshots import RefreshingSnapshot, current
 from schemas.streams import DataStream, StreamConfig
 from schemas.timestamps import now_iso
 from sinks.base import DeliveryFn
-from sinks.dispatch import Tally
+from sinks.dispatch import OVERRUNS, Tally
 from sinks.ordering import document_time
 from sinks.parking import PARKED, ParkedBatch, ParkStore
 from sinks.results import DEAD_LETTERS
@@ -155,6 +158,12 @@ class _RecoverFn(beam.DoFn):
         for circuit in self._circuits.streams_needing_attention():
             stream = config.streams.get(circuit.stream_id)
             if stream is None or stream.state != "active" or stream.api_type not in self._fns:
+                continue
+            if circuit.state == CLOSED and OVERRUNS.overran(stream.id):
+                # Its last request ran out of its budget: re-sending its parked
+                # batch would hold every step for a budget each tick. The next
+                # live batch tells (sinks/dispatch.py): it clears the stream, or
+                # its failures open the circuit, which is then probed, spaced out.
                 continue
             work.append(self._pool.submit(self._recover_counted, stream, circuit, config, deadline))
         for future in work:  # each is bounded by its budgets

@@ -19,7 +19,7 @@ from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
 from schemas.circuit import OPEN, RECOVERING, CircuitStore
-from schemas.delivery import DELIVERED, IN_FLIGHT, DeliveryResult
+from schemas.delivery import DEADLINE_EXCEEDED, DELIVERED, IN_FLIGHT, DeliveryResult
 from sinks.http import Timeouts, new_session
 from sinks.parking import PARKED, ParkedBatch, ParkStore
 from sinks.recovery import RecoveredPane, _RecoverFn, sink_elements
@@ -91,24 +91,41 @@ def test_a_bundle_sends_streams_side_by_side_and_parks_a_batch_that_overruns(str
         ("dripping", IN_FLIGHT, [1, 2, 3])]
 
 
-def test_a_streams_batches_go_one_after_the_other_and_the_circuit_stops_them(stream_secrets):
-    """Five batches of a dead stream in one bundle: one lane, so three failed
-    requests open the circuit and the last two are parked without a request."""
+def test_a_hanging_stream_costs_a_bundle_one_budget_and_the_circuit_stops_it(stream_secrets):
+    """Five batches of a dead stream in one bundle, one lane: the first request
+    runs out of its budget; after that the bundle waits for no more of that
+    stream. The batch that started next is abandoned in flight (parked, maybe
+    delivered), the three behind it are parked without a request, and the
+    circuit, counting the abandoned batch and its request when it ends, is open
+    for the next bundle."""
     with HttpReceiver() as dead:
         dead.down(faults.HANG)
         streams = config(rest_stream("dead", f"{dead.url}/d", bulk=True))
         fn = _fn()
         fn.start_bundle()
+        started = time.monotonic()
         outputs = []
         for n in range(5):
             outputs += list(fn.process(("dead", _batch(100 * n)), streams, GlobalWindow(), None, Timestamp(0)))
         outputs += list(fn.finish_bundle())
+        took = time.monotonic() - started
+        time.sleep(SHORT["stream_budget_seconds"] + 0.5)  # the abandoned request times out
+        fn.start_bundle()
+        later = list(fn.process(("dead", _batch(900)), streams, GlobalWindow(), None, Timestamp(0)))
+        later += list(fn.finish_bundle())
         requests = dead.requests()
         fn.teardown()
+    budget = SHORT["stream_budget_seconds"]
+    assert budget <= took < 2 * budget + 0.5, "one budget, then a short wait for the abandoned batch"
     results, parked = _unwrap(outputs)
-    assert len(requests) == 3
-    assert [r.attempts for r in results] == [1, 1, 1, 0, 0]
-    assert [p.reason for p in parked] == ["retries_exhausted"] * 3 + ["stream_deactivated"] * 2
+    assert len(requests) == 2
+    assert [(r.attempts, r.error) for r in results] == [
+        (1, "ReadTimeout"), (0, IN_FLIGHT), (0, DEADLINE_EXCEEDED), (0, DEADLINE_EXCEEDED), (0, DEADLINE_EXCEEDED)]
+    assert [p.reason for p in parked] == ["retries_exhausted"] * 5
+    assert [p.documents[0][1]["id"] for p in parked] == [0, 100, 200, 300, 400]
+    later_results, later_parked = _unwrap(later)
+    assert [(r.attempts, p.reason) for r, p in zip(later_results, later_parked, strict=True)] == [
+        (0, "stream_deactivated")]
 
 
 def _park(store: ParkStore, stream_id: str, first_id: int, reason: str = "stream_deactivated") -> str:
