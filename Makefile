@@ -15,7 +15,7 @@ SEED ?= 7
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install sample-data run-local run-local-streaming run-portable run-flink flink-cluster local-destinations status submit-flink \
+.PHONY: help install sample-data run-local run-local-streaming run-portable run-flink run-flink-streaming flink-cluster local-destinations status submit-flink \
 	submit-dataflow redrive backfill historic test test-fast lint clean bench
 
 help: ## List the targets
@@ -59,6 +59,10 @@ RUN_SECONDS ?= 90
 run-local-streaming: $(SAMPLE_DIR)/.complete ## Stream the sample fleet through the Pub/Sub emulator (BundleBasedDirectRunner) for RUN_SECONDS (gcloud + Java)
 	$(PY) -m tools.run_local_streaming --sample_dir $(SAMPLE_DIR) --output_dir $(OUT_DIR)/streaming \
 		--run_seconds $(RUN_SECONDS)
+
+run-flink-streaming: $(SAMPLE_DIR)/.complete ## run-local-streaming on Flink [local] (FlinkRunner, cross-language Pub/Sub read, PeriodicImpulse ticks, checkpoints) for RUN_SECONDS of publishing (gcloud + Java + Maven)
+	$(PY) -m tools.run_flink_streaming --sample_dir $(SAMPLE_DIR) --output_dir $(OUT_DIR)/flink-streaming \
+		--run_seconds $(RUN_SECONDS) $(if $(FLINK_MASTER),--flink_master=$(FLINK_MASTER))
 
 local-destinations: $(SAMPLE_DIR)/.complete ## Start the local destinations alone until Ctrl-C; writes $(OUT_DIR)/streams.local.json for them
 	$(PY) -m tools.local_streams --sample_dir $(SAMPLE_DIR) --output_dir $(OUT_DIR)

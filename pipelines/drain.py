@@ -140,6 +140,28 @@ def stop_reading(runner: str, subscriptions: Iterable[str]) -> bool:
     return bool(stoppers)
 
 
+#: runner name -> a wrapper of its results whose ``metrics()`` reach the job's counters
+_RESULT_WRAPPERS: dict[str, Callable[[Any], Any]] = {}
+
+
+def register_result_wrapper(runners: Iterable[str], wrapper: Callable[[Any], Any]) -> None:
+    """Register ``wrapper(result)`` for runs on any of ``runners``: a result
+    whose ``metrics()`` reads the job's counters where the runner's own result
+    does not report them while the job runs (Flink's job server reports them only
+    for a job that finishes; ``tools/flink/metrics.py`` reads Flink's REST API).
+    The job itself registers nothing."""
+    with _STOPPERS_LOCK:
+        for runner in runners:
+            _RESULT_WRAPPERS[runner] = wrapper
+
+
+def wrap_result(runner: str, result: Any) -> Any:
+    """``result``, wrapped if a wrapper is registered for ``runner``."""
+    with _STOPPERS_LOCK:
+        wrapper = _RESULT_WRAPPERS.get(runner)
+    return result if wrapper is None else wrapper(result)
+
+
 # --- waiting on a streaming run and draining it ------------------------------------------------------
 
 class StreamingRun:

@@ -124,6 +124,15 @@ class RunSummary:
     streaming: bool = False
     #: how a streaming run ended (None: a batch run)
     drain: DrainReport | None = None
+    #: False when the runner reported no counter at all: Flink's job server
+    #: reports metrics only for a job that finishes, so a cancelled streaming
+    #: job on Flink has none, and zeros would claim a reconciliation never made
+    counted: bool = True
+
+    @property
+    def uncounted(self) -> bool:
+        """A stopped streaming run the runner reported no counter of (``counted``)."""
+        return not self.counted and self.drain is not None
 
     @property
     def delivering(self) -> bool:
@@ -166,7 +175,8 @@ class RunSummary:
         return sum(k.dead_letter_total for k in self.kinds.values()) + sum(self.delivery_dead_letters.values())
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"reconciled": self.reconciled}
+        out: dict[str, Any] = {"reconciled": None if self.uncounted else self.reconciled,
+                               "counted": not self.uncounted}
         for kind, summary in self.kinds.items():
             out[kind] = asdict(summary) | {"duplicates": summary.duplicates}
         out["deliveries"] = self.deliveries
@@ -189,7 +199,12 @@ class RunSummary:
             rows.insert(2, ("late", ev.late, us.late))
         lines = ["", "Run summary"]
         if self.drain is not None:
-            lines += self.drain.render()
+            lines += self.drain.render()[:1] if self.uncounted else self.drain.render()
+        if self.uncounted:
+            lines.append("  counts: none; the runner reported no metrics (Flink's job server reports them only for "
+                         "a job that finishes, not for a cancelled streaming job): nothing here is reconciled; "
+                         "see the destinations and the outputs")
+            return "\n".join(lines) + "\n"
         lines.append(f"  {'':<16}{'events':>10}{'usage':>10}{'total':>10}")
         if self.delivering:
             rows += [
@@ -282,4 +297,4 @@ def summarize(result: PipelineResult) -> RunSummary:
             setattr(kinds[kind], measure, getattr(kinds[kind], measure) + value)
         elif measure == "parked":
             kinds[kind].parked_documents += value
-    return RunSummary(dict(kinds), dict(deliveries), delivery_dead, dict(streams), refreshes)
+    return RunSummary(dict(kinds), dict(deliveries), delivery_dead, dict(streams), refreshes, counted=bool(counters))

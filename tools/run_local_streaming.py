@@ -18,7 +18,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from tools import local_job
@@ -52,15 +54,56 @@ def _streaming_streams(streams: list[dict]) -> None:
             stream["batching"]["metrics_interval_seconds"] = 30
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.run_local_streaming",
-                                     description=__doc__.split("\n\n")[0])
+class Publishing:
+    """The paced publishers of a run's raw records, started and stopped together."""
+
+    def __init__(self, publishers: list[PacedPublisher]) -> None:
+        self.publishers = publishers
+        self._lock = threading.Lock()
+        self._started = False
+
+    def start(self) -> None:
+        with self._lock:
+            if not self._started:
+                self._started = True
+                for publisher in self.publishers:
+                    publisher.start()
+
+    def stop(self) -> None:
+        for publisher in self.publishers:
+            publisher.stop()
+
+    @property
+    def published(self) -> int:
+        return sum(p.published for p in self.publishers)
+
+
+#: What a runner adds to a streaming run of the sample fleet: given the run's
+#: resources (closed at its end), the output directory, the emulator and the
+#: publishing (which it starts when the job can read), it starts what the runner
+#: needs and returns the job's runner flags.
+RunnerSetup = Callable[[contextlib.ExitStack, Path, PubSubEmulator, Publishing], list[str]]
+
+
+def parse_args(prog: str, description: str, argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--sample_dir", default="data/sample", help="Sample fleet directory. Default: data/sample.")
     parser.add_argument("--output_dir", default="out/streaming", help="Job outputs. Default: out/streaming.")
     parser.add_argument("--run_seconds", type=int, default=90, help="How long the job runs. Default: 90.")
     parser.add_argument("--rate", type=float, default=150.0,
                         help="Records published per second and kind. Default: 150.")
-    args, job_args = parser.parse_known_args(argv)
+    return parser.parse_known_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, job_args = parse_args("python -m tools.run_local_streaming", __doc__.split("\n\n")[0], argv)
+    return stream_sample_fleet(args, job_args)
+
+
+def stream_sample_fleet(args: argparse.Namespace, job_args: list[str], runner: RunnerSetup | None = None) -> int:
+    """The run of :func:`main`, on the local streaming runner (refresh ticks from
+    a Pub/Sub topic, publishing from the start) or on what ``runner`` sets up
+    (``PeriodicImpulse`` ticks; it starts the publishing)."""
     try:
         check_tools()
     except EmulatorToolsError as err:
@@ -77,15 +120,18 @@ def main(argv: list[str] | None = None) -> int:
             project = emulator.project
             subscriptions = {name: create_topic_and_subscription(project, f"raw-{name}", f"datastreamer-{name}")
                              for name in ("events", "usage", "refresh")}
-            publishers = []
-            for kind in ("events", "usage"):
-                publisher = PacedPublisher(project, f"raw-{kind}",
-                                           (sample / "raw" / f"{kind}.jsonl").read_bytes().splitlines(),
-                                           "event" if kind == "events" else "usage", rate=args.rate, restamp=True)
-                publishers.append(publisher.start())
-                running.callback(publisher.stop)  # before the emulator stops, on every way out
-            # Several ticks per interval, so every refresh window has one.
-            running.enter_context(Ticker(project, "raw-refresh", REFRESH_SECONDS / 4))
+            publishing = Publishing([
+                PacedPublisher(project, f"raw-{kind}", (sample / "raw" / f"{kind}.jsonl").read_bytes().splitlines(),
+                               "event" if kind == "events" else "usage", rate=args.rate, restamp=True)
+                for kind in ("events", "usage")])
+            running.callback(publishing.stop)  # before the emulator stops, on every way out
+            if runner is None:
+                # Several ticks per interval, so the lateness gate's heartbeats keep coming.
+                running.enter_context(Ticker(project, "raw-refresh", REFRESH_SECONDS / 4))
+                runner_flags = [f"--refresh_subscription={subscriptions['refresh']}"]
+                publishing.start()
+            else:
+                runner_flags = runner(running, out, emulator, publishing)
             sys.stdout.write(f"streaming for {args.run_seconds} s: Pub/Sub emulator {emulator.host}, "
                              f"{args.rate:.0f} records/s per kind\n")
             sys.stdout.flush()
@@ -94,7 +140,6 @@ def main(argv: list[str] | None = None) -> int:
                     "--streaming",
                     f"--events_subscription={subscriptions['events']}",
                     f"--usage_subscription={subscriptions['usage']}",
-                    f"--refresh_subscription={subscriptions['refresh']}",
                     f"--refresh_interval_seconds={REFRESH_SECONDS}",
                     f"--run_seconds={args.run_seconds}",
                     f"--reference_dir={sample / 'reference'}",
@@ -103,13 +148,13 @@ def main(argv: list[str] | None = None) -> int:
                     f"--archive_location={out / 'archive'}",
                     "--output_window_seconds=10",
                     f"--drain_seconds={DRAIN_SECONDS}",
+                    *runner_flags,  # after the defaults: a runner may change them
                     *job_args,
                 ])
             if code == INTERRUPTED:  # the job said so; the rest stops on the way out
                 return code
-            for publisher in publishers:
-                publisher.stop()
-            published = sum(p.published for p in publishers)
+            publishing.stop()
+            published = publishing.published
             sys.stdout.write(local.report())
             sys.stdout.write(f"  published {published} raw records; stream config: {local.config_path}\n")
     except (EmulatorStartError, EmulatorToolsError) as err:

@@ -67,16 +67,25 @@ class FlinkJobServer(PortService):
         super().__init__(command, port, env=env, log_path=log_path, startup_timeout=120.0)
 
 
+#: Java's unbounded reads as the primitive ``Read`` that Flink runs as a native
+#: source, not as a splittable DoFn: Flink's portable streaming never advanced the
+#: watermark past the SDF-wrapped PubsubIO read (it stayed at the minimum, so no
+#: window closed: no S3 file, no DataDog point, no output file), seen with Beam
+#: 2.62 and Flink 1.19.
+USE_DEPRECATED_READ = "use_deprecated_read"
+
+
 class ExpansionService(PortService):
     """Beam's Java expansion service (GCP IO on its class path) on a free port,
-    giving the Java transforms it expands the ``EMBEDDED`` environment."""
+    giving the Java transforms it expands the ``EMBEDDED`` environment and
+    primitive reads (:data:`USE_DEPRECATED_READ`)."""
 
     name = "Java expansion service"
 
     def __init__(self, *, port: int | None = None, log_path: str | os.PathLike[str] | None = None) -> None:
         port = port or free_port()
         command = [java(), *java17_flags(), "-jar", str(launcher_jar(EXPANSION_SERVICE_MAIN)), str(port),
-                   "--defaultEnvironmentType=EMBEDDED"]
+                   "--defaultEnvironmentType=EMBEDDED", f"--experiments={USE_DEPRECATED_READ}"]
         super().__init__(command, port, log_path=log_path, startup_timeout=120.0)
 
 
