@@ -465,6 +465,9 @@ def run(argv: list[str] | None = None) -> RunSummary | None:
     (:func:`_stop_streaming`); its summary says how it ended. A job that fails
     raises :class:`PipelineFailedError` (main's exit status 1)."""
     options = _parse_args(argv)
+    # The submitting machine reads the same locations as the workers (s3:// with
+    # --s3_endpoint_url, gs://, ...) before any pipeline exists to configure them.
+    FileSystems.set_options(options)
     validate(options)
     check_input_patterns(options)
     # Fail fast, on the submitting machine, with the loader's message naming the

@@ -85,13 +85,14 @@ class Publishing:
 RunnerSetup = Callable[[contextlib.ExitStack, Path, PubSubEmulator, Publishing], list[str]]
 
 
-def parse_args(prog: str, description: str, argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+def parse_args(prog: str, description: str, argv: list[str] | None,
+               default_rate: float = 150.0) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--sample_dir", default="data/sample", help="Sample fleet directory. Default: data/sample.")
     parser.add_argument("--output_dir", default="out/streaming", help="Job outputs. Default: out/streaming.")
     parser.add_argument("--run_seconds", type=int, default=90, help="How long the job runs. Default: 90.")
-    parser.add_argument("--rate", type=float, default=150.0,
-                        help="Records published per second and kind. Default: 150.")
+    parser.add_argument("--rate", type=float, default=default_rate,
+                        help=f"Records published per second and kind. Default: {default_rate:g}.")
     return parser.parse_known_args(argv)
 
 

@@ -57,13 +57,6 @@ def _s3_ids(s3: Any, bucket: str) -> list[int]:
     return ids
 
 
-def _sleep_until_second(second: float, of: int) -> None:
-    """Sleep until ``second`` seconds into the next (or current) ``of``-second interval."""
-    now = time.time()
-    target = now - now % of + second
-    time.sleep(target - now if target > now else target + of - now)
-
-
 def _prefetch_threads_end(timeout: float = 5.0) -> bool:
     """Whether the background pulls of ``tools/direct_runner/direct_pubsub.py`` all stop
     (each finishes its pull in flight, at most a one-second deadline)."""
@@ -112,15 +105,9 @@ def test_pubsub_to_rest_and_s3_once_per_stream(tmp_path, stream_secrets, http_re
             "--output_window_seconds=5",
             "--max_buffering_seconds=1",
         ])
-        # The worst moment to build: at the end of a refresh interval, with the
-        # first tick only after the next one has begun. The job's first interval
-        # and the next have no tick before them; the snapshot loaded at the start
-        # must serve both (once a flaky failure: records met an empty side input).
-        _sleep_until_second(9.2, of=REFRESH_SECONDS)
         pipeline = beam.Pipeline(options=options)
         write_outputs(build_pipeline(pipeline, options), str(tmp_path / "out"), window_seconds=5)
-        _sleep_until_second(0.5, of=REFRESH_SECONDS)
-        # Several ticks per 10 s interval, so every later interval surely has one.
+        # The lateness gate's heartbeats: a few per refresh interval.
         ticker = Ticker(project, "raw-refresh", 2.5).start()
         result = pipeline.run()
         try:
