@@ -56,13 +56,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
+import boto3
 import orjson
 from google.api_core import exceptions
 
 from schemas.records import Kind
 from tools.latency import documents
 from tools.local_destinations import HttpReceiver, RecordedRequest
-from tools.local_streams import LocalDestinations
+from tools.local_streams import KINESIS_STREAM, REGION, LocalDestinations
 from tools.pubsub_emulator import (
     PubSubEmulator,
     Ticker,
@@ -532,6 +533,25 @@ def _emulator(emulator: PubSubEmulator | None, work_dir: Path) -> Iterator[PubSu
         yield started
 
 
+def forget_aws(url: str, streams: Sequence[Mapping[str, Any]]) -> None:
+    """Delete the buckets and the Kinesis stream :class:`LocalDestinations`
+    created. moto keeps its data per process, not per server, so the next run's
+    destinations in this process could not create them again."""
+    def client(service: str) -> Any:
+        return boto3.client(service, endpoint_url=url, region_name=REGION, aws_access_key_id="local",
+                            aws_secret_access_key="local")
+
+    s3 = client("s3")
+    for stream in streams:
+        if stream["api_type"] == "aws_s3":
+            bucket = stream["s3"]["bucket"]
+            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+                for obj in page.get("Contents", []):
+                    s3.delete_object(Bucket=bucket, Key=obj["Key"])
+            s3.delete_bucket(Bucket=bucket)
+    client("kinesis").delete_stream(StreamName=KINESIS_STREAM, EnforceConsumerDeletion=True)
+
+
 def bulk_path(streams: Sequence[Mapping[str, Any]]) -> str:
     """The receiver path of the REST bulk stream that takes both kinds."""
     for stream in streams:
@@ -577,6 +597,7 @@ def run_crash(
         # Several ticks per refresh interval, as make run-local-streaming ticks.
         stack.enter_context(Ticker(project, f"{name}-refresh", REFRESH_SECONDS / 4, host=host))
         local = stack.enter_context(LocalDestinations(fleet, out, adjust=_streaming_streams))
+        stack.callback(forget_aws, local.moto.url, local.streams)
         path = bulk_path(local.streams)
         job = JobSpec(host, project, subscriptions, fleet / "reference", local.config_path, out, work_dir)
         stop = _StopOnce(target)
