@@ -568,7 +568,7 @@ def run_crash(
     rate: float = 50.0,
     kill_after_seconds: float = 20.0,
     ack_deadline_seconds: int = ACK_DEADLINE_SECONDS,
-    quiet_seconds: float = 10.0,
+    quiet_seconds: float = 15.0,
     first_delivery_timeout: float = 120.0,
     settle_timeout: float = 300.0,
     emulator: PubSubEmulator | None = None,
@@ -682,9 +682,9 @@ def _wait(ready: Callable[[], bool], target: Target, publisher: KnownPublisher, 
 def _settle(receiver: HttpReceiver, path: str, published: set[str], target: Target, publisher: KnownPublisher,
             redelivered_by: float, quiet_seconds: float, timeout: float) -> str:
     """Wait until every published record arrived, or until nothing new arrived
-    for ``quiet_seconds`` after publishing ended and after ``redelivered_by``
-    (the killed process's last unacknowledged messages are due again then).
-    Returns how it settled."""
+    for ``quiet_seconds`` once publishing ended and ``quiet_seconds`` have passed
+    since ``redelivered_by`` (the killed process's unacknowledged messages are
+    due again then). Returns how it settled."""
     deadline = time.monotonic() + timeout
     seen, last_new = 0, time.monotonic()
     while True:
@@ -695,9 +695,12 @@ def _settle(receiver: HttpReceiver, path: str, published: set[str], target: Targ
             seen, last_new = len(arrived), time.monotonic()
         if publisher.done() and len(arrived) == len(published):
             return "settled: every published record arrived"
-        if (publisher.done() and time.time() >= redelivered_by
+        # Quiet counted from the redelivery deadline on: what Pub/Sub redelivers
+        # then still has to go through the job (seen: 18 messages redelivered 60 s
+        # after the kill, at the very moment a quiet that began earlier ended).
+        if (publisher.done() and time.time() >= redelivered_by + quiet_seconds
                 and time.monotonic() - last_new >= quiet_seconds):
-            return f"settled: nothing new for {quiet_seconds:g} s after the redelivery deadline"
+            return f"settled: nothing new for {quiet_seconds:g} s, {quiet_seconds:g} s past the redelivery deadline"
         if time.monotonic() >= deadline:
             return f"not settled after {timeout:.0f} s"
         time.sleep(0.5)
