@@ -30,6 +30,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="Records published per second and kind. Default: 50.")
     parser.add_argument("--kill_after", type=float, default=20.0,
                         help="Seconds after the first delivery the job is killed. Default: 20.")
+    parser.add_argument("--kill_spread", type=float, default=5.0,
+                        help="Run n of N is killed (n-1)/N of this many seconds later than --kill_after, so the "
+                             "kills do not all land at the same point of the REST batching cycle "
+                             "(--max_buffering_seconds, default 5). Default: 5.")
     parser.add_argument("--ack_deadline", type=int, default=ACK_DEADLINE_SECONDS,
                         help=f"The subscriptions' ack deadline, seconds. Default: {ACK_DEADLINE_SECONDS}.")
     args, job_flags = parser.parse_known_args(argv)
@@ -50,8 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         with PubSubEmulator(work_dir=out / "emulator") as emulator:
             for number in range(1, args.runs + 1):
                 target = DirectRunnerTarget(job_flags)
+                kill_after = args.kill_after + args.kill_spread * (number - 1) / args.runs
                 report = run_crash(target, out / f"run-{number}", records_per_kind=args.records, rate=args.rate,
-                                   kill_after_seconds=args.kill_after, ack_deadline_seconds=args.ack_deadline,
+                                   kill_after_seconds=kill_after, ack_deadline_seconds=args.ack_deadline,
                                    emulator=emulator, name=f"crash{number}", log=log)
                 sys.stdout.write(f"run {number}: " + report.text())
                 sys.stdout.flush()
