@@ -22,7 +22,8 @@ from tools.pubsub_emulator import EmulatorStartError, EmulatorToolsError, PubSub
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.crash", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.crash", description=__doc__.split("\n\n")[0],
+                                     epilog="Any other flag is passed to the job (pipelines.data_streamer).")
     parser.add_argument("--output_dir", default="out/crash", help="Work and report directory. Default: out/crash.")
     parser.add_argument("--runs", type=int, default=3, help="Crash runs, one after the other. Default: 3.")
     parser.add_argument("--records", type=int, default=3000, help="Records published per kind. Default: 3000.")
