@@ -2,7 +2,7 @@
 
 The crash harness (``tools/crash``) runs the job as ``make run-local-streaming``
 does, in its own process on the BundleBasedDirectRunner, against the real
-Pub/Sub emulator and the local destinations; it publishes 3,000 known, valid
+Pub/Sub emulator and the local destinations; it publishes 4,000 known, valid
 records at 100 a second, kills the job process with SIGKILL 15 s after the first
 delivery, starts a new one on the same subscriptions and waits until Pub/Sub
 has redelivered what the killed process held unacknowledged.
@@ -33,7 +33,7 @@ from collections import Counter
 from tools.crash import KINDS, record_key, run_crash
 from tools.crash.direct import DirectRunnerTarget
 
-RECORDS_PER_KIND = 1500
+RECORDS_PER_KIND = 2000  # 40 s of publishing: the kill comes mid-stream even when the job starts slowly
 RATE = 50  # records a second and kind
 KILL_AFTER_SECONDS = 15
 

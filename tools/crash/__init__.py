@@ -103,7 +103,9 @@ class JobSpec:
 
     def job_flags(self) -> list[str]:
         """The job's own flags, as ``make run-local-streaming`` gives them (no
-        runner: a target adds its runner's flags)."""
+        runner: a target adds its runner's flags, and may drop what its runner
+        does without: ``--refresh_subscription`` drives the refresh where
+        ``PeriodicImpulse`` cannot run, the DirectRunner)."""
         return [
             "--streaming",
             f"--events_subscription={self.subscriptions['events']}",
@@ -579,7 +581,9 @@ def run_crash(
     events and as many usage records published at ``rate`` a second per kind,
     the kill ``kill_after_seconds`` after the first delivery. ``name`` prefixes
     the topics and subscriptions (unique per run on a shared emulator).
-    ``log`` gets a line at each phase."""
+    ``log`` gets a line at each phase. The job's outputs and the target's files
+    go under ``work_dir``; the crash fleet next to it (``crash-fleet``, shared
+    by the runs of one directory)."""
     work_dir.mkdir(parents=True, exist_ok=True)
     fleet = crash_fleet(work_dir.parent / "crash-fleet", records_per_kind)
     records = fleet_records(fleet, records_per_kind)
