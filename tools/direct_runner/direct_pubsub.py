@@ -17,14 +17,23 @@ before (so the steps after the reads have finished their work): then it waits,
 briefly, until a message arrives on any subscription, so an idle job does not
 spin.
 
-Delivery stays at-least-once. A message is acknowledged only after the reader
-took it into a bundle, as before; the acknowledgement now leaves a moment later
-from the background thread, so a job killed in between gets that message again
-(and drops it as a repeated id). The queue is bounded, so a message waits in it
-far less than the ack deadline. Messages still queued when the pipeline ends are
-handed back (ack deadline 0) for immediate redelivery. A pull that fails for a
-reason other than its deadline stops the thread and is raised by the next read,
-so the job fails as it did.
+Acknowledgement is Beam's reader's: a message is acknowledged when the reader
+takes it into a bundle, before any step after the read has seen it; the
+acknowledgement now leaves a moment later from the background thread (before
+its next pull, which waits at most ``PULL_DEADLINE_SECONDS``). From then on the
+record lives only in this process's memory (the DirectRunner keeps bundles,
+state and timers nowhere else), so a process killed with SIGKILL loses every
+record it read and had not delivered: at-most-once for those, not at-least-once
+(docs/crash-safety.md measures it). A message whose acknowledgement had not
+left yet comes again to the next process, which does not know its id (the
+de-duplication state died with the killed process); in the crash runs none of
+those had reached a destination before its acknowledgement left. Messages
+pulled but never read are not acknowledged: still queued when the pipeline ends
+they are handed back (ack deadline 0) for immediate redelivery; held by a killed
+process they come again once their ack deadline has passed. The queue is
+bounded, so a message waits in it far less than the ack deadline. A pull that
+fails for a reason other than its deadline stops the thread and is raised by
+the next read, so the job fails as it did.
 
 A run that is stopped (SIGTERM, ``--run_seconds``: ``pipelines/drain.py``) asks
 the reads of its data subscriptions to stop (:func:`stop_reading`): their
