@@ -1,12 +1,17 @@
-"""``python -m tools.crash``: crash runs of the local streaming runner, measured.
+"""``python -m tools.crash``: crash runs of the streaming job, measured.
 
-Each run starts the job as ``make run-local-streaming`` does, publishes known
-records at a steady rate, ``kill -9``s the job process mid-stream, starts it
-again on the same subscriptions, waits until the run settled and prints what
-was published, delivered, lost and delivered twice (``tools/crash/__init__.py``).
-The reports go to ``<output_dir>/crash-runs.json`` as well.
+Each run starts the job, publishes known records at a steady rate, ``kill -9``s
+mid-stream, brings the job back, waits until the run settled and prints what was
+published, delivered, lost and delivered twice (``tools/crash/__init__.py``).
+``--target direct`` (the default) runs the job as ``make run-local-streaming``
+does and kills its process, then starts another; ``--target flink`` submits it to
+a standalone Flink cluster and kills the TaskManager JVM, then starts another
+TaskManager and lets Flink restart the job from its last checkpoint
+(``tools/crash/flink.py``). The reports go to ``<output_dir>/crash-runs.json`` as
+well.
 
     python -m tools.crash --runs 3 --output_dir out/crash
+    python -m tools.crash --target flink --runs 1 --output_dir out/crash-flink
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from pathlib import Path
 
 from tools.crash import ACK_DEADLINE_SECONDS, CrashRunError, run_crash
 from tools.crash.direct import DirectRunnerTarget
+from tools.crash.flink import FlinkClusterTarget
 from tools.pubsub_emulator import EmulatorStartError, EmulatorToolsError, PubSubEmulator, check_tools
 
 
@@ -25,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.crash", description=__doc__.split("\n\n")[0],
                                      epilog="Any other flag is passed to the job (pipelines.data_streamer).")
     parser.add_argument("--output_dir", default="out/crash", help="Work and report directory. Default: out/crash.")
+    parser.add_argument("--target", choices=("direct", "flink"), default="direct",
+                        help="What runs the job and what is killed (module docstring). Default: direct.")
     parser.add_argument("--runs", type=int, default=3, help="Crash runs, one after the other. Default: 3.")
     parser.add_argument("--records", type=int, default=3000, help="Records published per kind. Default: 3000.")
     parser.add_argument("--rate", type=float, default=50.0,
@@ -35,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="Run n of N is killed (n-1)/N of this many seconds later than --kill_after, so the "
                              "kills do not all land at the same point of the REST batching cycle "
                              "(--max_buffering_seconds, default 5). Default: 5.")
+    parser.add_argument("--quiet", type=float, default=15.0,
+                        help="The run has settled when nothing new reached the receiver for this many seconds "
+                             "(past the redelivery deadline). Default: 15.")
     parser.add_argument("--ack_deadline", type=int, default=ACK_DEADLINE_SECONDS,
                         help=f"The subscriptions' ack deadline, seconds. Default: {ACK_DEADLINE_SECONDS}.")
     args, job_flags = parser.parse_known_args(argv)
@@ -54,10 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with PubSubEmulator(work_dir=out / "emulator") as emulator:
             for number in range(1, args.runs + 1):
-                target = DirectRunnerTarget(job_flags)
+                target = DirectRunnerTarget(job_flags) if args.target == "direct" else FlinkClusterTarget()
                 kill_after = args.kill_after + args.kill_spread * (number - 1) / args.runs
                 report = run_crash(target, out / f"run-{number}", records_per_kind=args.records, rate=args.rate,
                                    kill_after_seconds=kill_after, ack_deadline_seconds=args.ack_deadline,
+                                   quiet_seconds=args.quiet,
                                    emulator=emulator, name=f"crash{number}", log=log)
                 sys.stdout.write(f"run {number}: " + report.text())
                 sys.stdout.flush()

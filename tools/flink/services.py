@@ -111,6 +111,10 @@ def _flink_config(directory: Path, rest_port: int, rpc_port: int, slots: int) ->
         "taskmanager.memory.network.min": "1g",
         "taskmanager.memory.network.max": "1g",
         "parallelism.default": 1,
+        # A TaskManager killed with -9 is noticed within 15 s (the default, 50 s,
+        # leaves a crashed job waiting most of a minute before it restarts).
+        "heartbeat.interval": 3000,
+        "heartbeat.timeout": 15000,
         "state.checkpoints.dir": (directory / "checkpoints").as_uri(),
         "state.savepoints.dir": (directory / "savepoints").as_uri(),
         "state.checkpoints.num-retained": 2,
@@ -197,13 +201,15 @@ class StandaloneCluster:
             raise
         return self
 
-    def start_taskmanager(self, timeout: float = 120.0) -> subprocess.Popen[bytes]:
-        """Start one more TaskManager and wait until the JobManager counts it."""
+    def start_taskmanager(self, timeout: float = 120.0, wait: bool = True) -> subprocess.Popen[bytes]:
+        """Start one more TaskManager and wait until the JobManager counts it
+        (``wait``; after a kill the JobManager may still count the dead one)."""
         expected = self.registered_taskmanagers() + 1
         process = self._spawn(TASKMANAGER_MAIN, f"taskmanager-{len(self.taskmanagers)}")
         self.taskmanagers.append(process)
-        self._wait(lambda: self.registered_taskmanagers() >= expected, "a TaskManager to register", timeout,
-                   process)
+        if wait:
+            self._wait(lambda: self.registered_taskmanagers() >= expected, "a TaskManager to register", timeout,
+                       process)
         return process
 
     def kill_taskmanager(self, index: int = -1) -> int:
