@@ -131,7 +131,11 @@ def flink_flags(args: argparse.Namespace) -> list[str]:
     """The job's flags for Flink, from the ``flink`` subcommand's arguments."""
     _check_common(args)
     if args.flink_master:
-        flags = ["--runner=FlinkRunner", f"--flink_master={args.flink_master}"]
+        # The job goes to the cluster as an uber jar through its REST API: a
+        # detached launcher would otherwise exit, taking the job server it
+        # started along, before that job server had handed the job over (seen
+        # with Beam 2.62: the launcher printed RUNNING, the cluster had no job).
+        flags = ["--runner=FlinkRunner", f"--flink_master={args.flink_master}", "--flink_submit_uber_jar"]
     else:
         flags = ["--runner=PortableRunner", f"--job_endpoint={args.job_endpoint}"]
     config = args.environment_config

@@ -499,8 +499,8 @@ def _value(flags: list[str], name: str) -> str:
 def test_flink_flags():
     args, flags = runner_flags(FLINK_ARGV)
     assert args.runner == "flink"
-    for flag in ("--runner=FlinkRunner", "--flink_master=flink-jobmanager:8081", "--streaming",
-                 "--environment_type=EXTERNAL", "--environment_config=localhost:50000",
+    for flag in ("--runner=FlinkRunner", "--flink_master=flink-jobmanager:8081", "--flink_submit_uber_jar",
+                 "--streaming", "--environment_type=EXTERNAL", "--environment_config=localhost:50000",
                  "--checkpointing_interval=60000", "--job_name=datastreamer", "--detach",
                  "--pubsub_expansion_service=auto", *JOB_ARGV):
         assert flag in flags
