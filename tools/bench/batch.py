@@ -582,7 +582,7 @@ def render_batch(result: dict[str, Any]) -> str:
         f"({result['fleet']['events']:,} events, {result['fleet']['usage']:,} usage), "
         f"{streams} rest_api_bulk streams to a loopback receiver",
         f"  {'':<16}{'records/s':>11}{'wall s':>8}{'CPU s':>8}{'CPU s/M rec':>13}{'rec/CPU s':>11}"
-        f"{'÷ baseline':>12}{'peak RSS MiB':>14}",
+        f"{'vs baseline':>12}{'peak RSS MiB':>14}",
     ]
     rows = [("baseline", b, 1.0)] + [(p["runner"], p, p["ratio_per_cpu_second"])
                                      for p in pipelines.values() if "check" in p]
@@ -591,13 +591,13 @@ def render_batch(result: dict[str, Any]) -> str:
                      f"{run['cpu_user_seconds'] + run['cpu_system_seconds']:>8.1f}"
                      f"{run['cpu_seconds_per_million_records']:>13,.1f}{run['records_per_cpu_second']:>11,.0f}"
                      f"{('-' if ratio is None else f'{ratio:.3f}'):>12}{run['peak_rss_all_processes_mib']:>14,.0f}")
-    lines.append("  (÷ baseline: records per CPU second over the baseline's, target >= 1.0; CPU and peak RSS of "
+    lines.append("  (vs baseline: records per CPU second over the baseline's, target >= 1.0; CPU and peak RSS of "
                  "all processes of the run, the JVM and SDK workers included)")
     for p in pipelines.values():
         if "skipped" in p:
             lines.append(f"  {p['runner']}: skipped, {p['skipped']}")
             continue
-        lines.append(f"  {p['runner']}: records/s ÷ baseline {p['ratio_to_baseline']:.3f} (excluding start-up: "
+        lines.append(f"  {p['runner']}: records/s vs baseline {p['ratio_to_baseline']:.3f} (excluding start-up: "
                      f"{p['ratio_excluding_startup']}); CPU by process: {_cpu_split(p.get('processes'))}")
         threads = _jvm_threads(p.get("processes"))
         if threads:
