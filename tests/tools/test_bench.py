@@ -7,6 +7,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import time
 from collections import Counter
 
 import pytest
@@ -218,3 +219,22 @@ def test_thread_groups_and_roles():
     assert proctree.role_of("python3.11", "python -m tools.local_job") == "job"
     assert runners.selected("local,flink") == [runners.LOCAL, runners.FLINK]
     assert runners.selected("local,flink", streaming=True) == [runners.LOCAL]
+
+
+def test_a_run_that_overruns_is_killed_with_all_it_started(tmp_path):
+    # The command and a child in a session of its own both sleep far longer than the timeout.
+    script = ("import subprocess, sys, time\n"
+              "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)'], start_new_session=True)\n"
+              "time.sleep(300)\n")
+    started = time.monotonic()
+    run = batch.run_child([sys.executable, "-c", script, str(tmp_path)], tmp_path / "slow.log", timeout=2.0)
+    assert time.monotonic() - started < 30
+    assert run.timed_out and run.exit_code == -9 and run.to_dict()["timed_out"] is True
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and str(tmp_path) in _process_args():
+        time.sleep(0.2)
+    assert str(tmp_path) not in _process_args()
+
+
+def _process_args() -> str:
+    return subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout

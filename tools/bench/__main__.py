@@ -75,6 +75,9 @@ def build_parser(streaming: ModuleType | None) -> argparse.ArgumentParser:
     parser.add_argument("--skip_batch", action="store_true", help="Skip the baseline vs pipeline comparison.")
     parser.add_argument("--skip_memory", action="store_true", help="Skip the memory-scaling runs.")
     parser.add_argument("--skip_streaming", action="store_true", help="Skip the streaming bench.")
+    parser.add_argument("--child_timeout", type=float, default=batch.DEFAULT_CHILD_TIMEOUT,
+                        help="Seconds a baseline or pipeline run may take before it is killed with every process "
+                             "it started (and reported as failed). Default: %(default).0f.")
     parser.add_argument("--results_dir", default="tools/bench/results",
                         help="Where the result JSON files go. Default: tools/bench/results.")
     parser.add_argument("--work_dir", default="tools/bench/work",

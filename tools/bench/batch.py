@@ -26,12 +26,15 @@ job server JVM and its mini-cluster) are not subtracted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +53,9 @@ RECORDS_PER_ENDPOINT = 220
 #: The generator's smallest fleet.
 MIN_ENDPOINTS = 8
 BULK_SIZE = 3000
+#: Seconds a contender may run before it is killed (``--child_timeout``); the
+#: slowest, Flink over a million records, took about 10 minutes on a busy 2-CPU machine.
+DEFAULT_CHILD_TIMEOUT = 3600.0
 AUTH_HEADER = "Authorization"
 #: Placeholder credentials of the bench's loopback receiver (not secrets):
 #: referenced by the stream config as environment variables, set in the children.
@@ -165,6 +171,8 @@ class ChildRun:
     tree: TreeUsage | None = None
     #: processes of the run still there when its command had exited (reaped by the launcher)
     leftovers: int = 0
+    #: killed after the bench's --child_timeout
+    timed_out: bool = False
 
     @property
     def cpu_seconds(self) -> float:
@@ -185,6 +193,8 @@ class ChildRun:
                "peak_rss_all_processes_mib": round(self.peak_rss_all_kib / 1024, 1),
                "cpu_user_seconds": round(self.user_seconds, 2), "cpu_system_seconds": round(self.system_seconds, 2),
                "load_average_start_end": [round(v, 2) for v in self.load_average], "log": self.log}
+        if self.timed_out:
+            out["timed_out"] = True
         if self.tree is not None:
             out["processes"] = {**self.tree.to_dict(), "left_after_exit": self.leftovers}
         return out
@@ -240,7 +250,19 @@ _LAUNCHER = (
 )
 
 
-def run_child(command: list[str], log_path: Path, sample: bool = True) -> ChildRun:
+def _kill_tree(root: int) -> None:
+    """SIGKILL every process below ``root`` (by pid), then ``root``: a run that
+    overran its time. Descendants first, so none is re-parented out of reach."""
+    for _ in range(3):  # a process may start another while we kill
+        for stat in TreeSampler(root).descendants():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(stat.pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(root, signal.SIGKILL)
+
+
+def run_child(command: list[str], log_path: Path, sample: bool = True,
+              timeout: float = DEFAULT_CHILD_TIMEOUT) -> ChildRun:
     """Run ``command`` to its end; the wall time, CPU time and peak RSS of every
     process it started.
 
@@ -252,25 +274,43 @@ def run_child(command: list[str], log_path: Path, sample: bool = True) -> ChildR
     (``tests/tools/test_bench.py``). The launcher also collects every process
     the command leaves behind (``_LAUNCHER``), so CPU time is the whole run's.
     ``sample``: a :class:`TreeSampler` follows the launcher's descendants for the
-    sum of their RSS and the CPU split by process role."""
+    sum of their RSS and the CPU split by process role.
+
+    A run still going after ``timeout`` seconds is killed with everything it
+    started (exit code -9, ``timed_out``): a Flink job whose JVM ran out of heap
+    was seen to stall without failing, and the bench must end."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     rss_path = log_path.with_suffix(".maxrss")
+    rss_path.unlink(missing_ok=True)
     load_start = os.getloadavg()[0]
     with open(log_path, "wb") as log:
         started = time.monotonic()
         process = subprocess.Popen([sys.executable, "-c", _LAUNCHER, str(rss_path), *command], stdout=log,
                                    stderr=subprocess.STDOUT, cwd=REPO, env=child_env())
         sampler = TreeSampler(process.pid).start() if sample else None
+        overran = threading.Event()
+
+        def overrun() -> None:
+            overran.set()
+            _kill_tree(process.pid)
+
+        watchdog = threading.Timer(timeout, overrun)
+        watchdog.start()
         try:
             _, status, usage = os.wait4(process.pid, 0)
         finally:
+            watchdog.cancel()
             tree = sampler.stop() if sampler is not None else None
         wall = time.monotonic() - started
     process.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
-    launcher = json.loads(rss_path.read_text())
+    # Killed: maybe no launcher report, and the CPU of what it had not reaped is lost.
+    launcher = {"maxrss_kib": 0, "left": 0}
+    with contextlib.suppress(OSError, ValueError):  # absent, or cut short by the kill
+        launcher = json.loads(rss_path.read_text())
     # CPU times: the launcher's and all it reaped (the launcher's own is a few ms).
     return ChildRun(process.returncode, wall, int(launcher["maxrss_kib"]), usage.ru_utime, usage.ru_stime,
-                    str(log_path), (load_start, os.getloadavg()[0]), tree, int(launcher["left"]))
+                    str(log_path), (load_start, os.getloadavg()[0]), tree, int(launcher["left"]),
+                    timed_out=overran.is_set())
 
 
 def startup_seconds(module: str, repeats: int = 2) -> float:
@@ -291,7 +331,7 @@ def job_arguments(fleet_: Fleet, streams_config: Path, output_dir: Path) -> list
 
 def run_contender(name: str, fleet_: Fleet, receiver: LeanReceiver, work_dir: Path,
                   extra: list[str] | None = None, runner: BenchRunner | None = None,
-                  ) -> tuple[ChildRun, dict[str, PathStats], dict[str, Any]]:
+                  timeout: float = DEFAULT_CHILD_TIMEOUT) -> tuple[ChildRun, dict[str, PathStats], dict[str, Any]]:
     """Run the baseline (``runner`` None) or the pipeline on ``runner`` over
     ``fleet_``, delivering under ``/<name>/`` of the receiver; its run, what the
     receiver got per stream path, and its ``summary.json``."""
@@ -310,7 +350,7 @@ def run_contender(name: str, fleet_: Fleet, receiver: LeanReceiver, work_dir: Pa
         command = runner.command([f"--worker_pool_log={run_dir / 'worker_pool.log'}", *job])
     else:
         command = runner.command(job)
-    child = run_child(command, run_dir / "log.txt")
+    child = run_child(command, run_dir / "log.txt", timeout=timeout)
     received = receiver.take(f"/{name}/")
     summary_path = output_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
@@ -423,6 +463,10 @@ def pipeline_check(fleet_: Fleet, child: ChildRun, baseline_received: dict[str, 
     return check
 
 
+def _timeout(args: argparse.Namespace) -> float:
+    return getattr(args, "child_timeout", None) or DEFAULT_CHILD_TIMEOUT
+
+
 def runner_choice(args: argparse.Namespace) -> list[tuple[BenchRunner, str | None]]:
     """The runners of ``--runners``, each with why it cannot run here (None: it can)."""
     return [(runner, runner.unavailable()) for runner in selected(args.runners)]
@@ -448,7 +492,8 @@ def run_batch(args: argparse.Namespace, work_dir: Path, log: Any = sys.stdout,
     pipelines: dict[str, Any] = {}
     with new_receiver() as receiver:
         _say(log, "running the baseline ...")
-        b_child, b_received, b_summary = run_contender("baseline", fleet_, receiver, work_dir)
+        b_child, b_received, b_summary = run_contender("baseline", fleet_, receiver, work_dir,
+                                                       timeout=_timeout(args))
         phases["baseline"] = round(b_child.wall_seconds, 1)
         _say(log, f"  baseline: exit {b_child.exit_code}, {b_child.wall_seconds:.1f} s, "
                   f"peak RSS {b_child.peak_rss_kib / 1024:.0f} MiB")
@@ -460,7 +505,7 @@ def run_batch(args: argparse.Namespace, work_dir: Path, log: Any = sys.stdout,
                 continue
             _say(log, f"running the pipeline on {runner.label} ...")
             child, received, summary = run_contender(f"pipeline-{runner.name}", fleet_, receiver, work_dir,
-                                                     args.pipeline_args, runner)
+                                                     args.pipeline_args, runner, _timeout(args))
             phases[f"pipeline_{runner.name}"] = round(child.wall_seconds, 1)
             _say(log, f"  {runner.label}: exit {child.exit_code}, {child.wall_seconds:.1f} s, "
                       f"{child.cpu_seconds:.0f} CPU s, peak RSS {child.peak_rss_all_kib / 1024:.0f} MiB "
@@ -535,7 +580,7 @@ def run_memory(args: argparse.Namespace, work_dir: Path, batch: dict[str, Any] |
                 phases[f"fleet_{label}"] = round(time.monotonic() - started, 1)
                 _say(log, f"memory {label} on {runner.label}: running the pipeline over {fleet_.records:,} records ...")
                 child, received, summary = run_contender(f"memory-{label}-{runner.name}", fleet_, receiver,
-                                                         work_dir, args.pipeline_args, runner)
+                                                         work_dir, args.pipeline_args, runner, _timeout(args))
                 phases[f"pipeline_{label}_{runner.name}"] = round(child.wall_seconds, 1)
                 points[label] = _memory_point(child, fleet_, records, received, summary)
                 _say(log, f"  exit {child.exit_code}, {child.wall_seconds:.1f} s, peak RSS "
@@ -611,7 +656,8 @@ def render_batch(result: dict[str, Any]) -> str:
                      f"{'yes' if check['same_counts'] else 'NO ' + json.dumps(check['count_differences'])}; "
                      f"matches the fleet's manifest: {'yes' if matches else 'NO'}")
         if not check["exited_0"]:
-            lines.append(f"    exit code {p['exit_code']} (log: {p['log']})")
+            timed_out = ", killed after --child_timeout" if p.get("timed_out") else ""
+            lines.append(f"    exit code {p['exit_code']}{timed_out} (log: {p['log']})")
     lines.append(f"  start-up (interpreter + imports): baseline {b['startup_seconds']:.1f} s; 1-min load average "
                  f"at start/end: baseline {b['load_average_start_end']}, "
                  + ", ".join(f"{p['runner']} {p['load_average_start_end']}" for p in pipelines.values()
