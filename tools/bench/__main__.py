@@ -37,7 +37,7 @@ from types import ModuleType
 from typing import Any
 
 from tools.bench import batch
-from tools.bench.runners import RUNNERS
+from tools.bench.runners import RUNNERS, selected
 
 DEFAULT_RECORDS = 1_000_000
 DEFAULT_MEMORY_RECORDS = 200_000
@@ -54,6 +54,16 @@ def _streaming_module() -> tuple[ModuleType | None, str | None]:
     return streaming, None
 
 
+def _runners(value: str) -> str:
+    """``--runners``, checked when parsed: an unknown name is a usage error."""
+    try:
+        if not selected(value):
+            raise ValueError("no runner named")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+    return value
+
+
 def build_parser(streaming: ModuleType | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=DEFAULT_RECORDS,
@@ -68,7 +78,7 @@ def build_parser(streaming: ModuleType | None) -> argparse.ArgumentParser:
                              "batch fleet reuses the batch run's measurement. "
                              f"Default: {DEFAULT_MEMORY_RECORDS:,}.")
     parser.add_argument("--seed", type=int, default=7, help="Fleet generator seed. Default: 7.")
-    parser.add_argument("--runners", default=",".join(RUNNERS),
+    parser.add_argument("--runners", type=_runners, default=",".join(RUNNERS),
                         help="The runners the batch pipeline is measured on, comma-separated: local (the "
                              "FnApiRunner) and flink (Flink [local], as make run-flink; needs Java 17 and Maven, "
                              "skipped with the reason without them). Default: %(default)s.")
