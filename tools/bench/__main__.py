@@ -13,8 +13,8 @@ In one run, on a generated fleet (cached under ``tools/bench/work/``):
    and a check that each pipeline delivered the baseline's documents (exit 1 if not);
 2. memory: peak RSS of all processes of the batch pipeline's run on each runner
    at ``--memory_records`` and 5x that;
-3. streaming: ``tools/bench/streaming.py`` when present (local runner only: the
-   streaming job does not run on Flink yet).
+3. streaming: ``tools/bench/streaming.py`` when present (on the local runner
+   only, so far: ``tools/bench/runners.py`` says where Flink would go).
 
 Results go to ``tools/bench/results/bench-<UTC time>.json`` and ``tools/bench/results/latest.json``
 (:data:`RESULTS_FORMAT` 2: ``batch.pipelines.<runner>`` and ``memory.pipelines.<runner>``;

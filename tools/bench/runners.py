@@ -12,11 +12,14 @@
   workers) is a descendant of the one command the bench times: its CPU and RSS
   are the run's.
 
-A :class:`BenchRunner` says which kinds of job it measures. Only the batch job
-runs on Flink yet (docs/flink.md); the streaming bench (``tools/bench/streaming.py``)
-starts its job with :meth:`BenchRunner.command` too once the streaming job runs
-there: ``streaming=True`` on ``FLINK`` and the streaming sweep looping over
-:func:`selected` instead of its one local runner.
+A :class:`BenchRunner` says which kinds of job the bench measures on it: on
+Flink, the batch job only, so far. For the streaming job on Flink beside the
+local one: ``streaming=True`` on ``FLINK``, :func:`run_on_flink` adding the
+streaming job's Flink flags when its arguments have ``--streaming`` (the
+expansion service of the cross-language Pub/Sub read, checkpointing), and the
+streaming bench (``tools/bench/streaming.py``) starting its job session with
+:meth:`BenchRunner.command` for each runner of ``selected(..., streaming=True)``
+instead of its one local command (``Session.command``), as the batch part does.
 """
 
 from __future__ import annotations
