@@ -5,62 +5,102 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 import sys
+import time
 from collections import Counter
 
+import pytest
 import requests
 
 from sinks.outbound import SIGNATURE_HEADER, sign
 from tools.bench import __main__ as bench
-from tools.bench import batch
+from tools.bench import batch, proctree, runners
 from tools.bench.receiver import LeanReceiver, PathStats, document_digest
 
 
 def test_batch_bench_end_to_end(tmp_path):
     results_dir, work_dir = tmp_path / "results", tmp_path / "work"
-    code = bench.main(["--records", "3000", "--memory_records", "600", "--skip_streaming",
+    code = bench.main(["--records", "3000", "--memory_records", "600", "--skip_streaming", "--runners", "local",
                        "--results_dir", str(results_dir), "--work_dir", str(work_dir)])
     assert code == 0
     latest = json.loads((results_dir / "latest.json").read_text())
     assert [p.name for p in results_dir.glob("bench-*.json")] != []
-    assert latest["ok"] is True
+    assert latest["ok"] is True and latest["results_format"] == bench.RESULTS_FORMAT
     assert {"python", "cpu_count", "cpu_model", "memory_total_mib", "apache_beam"} <= set(latest["machine"])
     result = latest["batch"]
     records = result["fleet"]["records"]
     assert records >= 3000
-    for name in ("baseline", "pipeline"):
-        run = result[name]
+    assert list(result["pipelines"]) == ["local"] and result["ok"] is True
+    pipeline = result["pipelines"]["local"]
+    for run in (result["baseline"], pipeline):
         assert run["exit_code"] == 0
         assert run["records"] == records
         assert run["records_per_second"] > 0 and run["records_per_cpu_second"] > 0 and run["peak_rss_mib"] > 50
+        assert run["cpu_seconds_per_million_records"] == pytest.approx(
+            (run["cpu_user_seconds"] + run["cpu_system_seconds"]) / records * 1e6, rel=0.02)
+        # One process: the sampled sum adds nothing to the kernel's peak.
+        assert run["peak_rss_all_processes_mib"] == run["peak_rss_mib"]
+        assert run["processes"]["processes_by_role"] == {"job": 1} and run["processes"]["samples"] > 0
         assert len(run["load_average_start_end"]) == 2
-    assert result["ratio_pipeline_to_baseline"] == round(
-        result["pipeline"]["records_per_second"] / result["baseline"]["records_per_second"], 3)
-    check = result["check"]
+    assert pipeline["ratio_to_baseline"] == round(
+        pipeline["records_per_second"] / result["baseline"]["records_per_second"], 3)
+    assert pipeline["ratio_per_cpu_second"] == round(
+        pipeline["records_per_cpu_second"] / result["baseline"]["records_per_cpu_second"], 3)
+    check = pipeline["check"]
     assert check["same_documents"] is True and check["same_counts"] is True and check["ok"] is True
     assert check["documents_only_in_baseline"] == check["documents_only_in_pipeline"] == 0
     # The counts reconcile, in both runs, and match the generator's ground truth.
-    for name in ("baseline", "pipeline"):
-        counts = check["counts"][name]
+    for counts, manifest in ((result["baseline_counts"], result["baseline_manifest"]),
+                             (check["counts"], check["manifest"])):
         assert sum(c["read"] for c in counts.values()) == records
         for kind in counts.values():
             assert kind["read"] == kind["documents"] + kind["duplicates"] + sum(kind["dead_letters"].values())
             assert kind["documents"] == kind["routed_documents"] + kind["filtered"]
-        assert all(k["matches"] for k in check["manifest"][name].values())
+        assert all(k["matches"] for k in manifest.values())
     # Every routed document arrived, once, at its stream (3 organisations, one stream each).
-    routed = sum(k["routed_documents"] for k in check["counts"]["pipeline"].values())
+    routed = sum(k["routed_documents"] for k in check["counts"].values())
     assert len(check["streams"]) == 3
     assert sum(s["pipeline_distinct"] for s in check["streams"].values()) == routed
     assert sum(s["baseline_documents"] for s in check["streams"].values()) == routed
     # Memory: the 1x fleet was run, the 5x one (= the batch fleet) reused.
-    memory = latest["memory"]
+    memory = latest["memory"]["pipelines"]["local"]
     assert memory["1x"]["exit_code"] == 0 and memory["1x"]["records"] < memory["5x"]["records"]
-    assert memory["5x"]["reused_from"] == "batch.pipeline"
-    assert memory["rss_ratio_5x_to_1x"] > 0
+    assert memory["5x"]["reused_from"] == "batch.pipelines.local"
+    assert memory["rss_ratio_5x_to_1x"] == round(
+        memory["5x"]["peak_rss_all_processes_mib"] / memory["1x"]["peak_rss_all_processes_mib"], 3)
     assert latest["streaming"] == {"skipped": "--skip_streaming"}
     # The generated fleet is cached and git-ignored.
     assert (work_dir / ".gitignore").read_text().strip().endswith("*")
     assert list((work_dir / "fleets").glob("*/.complete"))
+
+
+def test_batch_bench_on_flink_counts_every_process_of_the_run(tmp_path):
+    """The one bench test that starts Flink (Beam's job server JVM with its
+    mini-cluster, a worker pool and its SDK workers; about a minute): the same
+    documents as the baseline, and CPU and RSS of all those processes."""
+    results_dir, work_dir = tmp_path / "results", tmp_path / "work"
+    code = bench.main(["--records", "3000", "--skip_memory", "--skip_streaming", "--runners", "flink",
+                       "--results_dir", str(results_dir), "--work_dir", str(work_dir)])
+    assert code == 0
+    result = json.loads((results_dir / "latest.json").read_text())["batch"]
+    flink = result["pipelines"]["flink"]
+    assert flink["runner"] == "Flink [local]" and flink["check"]["ok"] is True
+    assert flink["check"]["same_documents"] is True and flink["check"]["documents_only_in_pipeline"] == 0
+    processes = flink["processes"]
+    assert {"jvm", "sdk_workers", "worker_pool", "job"} <= set(processes["processes_by_role"])
+    # The sum over processes is more than any one of them: the JVM and the Python side at once.
+    assert flink["peak_rss_all_processes_mib"] > flink["peak_rss_mib"]
+    assert processes["peak_rss_mib_by_role"]["jvm"] > 0 and processes["peak_rss_mib_by_role"]["sdk_workers"] > 0
+    # The kernel's total (the launcher reaped every process) covers what the sampler saw of each.
+    total = flink["cpu_user_seconds"] + flink["cpu_system_seconds"]
+    sampled = sum(processes["cpu_seconds_by_role"].values())
+    assert 0.7 * total <= sampled <= total + 1
+    assert processes["cpu_seconds_by_role"]["jvm"] > 1 and processes["cpu_seconds_by_role"]["sdk_workers"] > 1
+    assert processes["jvm_thread_cpu_seconds"]
+    # Nothing of the run is left running.
+    assert not [line for line in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+                .splitlines() if str(work_dir) in line]
 
 
 def _stats(*documents: dict) -> PathStats:
@@ -134,3 +174,67 @@ def test_child_peak_rss_is_the_childs_own(tmp_path):
     assert big.peak_rss_kib > 300 * 1024 > small.peak_rss_kib
     assert batch.run_child([sys.executable, "-c", "raise SystemExit(3)"], tmp_path / "x.log").exit_code == 3
     del ballast
+
+
+def test_child_run_counts_every_process_it_started(tmp_path):
+    # The command starts two children that hold 150 MiB each at once with its own,
+    # and an orphan that burns a second of CPU after the command has exited.
+    hold = "import time; b = bytearray(150 * 2**20); b[::4096] = b'x' * len(b[::4096]); time.sleep(1.5)"
+    burn = "import time; end = time.process_time() + 1.0\nwhile time.process_time() < end: pass"
+    script = (f"import subprocess, sys\n"
+              f"kids = [subprocess.Popen([sys.executable, '-c', {hold!r}]) for _ in range(2)]\n"
+              f"exec({hold!r})\n"
+              f"[kid.wait() for kid in kids]\n"
+              f"subprocess.Popen([sys.executable, '-c', {burn!r}], start_new_session=True)\n")
+    run = batch.run_child([sys.executable, "-c", script], tmp_path / "tree.log")
+    assert run.exit_code == 0
+    assert 150 * 1024 < run.peak_rss_kib < 300 * 1024  # the largest single process
+    assert run.peak_rss_all_kib > 450 * 1024  # all three at once
+    assert run.tree is not None and run.tree.processes_by_role == {"job": 4}
+    assert run.leftovers == 1 and run.cpu_seconds >= 1.0  # the orphan's CPU is the run's
+
+
+def test_render_shows_skipped_runners_and_the_split():
+    processes = {"cpu_seconds_by_role": {"jvm": 30.0, "sdk_workers": 10.0},
+                 "jvm_thread_cpu_seconds": {"C2 CompilerThre": 12.0, "GC Thread": 3.0},
+                 "peak_rss_mib_by_role": {"jvm": 1200.0, "sdk_workers": 250.0}}
+    point = {"records": 1000, "peak_rss_all_processes_mib": 1450.0, "wall_seconds": 30.0, "processes": processes}
+    memory = {"pipelines": {"local": {"runner": "FnApiRunner", "skipped": "no"},
+                            "flink": {"runner": "Flink [local]", "1x": point, "5x": {**point, "records": 5000},
+                                      "rss_ratio_5x_to_1x": 1.0, "records_ratio": 5.0, "ok": True}}}
+    text = batch.render_memory(memory)
+    assert "FnApiRunner: skipped, no" in text and "ratio 5x / 1x 1.00" in text and "jvm 1,200, sdk_workers 250" in text
+    assert batch._cpu_split(processes) == "jvm 30 s (75%), sdk_workers 10 s (25%)"
+    assert batch._jvm_threads(processes) == "'C2 CompilerThre' 12 s (80%), 'GC Thread' 3 s (20%)"
+
+
+def test_thread_groups_and_roles():
+    assert proctree.thread_group("GC Thread#12") == "GC Thread"
+    assert proctree.thread_group("grpc-default-executor-3") == "grpc-default-executor"
+    assert proctree.thread_group("C2 CompilerThre") == "C2 CompilerThre"
+    assert proctree.role_of("java", "java -jar FlinkJobServerDriver.jar") == "jvm"
+    assert proctree.role_of("python", 'python -c from apache_beam.runners.worker.sdk_worker import SdkHarness; '
+                                      'SdkHarness("localhost:1").run()') == "sdk_workers"
+    assert proctree.role_of("python", "python -m apache_beam.runners.worker.worker_pool_main") == "worker_pool"
+    assert proctree.role_of("python3.11", "python -m tools.local_job") == "job"
+    assert runners.selected("local,flink") == [runners.LOCAL, runners.FLINK]
+    assert runners.selected("local,flink", streaming=True) == [runners.LOCAL]
+
+
+def test_a_run_that_overruns_is_killed_with_all_it_started(tmp_path):
+    # The command and a child in a session of its own both sleep far longer than the timeout.
+    script = ("import subprocess, sys, time\n"
+              "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)'], start_new_session=True)\n"
+              "time.sleep(300)\n")
+    started = time.monotonic()
+    run = batch.run_child([sys.executable, "-c", script, str(tmp_path)], tmp_path / "slow.log", timeout=2.0)
+    assert time.monotonic() - started < 30
+    assert run.timed_out and run.exit_code == -9 and run.to_dict()["timed_out"] is True
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and str(tmp_path) in _process_args():
+        time.sleep(0.2)
+    assert str(tmp_path) not in _process_args()
+
+
+def _process_args() -> str:
+    return subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout

@@ -3,14 +3,22 @@
 In one run, on a generated fleet (cached under ``tools/bench/work/``):
 
 1. batch: the baseline (``tools/bench/baseline.py``, a plain Python loop) and
-   the real batch pipeline on the FnApiRunner (``tools.local_job``), each a child process over the same
-   input delivering to the same loopback REST bulk streams; records per second,
-   the ratio pipeline / baseline, peak RSS of each, and a check that both delivered
-   the same documents (exit 1 if not);
-2. memory: peak RSS of the batch pipeline at ``--memory_records`` and 5x that;
-3. streaming: ``tools/bench/streaming.py`` when present.
+   the real batch pipeline on each runner of ``--runners`` (``tools/bench/runners.py``:
+   the FnApiRunner through ``tools.local_job``, and Flink ``[local]`` as ``make
+   run-flink`` runs it), each a child process over the same input delivering to
+   the same loopback REST bulk streams; records per second, records per CPU
+   second and CPU seconds per million records (CPU of every process of the run,
+   the JVM and SDK workers included), their ratio to the baseline, peak RSS of
+   all processes of each run, where the CPU went by process (and JVM thread),
+   and a check that each pipeline delivered the baseline's documents (exit 1 if not);
+2. memory: peak RSS of all processes of the batch pipeline's run on each runner
+   at ``--memory_records`` and 5x that;
+3. streaming: ``tools/bench/streaming.py`` when present (on the local runner
+   only, so far: ``tools/bench/runners.py`` says where Flink would go).
 
-Results go to ``tools/bench/results/bench-<UTC time>.json`` and ``tools/bench/results/latest.json``.
+Results go to ``tools/bench/results/bench-<UTC time>.json`` and ``tools/bench/results/latest.json``
+(:data:`RESULTS_FORMAT` 2: ``batch.pipelines.<runner>`` and ``memory.pipelines.<runner>``;
+format 1 had one ``batch.pipeline``, the FnApiRunner).
 """
 
 from __future__ import annotations
@@ -29,9 +37,12 @@ from types import ModuleType
 from typing import Any
 
 from tools.bench import batch
+from tools.bench.runners import RUNNERS, selected
 
 DEFAULT_RECORDS = 1_000_000
 DEFAULT_MEMORY_RECORDS = 200_000
+#: 2: results per runner (``batch.pipelines``, ``memory.pipelines``); 1: the FnApiRunner only.
+RESULTS_FORMAT = 2
 
 
 def _streaming_module() -> tuple[ModuleType | None, str | None]:
@@ -41,6 +52,16 @@ def _streaming_module() -> tuple[ModuleType | None, str | None]:
     except ImportError as err:
         return None, f"tools.bench.streaming is not available ({err})"
     return streaming, None
+
+
+def _runners(value: str) -> str:
+    """``--runners``, checked when parsed: an unknown name is a usage error."""
+    try:
+        if not selected(value):
+            raise ValueError("no runner named")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+    return value
 
 
 def build_parser(streaming: ModuleType | None) -> argparse.ArgumentParser:
@@ -57,15 +78,23 @@ def build_parser(streaming: ModuleType | None) -> argparse.ArgumentParser:
                              "batch fleet reuses the batch run's measurement. "
                              f"Default: {DEFAULT_MEMORY_RECORDS:,}.")
     parser.add_argument("--seed", type=int, default=7, help="Fleet generator seed. Default: 7.")
+    parser.add_argument("--runners", type=_runners, default=",".join(RUNNERS),
+                        help="The runners the batch pipeline is measured on, comma-separated: local (the "
+                             "FnApiRunner) and flink (Flink [local], as make run-flink; needs Java 17 and Maven, "
+                             "skipped with the reason without them). Default: %(default)s.")
     parser.add_argument("--skip_batch", action="store_true", help="Skip the baseline vs pipeline comparison.")
     parser.add_argument("--skip_memory", action="store_true", help="Skip the memory-scaling runs.")
     parser.add_argument("--skip_streaming", action="store_true", help="Skip the streaming bench.")
+    parser.add_argument("--child_timeout", type=float, default=batch.DEFAULT_CHILD_TIMEOUT,
+                        help="Seconds a baseline or pipeline run may take before it is killed with every process "
+                             "it started (and reported as failed). Default: %(default).0f.")
     parser.add_argument("--results_dir", default="tools/bench/results",
                         help="Where the result JSON files go. Default: tools/bench/results.")
     parser.add_argument("--work_dir", default="tools/bench/work",
                         help="Generated fleets and run outputs (git-ignored). Default: tools/bench/work.")
     parser.add_argument("--pipeline_args", type=shlex.split, default=[],
-                        help="Extra flags for the pipeline child, one string (e.g. '--direct_num_workers=2').")
+                        help="Extra flags for the pipeline children (every runner), one string "
+                             "(e.g. '--direct_num_workers=2').")
     if streaming is not None:
         streaming.add_arguments(parser)
     return parser
@@ -151,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     work_dir = batch.prepare_work_dir(Path(args.work_dir))
     started = time.monotonic()
     results: dict[str, Any] = {
+        "results_format": RESULTS_FORMAT,
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "parameters": {k: v for k, v in vars(args).items()},
@@ -158,17 +188,18 @@ def main(argv: list[str] | None = None) -> int:
     out = sys.stdout
     ok = True
     batch_result = None
+    runners = batch.runner_choice(args)
     if args.skip_batch:
         results["batch"] = {"skipped": "--skip_batch"}
     else:
-        batch_result = batch.run_batch(args, work_dir, out)
+        batch_result = batch.run_batch(args, work_dir, out, runners)
         results["batch"] = batch_result
         out.write(batch.render_batch(batch_result))
-        ok = ok and batch_result["check"]["ok"]
+        ok = ok and batch_result["ok"]
     if args.skip_memory:
         results["memory"] = {"skipped": "--skip_memory"}
     else:
-        memory = batch.run_memory(args, work_dir, batch_result, out)
+        memory = batch.run_memory(args, work_dir, batch_result, out, runners)
         results["memory"] = memory
         out.write(batch.render_memory(memory))
         ok = ok and memory["ok"]

@@ -1,37 +1,48 @@
-"""The batch part of ``make bench``: baseline vs pipeline, and memory scaling.
+"""The batch part of ``make bench``: baseline vs pipeline on each runner, and memory scaling.
 
-Both contenders run as child processes (so each one's peak RSS is its own:
-``os.wait4`` returns the child's ``ru_maxrss``) over the same generated fleet,
-delivering to the same sink: one ``rest_api_bulk`` stream of stream type "both"
-per organisation, to a :class:`~tools.bench.receiver.LeanReceiver` on
+Every contender (the baseline, the pipeline on each runner of ``--runners``,
+:mod:`tools.bench.runners`) runs as a child process over the same generated
+fleet, delivering to the same sink: one ``rest_api_bulk`` stream of stream type
+"both" per organisation, to a :class:`~tools.bench.receiver.LeanReceiver` on
 127.0.0.1 running in the bench's own process. The receiver keeps a digest of
 every document each run delivered, per stream, so the bench checks (not assumes)
-that the baseline and the pipeline delivered the same documents.
+that each pipeline delivered the baseline's documents.
+
+A child is every process its command starts: on Flink the submitting process,
+the job server JVM, the worker pool and its SDK workers. A launcher that is their
+child subreaper collects them all, so the CPU time the kernel reports for it is
+the whole run's; a :class:`~tools.bench.proctree.TreeSampler` sums their RSS
+(the peak of that sum is the run's memory figure) and splits their CPU by role.
 
 Records per second = raw records read / wall time of the child process, from
 ``Popen`` to its exit, everything included. The "excluding start-up" figure
 subtracts the time the same interpreter needs to import the child's module
 (``python -c 'import pipelines.data_streamer'``; for the baseline, which imports
 the ``transforms`` modules and so Beam as well, ``import tools.bench.baseline``),
-measured once per bench run; graph construction and runner start are not
-subtracted.
+measured once per bench run; graph construction and runner start (on Flink: the
+job server JVM and its mini-cluster) are not subtracted.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tools.bench.proctree import TreeSampler, TreeUsage
 from tools.bench.receiver import LeanReceiver, PathStats
+from tools.bench.runners import FLINK, BenchRunner, selected
 from transforms.reference import load_table
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,6 +53,9 @@ RECORDS_PER_ENDPOINT = 220
 #: The generator's smallest fleet.
 MIN_ENDPOINTS = 8
 BULK_SIZE = 3000
+#: Seconds a contender may run before it is killed (``--child_timeout``); the
+#: slowest, Flink over a million records, took about 10 minutes on a busy 2-CPU machine.
+DEFAULT_CHILD_TIMEOUT = 3600.0
 AUTH_HEADER = "Authorization"
 #: Placeholder credentials of the bench's loopback receiver (not secrets):
 #: referenced by the stream config as environment variables, set in the children.
@@ -145,6 +159,7 @@ def new_receiver(digests: bool = True) -> LeanReceiver:
 class ChildRun:
     exit_code: int
     wall_seconds: float
+    #: the largest single process of the run (the kernel's ru_maxrss, exact)
     peak_rss_kib: int
     user_seconds: float
     system_seconds: float
@@ -152,12 +167,37 @@ class ChildRun:
     #: the 1-minute load average when the child started and ended: a busy
     #: machine (other processes on its cores) slows the wall time, not the CPU time
     load_average: tuple[float, float] = (0.0, 0.0)
+    #: what the sampler saw of every process of the run (None: not sampled)
+    tree: TreeUsage | None = None
+    #: processes of the run still there when its command had exited (reaped by the launcher)
+    leftovers: int = 0
+    #: killed after the bench's --child_timeout
+    timed_out: bool = False
+
+    @property
+    def cpu_seconds(self) -> float:
+        """User + system CPU of every process of the run."""
+        return self.user_seconds + self.system_seconds
+
+    @property
+    def peak_rss_all_kib(self) -> int:
+        """The peak of the run's processes' summed RSS, as far as it was seen: the
+        highest sampled sum, or the largest single process when that was higher
+        (a one-process run whose peak fell between two samples). Both are lower
+        bounds of the true peak, so the larger is the better one."""
+        return max(self.peak_rss_kib, self.tree.peak_rss_kib if self.tree else 0)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"exit_code": self.exit_code, "wall_seconds": round(self.wall_seconds, 3),
-                "peak_rss_mib": round(self.peak_rss_kib / 1024, 1), "cpu_user_seconds": round(self.user_seconds, 2),
-                "cpu_system_seconds": round(self.system_seconds, 2),
-                "load_average_start_end": [round(v, 2) for v in self.load_average], "log": self.log}
+        out = {"exit_code": self.exit_code, "wall_seconds": round(self.wall_seconds, 3),
+               "peak_rss_mib": round(self.peak_rss_kib / 1024, 1),
+               "peak_rss_all_processes_mib": round(self.peak_rss_all_kib / 1024, 1),
+               "cpu_user_seconds": round(self.user_seconds, 2), "cpu_system_seconds": round(self.system_seconds, 2),
+               "load_average_start_end": [round(v, 2) for v in self.load_average], "log": self.log}
+        if self.timed_out:
+            out["timed_out"] = True
+        if self.tree is not None:
+            out["processes"] = {**self.tree.to_dict(), "left_after_exit": self.leftovers}
+        return out
 
 
 def child_env() -> dict[str, str]:
@@ -168,41 +208,109 @@ def child_env() -> dict[str, str]:
     return env
 
 
-#: Runs the measured command from a small interpreter and writes the command's
-#: own peak RSS (KiB) to the file named first (see run_child).
+#: Runs the measured command from a small interpreter (see run_child) that is
+#: the child subreaper of everything the command starts: a process whose parent
+#: exits without waiting for it (the Flink job server JVM, the worker pool's SDK
+#: workers) is re-parented to the launcher rather than to init, and the launcher
+#: waits for it, so the kernel adds its CPU and peak RSS to the launcher's
+#: children. Once the command has exited the launcher reaps what is left, kills
+#: (by pid) what is still running after LINGER seconds, and writes the peak RSS
+#: of its children (KiB) and how many outlived the command to the file named first.
 _LAUNCHER = (
-    "import os, subprocess, sys\n"
+    "import ctypes, json, os, resource, signal, subprocess, sys, time\n"
+    "LINGER = 60\n"
+    "ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER\n"
     "child = subprocess.Popen(sys.argv[2:])\n"
-    "_, status, usage = os.wait4(child.pid, 0)\n"
+    "_, status, _ = os.wait4(child.pid, 0)\n"
+    "left, deadline = 0, time.monotonic() + LINGER\n"
+    "def ours():\n"
+    "    me = str(os.getpid())\n"
+    "    for stat in os.listdir('/proc'):\n"
+    "        try:\n"
+    "            text = open(f'/proc/{stat}/stat').read()\n"
+    "        except OSError:\n"
+    "            continue\n"
+    "        if text[text.rfind(')') + 2:].split()[1] == me:\n"
+    "            yield int(stat)\n"
+    "while True:\n"
+    "    try:\n"
+    "        pid, _ = os.waitpid(-1, os.WNOHANG)\n"
+    "    except ChildProcessError:\n"
+    "        break\n"
+    "    if pid:\n"
+    "        left += 1\n"
+    "        continue\n"
+    "    if time.monotonic() > deadline:\n"
+    "        for pid in ours():\n"
+    "            os.kill(pid, signal.SIGKILL)\n"
+    "    time.sleep(0.05)\n"
     "with open(sys.argv[1], 'w') as out:\n"
-    "    out.write(str(usage.ru_maxrss))\n"
+    "    json.dump({'maxrss_kib': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, 'left': left}, out)\n"
     "sys.exit(os.waitstatus_to_exitcode(status))\n"
 )
 
 
-def run_child(command: list[str], log_path: Path) -> ChildRun:
-    """Run ``command`` to its end; its wall time, CPU time and its own peak RSS.
+def _kill_tree(root: int) -> None:
+    """SIGKILL every process below ``root`` (by pid), then ``root``: a run that
+    overran its time. Descendants first, so none is re-parented out of reach."""
+    for _ in range(3):  # a process may start another while we kill
+        for stat in TreeSampler(root).descendants():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(stat.pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(root, signal.SIGKILL)
+
+
+def run_child(command: list[str], log_path: Path, sample: bool = True,
+              timeout: float = DEFAULT_CHILD_TIMEOUT) -> ChildRun:
+    """Run ``command`` to its end; the wall time, CPU time and peak RSS of every
+    process it started.
 
     Through a launcher: Linux keeps a process's peak RSS across ``exec``, and a
     child spawned straight from this process starts out sharing its memory (the
     bench holds a million delivered digests by the memory runs), so the child's
     peak could not be reported lower than ours. Spawned by a bare interpreter, the
     command's peak starts from that interpreter's few MiB instead
-    (``tests/tools/test_bench.py``)."""
+    (``tests/tools/test_bench.py``). The launcher also collects every process
+    the command leaves behind (``_LAUNCHER``), so CPU time is the whole run's.
+    ``sample``: a :class:`TreeSampler` follows the launcher's descendants for the
+    sum of their RSS and the CPU split by process role.
+
+    A run still going after ``timeout`` seconds is killed with everything it
+    started (exit code -9, ``timed_out``): a Flink job whose JVM ran out of heap
+    was seen to stall without failing, and the bench must end."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     rss_path = log_path.with_suffix(".maxrss")
+    rss_path.unlink(missing_ok=True)
     load_start = os.getloadavg()[0]
     with open(log_path, "wb") as log:
         started = time.monotonic()
         process = subprocess.Popen([sys.executable, "-c", _LAUNCHER, str(rss_path), *command], stdout=log,
                                    stderr=subprocess.STDOUT, cwd=REPO, env=child_env())
-        _, status, usage = os.wait4(process.pid, 0)
+        sampler = TreeSampler(process.pid).start() if sample else None
+        overran = threading.Event()
+
+        def overrun() -> None:
+            overran.set()
+            _kill_tree(process.pid)
+
+        watchdog = threading.Timer(timeout, overrun)
+        watchdog.start()
+        try:
+            _, status, usage = os.wait4(process.pid, 0)
+        finally:
+            watchdog.cancel()
+            tree = sampler.stop() if sampler is not None else None
         wall = time.monotonic() - started
     process.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
-    peak_kib = int(rss_path.read_text())
-    # CPU times: the launcher's and its waited-for child's (the launcher's is a few ms).
-    return ChildRun(process.returncode, wall, peak_kib, usage.ru_utime, usage.ru_stime, str(log_path),
-                    (load_start, os.getloadavg()[0]))
+    # Killed: maybe no launcher report, and the CPU of what it had not reaped is lost.
+    launcher = {"maxrss_kib": 0, "left": 0}
+    with contextlib.suppress(OSError, ValueError):  # absent, or cut short by the kill
+        launcher = json.loads(rss_path.read_text())
+    # CPU times: the launcher's and all it reaped (the launcher's own is a few ms).
+    return ChildRun(process.returncode, wall, int(launcher["maxrss_kib"]), usage.ru_utime, usage.ru_stime,
+                    str(log_path), (load_start, os.getloadavg()[0]), tree, int(launcher["left"]),
+                    timed_out=overran.is_set())
 
 
 def startup_seconds(module: str, repeats: int = 2) -> float:
@@ -222,10 +330,11 @@ def job_arguments(fleet_: Fleet, streams_config: Path, output_dir: Path) -> list
 
 
 def run_contender(name: str, fleet_: Fleet, receiver: LeanReceiver, work_dir: Path,
-                  extra: list[str] | None = None) -> tuple[ChildRun, dict[str, PathStats], dict[str, Any]]:
-    """Run the baseline or the pipeline over ``fleet_``, delivering under
-    ``/<name>/`` of the receiver; its run, what the receiver got per stream path,
-    and its ``summary.json``."""
+                  extra: list[str] | None = None, runner: BenchRunner | None = None,
+                  timeout: float = DEFAULT_CHILD_TIMEOUT) -> tuple[ChildRun, dict[str, PathStats], dict[str, Any]]:
+    """Run the baseline (``runner`` None) or the pipeline on ``runner`` over
+    ``fleet_``, delivering under ``/<name>/`` of the receiver; its run, what the
+    receiver got per stream path, and its ``summary.json``."""
     run_dir = work_dir / "runs" / name
     if run_dir.exists():
         shutil.rmtree(run_dir)
@@ -234,9 +343,14 @@ def run_contender(name: str, fleet_: Fleet, receiver: LeanReceiver, work_dir: Pa
     organisations = sorted(load_table(str(fleet_.reference), "organisation"))
     config_path = run_dir / "streams.json"
     config_path.write_text(json.dumps({"streams": streams_for(organisations, f"{receiver.url}/{name}")}, indent=2))
-    module = "tools.bench.baseline" if name == "baseline" else "tools.local_job"
-    command = [sys.executable, "-m", module, *job_arguments(fleet_, config_path, output_dir), *(extra or [])]
-    child = run_child(command, run_dir / "log.txt")
+    job = [*job_arguments(fleet_, config_path, output_dir), *(extra or [])]
+    if runner is None:
+        command = [sys.executable, "-m", "tools.bench.baseline", *job]
+    elif runner is FLINK:
+        command = runner.command([f"--worker_pool_log={run_dir / 'worker_pool.log'}", *job])
+    else:
+        command = runner.command(job)
+    child = run_child(command, run_dir / "log.txt", timeout=timeout)
     received = receiver.take(f"/{name}/")
     summary_path = output_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
@@ -314,16 +428,55 @@ def manifest_check(fleet_: Fleet, counts: dict[str, dict[str, Any]]) -> dict[str
 
 def throughput(records: int, child: ChildRun, startup: float) -> dict[str, Any]:
     net = child.wall_seconds - startup
-    cpu = child.user_seconds + child.system_seconds
+    cpu = child.cpu_seconds
     return {**child.to_dict(), "records": records,
             "records_per_second": round(records / child.wall_seconds, 1),
             "records_per_cpu_second": round(records / cpu, 1) if cpu > 0 else None,
+            "cpu_seconds_per_million_records": round(cpu / records * 1e6, 1) if records else None,
             "startup_seconds": round(startup, 3),
             "records_per_second_excluding_startup": round(records / net, 1) if net > 0 else None}
 
 
-def run_batch(args: argparse.Namespace, work_dir: Path, log: Any = sys.stdout) -> dict[str, Any]:
-    """Baseline and pipeline over one fleet of ``args.records``; the figures and the check."""
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a and b else None
+
+
+def pipeline_check(fleet_: Fleet, child: ChildRun, baseline_received: dict[str, PathStats],
+                   received: dict[str, PathStats], baseline_summary: dict[str, Any],
+                   summary: dict[str, Any]) -> dict[str, Any]:
+    """Whether one runner's pipeline delivered what the baseline did: the same
+    documents per stream, the same counts, the fleet's manifest, exit 0."""
+    deliveries = compare_deliveries(baseline_received, received)
+    counts = compare_counts(baseline_summary, summary)
+    check = {
+        "same_documents": deliveries["same_documents"],
+        "same_counts": counts["same_counts"],
+        "exited_0": child.exit_code == 0,
+        "documents_only_in_baseline": deliveries["documents_only_in_baseline"],
+        "documents_only_in_pipeline": deliveries["documents_only_in_pipeline"],
+        "count_differences": counts["differences"],
+        "streams": deliveries["streams"],
+        "counts": counts["pipeline"],
+        "manifest": manifest_check(fleet_, counts["pipeline"]),
+    }
+    check["ok"] = check["same_documents"] and check["same_counts"] and check["exited_0"]
+    return check
+
+
+def _timeout(args: argparse.Namespace) -> float:
+    return getattr(args, "child_timeout", None) or DEFAULT_CHILD_TIMEOUT
+
+
+def runner_choice(args: argparse.Namespace) -> list[tuple[BenchRunner, str | None]]:
+    """The runners of ``--runners``, each with why it cannot run here (None: it can)."""
+    return [(runner, runner.unavailable()) for runner in selected(args.runners)]
+
+
+def run_batch(args: argparse.Namespace, work_dir: Path, log: Any = sys.stdout,
+              runners: list[tuple[BenchRunner, str | None]] | None = None) -> dict[str, Any]:
+    """The baseline, then the pipeline on each runner, over one fleet of
+    ``args.records``; the figures and the checks (each pipeline against the baseline)."""
+    runners = runner_choice(args) if runners is None else runners
     phases: dict[str, float] = {}
     started = time.monotonic()
     fleet_ = fleet(args.records, args.seed, work_dir, log)
@@ -335,142 +488,202 @@ def run_batch(args: argparse.Namespace, work_dir: Path, log: Any = sys.stdout) -
     startup = {"pipeline": startup_seconds("pipelines.data_streamer"),
                "baseline": startup_seconds("tools.bench.baseline")}
     phases["startup_measurement"] = round(time.monotonic() - started, 1)
-    runs: dict[str, Any] = {}
-    with new_receiver() as receiver:
-        for name in ("baseline", "pipeline"):
-            _say(log, f"running the {name} ...")
-            extra = args.pipeline_args if name == "pipeline" else []
-            child, received, summary = run_contender(name, fleet_, receiver, work_dir, extra)
-            phases[name] = round(child.wall_seconds, 1)
-            runs[name] = (child, received, summary)
-            _say(log, f"  {name}: exit {child.exit_code}, {child.wall_seconds:.1f} s, "
-                      f"peak RSS {child.peak_rss_kib / 1024:.0f} MiB")
-    (b_child, b_received, b_summary), (p_child, p_received, p_summary) = runs["baseline"], runs["pipeline"]
     records = fleet_.records
-    baseline = throughput(records, b_child, startup["baseline"])
-    pipeline = throughput(records, p_child, startup["pipeline"])
-    deliveries = compare_deliveries(b_received, p_received)
-    counts = compare_counts(b_summary, p_summary)
-    check = {
-        "same_documents": deliveries["same_documents"],
-        "same_counts": counts["same_counts"],
-        "both_exited_0": b_child.exit_code == 0 and p_child.exit_code == 0,
-        "documents_only_in_baseline": deliveries["documents_only_in_baseline"],
-        "documents_only_in_pipeline": deliveries["documents_only_in_pipeline"],
-        "count_differences": counts["differences"],
-        "streams": deliveries["streams"],
-        "counts": {"baseline": counts["baseline"], "pipeline": counts["pipeline"]},
-        "manifest": {"baseline": manifest_check(fleet_, counts["baseline"]),
-                     "pipeline": manifest_check(fleet_, counts["pipeline"])},
-    }
-    check["ok"] = check["same_documents"] and check["same_counts"] and check["both_exited_0"]
+    pipelines: dict[str, Any] = {}
+    with new_receiver() as receiver:
+        _say(log, "running the baseline ...")
+        b_child, b_received, b_summary = run_contender("baseline", fleet_, receiver, work_dir,
+                                                       timeout=_timeout(args))
+        phases["baseline"] = round(b_child.wall_seconds, 1)
+        _say(log, f"  baseline: exit {b_child.exit_code}, {b_child.wall_seconds:.1f} s, "
+                  f"peak RSS {b_child.peak_rss_kib / 1024:.0f} MiB")
+        baseline = throughput(records, b_child, startup["baseline"])
+        for runner, unavailable in runners:
+            if unavailable:
+                pipelines[runner.name] = {"runner": runner.label, "skipped": unavailable}
+                _say(log, f"pipeline on {runner.label}: skipped, {unavailable}")
+                continue
+            _say(log, f"running the pipeline on {runner.label} ...")
+            child, received, summary = run_contender(f"pipeline-{runner.name}", fleet_, receiver, work_dir,
+                                                     args.pipeline_args, runner, _timeout(args))
+            phases[f"pipeline_{runner.name}"] = round(child.wall_seconds, 1)
+            _say(log, f"  {runner.label}: exit {child.exit_code}, {child.wall_seconds:.1f} s, "
+                      f"{child.cpu_seconds:.0f} CPU s, peak RSS {child.peak_rss_all_kib / 1024:.0f} MiB "
+                      "(all processes)")
+            run = throughput(records, child, startup["pipeline"])
+            pipelines[runner.name] = {
+                "runner": runner.label, **run,
+                "ratio_to_baseline": _ratio(run["records_per_second"], baseline["records_per_second"]),
+                "ratio_excluding_startup": _ratio(run["records_per_second_excluding_startup"],
+                                                  baseline["records_per_second_excluding_startup"]),
+                "ratio_per_cpu_second": _ratio(run["records_per_cpu_second"], baseline["records_per_cpu_second"]),
+                "check": pipeline_check(fleet_, child, b_received, received, b_summary, summary),
+            }
+    b_counts = kind_counts(b_summary)
+    ran = [p for p in pipelines.values() if "check" in p]
     return {
         "fleet": fleet_.describe(),
         "baseline": baseline,
-        "pipeline": pipeline,
-        "ratio_pipeline_to_baseline": round(pipeline["records_per_second"] / baseline["records_per_second"], 3),
-        "ratio_excluding_startup": (
-            round(pipeline["records_per_second_excluding_startup"] / baseline["records_per_second_excluding_startup"],
-                  3)
-            if pipeline["records_per_second_excluding_startup"] and baseline["records_per_second_excluding_startup"]
-            else None),
-        "ratio_per_cpu_second": (
-            round(pipeline["records_per_cpu_second"] / baseline["records_per_cpu_second"], 3)
-            if pipeline["records_per_cpu_second"] and baseline["records_per_cpu_second"] else None),
-        "check": check,
+        "baseline_counts": b_counts,
+        "baseline_manifest": manifest_check(fleet_, b_counts),
+        "pipelines": pipelines,
+        "ok": b_child.exit_code == 0 and bool(ran) and all(p["check"]["ok"] for p in ran),
         "phase_seconds": phases,
     }
 
 
+def _memory_point(child: ChildRun, fleet_: Fleet, records_asked: int, received: dict[str, PathStats],
+                  summary: dict[str, Any]) -> dict[str, Any]:
+    point = {"records": fleet_.records, "records_asked": records_asked,
+             "peak_rss_all_processes_mib": round(child.peak_rss_all_kib / 1024, 1),
+             "peak_rss_mib": round(child.peak_rss_kib / 1024, 1),
+             "wall_seconds": round(child.wall_seconds, 1), "cpu_seconds": round(child.cpu_seconds, 1),
+             "exit_code": child.exit_code, "delivered_documents": sum(s.documents for s in received.values()),
+             "reconciled": summary.get("reconciled"), "log": child.log}
+    if child.tree is not None:
+        point["processes"] = child.tree.to_dict()
+    return point
+
+
 def run_memory(args: argparse.Namespace, work_dir: Path, batch: dict[str, Any] | None,
-               log: Any = sys.stdout) -> dict[str, Any]:
-    """Peak RSS of the pipeline over fleets of ``memory_records`` and five times
-    that. A size equal to the batch phase's fleet reuses that run's measurement
-    (the same child over the same input)."""
+               log: Any = sys.stdout, runners: list[tuple[BenchRunner, str | None]] | None = None) -> dict[str, Any]:
+    """Peak RSS of every process of the pipeline's run, on each runner, over
+    fleets of ``memory_records`` and five times that. A size equal to the batch
+    phase's fleet reuses that run's measurement (the same child over the same
+    input)."""
+    runners = runner_choice(args) if runners is None else runners
     sizes = {"1x": args.memory_records, "5x": 5 * args.memory_records}
-    points: dict[str, Any] = {}
+    pipelines: dict[str, Any] = {}
     phases: dict[str, float] = {}
     with new_receiver(digests=False) as receiver:
-        for label, records in sizes.items():
-            if (batch is not None and endpoints_for(records) == batch["fleet"]["endpoints"]
-                    and args.seed == batch["fleet"]["seed"]):
-                points[label] = {"records": batch["fleet"]["records"], "records_asked": records,
-                                 "peak_rss_mib": batch["pipeline"]["peak_rss_mib"],
-                                 "wall_seconds": batch["pipeline"]["wall_seconds"],
-                                 "exit_code": batch["pipeline"]["exit_code"], "reused_from": "batch.pipeline"}
-                _say(log, f"memory {label}: reusing the batch pipeline run ({records:,} records)")
+        for runner, unavailable in runners:
+            if unavailable:
+                pipelines[runner.name] = {"runner": runner.label, "skipped": unavailable}
                 continue
-            started = time.monotonic()
-            fleet_ = fleet(records, args.seed, work_dir, log)
-            phases[f"fleet_{label}"] = round(time.monotonic() - started, 1)
-            _say(log, f"memory {label}: running the pipeline over {fleet_.records:,} records ...")
-            child, received, summary = run_contender(f"memory-{label}", fleet_, receiver, work_dir,
-                                                     args.pipeline_args)
-            phases[f"pipeline_{label}"] = round(child.wall_seconds, 1)
-            delivered = sum(s.documents for s in received.values())
-            points[label] = {"records": fleet_.records, "records_asked": records,
-                             "peak_rss_mib": round(child.peak_rss_kib / 1024, 1),
-                             "wall_seconds": round(child.wall_seconds, 1), "exit_code": child.exit_code,
-                             "delivered_documents": delivered, "reconciled": summary.get("reconciled"),
-                             "log": child.log}
-            _say(log, f"  exit {child.exit_code}, {child.wall_seconds:.1f} s, "
-                      f"peak RSS {child.peak_rss_kib / 1024:.0f} MiB")
-    ratio = points["5x"]["peak_rss_mib"] / points["1x"]["peak_rss_mib"]
-    return {**points, "rss_ratio_5x_to_1x": round(ratio, 3),
-            "records_ratio": round(points["5x"]["records"] / points["1x"]["records"], 3),
-            "ok": all(p["exit_code"] == 0 for p in points.values() if isinstance(p, dict)),
-            "phase_seconds": phases}
+            points: dict[str, Any] = {}
+            for label, records in sizes.items():
+                batch_run = (batch or {}).get("pipelines", {}).get(runner.name, {})
+                if ("check" in batch_run and endpoints_for(records) == batch["fleet"]["endpoints"]
+                        and args.seed == batch["fleet"]["seed"]):
+                    points[label] = {
+                        "records": batch["fleet"]["records"], "records_asked": records,
+                        **{key: batch_run.get(key) for key in ("peak_rss_all_processes_mib", "peak_rss_mib",
+                                                               "wall_seconds", "exit_code", "log")},
+                        "cpu_seconds": round(batch_run["cpu_user_seconds"] + batch_run["cpu_system_seconds"], 1),
+                        "reused_from": f"batch.pipelines.{runner.name}"}
+                    if "processes" in batch_run:
+                        points[label]["processes"] = batch_run["processes"]
+                    _say(log, f"memory {label} on {runner.label}: reusing the batch run ({records:,} records)")
+                    continue
+                started = time.monotonic()
+                fleet_ = fleet(records, args.seed, work_dir, log)
+                phases[f"fleet_{label}"] = round(time.monotonic() - started, 1)
+                _say(log, f"memory {label} on {runner.label}: running the pipeline over {fleet_.records:,} records ...")
+                child, received, summary = run_contender(f"memory-{label}-{runner.name}", fleet_, receiver,
+                                                         work_dir, args.pipeline_args, runner, _timeout(args))
+                phases[f"pipeline_{label}_{runner.name}"] = round(child.wall_seconds, 1)
+                points[label] = _memory_point(child, fleet_, records, received, summary)
+                _say(log, f"  exit {child.exit_code}, {child.wall_seconds:.1f} s, peak RSS "
+                          f"{child.peak_rss_all_kib / 1024:.0f} MiB (all processes)")
+            one, five = points["1x"], points["5x"]
+            pipelines[runner.name] = {
+                "runner": runner.label, **points,
+                "rss_ratio_5x_to_1x": _ratio(five["peak_rss_all_processes_mib"], one["peak_rss_all_processes_mib"]),
+                "records_ratio": _ratio(five["records"], one["records"]),
+                "ok": one["exit_code"] == 0 and five["exit_code"] == 0,
+            }
+    ran = [p for p in pipelines.values() if "ok" in p]
+    return {"pipelines": pipelines, "ok": bool(ran) and all(p["ok"] for p in ran), "phase_seconds": phases}
 
 
 # --------------------------------------------------------------------- rendering
 
 
+def _cpu_split(processes: dict[str, Any] | None) -> str:
+    """``jvm 120 s (45 %), sdk_workers 130 s ...``: where a run's CPU went, by role."""
+    by_role = (processes or {}).get("cpu_seconds_by_role") or {}
+    total = sum(by_role.values())
+    if not total:
+        return "-"
+    return ", ".join(f"{role} {seconds:,.0f} s ({seconds / total:.0%})"
+                     for role, seconds in sorted(by_role.items(), key=lambda item: -item[1]))
+
+
+def _jvm_threads(processes: dict[str, Any] | None, top: int = 6) -> str:
+    threads = (processes or {}).get("jvm_thread_cpu_seconds") or {}
+    total = sum(threads.values())
+    if not total:
+        return ""
+    shown = sorted(threads.items(), key=lambda item: -item[1])[:top]
+    return ", ".join(f"{name!r} {seconds:,.0f} s ({seconds / total:.0%})" for name, seconds in shown)
+
+
 def render_batch(result: dict[str, Any]) -> str:
-    b, p, check = result["baseline"], result["pipeline"], result["check"]
+    b, pipelines = result["baseline"], result["pipelines"]
+    streams = next((len(p["check"]["streams"]) for p in pipelines.values() if "check" in p), 0)
     lines = [
         "",
         f"Batch: {result['fleet']['records']:,} raw records "
         f"({result['fleet']['events']:,} events, {result['fleet']['usage']:,} usage), "
-        f"{len(check['streams'])} rest_api_bulk streams to a loopback receiver",
-        f"  {'':<10}{'records/s':>12}{'wall s':>9}{'excl. start-up':>16}{'peak RSS MiB':>14}{'cpu s':>8}",
+        f"{streams} rest_api_bulk streams to a loopback receiver",
+        f"  {'':<16}{'records/s':>11}{'wall s':>8}{'CPU s':>8}{'CPU s/M rec':>13}{'rec/CPU s':>11}"
+        f"{'vs baseline':>12}{'peak RSS MiB':>14}",
     ]
-    for name, run in (("baseline", b), ("pipeline", p)):
-        excl = run["records_per_second_excluding_startup"]
-        lines.append(f"  {name:<10}{run['records_per_second']:>12,.0f}{run['wall_seconds']:>9.1f}"
-                     f"{(f'{excl:,.0f}' if excl else '-'):>16}{run['peak_rss_mib']:>14,.0f}"
-                     f"{run['cpu_user_seconds'] + run['cpu_system_seconds']:>8.1f}")
-    lines.append(f"  ratio pipeline / baseline: {result['ratio_pipeline_to_baseline']:.3f} "
-                 f"(excluding start-up: {result['ratio_excluding_startup']})")
-    lines.append(f"  records per CPU second: baseline {b['records_per_cpu_second']:,.0f}, pipeline "
-                 f"{p['records_per_cpu_second']:,.0f}, ratio {result['ratio_per_cpu_second']}")
-    lines.append(f"  start-up (interpreter + imports): pipeline {p['startup_seconds']:.1f} s, "
-                 f"baseline {b['startup_seconds']:.1f} s; 1-min load average at start/end: baseline "
-                 f"{b['load_average_start_end']}, pipeline {p['load_average_start_end']} ({os.cpu_count()} CPUs)")
-    verdict = "yes" if check["same_documents"] else (
-        f"NO ({check['documents_only_in_baseline']} only in baseline, "
-        f"{check['documents_only_in_pipeline']} only in pipeline)")
-    lines.append(f"  same documents delivered (digests per stream): {verdict}")
-    lines.append(f"  same counts (read, documents, duplicates, dead letters by reason, routed, filtered): "
-                 f"{'yes' if check['same_counts'] else 'NO ' + json.dumps(check['count_differences'])}")
-    manifest = check["manifest"]
-    matches = all(k["matches"] for run in manifest.values() for k in run.values())
-    lines.append(f"  both match the fleet's manifest: {'yes' if matches else 'NO'}")
-    if not check["both_exited_0"]:
-        lines.append(f"  exit codes: baseline {b['exit_code']}, pipeline {p['exit_code']} (logs: {b['log']}, "
-                     f"{p['log']})")
+    rows = [("baseline", b, 1.0)] + [(p["runner"], p, p["ratio_per_cpu_second"])
+                                     for p in pipelines.values() if "check" in p]
+    for name, run, ratio in rows:
+        lines.append(f"  {name:<16}{run['records_per_second']:>11,.0f}{run['wall_seconds']:>8.1f}"
+                     f"{run['cpu_user_seconds'] + run['cpu_system_seconds']:>8.1f}"
+                     f"{run['cpu_seconds_per_million_records']:>13,.1f}{run['records_per_cpu_second']:>11,.0f}"
+                     f"{('-' if ratio is None else f'{ratio:.3f}'):>12}{run['peak_rss_all_processes_mib']:>14,.0f}")
+    lines.append("  (vs baseline: records per CPU second over the baseline's, target >= 1.0; CPU and peak RSS of "
+                 "all processes of the run, the JVM and SDK workers included)")
+    for p in pipelines.values():
+        if "skipped" in p:
+            lines.append(f"  {p['runner']}: skipped, {p['skipped']}")
+            continue
+        lines.append(f"  {p['runner']}: records/s vs baseline {p['ratio_to_baseline']:.3f} (excluding start-up: "
+                     f"{p['ratio_excluding_startup']}); CPU by process: {_cpu_split(p.get('processes'))}")
+        threads = _jvm_threads(p.get("processes"))
+        if threads:
+            lines.append(f"    JVM CPU by thread: {threads}")
+        check = p["check"]
+        verdict = "yes" if check["same_documents"] else (
+            f"NO ({check['documents_only_in_baseline']} only in baseline, "
+            f"{check['documents_only_in_pipeline']} only in the pipeline)")
+        matches = all(k["matches"] for k in check["manifest"].values())
+        lines.append(f"    same documents as the baseline (digests per stream): {verdict}; same counts: "
+                     f"{'yes' if check['same_counts'] else 'NO ' + json.dumps(check['count_differences'])}; "
+                     f"matches the fleet's manifest: {'yes' if matches else 'NO'}")
+        if not check["exited_0"]:
+            timed_out = ", killed after --child_timeout" if p.get("timed_out") else ""
+            lines.append(f"    exit code {p['exit_code']}{timed_out} (log: {p['log']})")
+    lines.append(f"  start-up (interpreter + imports): baseline {b['startup_seconds']:.1f} s; 1-min load average "
+                 f"at start/end: baseline {b['load_average_start_end']}, "
+                 + ", ".join(f"{p['runner']} {p['load_average_start_end']}" for p in pipelines.values()
+                             if "check" in p) + f" ({os.cpu_count()} CPUs)")
+    if b["exit_code"] != 0:
+        lines.append(f"  the baseline exited {b['exit_code']} (log: {b['log']})")
     return "\n".join(lines) + "\n"
 
 
 def render_memory(result: dict[str, Any]) -> str:
-    one, five = result["1x"], result["5x"]
-    return "\n".join([
-        "",
-        "Memory scaling: peak RSS of the batch pipeline",
-        f"  1x {one['records']:>11,} records  {one['peak_rss_mib']:>8,.0f} MiB  ({one['wall_seconds']:.0f} s)",
-        f"  5x {five['records']:>11,} records  {five['peak_rss_mib']:>8,.0f} MiB  ({five['wall_seconds']:.0f} s)"
-        + ("  [the batch run]" if five.get("reused_from") else ""),
-        f"  ratio 5x / 1x: {result['rss_ratio_5x_to_1x']:.2f} (records x{result['records_ratio']:.2f})",
-    ]) + "\n"
+    lines = ["", "Memory scaling: peak RSS of all processes of the batch pipeline's run (target: 5x <= 1.25 x 1x)"]
+    for p in result["pipelines"].values():
+        if "skipped" in p:
+            lines.append(f"  {p['runner']}: skipped, {p['skipped']}")
+            continue
+        lines.append(f"  {p['runner']}: ratio 5x / 1x {p['rss_ratio_5x_to_1x']:.2f} "
+                     f"(records x{p['records_ratio']:.2f})")
+        for label in ("1x", "5x"):
+            point = p[label]
+            by_role = (point.get("processes") or {}).get("peak_rss_mib_by_role") or {}
+            split = ", ".join(f"{role} {mib:,.0f}" for role, mib in sorted(by_role.items(), key=lambda i: -i[1]))
+            reused = "  [the batch run]" if point.get("reused_from") else ""
+            lines.append(f"    {label} {point['records']:>11,} records {point['peak_rss_all_processes_mib']:>8,.0f} MiB"
+                         f"  ({point['wall_seconds']:.0f} s){reused}"
+                         + (f"  at the peak: {split}" if len(by_role) > 1 else ""))
+    return "\n".join(lines) + "\n"
 
 
 def _say(log: Any, message: str) -> None:
