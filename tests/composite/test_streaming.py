@@ -203,16 +203,18 @@ def test_a_slow_reload_holds_no_record_back(test_clock):
     assert snapshot.get() == {"version": 2}
 
 
+def _next_outcome(outcomes: list[Any]) -> Any:
+    """A loader's next outcome: a snapshot, or the error it raises."""
+    value = outcomes.pop(0)
+    if isinstance(value, Exception):
+        raise value
+    return value
+
+
 def test_a_failed_refresh_keeps_the_last_good_snapshot_until_the_next_interval(test_clock, counters, caplog):
     outcomes: list[Any] = [{"v": 1}, OSError("reference/sim.json: no such file"), {"v": 3}]
 
-    def load() -> Any:
-        value = outcomes.pop(0)
-        if isinstance(value, Exception):
-            raise value
-        return value
-
-    snapshot = RefreshingSnapshot("reference", load, INTERVAL)
+    snapshot = RefreshingSnapshot("reference", functools.partial(_next_outcome, outcomes), INTERVAL)
     assert snapshot.get() == {"v": 1}
     test_clock.now = F + INTERVAL
     snapshot.get()
@@ -235,13 +237,7 @@ def test_no_first_snapshot_fails_the_bundle_for_the_runner_to_retry(test_clock, 
     back on. The retry loads again."""
     outcomes: list[Any] = [OSError("reference/sim.json: no such file"), {"v": 2}]
 
-    def load() -> Any:
-        value = outcomes.pop(0)
-        if isinstance(value, Exception):
-            raise value
-        return value
-
-    snapshot = RefreshingSnapshot("reference", load, INTERVAL)
+    snapshot = RefreshingSnapshot("reference", functools.partial(_next_outcome, outcomes), INTERVAL)
     with pytest.raises(RefreshError, match=r"loading reference failed and there is no earlier snapshot .*no such"):
         snapshot.get()
     assert snapshot.get() == {"v": 2}
