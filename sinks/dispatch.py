@@ -56,20 +56,24 @@ class Overruns:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._overran: set[str] = set()
+        #: stream id -> when (monotonic) its last request ran out of its budget
+        self._overran: dict[str, float] = {}
         self._running: Counter[str] = Counter()
 
     def record(self, stream_id: str, overran: bool) -> None:
         """A request of the stream ended: ``overran`` if it used up its budget."""
         with self._lock:
             if overran:
-                self._overran.add(stream_id)
+                self._overran[stream_id] = time.monotonic()
             else:
-                self._overran.discard(stream_id)
+                self._overran.pop(stream_id, None)
 
-    def overran(self, stream_id: str) -> bool:
+    def overran(self, stream_id: str, within_seconds: float | None = None) -> bool:
+        """Whether the stream's last request ran out of its budget (at most
+        ``within_seconds`` ago, if given)."""
         with self._lock:
-            return stream_id in self._overran
+            at = self._overran.get(stream_id)
+        return at is not None and (within_seconds is None or time.monotonic() - at <= within_seconds)
 
     def abandoned(self, stream_id: str, delta: int) -> None:
         """An abandoned request of the stream goes on running (+1) or ended (-1)."""

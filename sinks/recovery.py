@@ -28,8 +28,9 @@ budget (one stream budget): a large backlog is delivered over several ticks, and
 the job's other steps are held for about a budget at most (the DirectRunner runs
 every step on one thread). A stream whose circuit is still closed but whose last
 request ran out of its budget in this process (a destination that hangs) is left
-to its live batches until its circuit opens: re-sending its parked batch at every
-tick would hold every other stream for a budget each time.
+to its live batches for the first probe's delay (or until its circuit opens):
+re-sending its parked batch at every tick would hold every other stream for a
+budget each time.
 
 Counts: documents delivered here count as the stream's ``recovered``; those
 parked by this same run also as ``unparked``, so a run's reconciliation reads
@@ -132,6 +133,7 @@ class _RecoverFn(beam.DoFn):
         for fn in self._fns.values():
             fn.setup()
         policy = next(iter(self._fns.values()))._policy
+        self._first_probe_seconds = policy.probe_initial_seconds
         self._circuits = CircuitStore(self._circuit_location, policy.circuit_settings(),
                                       scope=next(iter(self._fns.values()))._circuit_scope)
         self._parks = ParkStore(self._park_location)
@@ -159,11 +161,13 @@ class _RecoverFn(beam.DoFn):
             stream = config.streams.get(circuit.stream_id)
             if stream is None or stream.state != "active" or stream.api_type not in self._fns:
                 continue
-            if circuit.state == CLOSED and OVERRUNS.overran(stream.id):
+            if circuit.state == CLOSED and OVERRUNS.overran(stream.id, self._first_probe_seconds):
                 # Its last request ran out of its budget: re-sending its parked
-                # batch would hold every step for a budget each tick. The next
-                # live batch tells (sinks/dispatch.py): it clears the stream, or
-                # its failures open the circuit, which is then probed, spaced out.
+                # batch would hold every step for a budget each tick. Live
+                # batches tell first (sinks/dispatch.py): one clears the stream,
+                # or their failures open the circuit, which is then probed,
+                # spaced out; with no live batch, the parked one is tried again
+                # once the first probe's delay has passed.
                 continue
             work.append(self._pool.submit(self._recover_counted, stream, circuit, config, deadline))
         for future in work:  # each is bounded by its budgets

@@ -20,6 +20,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from schemas.circuit import OPEN, RECOVERING, CircuitStore
 from schemas.delivery import DEADLINE_EXCEEDED, DELIVERED, IN_FLIGHT, DeliveryResult
+from sinks.dispatch import OVERRUNS
 from sinks.http import Timeouts, new_session
 from sinks.parking import PARKED, ParkedBatch, ParkStore
 from sinks.recovery import RecoveredPane, _RecoverFn, sink_elements
@@ -161,6 +162,34 @@ def test_recovery_probes_then_delivers_the_backlog_in_order_and_closes(tmp_path,
     assert not set(paths) & set(store.list("r")), "delivered batches are deleted"
     assert [store.read(p).reason for p in store.list("r")] == ["stream_paused"]
     assert circuits.get("r", fresh=True).closed
+
+
+def test_a_stream_that_hung_waits_a_first_probe_delay_before_recovery_resends(tmp_path, stream_secrets):
+    """A stream whose last request ran out of its budget, circuit still closed,
+    its batch parked: recovery leaves it alone for the first probe's delay (its
+    live batches tell first), then re-sends the parked batch even if no live
+    batch came."""
+    policy = RetryPolicy(**(SHORT | {"probe_initial_seconds": 1.0}), circuit_location=str(tmp_path / "status"))
+    with HttpReceiver() as receiver:
+        streams = config(rest_stream("hung", f"{receiver.url}/h", bulk=True))
+        store = ParkStore(str(tmp_path / "parked"))
+        _park(store, "hung", 0, reason="retries_exhausted")
+        fn = _RestBulkWriteFn(new_session, Timeouts(1, 30), 1_000_000, policy, allow_insecure=True)
+        fn.setup()
+        CircuitStore(str(tmp_path / "status"), policy.circuit_settings()).record("hung", False, "unreachable", True)
+        OVERRUNS.record("hung", True)
+        soon = _recover_fn(tmp_path, fn)
+        assert list(soon.process("tick", streams)) == []
+        soon.teardown()
+        assert receiver.requests() == [], "left to its live batches"
+        time.sleep(1.1)
+        later = _recover_fn(tmp_path, fn)
+        results, _ = _unwrap(list(later.process("tick", streams)))
+        later.teardown()
+        bodies = [[d["id"] for d in r.json()] for r in receiver.requests()]
+    assert bodies == [[0, 1, 2]]
+    assert [r.status for r in results] == [DELIVERED]
+    assert store.list("hung") == []
 
 
 def test_a_failed_probe_keeps_the_backlog_and_waits_twice_as_long(tmp_path, stream_secrets):
