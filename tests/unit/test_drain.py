@@ -234,3 +234,17 @@ def test_sigterm_drains_a_streaming_run_and_stops_anything_else(monkeypatch, cap
     assert data_streamer.main([]) == 143
     assert capsys.readouterr().err == "terminated: the job was stopped (SIGTERM); its outputs are incomplete\n"
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_a_stopped_run_without_any_counter_says_so_instead_of_reconciling_zeros():
+    """Flink's job server reports no metrics for a cancelled streaming job: the
+    summary must not print zeros as a reconciliation."""
+    summary = RunSummary({"event": KindSummary(), "usage": KindSummary()}, counted=False)
+    summary.drain = DrainReport("SIGTERM", 30, 0.0, False, {"records": 0})
+    text = summary.render()
+    assert "counts: none; the runner reported no metrics" in text
+    assert "reconciled:" not in text and "records read" not in text
+    assert (summary.to_dict()["reconciled"], summary.to_dict()["counted"]) == (None, False)
+    # A batch run with no counter (no input at all) is an ordinary, counted run.
+    batch = RunSummary({"event": KindSummary(), "usage": KindSummary()}, counted=False)
+    assert batch.to_dict()["reconciled"] is True and "records read" in batch.render()
