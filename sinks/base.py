@@ -265,11 +265,6 @@ class DeliveryFn(DeliveryOutputs, beam.DoFn):
         """A batch the bundle stopped waiting for: parked, maybe delivered too
         (``in_flight``), or parked without a request (queued behind one)."""
         if not in_flight:
-            if OVERRUNS.still_running(stream.id) and not getattr(self._local, "probe", False):
-                # Not sent because the stream's last request hangs: a failed batch
-                # of the stream all the same, or a stream whose batches are all
-                # parked this way would never open its circuit.
-                self._circuits.record(stream.id, False, UNREACHABLE)
             return self._not_sent(stream.id, requests, Blocked(PARKED_STATUS, RETRIES_EXHAUSTED, DEADLINE_EXCEEDED,
                                                                None))
         if not getattr(self._local, "probe", False):
@@ -307,13 +302,7 @@ class DeliveryFn(DeliveryOutputs, beam.DoFn):
         """The requests one after the other, in order, each within what is left
         of the batch's budget; each waits for the circuit."""
         connection = NOT_OPEN
-        job = getattr(self._local, "job", None)
         for index, request in enumerate(requests):
-            if job is not None and job.abandoned:
-                # The bundle went on without this batch and parked all of it:
-                # sending the rest would only deliver it twice (and ask a dead
-                # destination again).
-                return
             left = self._budget_left()
             if left is not None and left <= 0:
                 yield from self._over_budget(stream, requests[index:])
@@ -323,14 +312,6 @@ class DeliveryFn(DeliveryOutputs, beam.DoFn):
                 yield from self._not_sent(stream.id, requests[index:] if self.park_together else [request], admitted)
                 if self.park_together:
                     return
-                continue
-            if index and OVERRUNS.overran(stream.id) and not getattr(self._local, "probe", False):
-                # The batch's previous request ran out of its budget: the rest
-                # is not sent (another budget each), it fails as the requests
-                # would have, counted by the circuit, which soon opens.
-                self._circuits.record(stream.id, False, UNREACHABLE)
-                yield from self._not_sent(stream.id, [request], Blocked(PARKED_STATUS, RETRIES_EXHAUSTED,
-                                                                        DEADLINE_EXCEEDED, None))
                 continue
             connection = admitted
             yield from self._sent(stream.id, request, self._send(stream.id, request, connection))
