@@ -308,6 +308,7 @@ def delivery_settings(options: PipelineOptions, streaming: bool = False) -> Deli
             max_delay_seconds=reliability.retry_max_delay_seconds,
             deactivate_after=reliability.deactivate_after_failures,
             stream_budget_seconds=reliability.stream_budget_seconds,
+            release_overrun_streams=streaming,
             stream_concurrency=reliability.stream_concurrency,
             circuit_location=status_location,
             probe_initial_seconds=reliability.probe_initial_seconds,

@@ -201,7 +201,8 @@ class DeliveryFn(DeliveryOutputs, beam.DoFn):
     def start_bundle(self) -> None:
         policy = self._policy
         self._bundle = BundleSender(self._lanes, policy.stream_budget_seconds, policy.budget_grace_seconds,
-                                    4 * policy.stream_concurrency, self._local)
+                                    4 * policy.stream_concurrency, self._local,
+                                    release_overruns=policy.release_overrun_streams)
 
     def finish_bundle(self) -> Iterator[Any]:
         bundle, self._bundle = self._bundle, None

@@ -26,7 +26,10 @@ send in ``process``; it hands each batch to a :class:`BundleSender`:
   counts towards the stream's circuit), and while such a request runs its
   stream's new batches are parked without one (:data:`OVERRUNS`). Otherwise a
   dead destination would cost every stream one budget per bundle until its
-  circuit opens: three in a row, 15 s, with the defaults.
+  circuit opens: three in a row, 15 s, with the defaults. Streaming only
+  (``RetryPolicy.release_overrun_streams``): in batch a bundle's wait costs
+  throughput, not latency, and a worker may exit with its last bundle before an
+  abandoned request's failure reaches the circuit, which would then stay closed.
 
 Beam's metrics are per thread, so what a lane counts is tallied
 (:class:`Tally`) and added to the step's counters on the bundle's thread.
@@ -149,8 +152,9 @@ class BundleSender:
     """The batches of one bundle of one sink instance (module docstring)."""
 
     def __init__(self, pool: ThreadPoolExecutor, budget_seconds: float, grace_seconds: float,
-                 max_pending: int, local: threading.local) -> None:
+                 max_pending: int, local: threading.local, release_overruns: bool = True) -> None:
         self._pool = pool
+        self._release_overruns = release_overruns
         self._budget = budget_seconds
         self._grace = grace_seconds
         self._max_pending = max_pending
@@ -250,7 +254,7 @@ class BundleSender:
                 if job is None or job.touched is None:
                     continue
                 limit = self._budget + self._grace
-                if finishing and OVERRUNS.overran(stream_id):
+                if finishing and self._release_overruns and OVERRUNS.overran(stream_id):
                     limit = min(limit, SUSPECT_WAIT_SECONDS, SUSPECT_WAIT_SHARE * self._budget)
                 if now < job.touched + limit:
                     continue

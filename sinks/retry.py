@@ -224,6 +224,12 @@ class RetryPolicy:
     stream_budget_seconds: float = 5.0
     #: How long past its budget a batch in flight is waited for before it is abandoned.
     budget_grace_seconds: float = 1.0
+    #: Whether a stream whose last request ran out of its budget stops holding
+    #: bundles (``sinks/dispatch.py``): True in streaming, where a bundle's wait
+    #: is every stream's latency. False in batch, where it costs throughput only,
+    #: and where a worker may exit with its last bundle, before an abandoned
+    #: request ends and its failure reaches the stream's circuit.
+    release_overrun_streams: bool = True
     #: Streams sent side by side per sink instance.
     stream_concurrency: int = 16
     #: Where the circuits are kept (``schemas/circuit.py``): the status location's

@@ -36,8 +36,8 @@ SHORT = dict(max_attempts=2, deadline_seconds=5, base_delay_seconds=0.01, max_de
              stream_budget_seconds=0.5, budget_grace_seconds=0.5, probe_initial_seconds=0.1, probe_max_seconds=1)
 
 
-def _fn(location: str | None = None) -> _RestBulkWriteFn:
-    policy = RetryPolicy(**SHORT, circuit_location=location)
+def _fn(location: str | None = None, release_overrun_streams: bool = True) -> _RestBulkWriteFn:
+    policy = RetryPolicy(**SHORT, circuit_location=location, release_overrun_streams=release_overrun_streams)
     fn = _RestBulkWriteFn(new_session, Timeouts(1, 30), 1_000_000, policy, allow_insecure=True)
     fn.setup()
     return fn
@@ -127,6 +127,35 @@ def test_a_hanging_stream_costs_a_bundle_one_budget_and_the_circuit_stops_it(str
     later_results, later_parked = _unwrap(later)
     assert [(r.attempts, p.reason) for r, p in zip(later_results, later_parked, strict=True)] == [
         (0, "stream_deactivated")]
+
+
+def test_in_batch_a_hanging_stream_holds_its_bundle_so_every_failure_reaches_the_circuit(stream_secrets):
+    """Batch (``release_overrun_streams=False``): the bundle's end waits for each
+    of a dead stream's requests instead of abandoning them, so when the bundle
+    (and maybe its worker process) ends, the circuit has counted all three and is
+    open; nothing was abandoned in flight."""
+    with HttpReceiver() as dead:
+        dead.down(faults.HANG)
+        streams = config(rest_stream("dead", f"{dead.url}/d", bulk=True))
+        fn = _fn(release_overrun_streams=False)
+        outputs = []
+        started = time.monotonic()
+        for n in range(3):  # one batch per bundle: each bundle's end sees one request
+            fn.start_bundle()
+            outputs += list(fn.process(("dead", _batch(100 * n)), streams, GlobalWindow(), None, Timestamp(0)))
+            outputs += list(fn.finish_bundle())
+        took = time.monotonic() - started
+        requests = dead.requests()
+        state = fn._circuits.get("dead").state
+        fn.teardown()
+    budget = SHORT["stream_budget_seconds"]
+    results, parked = _unwrap(outputs)
+    assert len(requests) == 3
+    assert took >= 3 * budget, "each bundle waited for its request"
+    assert [(r.attempts, r.error) for r in results] == [(1, "ReadTimeout")] * 3
+    assert IN_FLIGHT not in [r.error for r in results]
+    assert [p.documents[0][1]["id"] for p in parked] == [0, 100, 200]
+    assert state == OPEN
 
 
 def _park(store: ParkStore, stream_id: str, first_id: int, reason: str = "stream_deactivated") -> str:
