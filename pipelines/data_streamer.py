@@ -171,6 +171,10 @@ def read_pubsub(subscription: str, timestamp_attribute: str | None,
                                   expansion_service=resolve_expansion_service(expansion_service))
 
 
+#: The expansion service's experiment that expands unbounded reads as primitive ``Read``s.
+USE_DEPRECATED_READ = "use_deprecated_read"
+
+
 def resolve_expansion_service(value: str) -> Any:
     """``--pubsub_expansion_service`` as Beam takes it: an address as is, a jar
     run with local Java, or ``auto`` for Beam's released GCP IO expansion service
@@ -178,7 +182,11 @@ def resolve_expansion_service(value: str) -> Any:
     from apache_beam.transforms.external import BeamJarExpansionService, JavaJarExpansionService
 
     if value == "auto":
-        return BeamJarExpansionService("sdks:java:io:google-cloud-platform:expansion-service:shadowJar")
+        # Primitive reads: as a splittable DoFn (Beam's default) PubsubIO held
+        # Flink's watermark at its minimum, so no window ever closed (Beam 2.62,
+        # Flink 1.19; docs/flink.md). The read runs as Flink's native source.
+        return BeamJarExpansionService("sdks:java:io:google-cloud-platform:expansion-service:shadowJar",
+                                       append_args=[f"--experiments={USE_DEPRECATED_READ}"])
     if value.endswith(".jar"):
         return JavaJarExpansionService(value)
     return value
@@ -435,7 +443,7 @@ def _parse_args(argv: list[str] | None) -> PipelineOptions:
                           ReliabilityOptions, ArchiveOptions, OutputOptions, RunOptions):
         options_class._add_argparse_args(parser)
     known, beam_args = parse_job_flags(parser, argv)
-    return PipelineOptions(beam_args + as_flags(vars(known)))
+    return PipelineOptions(beam_args + as_flags(vars(known), parser=parser))
 
 
 def job_graph(options: PipelineOptions) -> beam.Pipeline:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import re
+import urllib.parse
 
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
@@ -36,14 +37,20 @@ class OptionError(ValueError):
     """A flag has a value the job cannot run with; the message names the flag."""
 
 
-def as_flags(values: dict[str, object], skip: tuple[str, ...] = ()) -> list[str]:
+def as_flags(values: dict[str, object], skip: tuple[str, ...] = (),
+             parser: argparse.ArgumentParser | None = None) -> list[str]:
     """Parsed flag values back into arguments for ``PipelineOptions``: unset ones
-    dropped, booleans as bare flags (``--flag=False`` is not valid for them)."""
+    dropped, booleans as bare flags (``--flag=False`` is not valid for them).
+    ``parser`` names the flag of a destination that is not the flag's own name
+    (``--pubsub_endpoint`` keeps its value in ``pubsub_root_url``)."""
+    names = {action.dest: action.option_strings[0] for action in (parser._actions if parser else ())
+             if action.option_strings}
     flags = []
     for key, value in values.items():
         if key in skip or value is None or value is False:
             continue
-        flags.append(f"--{key}" if value is True else f"--{key}={value}")
+        name = names.get(key, f"--{key}")
+        flags.append(name if value is True else f"{name}={value}")
     return flags
 
 
@@ -94,6 +101,18 @@ class InputOptions(PipelineOptions):
             "Maven Central, run with local Java). Required for streaming on portable runners (Flink, "
             "PortableRunner): Python's own Pub/Sub read only runs on Dataflow and the DirectRunner. "
             "Default: none (Python's read).",
+        )
+        # The destination is the name Java's PubsubOptions.pubsubRootUrl is sent
+        # under (Java camel-cases it); Beam's own Python --pubsub_root_url is sent
+        # as pubsubRootUrl, which Java reads as pubsubrooturl and ignores.
+        parser.add_argument(
+            "--pubsub_endpoint",
+            dest="pubsub_root_url",
+            default=None,
+            help="Root URL of the Pub/Sub API for the cross-language read (--pubsub_expansion_service): a "
+            "regional endpoint such as https://europe-west3-pubsub.googleapis.com (messages stay in the region), "
+            "a Private Service Connect endpoint, or an emulator's http://host:port. "
+            "Default: Google's global endpoint.",
         )
 
 
@@ -433,6 +452,16 @@ def validate_streaming(options: PipelineOptions) -> None:
         raise OptionError(f"--pubsub_expansion_service is required to read Pub/Sub on the {runner}: Python's "
                           "ReadFromPubSub only runs on Dataflow and the DirectRunner; give the host:port of an "
                           "expansion service with Beam's GCP IO, its jar, or 'auto' (docs/runners.md)")
+    if inputs.pubsub_root_url is not None:
+        if not inputs.pubsub_expansion_service:
+            raise OptionError("--pubsub_endpoint: only the cross-language read (--pubsub_expansion_service) takes "
+                              "it; Python's read uses its client's endpoint (PUBSUB_EMULATOR_HOST for an emulator)")
+        endpoint = urllib.parse.urlsplit(inputs.pubsub_root_url)
+        if (endpoint.scheme not in ("http", "https") or not endpoint.hostname or endpoint.path not in ("", "/")
+                or endpoint.username is not None or endpoint.query or endpoint.fragment):
+            # The value is not echoed: a URL may carry credentials.
+            raise OptionError("--pubsub_endpoint: expected https://host[:port] (http:// for an emulator), without "
+                              "a path, credentials or query")
     if inputs.events_input or inputs.usage_input:
         raise OptionError("--events_input/--usage_input and --events_subscription/--usage_subscription: "
                           "a run reads files or Pub/Sub, not both (backfill reads the archive)")

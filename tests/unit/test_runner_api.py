@@ -66,6 +66,7 @@ from apache_beam.transforms.external import ExternalTransform
 from apache_beam.transforms.ptransform import PTransform
 
 from pipelines import data_streamer, submit
+from pipelines.options import OptionError, validate
 from pipelines.submit import SETUP_FILE, SubmitError, build_graph, runner_flags
 from schemas.snapshots import RefreshingSnapshot
 from schemas.streams import StreamConfigError
@@ -655,3 +656,46 @@ def test_dry_run_prints_the_flags_and_builds_without_submitting(runner, request,
     assert "--dry_run" not in out  # the submit command's own flag, not the job's
     assert out.endswith(f"dry run: built the graph, {expected} transforms; not submitted\n")
     assert contacts.refused == []
+
+
+@pytest.mark.parametrize("retain_unknown_options", [False, True], ids=["job_server", "uber_jar"])
+def test_the_pubsub_endpoint_reaches_java_under_the_name_it_reads(retain_unknown_options):
+    """``--pubsub_endpoint`` is sent to the runner as ``pubsub_root_url``, which
+    Java camel-cases to its ``PubsubOptions.pubsubRootUrl``; Beam's own Python
+    ``--pubsub_root_url`` is sent as ``pubsubRootUrl`` (read as ``pubsubrooturl``:
+    ignored), so a regional endpoint or an emulator would silently not be used.
+    Both ways the FlinkRunner sends options (a job server; an uber jar, which
+    keeps unknown options) carry it."""
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
+
+    options = data_streamer._parse_args([*JOB_ARGV, "--streaming", "--runner=FlinkRunner",
+                                         "--pubsub_expansion_service=auto",
+                                         "--pubsub_endpoint=https://europe-west3-pubsub.googleapis.com"])
+    validate(options)
+    encoded = JobServiceHandle.encode_pipeline_options(
+        options.get_all_options(retain_unknown_options=retain_unknown_options))
+    sent = {key: value for key, value in encoded.items() if "pubsub" in key.lower() and "root" in key.lower()}
+    assert sent == {"beam:option:pubsub_root_url:v1": "https://europe-west3-pubsub.googleapis.com"}
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--pubsub_endpoint=https://europe-west3-pubsub.googleapis.com"], "only the cross-language read"),
+    (["--pubsub_expansion_service=auto", "--pubsub_endpoint=europe-west3-pubsub.googleapis.com"], "expected https"),
+    (["--pubsub_expansion_service=auto", "--pubsub_endpoint=https://u:hunter2@pubsub.example/"], "credentials"),
+    (["--pubsub_expansion_service=auto", "--pubsub_endpoint=https://pubsub.example/v1"], "without a path"),
+])
+def test_an_unusable_pubsub_endpoint_is_refused_without_echoing_it(extra, message):
+    options = data_streamer._parse_args([*JOB_ARGV, "--streaming", "--runner=DirectRunner",
+                                         f"--refresh_subscription=projects/{PROJECT}/subscriptions/refresh", *extra])
+    with pytest.raises(OptionError, match=message) as raised:
+        validate(options)
+    assert "hunter2" not in str(raised.value) and str(raised.value).startswith("--pubsub_endpoint")
+
+
+def test_auto_expands_the_pubsub_read_as_a_primitive_read_flink_runs_natively():
+    """``--pubsub_expansion_service=auto`` starts Beam's expansion service with
+    ``use_deprecated_read``: as a splittable DoFn the read held Flink's watermark
+    at its minimum, and no window of the job ever closed."""
+    service = data_streamer.resolve_expansion_service("auto")
+    assert "--experiments=use_deprecated_read" in service._append_args
+    assert data_streamer.resolve_expansion_service("10.0.0.5:8097") == "10.0.0.5:8097"

@@ -1,7 +1,6 @@
 """``python -m tools.flink.job [job flags]``: the job as ``tools.local_job`` runs
 it (the local destinations' credentials, insecure local destinations allowed),
-with ``--java_pubsub_root_url`` known (:mod:`tools.flink.emulator`), for runs on
-Flink in a process of their own: the crash harness submits the streaming job to
+for runs on Flink in a process of their own: the crash harness submits the streaming job to
 a standalone cluster with it (``--detach``) and kills the cluster's TaskManager,
 not this process.
 """
@@ -10,7 +9,6 @@ from __future__ import annotations
 
 import sys
 
-import tools.flink.emulator  # noqa: F401 - registers --java_pubsub_root_url
 from tools import local_job
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from pipelines.data_streamer import USE_DEPRECATED_READ
 from tools.flink.jars import (
     EXPANSION_SERVICE_MAIN,
     JOB_SERVER_MAIN,
@@ -67,18 +68,10 @@ class FlinkJobServer(PortService):
         super().__init__(command, port, env=env, log_path=log_path, startup_timeout=120.0)
 
 
-#: Java's unbounded reads as the primitive ``Read`` that Flink runs as a native
-#: source, not as a splittable DoFn: Flink's portable streaming never advanced the
-#: watermark past the SDF-wrapped PubsubIO read (it stayed at the minimum, so no
-#: window closed: no S3 file, no DataDog point, no output file), seen with Beam
-#: 2.62 and Flink 1.19.
-USE_DEPRECATED_READ = "use_deprecated_read"
-
-
 class ExpansionService(PortService):
     """Beam's Java expansion service (GCP IO on its class path) on a free port,
     giving the Java transforms it expands the ``EMBEDDED`` environment and
-    primitive reads (:data:`USE_DEPRECATED_READ`)."""
+    primitive reads (``pipelines.data_streamer.USE_DEPRECATED_READ``, as ``auto`` has)."""
 
     name = "Java expansion service"
 

@@ -4,7 +4,7 @@ launcher (``make run-flink-streaming``), the tests and the bench.
 - the Python SDK worker pool (``EXTERNAL`` environment);
 - Beam's Java expansion service, for the cross-language Pub/Sub read, whose
   Java transforms run in the ``EMBEDDED`` environment inside Flink's JVM;
-- the emulator's address for Java's PubsubIO (:mod:`tools.flink.emulator`);
+- the emulator's address for Java's PubsubIO (``--pubsub_endpoint``);
 - checkpoints (PubsubIO acknowledges a message once the checkpoint holding it
   completes);
 - a REST endpoint to watch the job: on ``[local]`` the mini-cluster's, on a port
@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.drain import register_result_wrapper
-from tools.flink.emulator import root_url_flag
 from tools.flink.metrics import FlinkCountersResult
 from tools.flink.services import ExpansionService
 from tools.portable import WorkerPool
@@ -71,5 +70,5 @@ def flink_streaming(running: contextlib.ExitStack, out: Path, emulator_url: str,
     pool = running.enter_context(WorkerPool(env=os.environ, log_path=logs / "worker_pool.log"))
     expansion = running.enter_context(ExpansionService(log_path=logs / "expansion_service.log"))
     flags = [*flink_flags(flink_master, pool, parallelism), f"--checkpointing_interval={checkpoint_ms}",
-             f"--pubsub_expansion_service={expansion.address}", root_url_flag(emulator_url)]
+             f"--pubsub_expansion_service={expansion.address}", f"--pubsub_endpoint={emulator_url}"]
     return FlinkStreaming(flags, rest_url, pool, expansion)
