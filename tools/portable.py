@@ -11,20 +11,27 @@ its own process.
   ``apache/beam_python3.11_sdk --worker_pool`` sidecar). Its workers are separate
   processes, so a job run through it proves what workers need: the code importable
   from the installed package, every DoFn and side input picklable, clients made
-  in ``setup`` and secrets read from the workers' own environment.
+  in ``setup`` and secrets read from the workers' own environment. Each worker
+  starts as in Beam's SDK container, with the job's pipeline options
+  (:mod:`tools.sdk_boot`).
 
 :func:`portable_flags` gives the flags that submit a job to them.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+import shlex
+import shutil
 import sys
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 from tools.processes import PortService, free_port
 
+ROOT = Path(__file__).resolve().parent.parent
 #: Environment types a job submitted to the local job service can use.
 ENVIRONMENTS = ("EXTERNAL", "LOOPBACK")
 
@@ -43,6 +50,24 @@ class JobService(PortService):
         super().__init__(command, port, log_path=log_path)
 
 
+def boot_executable() -> Path:
+    """An executable that starts a worker as Beam's SDK container does
+    (:mod:`tools.sdk_boot`), for the pool's ``--container_executable`` (a path,
+    so a small script; made once per process, in a temporary directory)."""
+    global _BOOT
+    if _BOOT is None or not _BOOT.exists():
+        directory = Path(tempfile.mkdtemp(prefix="beam-sdk-boot-"))
+        _BOOT = directory / "boot"
+        _BOOT.write_text(f"#!/bin/sh\nPYTHONPATH={shlex.quote(str(ROOT))}${{PYTHONPATH:+:$PYTHONPATH}} "
+                         f"exec {shlex.quote(sys.executable)} -m tools.sdk_boot \"$@\"\n")
+        _BOOT.chmod(0o755)
+        atexit.register(shutil.rmtree, directory, True)
+    return _BOOT
+
+
+_BOOT: Path | None = None
+
+
 class WorkerPool(PortService):
     """Beam's Python SDK worker pool on a free port. ``env`` is the environment of
     its workers (where stream secrets referenced as ``{"env": ...}`` are read);
@@ -54,11 +79,12 @@ class WorkerPool(PortService):
                  log_path: str | os.PathLike[str] | None = None) -> None:
         port = port or free_port()
         worker_env = dict(os.environ if env is None else env)
-        # The pool starts each worker as a plain ``python``: the one of this
-        # virtual environment, where the job's package is installed.
+        # The workers' ``python`` is the one of this virtual environment, where
+        # the job's package is installed.
         venv_bin = str(Path(sys.executable).parent)
         worker_env["PATH"] = os.pathsep.join([venv_bin, worker_env.get("PATH", "")])
-        command = [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main", "--service_port", str(port)]
+        command = [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main", "--service_port", str(port),
+                   f"--container_executable={boot_executable()}"]
         super().__init__(command, port, env=worker_env, log_path=log_path)
 
 
