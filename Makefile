@@ -129,12 +129,14 @@ BENCH_ARGS ?=
 bench: $(SAMPLE_DIR)/.complete ## Benchmark against baselines: batch on the FnApiRunner and Flink [local], streaming on the BundleBasedDirectRunner (BENCH_ARGS)
 	$(PY) -m tools.bench $(BENCH_ARGS)
 
+# make test: two xdist workers; the e2e and tools tiers run one after the other on one of them
+# (tests/conftest.py, SERIAL_TIERS), so their services and timings never compete with each
+# other, and the unit and composite tiers run on the other one meanwhile.
 test: $(STAMP) ## Run ruff and every test tier: unit, composite, e2e, tools (what CI runs)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
-# test-fast spreads its tests over two worker processes (pytest-xdist); make test runs serially,
-# so the end-to-end tests' services and timings do not compete with each other.
+# test-fast spreads its tests over two worker processes (pytest-xdist).
 test-fast: $(STAMP) ## Run ruff and the unit and composite tiers (under a minute, two workers)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -m "unit or composite" -n 2 $(PYTEST_ARGS)
