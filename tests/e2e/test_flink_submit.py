@@ -68,9 +68,16 @@ def _body(s3: Any, key: str) -> str:
     return s3.get_object(Bucket=BUCKET, Key=key)["Body"].read().decode("utf-8")
 
 
+def _written(s3: Any, prefix: str) -> list[str]:
+    """The finished files under ``prefix``: not Beam's temporary ones, which it
+    renames and deletes while the job runs."""
+    return [key for key in _keys(s3, prefix)
+            if not any(part.startswith(("_temp", "beam-temp")) for part in key.split("/"))]
+
+
 def _junk_dead_letters(s3: Any) -> list[dict[str, Any]]:
     """The dead letters in the job's outputs whose payload is the junk line."""
-    letters = [json.loads(line) for key in _keys(s3, "out/dead_letters/") for line in _body(s3, key).splitlines()]
+    letters = [json.loads(line) for key in _written(s3, "out/dead_letters/") for line in _body(s3, key).splitlines()]
     return [letter for letter in letters if base64.b64decode(letter.get("payload") or "") == b"{not json"]
 
 

@@ -303,6 +303,10 @@ def run_child(command: list[str], log_path: Path, sample: bool = True,
             tree = sampler.stop() if sampler is not None else None
         wall = time.monotonic() - started
     process.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+    if overran.is_set():
+        # Killed by the watchdog, whichever died first: on a loaded machine the
+        # launcher could still reap its killed command and exit with -9 & 0xff.
+        process.returncode = -signal.SIGKILL
     # Killed: maybe no launcher report, and the CPU of what it had not reaped is lost.
     launcher = {"maxrss_kib": 0, "left": 0}
     with contextlib.suppress(OSError, ValueError):  # absent, or cut short by the kill
