@@ -259,7 +259,7 @@ def read_tree_cpu(root: int, threads: bool = True) -> CpuReading:
     return CpuReading(processes, jvm_threads)
 
 
-def cpu_between(before: CpuReading, after: CpuReading, top_threads: int = 8) -> dict[str, Any]:
+def cpu_between(before: CpuReading, after: CpuReading, top_threads: int = 12) -> dict[str, Any]:
     """What the tree's processes used from ``before`` to ``after``: in all, by
     role, and the JVMs' busiest thread groups (a process or thread first seen in
     ``after`` counts whole)."""

@@ -30,8 +30,10 @@ What it does, in one process plus a child process tree per pipeline under test:
   publish time; latency = receipt time - publish time, same clock. On Flink,
   publishing starts once Flink's REST API reports the job running;
 - per **step** (one rate): ``--stream_warmup_seconds`` published and discarded,
-  then ``--stream_seconds`` measured; publishing stops and the step waits up to
-  ``--stream_tail_seconds`` for its records. A record that never arrives counts
+  then ``--stream_seconds`` measured; publishing drops to a trickle of 20 a
+  second (not measured: no stream of the field ever falls silent, and on Flink
+  the last records before a silence waited for traffic to resume) and the step
+  waits up to ``--stream_tail_seconds`` for its records. A record that never arrives counts
   as infinitely late (so it fails p99) and is reported as missing (``lost``). A
   step stops early, failed, once a record has waited ``--stream_abort_seconds``
   (overloaded: everything published after it is at least as late);
@@ -152,6 +154,8 @@ _PUBLISHER_SHORTFALL = 0.95
 _KEPT_UP = 0.95
 #: Rate of the records published until a fresh pipeline has delivered its first one.
 _PRIMER_RATE = 20.0
+#: Rate of the unmeasured records published while a step's last records are waited for.
+_TRICKLE_RATE = 20.0
 _QUARTER = 4
 
 
@@ -171,8 +175,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="Seconds published at a step's rate before measuring starts (discarded); should exceed "
                        "the latency, so the pipeline carries the step's load when measuring starts. Default: 10.")
     group.add_argument("--stream_tail_seconds", type=float, default=20.0,
-                       help="After a step stops publishing, longest wait for its records; those still missing "
-                       "are lost (infinite latency). Default: 20.")
+                       help="After a step's measured window, longest wait for its records (publishing a trickle "
+                       f"of {_TRICKLE_RATE:.0f} a second meanwhile); those still missing are lost (infinite "
+                       "latency). Default: 20.")
     group.add_argument("--stream_p99_limit", type=float, default=DEFAULT_P99_LIMIT,
                        help="A rate is sustainable when p99 is at most this many seconds (and nothing is lost, "
                        "latency does not drift up, the publisher kept the rate). Default: 5.")
@@ -751,13 +756,29 @@ class StartupError(RuntimeError):
     """A pipeline did not deliver within the startup timeout."""
 
 
-def _wait_received(receiver: LatencyReceiver, ids: range, deadline: float, session: Session) -> int:
-    """Wait until every id arrived or ``deadline``; return how many are missing."""
-    while True:
-        missing = receiver.missing(ids)
-        if missing == 0 or time.time() >= deadline or not session.alive():
-            return missing
-        time.sleep(0.25)
+def _wait_received(receiver: LatencyReceiver, ids: range, deadline: float, session: Session,
+                   publisher: RatePublisher | None = None) -> int:
+    """Wait until every id arrived or ``deadline``; return how many are missing.
+    With ``publisher``, a trickle of :data:`_TRICKLE_RATE` records a second
+    (never measured) goes on meanwhile: the records waited for are not followed
+    by silence, which no production stream has and which stalls Flink's
+    deliveries (docs/flink.md: after a burst, the last records waited for
+    traffic to resume)."""
+    trickle, stop = None, threading.Event()
+    if publisher is not None:
+        trickle = threading.Thread(target=publisher.run, args=(_TRICKLE_RATE, max(deadline - time.time(), 0)),
+                                   kwargs={"until": stop}, name="tail-trickle", daemon=True)
+        trickle.start()
+    try:
+        while True:
+            missing = receiver.missing(ids)
+            if missing == 0 or time.time() >= deadline or not session.alive():
+                return missing
+            time.sleep(0.25)
+    finally:
+        stop.set()
+        if trickle is not None:
+            trickle.join()
 
 
 def wait_until_flink_runs(session: Session, timeout: float = FLINK_START_SECONDS) -> None:
@@ -804,7 +825,7 @@ def prime(session: Session, publisher: RatePublisher, receiver: LatencyReceiver,
         raise StartupError(f"the {session.which} pipeline exited with {session.process.returncode}:\n"
                            f"{session.log_tail()}")
     startup = time.time() - session.started_at
-    missing = _wait_received(receiver, ids, time.time() + args.stream_startup_timeout, session)
+    missing = _wait_received(receiver, ids, time.time() + args.stream_startup_timeout, session, publisher)
     if missing == len(ids):
         raise StartupError(f"the {session.which} pipeline delivered nothing in {args.stream_startup_timeout:.0f} s:\n"
                            f"{session.log_tail()}")
@@ -862,7 +883,7 @@ def measure_step(rate: float, session: Session, publisher: RatePublisher, receiv
         ids = warmup
     everything = range(warmup.start, ids.stop)
     if not overloaded:
-        _wait_received(receiver, everything, time.time() + args.stream_tail_seconds, session)
+        _wait_received(receiver, everything, time.time() + args.stream_tail_seconds, session, publisher)
     times = receiver.times(ids)
     latencies, samples = [], []
     for record_id, received in zip(ids, times, strict=True):
