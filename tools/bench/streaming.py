@@ -1013,8 +1013,11 @@ def sweep(which: str, start_rate: float, budget: Budget, share: float, *, runner
     # What the latency is when load is not the problem: the best step it kept up with.
     best = min(kept, key=lambda step: step["p99"], default=None)
     result["latency_floor"] = {key: best[key] for key in ("rate", "p50", "p95", "p99")} if best else None
-    # What a record costs when the pipeline is not overloaded: the fastest step it kept up with.
-    fastest = max((step for step in kept if step.get("cpu_seconds_per_million_records")),
+    # What a record costs when the pipeline is not overloaded: the fastest step it
+    # kept up with at the rate asked (a step the publisher fell short of ran at a
+    # rate of its own).
+    fastest = max((step for step in kept if step.get("cpu_seconds_per_million_records")
+                   and step["achieved_rate"] >= _PUBLISHER_SHORTFALL * step["rate"]),
                   key=lambda step: step["rate"], default=None)
     result["cpu_seconds_per_million_records"] = fastest["cpu_seconds_per_million_records"] if fastest else None
     result["cpu_at_rate"] = fastest["rate"] if fastest else None
@@ -1182,6 +1185,10 @@ def _seconds(value: float | None) -> str:
     return "lost" if value is None else f"{value:.2f}"
 
 
+def _latency(value: float | None) -> str:
+    return "lost" if value is None else f"{value:.2f} s"
+
+
 def _step_line(step: dict[str, Any]) -> str:
     cpu, per_million = step.get("cpu_share"), step.get("cpu_seconds_per_million_records")
     text = (f"{step['rate']:>7.0f}/s  sent {step['published']:>6} got {step['delivered']:>6} "
@@ -1214,14 +1221,14 @@ def _render_runner(part: dict[str, Any], limit: float) -> list[str]:
         return [f" {part['runner']}: skipped, {part['skipped']}"]
     if part.get("published") is not None:
         sustained = "" if part["headline_sustained"] else f"  NOT SUSTAINED: {part['headline_verdict']}"
-        lines.append(f"  at {part['rate']:.0f} records/s: p50 {_seconds(part['p50_seconds'])} s, "
-                     f"p95 {_seconds(part['p95_seconds'])} s, p99 {_seconds(part['p99_seconds'])} s "
+        lines.append(f"  at {part['rate']:.0f} records/s: p50 {_latency(part['p50_seconds'])}, "
+                     f"p95 {_latency(part['p95_seconds'])}, p99 {_latency(part['p99_seconds'])} "
                      f"({part['delivered']} of {part['published']} delivered; {part['lost']} missing, "
                      f"counted as infinitely late){sustained}")
     best = part.get("at_sustainable_rate")
     if best and best["rate"] != part["rate"]:
-        lines.append(f"  at its sustainable rate, {best['rate']:.0f}/s: p50 {_seconds(best['p50'])} s, "
-                     f"p95 {_seconds(best['p95'])} s, p99 {_seconds(best['p99'])} s")
+        lines.append(f"  at its sustainable rate, {best['rate']:.0f}/s: p50 {_latency(best['p50'])}, "
+                     f"p95 {_latency(best['p95'])}, p99 {_latency(best['p99'])}")
     for which, title in (("job", "the job"), ("trivial", "trivial pipeline (read, parse, POST)")):
         sweep_ = part.get(which)
         if not sweep_:
