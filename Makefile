@@ -126,7 +126,7 @@ historic: $(STAMP) ## Deliver STREAM's 7 days of history to the local destinatio
 		$(HISTORIC_ARGS)
 
 BENCH_ARGS ?=
-bench: $(SAMPLE_DIR)/.complete ## Benchmark against baselines: batch on the FnApiRunner and Flink [local], streaming on the BundleBasedDirectRunner (BENCH_ARGS)
+bench: $(SAMPLE_DIR)/.complete ## Benchmark against baselines on the local runners and Flink [local]: batch (FnApiRunner), streaming (BundleBasedDirectRunner) (BENCH_ARGS)
 	$(PY) -m tools.bench $(BENCH_ARGS)
 
 # make test: two xdist workers; the e2e and tools tiers run one after the other on one of them

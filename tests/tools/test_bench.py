@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import requests
@@ -101,6 +102,68 @@ def test_batch_bench_on_flink_counts_every_process_of_the_run(tmp_path):
     # Nothing of the run is left running.
     assert not [line for line in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
                 .splitlines() if str(work_dir) in line]
+
+
+def test_streaming_bench_on_flink_measures_both_pipelines_and_every_process(tmp_path):
+    """The streaming bench on Flink [local], tiny (one fixed rate of seconds,
+    so the budget only bounds a slow machine; two Flink start-ups of about a
+    minute each): the job and the trivial pipeline each deliver every record
+    published, and a step's CPU is that of every process of the pipeline's tree
+    (the job server JVM, the SDK workers, the worker pool, the submitter), per
+    million records delivered."""
+    results_dir, work_dir = tmp_path / "results", tmp_path / "work"
+    code = bench.main(["--skip_batch", "--skip_memory", "--runners", "flink", "--results_dir", str(results_dir),
+                       "--work_dir", str(work_dir), "--stream_rates=20", "--stream_seconds=5",
+                       "--stream_warmup_seconds=5", "--stream_tail_seconds=60", "--stream_abort_seconds=0",
+                       "--stream_budget_seconds=300", f"--stream_sample_dir={tmp_path / 'no-fleet'}"])
+    assert code == 0
+    latest = json.loads((results_dir / "latest.json").read_text())
+    assert latest["results_format"] == bench.RESULTS_FORMAT == 3
+    result = latest["streaming"]
+    assert result["ok"] is True and list(result["runners"]) == ["flink"]
+    flink = result["runners"]["flink"]
+    assert flink["runner"] == "Flink [local]"
+    for which in ("job", "trivial"):
+        (step,) = flink[which]["steps"]
+        assert step["rate"] == 20 and step["published"] > 0, which
+        assert step["delivered"] == step["published"] and step["lost"] == 0, which
+        assert 0 < step["p50"] <= step["p99"], which
+        assert flink[which]["startups_seconds"], which
+        # The CPU of the measured window is the whole tree's, split by process role.
+        roles = step["cpu_seconds_by_role"]
+        assert {"jvm", "sdk_workers", "worker_pool", "job", "expansion_service"} <= set(roles), which
+        assert roles["jvm"] > 0 and step["jvm_thread_cpu_seconds"], which
+        assert step["cpu_seconds"] == pytest.approx(sum(roles.values()), abs=0.05)
+        assert step["records_in_window"] > 0
+        assert step["cpu_seconds_per_million_records"] == pytest.approx(
+            step["cpu_seconds"] / step["records_in_window"] * 1e6, rel=0.01)
+        assert step["cpu_share"] == pytest.approx(step["cpu_seconds"] / 5, rel=0.2)
+        if step["kept_up"]:
+            assert flink["cpu_seconds_per_million_records"][which] == {
+                "value": step["cpu_seconds_per_million_records"], "at_rate": 20}
+    # The job's SDK workers did the job's Python work.
+    assert flink["job"]["steps"][0]["cpu_seconds_by_role"]["sdk_workers"] > 0
+    assert flink["rate"] == 20 and flink["published"] == flink["job"]["steps"][0]["published"]
+    assert set(flink["targets"]) == {"ratio", "p99_at_headline_rate"}
+    assert flink["startups_seconds"] > 0
+    # Results format 2's top-level keys: the first runner's figures when local was not measured.
+    assert result["job"] == flink["job"] and result["p99_seconds"] == flink["p99_seconds"]
+    assert result["receiver"]["bad_requests"] == 0 and result["publish_errors"] == 0
+    # Nothing of the runs is left: the submitter names its Flink directory, every
+    # process it started has it in its environment (FLINK_CONF_DIR).
+    assert not _processes_mentioning(str(work_dir))
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    """Processes whose command line or environment mentions ``text``."""
+    found = []
+    for process in Path("/proc").glob("[0-9]*"):
+        try:
+            if any(text.encode() in (process / name).read_bytes() for name in ("cmdline", "environ")):
+                found.append(int(process.name))
+        except OSError:
+            continue
+    return found
 
 
 def _stats(*documents: dict) -> PathStats:
@@ -218,7 +281,8 @@ def test_thread_groups_and_roles():
     assert proctree.role_of("python", "python -m apache_beam.runners.worker.worker_pool_main") == "worker_pool"
     assert proctree.role_of("python3.11", "python -m tools.local_job") == "job"
     assert runners.selected("local,flink") == [runners.LOCAL, runners.FLINK]
-    assert runners.selected("local,flink", streaming=True) == [runners.LOCAL]
+    assert runners.selected("local,flink", streaming=True) == [runners.LOCAL, runners.FLINK]
+    assert proctree.role_of("java", "java -jar ExpansionService.jar 4567") == "expansion_service"
 
 
 def test_a_run_that_overruns_is_killed_with_all_it_started(tmp_path):

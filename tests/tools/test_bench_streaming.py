@@ -140,3 +140,12 @@ def test_tiny_run_against_the_emulator(tmp_path):
     assert result["ok"] is True
     assert result["publish_errors"] == 0 and result["receiver"]["bad_requests"] == 0
     assert "Streaming latency" in streaming.render(result)
+    # The same figures per runner; locally the pipeline is one process.
+    local = result["runners"]["local"]
+    assert local["runner"] == "BundleBasedDirectRunner" and list(result["runners"]) == ["local"]
+    assert local["job"] == result["job"] and local["p99_seconds"] == result["p99_seconds"]
+    for which in ("job", "trivial"):
+        (step,) = local[which]["steps"]
+        assert set(step["cpu_seconds_by_role"]) == {"job"} and step["cpu_seconds"] > 0
+        assert step["cpu_seconds_per_million_records"] == pytest.approx(
+            step["cpu_seconds"] / step["records_in_window"] * 1e6, rel=0.01)

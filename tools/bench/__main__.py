@@ -13,12 +13,16 @@ In one run, on a generated fleet (cached under ``tools/bench/work/``):
    and a check that each pipeline delivered the baseline's documents (exit 1 if not);
 2. memory: peak RSS of all processes of the batch pipeline's run on each runner
    at ``--memory_records`` and 5x that;
-3. streaming: ``tools/bench/streaming.py`` when present (on the local runner
-   only, so far: ``tools/bench/runners.py`` says where Flink would go).
+3. streaming: ``tools/bench/streaming.py`` when present, on each runner of
+   ``--runners`` (the BundleBasedDirectRunner and Flink ``[local]``): the job's
+   and a trivial pipeline's sustainable rates, p99 latency at ``--stream_rate``,
+   CPU seconds per million records of all the pipeline's processes.
 
 Results go to ``tools/bench/results/bench-<UTC time>.json`` and ``tools/bench/results/latest.json``
-(:data:`RESULTS_FORMAT` 2: ``batch.pipelines.<runner>`` and ``memory.pipelines.<runner>``;
-format 1 had one ``batch.pipeline``, the FnApiRunner).
+(:data:`RESULTS_FORMAT` 3: ``streaming.runners.<runner>`` as well, the streaming
+figures per runner, whose top-level keys are still the local runner's; format 2:
+``batch.pipelines.<runner>`` and ``memory.pipelines.<runner>``, streaming on the
+local runner only; format 1 had one ``batch.pipeline``, the FnApiRunner).
 """
 
 from __future__ import annotations
@@ -41,8 +45,9 @@ from tools.bench.runners import RUNNERS, selected
 
 DEFAULT_RECORDS = 1_000_000
 DEFAULT_MEMORY_RECORDS = 200_000
-#: 2: results per runner (``batch.pipelines``, ``memory.pipelines``); 1: the FnApiRunner only.
-RESULTS_FORMAT = 2
+#: 3: streaming results per runner too (``streaming.runners``); 2: batch and memory results per
+#: runner (``batch.pipelines``, ``memory.pipelines``); 1: the FnApiRunner only.
+RESULTS_FORMAT = 3
 
 
 def _streaming_module() -> tuple[ModuleType | None, str | None]:
@@ -79,9 +84,10 @@ def build_parser(streaming: ModuleType | None) -> argparse.ArgumentParser:
                              f"Default: {DEFAULT_MEMORY_RECORDS:,}.")
     parser.add_argument("--seed", type=int, default=7, help="Fleet generator seed. Default: 7.")
     parser.add_argument("--runners", type=_runners, default=",".join(RUNNERS),
-                        help="The runners the batch pipeline is measured on, comma-separated: local (the "
-                             "FnApiRunner) and flink (Flink [local], as make run-flink; needs Java 17 and Maven, "
-                             "skipped with the reason without them). Default: %(default)s.")
+                        help="The runners the job is measured on, comma-separated: local (batch: the "
+                             "FnApiRunner; streaming: the BundleBasedDirectRunner) and flink (Flink [local], as "
+                             "make run-flink and make run-flink-streaming run it; needs Java 17 and Maven, skipped "
+                             "with the reason without them). Default: %(default)s.")
     parser.add_argument("--skip_batch", action="store_true", help="Skip the baseline vs pipeline comparison.")
     parser.add_argument("--skip_memory", action="store_true", help="Skip the memory-scaling runs.")
     parser.add_argument("--skip_streaming", action="store_true", help="Skip the streaming bench.")

@@ -18,6 +18,13 @@ process's last reading, and, for JVMs, by thread name (``GC Thread``,
 nothing, where a Java profiler would need an agent in the job server. Processes
 that end between two readings lose their last ``interval`` of CPU in the split
 (not in the total).
+
+A long-running (streaming) run has no end to wait for: :func:`read_tree_cpu`
+reads the CPU of a tree's processes (and of its JVMs' threads) at one moment,
+and :func:`cpu_between` what they used between two readings, by role and by JVM
+thread group: the CPU of one measured window of the streaming bench, and where
+it went. A process that ended between the two readings is not in it, one that
+started is, whole.
 """
 
 from __future__ import annotations
@@ -38,6 +45,9 @@ PAGE_KIB = (os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096) // 1
 JVM = "jvm"
 SDK_WORKER = "sdk_workers"
 WORKER_POOL = "worker_pool"
+#: Beam's Java expansion service (the cross-language Pub/Sub read of a streaming
+#: run on Flink): busy while the job is submitted, idle after.
+EXPANSION_SERVICE = "expansion_service"
 JOB = "job"  # the process the bench started: the whole job on a local runner, the submitter on Flink
 OTHER = "other"
 #: JVM CPU of threads that started and ended between two thread readings.
@@ -73,7 +83,7 @@ def read_stat(path: Path) -> Stat | None:
 def role_of(comm: str, cmdline: str) -> str:
     """Which part of the run a process is, from its name and command line."""
     if comm == "java":
-        return JVM
+        return EXPANSION_SERVICE if "ExpansionService.jar" in cmdline else JVM
     # A pool worker starts as the boot script (tools/sdk_boot.py) and execs
     # sdk_worker_main: same process, so it is recognised by its first command line.
     if any(mark in cmdline for mark in ("SdkHarness", "sdk_worker_main", "tools.sdk_boot", "beam-sdk-boot")):
@@ -178,16 +188,7 @@ class TreeSampler:
 
     def descendants(self) -> list[Stat]:
         """Every process below ``root`` right now."""
-        stats = [stat for stat in (read_stat(path / "stat") for path in PROC.glob("[0-9]*")) if stat is not None]
-        children: dict[int, list[Stat]] = {}
-        for stat in stats:
-            children.setdefault(stat.ppid, []).append(stat)
-        found, queue = [], [self.root]
-        while queue:
-            for stat in children.get(queue.pop(), []):
-                found.append(stat)
-                queue.append(stat.pid)
-        return found
+        return descendants(self.root)
 
     def sample(self) -> None:
         processes = self.descendants()
@@ -216,6 +217,70 @@ class TreeSampler:
                     if thread is not None:
                         self._threads[(jvm.pid, thread.pid, jvm.start_ticks)] = (thread_group(thread.comm),
                                                                                   thread.cpu_seconds)
+
+
+def descendants(root: int) -> list[Stat]:
+    """Every process below ``root`` right now."""
+    stats = [stat for stat in (read_stat(path / "stat") for path in PROC.glob("[0-9]*")) if stat is not None]
+    children: dict[int, list[Stat]] = {}
+    for stat in stats:
+        children.setdefault(stat.ppid, []).append(stat)
+    found, queue = [], [root]
+    while queue:
+        for stat in children.get(queue.pop(), []):
+            found.append(stat)
+            queue.append(stat.pid)
+    return found
+
+
+@dataclass(frozen=True)
+class CpuReading:
+    """CPU seconds of each process of a tree, and of each thread of its JVMs, at one moment."""
+
+    #: (pid, start) -> (role, CPU seconds)
+    processes: dict[tuple[int, int], tuple[str, float]]
+    #: (pid, tid, thread start) -> (thread group, CPU seconds)
+    threads: dict[tuple[int, int, int], tuple[str, float]]
+
+
+def read_tree_cpu(root: int, threads: bool = True) -> CpuReading:
+    """The CPU so far of ``root`` and every process below it (with ``threads``,
+    of each thread of their JVMs too)."""
+    top = read_stat(PROC / str(root) / "stat")
+    processes: dict[tuple[int, int], tuple[str, float]] = {}
+    jvm_threads: dict[tuple[int, int, int], tuple[str, float]] = {}
+    for stat in ([top] if top is not None else []) + descendants(root):
+        role = role_of(stat.comm, _cmdline(stat.pid))
+        processes[(stat.pid, stat.start_ticks)] = (role, stat.cpu_seconds)
+        if threads and role == JVM:
+            for path in (PROC / str(stat.pid) / "task").glob("[0-9]*"):
+                thread = read_stat(path / "stat")
+                if thread is not None:
+                    jvm_threads[(stat.pid, thread.pid, thread.start_ticks)] = (thread_group(thread.comm),
+                                                                               thread.cpu_seconds)
+    return CpuReading(processes, jvm_threads)
+
+
+def cpu_between(before: CpuReading, after: CpuReading, top_threads: int = 12) -> dict[str, Any]:
+    """What the tree's processes used from ``before`` to ``after``: in all, by
+    role, and the JVMs' busiest thread groups (a process or thread first seen in
+    ``after`` counts whole)."""
+    by_role: dict[str, float] = {}
+    for key, (role, seconds) in after.processes.items():
+        used = seconds - before.processes.get(key, (role, 0.0))[1]
+        by_role[role] = by_role.get(role, 0.0) + max(used, 0.0)
+    groups: dict[str, float] = {}
+    for key, (group, seconds) in after.threads.items():
+        used = seconds - before.threads.get(key, (group, 0.0))[1]
+        groups[group] = groups.get(group, 0.0) + max(used, 0.0)
+    ranked = sorted(groups.items(), key=lambda item: -item[1])
+    shown = {name: round(seconds, 2) for name, seconds in ranked[:top_threads] if seconds > 0}
+    rest = sum(seconds for _, seconds in ranked[top_threads:])
+    if rest > 0:
+        shown["(other threads)"] = round(rest, 2)
+    return {"cpu_seconds": round(sum(by_role.values()), 2),
+            "cpu_seconds_by_role": {role: round(seconds, 2) for role, seconds in sorted(by_role.items())},
+            "jvm_thread_cpu_seconds": shown}
 
 
 def _cmdline(pid: int) -> str:
