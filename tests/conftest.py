@@ -53,23 +53,14 @@ settings.register_profile("long", max_examples=2_000, deadline=None, suppress_he
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fast"))
 
 
-#: The tiers whose tests start services and measure time: with ``make test``'s two
-#: xdist workers (``--dist loadgroup``) they all run on one worker, one after the
-#: other, so they never compete with each other; the other worker runs the unit
-#: and composite tiers beside the first of them.
-SERIAL_TIERS = ("e2e", "tools")
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test with the tier of its folder (and the serial group)."""
+    """Mark every test with the tier of its folder."""
     for item in items:
         parts = item.path.parts
         tier = next((name for name in TIERS if name in parts[parts.index("tests") + 1:][:1]), None)
         if tier is None:
             raise pytest.UsageError(f"{item.nodeid}: a test belongs in tests/{{{','.join(TIERS)}}}/")
         item.add_marker(getattr(pytest.mark, tier))
-        if tier in SERIAL_TIERS:
-            item.add_marker(pytest.mark.xdist_group("serial"))
 
 
 def write_reference(directory: Path, tables: dict[str, list[dict[str, Any]]], fmt: str = "json") -> Path:
