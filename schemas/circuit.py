@@ -27,8 +27,9 @@ The states (docs/delivery.md, "Circuit"):
     The destination is tried. A failed batch counts; ``deactivate_after``
     consecutive failed batches, or one permanent failure, open the circuit. A
     failure (or a success after failures) also sets ``drain_until``: what the
-    failed batches parked is delivered by the recovery step within seconds,
-    beside live data, even when the circuit never opens.
+    failed batches parked is delivered by the recovery step beside live data,
+    even when the circuit never opens: at once after a success, and after a
+    failure once it is ``probe_initial_seconds`` old (:meth:`CircuitState.draining`).
 ``open``
     Nothing is sent: the sinks park the stream's documents without a request
     (``stream_deactivated`` with the token of the failure). At ``next_probe_at``
@@ -84,11 +85,24 @@ class CircuitState:
     lease_owner: str | None = None
     lease_until: float | None = None
     drain_until: float | None = None  # after closing: stragglers still delivered
+    failed_at: float | None = None  # when the last failed batch was recorded
     updated_at: float = 0.0
 
     @property
     def closed(self) -> bool:
         return self.state == CLOSED
+
+    def draining(self, now: float, settle_seconds: float) -> bool:
+        """Closed with parked stragglers to deliver now: not while its last batch
+        failed less than ``settle_seconds`` ago. Re-sending a parked batch right
+        after a live one failed would try a failing destination once more at
+        once, and hold every step of a one-threaded runner for up to a stream
+        budget per tick; live batches tell first (a success clears the failures,
+        more failures open the circuit, which is probed, spaced out), and a
+        quiet stream's batch is re-sent once the failure is that old."""
+        if self.state != CLOSED or (self.drain_until or 0) <= now:
+            return False
+        return self.failures == 0 or now - (self.failed_at or 0) >= settle_seconds
 
     def leased_by_other(self, owner: str, now: float) -> bool:
         return (self.lease_owner is not None and self.lease_owner != owner
@@ -260,7 +274,7 @@ class CircuitStore:
                 return None  # already open: a straggling failure changes nothing
             # What the failed batch parked is delivered by the recovery step soon
             # (a closed circuit that is draining), even if the circuit never opens.
-            failed = replace(state, failures=state.failures + 1, drain_until=drain_until)
+            failed = replace(state, failures=state.failures + 1, drain_until=drain_until, failed_at=now)
             permanent = not retryable or token in PERMANENT_TOKENS
             if permanent or failed.failures >= self.settings.deactivate_after:
                 return self._opened(failed, token, now)

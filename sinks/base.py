@@ -42,6 +42,7 @@ waits for every batch of the bundle, or parks the ones over budget.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import threading
@@ -235,10 +236,12 @@ class DeliveryFn(DeliveryOutputs, beam.DoFn):
         yield from self._bundle.wait_below_limit(self._beam_counters)
 
     def deliver_now(self, element: Any, config: StreamConfig, window: Any, pane: Any,
-                    probe: bool = False) -> list[Any]:
+                    probe: bool = False, single_attempt: bool = False) -> list[Any]:
         """A batch sent on this thread, within the budget: the recovery step's
         way in (``sinks/recovery.py``). ``probe``: sent whatever the circuit
-        says, and the outcome left for the caller to record."""
+        says, and the outcome left for the caller to record. ``single_attempt``
+        (a probe of an open circuit): each request is tried once, without the
+        policy's retries; the next probe is the retry."""
         outputs = self._prepared(element, config, window, pane)
         stream, requests = next(outputs)
         done = list(outputs)
@@ -246,7 +249,7 @@ class DeliveryFn(DeliveryOutputs, beam.DoFn):
             return done
         # A probe stops at its first failed request: the rest of the batch is
         # parked as it was, not tried request by request against a dead destination.
-        self._local.probe = {"failed": None} if probe else None
+        self._local.probe = {"failed": None, "single_attempt": single_attempt} if probe else None
         try:
             return done + self._run(stream, requests)
         finally:
@@ -378,9 +381,12 @@ class DeliveryFn(DeliveryOutputs, beam.DoFn):
             deadline_seconds = min(deadline_seconds, end - time.monotonic())
         watch = Stopwatch()
         self._local.deadline = None if deadline_seconds is None else time.monotonic() + deadline_seconds
+        policy = self._policy
+        if probe and probe.get("single_attempt"):
+            policy = dataclasses.replace(policy, max_attempts=1)
         try:
-            outcome = self._policy.run(functools.partial(self.attempt, request, connection),
-                                       deadline_seconds=deadline_seconds)
+            outcome = policy.run(functools.partial(self.attempt, request, connection),
+                                 deadline_seconds=deadline_seconds)
         finally:
             self._local.deadline = None
         # A failed request that used up its budget: the stream's next batches

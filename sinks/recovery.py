@@ -27,10 +27,13 @@ Streams are worked on side by side, and a tick starts no new batch after its
 budget (one stream budget): a large backlog is delivered over several ticks, and
 the job's other steps are held for about a budget at most (the DirectRunner runs
 every step on one thread). A stream whose circuit is still closed but whose last
-request ran out of its budget in this process (a destination that hangs) is left
-to its live batches for the first probe's delay (or until its circuit opens):
-re-sending its parked batch at every tick would hold every other stream for a
-budget each time.
+batch failed (a destination that hangs, resets, throttles or answers 5xx) is
+left to its live batches for the first probe's delay (or until its circuit
+opens): re-sending its parked batch at every tick would try a failing
+destination again at once and hold every other stream for up to a budget each
+time. A probe is one attempt, not the policy's retries: the next probe, twice
+as far away, is its retry, and a destination that fails fast costs the other
+steps no backoff.
 
 Counts: documents delivered here count as the stream's ``recovered``; those
 parked by this same run also as ``unparked``, so a run's reconciliation reads
@@ -65,7 +68,7 @@ from schemas.snapshots import RefreshingSnapshot, current
 from schemas.streams import DataStream, StreamConfig
 from schemas.timestamps import now_iso
 from sinks.base import DeliveryFn
-from sinks.dispatch import OVERRUNS, Tally
+from sinks.dispatch import Tally
 from sinks.ordering import document_time
 from sinks.parking import PARKED, ParkedBatch, ParkStore
 from sinks.results import DEAD_LETTERS
@@ -161,13 +164,10 @@ class _RecoverFn(beam.DoFn):
             stream = config.streams.get(circuit.stream_id)
             if stream is None or stream.state != "active" or stream.api_type not in self._fns:
                 continue
-            if circuit.state == CLOSED and OVERRUNS.overran(stream.id, self._first_probe_seconds):
-                # Its last request ran out of its budget: re-sending its parked
-                # batch would hold every step for a budget each tick. Live
-                # batches tell first (sinks/dispatch.py): one clears the stream,
-                # or their failures open the circuit, which is then probed,
-                # spaced out; with no live batch, the parked one is tried again
-                # once the first probe's delay has passed.
+            if circuit.state == CLOSED and not circuit.draining(time.time(), self._first_probe_seconds):
+                # Its last batch failed moments ago (CircuitState.draining): live
+                # batches tell first, and the parked one is tried again once the
+                # failure is a first probe's delay old.
                 continue
             work.append(self._pool.submit(self._recover_counted, stream, circuit, config, deadline))
         for future in work:  # each is bounded by its budgets
@@ -217,7 +217,7 @@ class _RecoverFn(beam.DoFn):
             if time.monotonic() >= deadline:
                 self._circuits.release(stream.id, self._owner)
                 return
-            outputs, ok = self._deliver(stream, config, path)
+            outputs, ok = self._deliver(stream, config, path, single_attempt=probing)
             yield from outputs
             if not ok:
                 state = self._circuits.probe_failed(stream.id, self._owner, _token(outputs))
@@ -256,8 +256,10 @@ class _RecoverFn(beam.DoFn):
                 paths.append(metadata.path)
         return paths
 
-    def _deliver(self, stream: DataStream, config: StreamConfig, path: str) -> tuple[list[Any], bool]:
-        """One parked batch through the stream's sink -> (outputs, all delivered)."""
+    def _deliver(self, stream: DataStream, config: StreamConfig, path: str,
+                 single_attempt: bool = False) -> tuple[list[Any], bool]:
+        """One parked batch through the stream's sink -> (outputs, all delivered);
+        ``single_attempt`` for a probe (module docstring)."""
         try:
             batch = self._parks.read(path)
         except Exception:  # noqa: BLE001 - deleted meanwhile (a re-drive): nothing to do
@@ -267,7 +269,8 @@ class _RecoverFn(beam.DoFn):
         parked_again: list[ParkedBatch] = []
         delivered = 0
         for element, window in sink_elements(stream, batch):
-            for output in fn.deliver_now(element, config, window, RecoveredPane(batch.batch_id[:8]), probe=True):
+            for output in fn.deliver_now(element, config, window, RecoveredPane(batch.batch_id[:8]), probe=True,
+                                         single_attempt=single_attempt):
                 if isinstance(output, pvalue.TaggedOutput) and output.tag == PARKED:
                     parked_again.append(output.value)
                 elif isinstance(output, pvalue.TaggedOutput):

@@ -193,20 +193,24 @@ def test_recovery_probes_then_delivers_the_backlog_in_order_and_closes(tmp_path,
     assert circuits.get("r", fresh=True).closed
 
 
-def test_a_stream_that_hung_waits_a_first_probe_delay_before_recovery_resends(tmp_path, stream_secrets):
-    """A stream whose last request ran out of its budget, circuit still closed,
-    its batch parked: recovery leaves it alone for the first probe's delay (its
-    live batches tell first), then re-sends the parked batch even if no live
-    batch came."""
+@pytest.mark.parametrize("token", ["unreachable", "throttled", "server_error"])
+def test_a_stream_whose_last_batch_failed_waits_a_first_probe_delay_before_recovery_resends(
+        tmp_path, stream_secrets, token):
+    """A stream whose last batch failed (it hung, reset, was throttled, answered
+    5xx), circuit still closed, its batch parked: recovery leaves it alone for
+    the first probe's delay (its live batches tell first; re-sending at once
+    would hold every step of the DirectRunner for a budget per tick), then
+    re-sends the parked batch even if no live batch came. Nothing in this
+    process's overrun record: the circuit, which every worker shares, decides."""
     policy = RetryPolicy(**(SHORT | {"probe_initial_seconds": 1.0}), circuit_location=str(tmp_path / "status"))
     with HttpReceiver() as receiver:
-        streams = config(rest_stream("hung", f"{receiver.url}/h", bulk=True))
+        streams = config(rest_stream("failed", f"{receiver.url}/f", bulk=True))
         store = ParkStore(str(tmp_path / "parked"))
-        _park(store, "hung", 0, reason="retries_exhausted")
+        _park(store, "failed", 0, reason="retries_exhausted")
         fn = _RestBulkWriteFn(new_session, Timeouts(1, 30), 1_000_000, policy, allow_insecure=True)
         fn.setup()
-        CircuitStore(str(tmp_path / "status"), policy.circuit_settings()).record("hung", False, "unreachable", True)
-        OVERRUNS.record("hung", True)
+        CircuitStore(str(tmp_path / "status"), policy.circuit_settings()).record("failed", False, token, True)
+        assert not OVERRUNS.overran("failed")
         soon = _recover_fn(tmp_path, fn)
         assert list(soon.process("tick", streams)) == []
         soon.teardown()
@@ -218,7 +222,29 @@ def test_a_stream_that_hung_waits_a_first_probe_delay_before_recovery_resends(tm
         bodies = [[d["id"] for d in r.json()] for r in receiver.requests()]
     assert bodies == [[0, 1, 2]]
     assert [r.status for r in results] == [DELIVERED]
-    assert store.list("hung") == []
+    assert store.list("failed") == []
+
+
+def test_after_a_live_success_recovery_delivers_what_the_failures_parked_at_once(tmp_path, stream_secrets):
+    """The failures were followed by a successful live batch (the destination
+    answers again, circuit still closed): the parked batch goes at the next
+    tick, without waiting for the first probe's delay."""
+    policy = RetryPolicy(**(SHORT | {"probe_initial_seconds": 60.0}), circuit_location=str(tmp_path / "status"))
+    with HttpReceiver() as receiver:
+        streams = config(rest_stream("back", f"{receiver.url}/b", bulk=True))
+        store = ParkStore(str(tmp_path / "parked"))
+        _park(store, "back", 0, reason="retries_exhausted")
+        fn = _RestBulkWriteFn(new_session, Timeouts(1, 30), 1_000_000, policy, allow_insecure=True)
+        fn.setup()
+        circuits = CircuitStore(str(tmp_path / "status"), policy.circuit_settings())
+        circuits.record("back", False, "server_error", True)
+        circuits.record("back", True)
+        recover = _recover_fn(tmp_path, fn)
+        results, _ = _unwrap(list(recover.process("tick", streams)))
+        recover.teardown()
+        bodies = [[d["id"] for d in r.json()] for r in receiver.requests()]
+    assert bodies == [[0, 1, 2]]
+    assert [r.status for r in results] == [DELIVERED]
 
 
 def test_a_failed_probe_keeps_the_backlog_and_waits_twice_as_long(tmp_path, stream_secrets):
@@ -234,11 +260,37 @@ def test_a_failed_probe_keeps_the_backlog_and_waits_twice_as_long(tmp_path, stre
         recover = _recover_fn(tmp_path, fn)
         list(recover.process("tick", streams))
         recover.teardown()
-        tried = {tuple(d["id"] for d in r.json()) for r in receiver.requests()}
-    assert tried == {(0, 1, 2)}, "only the oldest batch probed"
+        tried = [tuple(d["id"] for d in r.json()) for r in receiver.requests()]
+    # One attempt (the policy would make two): the next probe is the retry, and
+    # a probe of a fast-failing destination holds the job's other steps for no backoff.
+    assert tried == [(0, 1, 2)], "only the oldest batch probed, once"
     assert store.list("r") == sorted(paths)
     state = circuits.get("r", fresh=True)
     assert (state.state, state.probes, state.probe_delay_seconds) == (OPEN, 1, 0.2)
+
+
+def test_once_a_probe_got_through_the_backlog_is_sent_with_the_policys_retries(tmp_path, stream_secrets):
+    """Only the probe is a single attempt: the backlog behind it is live data
+    again, and one 503 while it is delivered is retried, not a failed probe."""
+    with HttpReceiver() as receiver:
+        streams = config(rest_stream("r", f"{receiver.url}/r", bulk=True))
+        store = ParkStore(str(tmp_path / "parked"))
+        for n in range(2):
+            _park(store, "r", 100 * n)
+        fn = _fn(str(tmp_path / "status"))
+        circuits = CircuitStore(str(tmp_path / "status"), RetryPolicy(**SHORT).circuit_settings())
+        circuits.open("r", "unreachable")
+        time.sleep(0.2)
+        receiver.down(faults.matching(lambda request: bool(request.body) and request.json()[0]["id"] == 100,
+                                      faults.first(1, faults.unavailable())))
+        recover = _recover_fn(tmp_path, fn)
+        results, _ = _unwrap(list(recover.process("tick", streams)))
+        recover.teardown()
+        tried = [(tuple(d["id"] for d in r.json()), r.accepted) for r in receiver.requests()]
+    assert tried == [((0, 1, 2), True), ((100, 101, 102), False), ((100, 101, 102), True)]
+    assert [r.status for r in results] == [DELIVERED, DELIVERED]
+    assert store.list("r") == []
+    assert circuits.get("r", fresh=True).closed
 
 
 def test_a_probe_waits_while_a_redrive_holds_the_stream(tmp_path, stream_secrets):
