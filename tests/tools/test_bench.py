@@ -279,6 +279,12 @@ def test_thread_groups_and_roles():
     assert proctree.role_of("python", 'python -c from apache_beam.runners.worker.sdk_worker import SdkHarness; '
                                       'SdkHarness("localhost:1").run()') == "sdk_workers"
     assert proctree.role_of("python", "python -m apache_beam.runners.worker.worker_pool_main") == "worker_pool"
+    # The pool as tools/portable.py starts it, and a worker it starts through the boot script.
+    pool = ("python -m apache_beam.runners.worker.worker_pool_main --service_port 4000 "
+            "--container_executable=/tmp/beam-sdk-boot-x1/boot")
+    assert proctree.role_of("python", pool) == "worker_pool"
+    assert proctree.role_of("sh", "/bin/sh /tmp/beam-sdk-boot-x1/boot --id=1-1 --provision_endpoint=x") == "sdk_workers"
+    assert proctree.role_of("python", "python -m tools.sdk_boot --id=1-1") == "sdk_workers"
     assert proctree.role_of("python3.11", "python -m tools.local_job") == "job"
     assert runners.selected("local,flink") == [runners.LOCAL, runners.FLINK]
     assert runners.selected("local,flink", streaming=True) == [runners.LOCAL, runners.FLINK]

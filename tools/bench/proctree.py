@@ -84,12 +84,13 @@ def role_of(comm: str, cmdline: str) -> str:
     """Which part of the run a process is, from its name and command line."""
     if comm == "java":
         return EXPANSION_SERVICE if "ExpansionService.jar" in cmdline else JVM
+    # The pool first: its command line names the boot script too (--container_executable).
+    if "worker_pool_main" in cmdline:
+        return WORKER_POOL
     # A pool worker starts as the boot script (tools/sdk_boot.py) and execs
     # sdk_worker_main: same process, so it is recognised by its first command line.
     if any(mark in cmdline for mark in ("SdkHarness", "sdk_worker_main", "tools.sdk_boot", "beam-sdk-boot")):
         return SDK_WORKER
-    if "worker_pool_main" in cmdline:
-        return WORKER_POOL
     if comm.startswith("python"):
         return JOB
     return OTHER
