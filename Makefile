@@ -129,16 +129,30 @@ BENCH_ARGS ?=
 bench: $(SAMPLE_DIR)/.complete ## Benchmark against baselines on the local runners and Flink [local]: batch (FnApiRunner), streaming (BundleBasedDirectRunner) (BENCH_ARGS)
 	$(PY) -m tools.bench $(BENCH_ARGS)
 
-# make test: the unit and composite tiers run in a pytest of their own beside the e2e and tools
-# tiers, which run one after the other, so their services and timings never compete with each
-# other. (Not xdist's --dist loadgroup: with pytest 9.2 and xdist 3.8 its groups are not kept.)
+# make test runs in two phases, so that no timing a test asserts competes with another test:
+# 1. the tests marked `alone` (latency against a baseline, time to stop), one after the other,
+#    with nothing else running;
+# 2. three pytests side by side: the `flink` tests (Flink JVMs: job servers, standalone
+#    clusters), the other e2e and tools tests, and the unit and composite tiers. The last two
+#    logs are kept in $(OUT_DIR) and their summaries printed at the end.
+# (Not xdist's --dist loadgroup: with pytest 9.2 and xdist 3.8 its groups are not kept.)
+LANE_LOGS = $(OUT_DIR)/test-flink.log $(OUT_DIR)/test-unit-composite.log
 test: $(STAMP) ## Run ruff and every test tier: unit, composite, e2e, tools (what CI runs)
 	$(VENV)/bin/ruff check .
 	@mkdir -p $(OUT_DIR)
-	@$(PY) -m pytest -p no:cacheprovider -m "unit or composite" $(PYTEST_ARGS) > $(OUT_DIR)/test-unit-composite.log 2>&1 & \
-	fast=$$!; $(PY) -m pytest -m "e2e or tools" $(PYTEST_ARGS); slow=$$?; wait $$fast; quick=$$?; \
-	echo "--- unit and composite tiers ($(OUT_DIR)/test-unit-composite.log):"; tail -n 40 $(OUT_DIR)/test-unit-composite.log; \
-	test $$slow -eq 0 -a $$quick -eq 0
+	@echo "=== phase 1: the tests that assert timings, alone"
+	@$(PY) -m pytest -m "(e2e or tools) and alone" $(PYTEST_ARGS); alone=$$?; \
+	echo "=== phase 2: Flink tests ($(OUT_DIR)/test-flink.log) and unit and composite tiers" \
+		"($(OUT_DIR)/test-unit-composite.log) beside the other e2e and tools tests"; \
+	$(PY) -m pytest -p no:cacheprovider -m "(e2e or tools) and flink and not alone" $(PYTEST_ARGS) \
+		> $(OUT_DIR)/test-flink.log 2>&1 & flink=$$!; \
+	$(PY) -m pytest -p no:cacheprovider -m "unit or composite" $(PYTEST_ARGS) \
+		> $(OUT_DIR)/test-unit-composite.log 2>&1 & quick=$$!; \
+	$(PY) -m pytest -p no:cacheprovider -m "(e2e or tools) and not alone and not flink" $(PYTEST_ARGS); rest=$$?; \
+	wait $$flink; flink=$$?; wait $$quick; quick=$$?; \
+	for log in $(LANE_LOGS); do echo "--- $$log:"; tail -n 45 $$log; done; \
+	echo "=== exit statuses: alone $$alone, flink $$flink, unit and composite $$quick, other e2e and tools $$rest"; \
+	test $$alone -eq 0 -a $$flink -eq 0 -a $$quick -eq 0 -a $$rest -eq 0
 
 # test-fast spreads its tests over two worker processes (pytest-xdist).
 test-fast: $(STAMP) ## Run ruff and the unit and composite tiers (under a minute, two workers)

@@ -18,8 +18,12 @@ from __future__ import annotations
 import json
 from collections import Counter
 
+import pytest
+
 from tools.crash import run_crash
 from tools.crash.flink import FlinkClusterTarget
+
+pytestmark = pytest.mark.flink
 
 RECORDS_PER_KIND = 1500  # 60 s of publishing: the kill comes mid-stream
 RATE = 25  # records a second and kind: what Flink keeps up with here beside everything else

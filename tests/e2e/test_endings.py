@@ -38,6 +38,8 @@ from tools import runners
 from tools.processes import free_port
 from tools.pubsub_emulator import Ticker, create_topic_and_subscription, publish, subscriber_client
 
+pytestmark = pytest.mark.alone
+
 ROOT = Path(__file__).resolve().parents[2]
 REFRESH_SECONDS = 10
 #: The job's first delivery comes ~5 s after its start here; allow for a loaded machine.

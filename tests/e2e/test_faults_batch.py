@@ -28,6 +28,8 @@ from tools.latency import arrivals, percentile
 from tools.local_destinations import HttpReceiver
 from tools.sample_fleet import generate
 
+pytestmark = pytest.mark.alone
+
 CONNECT_TIMEOUT_SECONDS = 5.0
 HEALTHY = ("healthy-1", "healthy-2", "healthy-3")
 #: stream -> (fault, every routed document ends delivered (True) or parked (False))

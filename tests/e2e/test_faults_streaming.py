@@ -27,6 +27,8 @@ from tools import faults
 from tools.latency import arrivals
 from tools.local_destinations import HttpReceiver
 
+pytestmark = pytest.mark.alone
+
 RATE = 10  # events a second
 PUBLISH_SECONDS = 60
 HEALTHY = ("healthy-1", "healthy-2", "healthy-3")

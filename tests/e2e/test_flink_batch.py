@@ -27,6 +27,8 @@ from tools.portable import WorkerPool
 from tools.processes import group_alive
 from tools.run_flink import flink_flags
 
+pytestmark = pytest.mark.flink
+
 STREAMS = ("rest-events", "bulk-both", "bulk-other", "kinesis-usage", "s3-both", "dd")
 
 

@@ -30,6 +30,7 @@ from typing import Any
 
 import apache_beam as beam
 import orjson
+import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineState
 
@@ -41,6 +42,8 @@ from tests.streams import rest_stream, s3_stream
 from tools.flink.metrics import job_running
 from tools.flink.streaming import flink_streaming
 from tools.pubsub_emulator import PubSubEmulator, create_topic_and_subscription, publish
+
+pytestmark = pytest.mark.flink
 
 REFRESH_SECONDS = 20
 #: The job server, the mini-cluster and the SDK workers start in about a minute

@@ -33,6 +33,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import write_reference
 from tests.e2e.test_flink_streaming import _rest_docs, _Trickle
 from tests.e2e.test_streaming_e2e import EVENTS, USAGE, _records
@@ -41,6 +43,8 @@ from tools.flink.jars import launcher_jar
 from tools.flink.services import ExpansionService, StandaloneCluster
 from tools.portable import WorkerPool
 from tools.pubsub_emulator import PubSubEmulator, create_topic_and_subscription, publish
+
+pytestmark = pytest.mark.flink
 
 ROOT = Path(__file__).resolve().parents[2]
 BUCKET = "deployment"

@@ -22,6 +22,8 @@ import pytest
 
 from tools.sample_fleet import generate
 
+pytestmark = pytest.mark.alone
+
 ROOT = Path(__file__).resolve().parents[2]
 #: "Within a few seconds": the job is cancelled, the services are stopped.
 STOP_SECONDS = 20

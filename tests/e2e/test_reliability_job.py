@@ -19,6 +19,8 @@ from tests.streams import REGION, SECRETS, datadog_stream, kinesis_stream, rest_
 from tools.local_destinations import HttpReceiver, Reply, Script
 from tools.sample_fleet import generate
 
+pytestmark = pytest.mark.alone
+
 FAST = ["--max_attempts=3", "--retry_deadline_seconds=2", "--retry_base_delay_seconds=0.01",
         "--retry_max_delay_seconds=0.05", "--http_read_timeout=0.5", "--http_connect_timeout=0.5",
         "--allow_insecure_destinations"]

@@ -41,6 +41,8 @@ from tools.faults import (
 from tools.latency import documents, latencies, latency_report, timestamp_latencies
 from tools.local_destinations import HttpReceiver, Reply, Script
 
+pytestmark = pytest.mark.alone
+
 SHORT = (1.0, 0.3)  # connect, read: a hang shows as a read timeout within 0.3 s
 
 
