@@ -76,6 +76,7 @@ def test_batch_bench_end_to_end(tmp_path):
     assert list((work_dir / "fleets").glob("*/.complete"))
 
 
+@pytest.mark.flink
 def test_batch_bench_on_flink_counts_every_process_of_the_run(tmp_path):
     """The one bench test that starts Flink (Beam's job server JVM with its
     mini-cluster, a worker pool and its SDK workers; about a minute): the same
@@ -289,6 +290,24 @@ def test_thread_groups_and_roles():
     assert runners.selected("local,flink") == [runners.LOCAL, runners.FLINK]
     assert runners.selected("local,flink", streaming=True) == [runners.LOCAL, runners.FLINK]
     assert proctree.role_of("java", "java -jar ExpansionService.jar 4567") == "expansion_service"
+
+
+def test_a_child_seen_before_its_exec_gets_the_role_of_what_it_execs():
+    """A child sampled between its fork and its exec shows its parent's command
+    line (a job); once it execs the worker pool, the pool is what is counted."""
+    script = ("import os, sys, time\n"
+              "pid = os.fork()\n"
+              "if pid == 0:\n"
+              "    time.sleep(1.0)\n"
+              "    pool = 'worker_pool' + '_main'  # not in this script's own command line\n"
+              "    os.execv(sys.executable, [sys.executable, '-c', 'import time; time.sleep(1.5)', pool])\n"
+              "os.waitpid(pid, 0)\n")
+    launcher = subprocess.Popen([sys.executable, "-c", "import subprocess, sys; subprocess.run(sys.argv[1:])",
+                                 sys.executable, "-c", script])
+    sampler = proctree.TreeSampler(launcher.pid, interval=0.1).start()
+    launcher.wait(timeout=30)
+    usage = sampler.stop()
+    assert usage.processes_by_role == {"job": 1, "worker_pool": 1}, usage.processes_by_role
 
 
 def test_a_run_that_overruns_is_killed_with_all_it_started(tmp_path):

@@ -199,10 +199,12 @@ class TreeSampler:
         by_role: dict[str, int] = {}
         jvms = []
         for stat in processes:
-            key = (stat.pid, stat.start_ticks)
-            known = self._processes.get(key)
-            role = known[0] if known else role_of(stat.comm, _cmdline(stat.pid))
-            self._processes[key] = (role, stat.cpu_seconds)
+            # Classified at every sample, not once: a child between its fork and
+            # its exec shows its parent's command line (under load for a while:
+            # the worker pool was once counted as the job, and a pool's worker
+            # would be counted as the pool); the last role seen is the one kept.
+            role = role_of(stat.comm, _cmdline(stat.pid))
+            self._processes[(stat.pid, stat.start_ticks)] = (role, stat.cpu_seconds)
             by_role[role] = by_role.get(role, 0) + stat.rss_kib
             if role == JVM:
                 jvms.append(stat)
