@@ -193,6 +193,20 @@ def test_recovery_probes_then_delivers_the_backlog_in_order_and_closes(tmp_path,
     assert circuits.get("r", fresh=True).closed
 
 
+def _closed_with_a_parked_batch(tmp_path, receiver: HttpReceiver, stream_id: str,
+                                probe_initial_seconds: float) -> tuple[Any, ParkStore, _RestBulkWriteFn, CircuitStore]:
+    """A REST bulk stream with one batch parked by a failure, its circuit closed:
+    (stream config, park store, sink, circuits)."""
+    policy = RetryPolicy(**(SHORT | {"probe_initial_seconds": probe_initial_seconds}),
+                         circuit_location=str(tmp_path / "status"))
+    streams = config(rest_stream(stream_id, f"{receiver.url}/{stream_id}", bulk=True))
+    store = ParkStore(str(tmp_path / "parked"))
+    _park(store, stream_id, 0, reason="retries_exhausted")
+    fn = _RestBulkWriteFn(new_session, Timeouts(1, 30), 1_000_000, policy, allow_insecure=True)
+    fn.setup()
+    return streams, store, fn, CircuitStore(str(tmp_path / "status"), policy.circuit_settings())
+
+
 @pytest.mark.parametrize("token", ["unreachable", "throttled", "server_error"])
 def test_a_stream_whose_last_batch_failed_waits_a_first_probe_delay_before_recovery_resends(
         tmp_path, stream_secrets, token):
@@ -202,14 +216,9 @@ def test_a_stream_whose_last_batch_failed_waits_a_first_probe_delay_before_recov
     would hold every step of the DirectRunner for a budget per tick), then
     re-sends the parked batch even if no live batch came. Nothing in this
     process's overrun record: the circuit, which every worker shares, decides."""
-    policy = RetryPolicy(**(SHORT | {"probe_initial_seconds": 1.0}), circuit_location=str(tmp_path / "status"))
     with HttpReceiver() as receiver:
-        streams = config(rest_stream("failed", f"{receiver.url}/f", bulk=True))
-        store = ParkStore(str(tmp_path / "parked"))
-        _park(store, "failed", 0, reason="retries_exhausted")
-        fn = _RestBulkWriteFn(new_session, Timeouts(1, 30), 1_000_000, policy, allow_insecure=True)
-        fn.setup()
-        CircuitStore(str(tmp_path / "status"), policy.circuit_settings()).record("failed", False, token, True)
+        streams, store, fn, circuits = _closed_with_a_parked_batch(tmp_path, receiver, "failed", 1.0)
+        circuits.record("failed", False, token, True)
         assert not OVERRUNS.overran("failed")
         soon = _recover_fn(tmp_path, fn)
         assert list(soon.process("tick", streams)) == []
@@ -229,14 +238,8 @@ def test_after_a_live_success_recovery_delivers_what_the_failures_parked_at_once
     """The failures were followed by a successful live batch (the destination
     answers again, circuit still closed): the parked batch goes at the next
     tick, without waiting for the first probe's delay."""
-    policy = RetryPolicy(**(SHORT | {"probe_initial_seconds": 60.0}), circuit_location=str(tmp_path / "status"))
     with HttpReceiver() as receiver:
-        streams = config(rest_stream("back", f"{receiver.url}/b", bulk=True))
-        store = ParkStore(str(tmp_path / "parked"))
-        _park(store, "back", 0, reason="retries_exhausted")
-        fn = _RestBulkWriteFn(new_session, Timeouts(1, 30), 1_000_000, policy, allow_insecure=True)
-        fn.setup()
-        circuits = CircuitStore(str(tmp_path / "status"), policy.circuit_settings())
+        streams, _, fn, circuits = _closed_with_a_parked_batch(tmp_path, receiver, "back", 60.0)
         circuits.record("back", False, "server_error", True)
         circuits.record("back", True)
         recover = _recover_fn(tmp_path, fn)
