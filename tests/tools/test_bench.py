@@ -294,13 +294,15 @@ def test_thread_groups_and_roles():
 
 def test_a_child_seen_before_its_exec_gets_the_role_of_what_it_execs():
     """A child sampled between its fork and its exec shows its parent's command
-    line (a job); once it execs the worker pool, the pool is what is counted."""
+    line (a job); once it execs the worker pool, the pool is what is counted,
+    also after it exited and waits to be reaped (a zombie has no command line)."""
     script = ("import os, sys, time\n"
               "pid = os.fork()\n"
               "if pid == 0:\n"
               "    time.sleep(1.0)\n"
               "    pool = 'worker_pool' + '_main'  # not in this script's own command line\n"
               "    os.execv(sys.executable, [sys.executable, '-c', 'import time; time.sleep(1.5)', pool])\n"
+              "time.sleep(3.5)  # the child exits after about 2.5 s: a zombie for a second\n"
               "os.waitpid(pid, 0)\n")
     launcher = subprocess.Popen([sys.executable, "-c", "import subprocess, sys; subprocess.run(sys.argv[1:])",
                                  sys.executable, "-c", script])

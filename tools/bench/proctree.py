@@ -200,11 +200,15 @@ class TreeSampler:
         jvms = []
         for stat in processes:
             # Classified at every sample, not once: a child between its fork and
-            # its exec shows its parent's command line (under load for a while:
-            # the worker pool was once counted as the job, and a pool's worker
-            # would be counted as the pool); the last role seen is the one kept.
-            role = role_of(stat.comm, _cmdline(stat.pid))
-            self._processes[(stat.pid, stat.start_ticks)] = (role, stat.cpu_seconds)
+            # its exec shows its parent's command line (the worker pool was once
+            # counted as the job). But not from an empty command line: a process
+            # that has exited and is not yet reaped (a zombie) has none, and
+            # would become a "job" at its last sample.
+            key = (stat.pid, stat.start_ticks)
+            known = self._processes.get(key)
+            cmdline = _cmdline(stat.pid)
+            role = known[0] if known and not cmdline else role_of(stat.comm, cmdline)
+            self._processes[key] = (role, stat.cpu_seconds)
             by_role[role] = by_role.get(role, 0) + stat.rss_kib
             if role == JVM:
                 jvms.append(stat)
