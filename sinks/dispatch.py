@@ -59,24 +59,22 @@ class Overruns:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        #: stream id -> when (monotonic) its last request ran out of its budget
-        self._overran: dict[str, float] = {}
+        #: the streams whose last request ran out of its budget
+        self._overran: set[str] = set()
         self._running: Counter[str] = Counter()
 
     def record(self, stream_id: str, overran: bool) -> None:
         """A request of the stream ended: ``overran`` if it used up its budget."""
         with self._lock:
             if overran:
-                self._overran[stream_id] = time.monotonic()
+                self._overran.add(stream_id)
             else:
-                self._overran.pop(stream_id, None)
+                self._overran.discard(stream_id)
 
-    def overran(self, stream_id: str, within_seconds: float | None = None) -> bool:
-        """Whether the stream's last request ran out of its budget (at most
-        ``within_seconds`` ago, if given)."""
+    def overran(self, stream_id: str) -> bool:
+        """Whether the stream's last request ran out of its budget."""
         with self._lock:
-            at = self._overran.get(stream_id)
-        return at is not None and (within_seconds is None or time.monotonic() - at <= within_seconds)
+            return stream_id in self._overran
 
     def abandoned(self, stream_id: str, delta: int) -> None:
         """An abandoned request of the stream goes on running (+1) or ended (-1)."""
