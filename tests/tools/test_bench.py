@@ -105,6 +105,7 @@ def test_batch_bench_on_flink_counts_every_process_of_the_run(tmp_path):
                 .splitlines() if str(work_dir) in line]
 
 
+@pytest.mark.flink
 def test_streaming_bench_on_flink_measures_both_pipelines_and_every_process(tmp_path):
     """The streaming bench on Flink [local], tiny (one fixed rate of seconds,
     so the budget only bounds a slow machine; two Flink start-ups of about a
