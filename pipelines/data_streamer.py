@@ -366,7 +366,8 @@ def check_destinations(config: StreamConfig, allow_insecure: bool, secrets: Secr
         except DestinationRefusedError as err:
             raise StreamConfigError(
                 f"stream {stream_id!r}: destination refused ({name}): {err} "
-                "(--allow_insecure_destinations allows it for development)"
+                "(--allow_insecure_destinations allows it for development)",
+                field=name,
             ) from None
     check_secret_refs(config, secrets or SecretPolicy())
 

@@ -69,6 +69,7 @@ _CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-
 _STREAM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}")
 _AWS_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d")
+_FERNET_TOKEN = re.compile(r"[A-Za-z0-9_-]+=*")
 _DATADOG_SITE = re.compile(r"([a-z0-9-]+\.)*datadoghq\.(com|eu)|ddog-gov\.com")
 #: C0 and C1 control characters and DEL: never part of a URL, a header value, a
 #: bucket or a key prefix, and a way to smuggle a header or a log line in.
@@ -89,7 +90,14 @@ DEFAULT_MAX_STREAMS_PER_ORGANISATION = 100
 
 
 class StreamConfigError(ValueError):
-    """An invalid stream configuration; the message names the stream and field."""
+    """An invalid stream configuration; the message names the stream and field.
+
+    ``field`` is the dotted path of the field at fault (``rest.url``) when one
+    is (the portal answers 422 with it)."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass(frozen=True)
@@ -114,12 +122,19 @@ DEFAULT_LIMITS = StreamLimits()
 
 @dataclass(frozen=True)
 class SecretRef:
+    """Where a credential is: an environment variable, a file, or sealed (the
+    value encrypted with the deployment's sealing key, ``schemas/sealing.py``:
+    what the portal stores for a credential a customer typed)."""
+
     env: str | None = None
     file: str | None = None
+    sealed: str | None = field(default=None, repr=False)
 
     def describe(self) -> str:
         """Where the secret lives, for messages (at most 80 characters of the
         name); never the value."""
+        if self.sealed is not None:
+            return "sealed value"
         name = (self.env if self.env else self.file) or ""
         shown = name[:80] + ("..." if len(name) > 80 else "")
         return f"environment variable {shown}" if self.env else f"file {shown}"
@@ -146,6 +161,8 @@ class SecretPolicy:
 
     def refusal(self, ref: SecretRef) -> str | None:
         """Why ``ref`` may not be read, or None; names at most a bounded prefix of the reference."""
+        if ref.sealed is not None:
+            return None  # ciphertext: only the deployment's sealing key opens it
         if ref.env is not None:
             if not _ENV_NAME.match(ref.env):
                 return f"environment variable {quote(ref.env)} is not a valid variable name"
@@ -283,7 +300,7 @@ class _Reader:
         self.stream_id, self.data, self.path = stream_id, data, path
 
     def error(self, name: str, problem: str) -> StreamConfigError:
-        return StreamConfigError(f"stream {self.stream_id!r}: {self.path}{name} {problem}")
+        return StreamConfigError(f"stream {self.stream_id!r}: {self.path}{name} {problem}", field=f"{self.path}{name}")
 
     def check_keys(self, record: str) -> None:
         """Refuse keys that are not fields of the Avro record ``record`` of
@@ -341,15 +358,18 @@ class _Reader:
             if required:
                 raise self.error(name, "is required (an object with 'env' or 'file')")
             return None
-        unknown = set(reader.data) - {"env", "file"}
+        unknown = set(reader.data) - {"env", "file", "sealed"}
         if unknown:
             # A literal key here would put the secret itself into the config.
             shown = ", ".join(sorted(quote(key, 32) for key in unknown)[:5])
-            raise self.error(name, f"must only name where the secret is ('env' or 'file'), not [{shown}]")
+            raise self.error(name, f"must only name where the secret is ('env', 'file' or 'sealed'), not [{shown}]")
         env, path = reader.text("env", None), reader.text("file", None)
-        if (env is None) == (path is None):
-            raise self.error(name, "must have exactly one of 'env' or 'file'")
-        return SecretRef(env=env, file=path)
+        sealed = reader.get("sealed", str, None)
+        if sealed is not None and (len(sealed) > 8192 or not _FERNET_TOKEN.fullmatch(sealed)):
+            raise self.error(name, "sealed must be a token of the sealing key (url-safe base64)")
+        if sum(value is not None for value in (env, path, sealed)) != 1:
+            raise self.error(name, "must have exactly one of 'env', 'file' or 'sealed'")
+        return SecretRef(env=env, file=path, sealed=sealed)
 
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:
@@ -504,7 +524,8 @@ def stream_from_dict(data: Mapping[str, Any], position: int = 0) -> DataStream:
     stream_id = data.get("id")
     if not isinstance(stream_id, str) or not _STREAM_ID.fullmatch(stream_id):
         raise StreamConfigError(
-            f"stream #{position + 1}: id must be 1 to 128 letters, digits, '-', '_' or '.', got {quote(stream_id)}"
+            f"stream #{position + 1}: id must be 1 to 128 letters, digits, '-', '_' or '.', got {quote(stream_id)}",
+            field="id",
         )
     reader = _Reader(stream_id, data)
     reader.check_keys("DataStream")
@@ -607,7 +628,7 @@ def check_secret_refs(config: StreamConfig, policy: SecretPolicy) -> None:
                 continue
             reason = policy.refusal(ref)
             if reason is not None:
-                raise StreamConfigError(f"stream {stream.id!r}: {block}.{name} {reason}")
+                raise StreamConfigError(f"stream {stream.id!r}: {block}.{name} {reason}", field=f"{block}.{name}")
 
 
 class _TooManyStreamsError(Exception):

@@ -1,7 +1,8 @@
 """Resolve credentials on the worker.
 
 Stream configs only hold :class:`~schemas.streams.SecretRef` (an environment
-variable or a file), so the pipeline graph, its display data and every output
+variable, a file, or a value sealed with the deployment's key:
+``schemas/sealing.py``), so the pipeline graph, its display data and every output
 carry references, never values. Each sink DoFn creates a :class:`SecretResolver`
 in ``setup`` and resolves a reference the first time a stream needs it; values
 stay in that worker's memory and are masked in its logs (``sinks/redaction.py``).
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import os
 
+from schemas.sealing import Sealer, SealingError
 from schemas.streams import SecretPolicy, SecretRef
 from sinks.redaction import register_secret
 
@@ -32,6 +34,7 @@ class SecretResolver:
     def __init__(self, policy: SecretPolicy | None = None) -> None:
         self._policy = policy or SecretPolicy()
         self._cache: dict[SecretRef, str] = {}
+        self._sealer: Sealer | None = None
 
     def resolve(self, ref: SecretRef) -> str:
         value = self._cache.get(ref)
@@ -45,6 +48,13 @@ class SecretResolver:
         refusal = self._policy.refusal(ref)
         if refusal is not None:
             raise SecretError(f"secret refused: {refusal}")
+        if ref.sealed is not None:
+            try:
+                if self._sealer is None:
+                    self._sealer = Sealer.from_environment()
+                return self._sealer.open(ref.sealed)
+            except SealingError as err:
+                raise SecretError(f"secret {ref.describe()}: {err}") from None
         if ref.env is not None:
             value = os.environ.get(ref.env)
             if not value:
