@@ -15,18 +15,18 @@ SEED ?= 7
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install sample-data run-local run-local-streaming run-portable run-flink run-flink-streaming flink-cluster local-destinations status submit-flink \
+.PHONY: help install sample-data run-local run-portal run-local-streaming run-portable run-flink run-flink-streaming flink-cluster local-destinations status submit-flink \
 	submit-dataflow redrive backfill historic test test-fast lint clean bench
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
 		awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
 
-$(STAMP): setup.py requirements-dev.txt constraints.txt
+$(STAMP): setup.py requirements-dev.txt requirements-portal.txt constraints.txt
 	@test -x $(PY) || { echo "creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
 	@echo "installing the pinned dependencies into $(VENV) (about 1.2 GB the first time; pip lists each package)"
 	set -o pipefail; $(PY) -m pip install --disable-pip-version-check --progress-bar off -c constraints.txt \
-		-e . -r requirements-dev.txt | { grep -E '^(Collecting|Successfully installed)' || true; }
+		-e . -r requirements-portal.txt -r requirements-dev.txt | { grep -E '^(Collecting|Successfully installed)' || true; }
 	@touch $(STAMP)
 	@echo "$(VENV) is ready"
 
@@ -42,6 +42,9 @@ sample-data: $(STAMP) ## Generate the sample fleet (SAMPLE_DIR, SEED; more optio
 
 run-local: $(SAMPLE_DIR)/.complete ## Run the job (FnApiRunner) over the sample fleet, delivering to local REST/DataDog/S3/Kinesis destinations
 	$(PY) -m tools.run_local --sample_dir $(SAMPLE_DIR) --output_dir $(OUT_DIR)
+
+run-portal: $(STAMP) ## Serve the portal (API and Data Streamer pages) on the stream store of make run-local (out/portal.db) until Ctrl-C
+	$(PY) -m tools.local_portal --output_dir $(OUT_DIR)
 
 PORTABLE_ENVIRONMENT ?= EXTERNAL
 run-portable: $(SAMPLE_DIR)/.complete ## run-local on the PortableRunner through Beam's job service and an SDK worker pool (out/portable)

@@ -27,6 +27,11 @@ RUNTIME = [
     "tenacity>=8,<10",
     "orjson>=3.10,<4",
     "PyYAML>=6,<7",
+    # --streams_db: the portal's stream store (schemas/stream_store.py), SQLite or PostgreSQL.
+    "SQLAlchemy>=2.0,<3",
+    "psycopg[binary]>=3.1,<4",
+    # Sealed credentials of streams made in the portal (schemas/sealing.py).
+    "cryptography>=42,<51",
 ]
 
 setup(

@@ -85,7 +85,7 @@ from transforms.files import ReadRawRecords, WriteJsonLines, WriteWindowedJsonLi
 from transforms.lateness import window_lateness_seconds
 from transforms.reference import LoadReferenceData, ReferenceDataError, load_reference_data
 from transforms.refresh import Ticks, first_refresh
-from transforms.routing import LoadStreamConfig, load_stream_config
+from transforms.routing import LoadStreamConfig, is_database_url, load_stream_config
 from transforms.status import load_status, render_status_table, stream_holds
 
 _LOG = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ def _batch_side_inputs(p: beam.Pipeline, options: PipelineOptions,
         holds = beam.pvalue.AsSingleton(
             p
             | "StatusLocation" >> beam.Create([settings.status_location])
-            | "PreviousStatus" >> beam.Map(lambda location: stream_holds(location))
+            | "PreviousStatus" >> beam.Map(lambda location, db: stream_holds(location, db), settings.streams_db)
         )
     return SideInputs(reference, streams, holds)
 
@@ -153,7 +153,8 @@ def _streaming_side_inputs(p: beam.Pipeline, options: PipelineOptions, settings:
     if config_path and settings is not None:
         streams = RefreshingSnapshot(
             "streams", functools.partial(load_stream_config, config_path, stream_limits(options)), interval)
-        holds = RefreshingSnapshot("holds", functools.partial(stream_holds, settings.status_location), interval)
+        holds = RefreshingSnapshot("holds", functools.partial(stream_holds, settings.status_location,
+                                                              settings.streams_db), interval)
     return SideInputs(reference, streams, holds, ticks)
 
 
@@ -324,6 +325,7 @@ def delivery_settings(options: PipelineOptions, streaming: bool = False) -> Deli
         ),
         allow_insecure=reliability.allow_insecure_destinations,
         secrets=secret_policy(options),
+        streams_db=delivery.streams_config if is_database_url(delivery.streams_config) else None,
         window_lateness_seconds=window_lateness_seconds(
             stream_options.allowed_lateness_seconds, stream_options.refresh_interval_seconds) if streaming else 0,
         output_window_seconds=stream_options.output_window_seconds if streaming else None,

@@ -245,6 +245,10 @@ class _Historic:
             "from": self.start.isoformat(), "to": self.end.isoformat(), "documents": documents,
             "not_deliverable": not_deliverable,
         })
+        if self.settings.streams_db:
+            from schemas.stream_store import mark_history_delivered_db
+
+            mark_history_delivered_db(self.settings.streams_db, stream.id, now_iso())
         self.out(f"  history delivered: {documents} documents; marker {self.marker}")
         return self.release()
 

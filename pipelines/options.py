@@ -239,8 +239,16 @@ class DeliveryOptions(PipelineOptions):
         parser.add_argument(
             "--streams_config",
             default=None,
-            help="JSON or YAML file of the customers' data streams (see docs/data-streams.md). Default: none "
-            "(documents are only written under --output_dir).",
+            help="JSON or YAML file of the customers' data streams (see docs/data-streams.md), or the portal's "
+            "database (as --streams_db). Default: none (documents are only written under --output_dir).",
+        )
+        parser.add_argument(
+            "--streams_db",
+            dest="streams_config",
+            default=None,
+            help="The portal's stream store instead of a file: a SQLAlchemy URL (sqlite:///out/portal.db, "
+            "postgresql+psycopg://user@host/db; docs/portal.md). Streams are read from it at start and at every "
+            "refresh of a streaming run; status, deliveries and history markers are written back to it.",
         )
         parser.add_argument(
             "--max_buffering_seconds",

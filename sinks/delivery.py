@@ -60,6 +60,9 @@ class DeliverySettings:
     #: windows of processing time of this size (status updates, output files);
     #: ``None`` (batch) gathers them in the global window.
     output_window_seconds: int | None = None
+    #: The portal's stream store (``--streams_db``), where status and delivery
+    #: counts are written back besides the status location; None with a file.
+    streams_db: str | None = None
     #: Streaming: how often open circuits are looked at (``sinks/recovery.py``);
     #: 0 turns recovery off (parked batches then wait for ``pipelines.redrive``).
     recovery_interval_seconds: int = 5
@@ -203,6 +206,6 @@ class DeliverToStreams(beam.PTransform):
         parked_paths = tuple(parked) | "ParkedPaths" >> beam.Flatten(pipeline=pipeline)
         status = all_results | "StreamStatus" >> UpdateStreamStatus(
             self._settings.status_location, self._status_streams, self._settings.policy.deactivate_after,
-            self._settings.policy.circuit_location
+            self._settings.policy.circuit_location, streams_db=self._settings.streams_db
         )
         return DeliveryOutputs(all_results, all_dead, parked_paths, status)

@@ -3,10 +3,13 @@
 Starts the local destinations on 127.0.0.1 (:class:`tools.local_streams.LocalDestinations`:
 an HTTP receiver standing in for the customers' REST endpoints and DataDog's
 intake, moto's server for S3 and Kinesis), writes a stream configuration that
-covers every API type and stream type for the sample fleet's organisations, runs
-the batch job on the FnApiRunner (:mod:`tools.runners`), prints its progress
-every few seconds, then what each destination received, and shuts everything
-down.
+covers every API type and stream type for the sample fleet's organisations,
+loads it into the portal's stream store and serves the portal beside them
+(:class:`tools.local_portal.LocalPortal`, ``out/portal.db``), runs the batch job
+on the FnApiRunner (:mod:`tools.runners`) with ``--streams_db`` (so the portal
+shows what it delivered), prints its progress every few seconds, then what each
+destination received, and shuts everything down (``make run-portal`` serves the
+store again).
 
 Each run starts from a clean slate: the stream status and parked batches of an
 earlier local run refer to destinations that are gone, so they are cleared (and
@@ -18,12 +21,15 @@ the run says so) instead of silently deactivating or parking this run's streams.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import time
 from pathlib import Path
 
+from schemas.sealing import KEY_ENV
 from tools import local_job
+from tools.local_portal import LocalPortal
 from tools.local_streams import INTERRUPTED, LocalDestinations, Progress
 
 
@@ -57,17 +63,19 @@ def main(argv: list[str] | None = None) -> int:
 def _run(sample: Path, out: Path, job_args: list[str], started: float) -> int:
     for path in clear_previous_state(out):
         sys.stdout.write(f"cleared {path} of the previous local run (its destinations are gone)\n")
-    with LocalDestinations(sample, out) as local:
+    with LocalDestinations(sample, out) as local, LocalPortal(out, streams_config=local.config_path) as portal:
         sys.stdout.write(f"local destinations: HTTP receiver {local.receiver.url}, moto {local.moto.url}; "
-                         f"{len(local.streams)} streams in {local.config_path}\n"
+                         f"{len(local.streams)} streams in {local.config_path}\n{portal.describe()}\n"
                          f"running the batch job ({local_job.runner_of(job_args).rsplit('.', 1)[-1]}) over {sample}\n")
         sys.stdout.flush()
+        # Streams created in the portal carry sealed credentials: the job opens them with the portal's key.
+        os.environ[KEY_ENV] = portal.sealing_key
         with Progress(local):
             code = local_job.main([
                 f"--events_input={sample / 'raw' / 'events.jsonl'}",
                 f"--usage_input={sample / 'raw' / 'usage.jsonl'}",
                 f"--reference_dir={sample / 'reference'}",
-                f"--streams_config={local.config_path}",
+                f"--streams_db={portal.database_url}",
                 f"--output_dir={out}",
                 f"--archive_location={out / 'archive'}",
                 *job_args,
@@ -77,7 +85,9 @@ def _run(sample: Path, out: Path, job_args: list[str], started: float) -> int:
         sys.stdout.write("reading back what the local destinations received ...\n")
         sys.stdout.flush()
         sys.stdout.write(local.report())
-    sys.stdout.write(f"  stream config: {local.config_path}; took {time.monotonic() - started:.0f} s\n")
+    sys.stdout.write(f"  stream config: {local.config_path}, loaded into {portal.database_url}; the portal "
+                     f"stopped with the run: `make run-portal` serves it again; took "
+                     f"{time.monotonic() - started:.0f} s\n")
     return code
 
 

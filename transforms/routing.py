@@ -61,8 +61,13 @@ from transforms.status import StreamHolds
 
 def load_stream_config(path: str, limits: StreamLimits = DEFAULT_LIMITS) -> StreamConfig:
     """Read and check a JSON or YAML stream configuration (local, gs://, s3://)
-    of at most ``limits`` streams; workers load it too, so the limits a job was
-    started with travel with its loaders."""
+    of at most ``limits`` streams, or the stream store of a database URL
+    (``--streams_db``: ``schemas/stream_store.py``); workers load it too, so the
+    limits a job was started with travel with its loaders."""
+    if is_database_url(path):
+        from schemas.stream_store import load_stream_config_db
+
+        return load_stream_config_db(path, limits)
     try:
         with FileSystems.open(path) as handle:
             # One byte over the limit is enough to refuse the file unread.
@@ -78,6 +83,18 @@ def load_stream_config(path: str, limits: StreamLimits = DEFAULT_LIMITS) -> Stre
         raise StreamConfigError(f"{path}: cannot read the stream configuration: not valid UTF-8 at byte "
                                 f"{err.start:,}") from None
     return parse_stream_config(text, source=path, limits=limits)
+
+
+#: URL schemes of the databases the stream store runs on (``--streams_db``).
+DATABASE_SCHEMES = ("sqlite", "postgresql", "postgres")
+
+
+def is_database_url(source: str | None) -> bool:
+    """Whether a stream configuration source is a database (``sqlite:///...``,
+    ``postgresql+psycopg://...``) rather than a file."""
+    if not source or "://" not in source:
+        return False
+    return source.split("://", 1)[0].split("+", 1)[0].lower() in DATABASE_SCHEMES
 
 
 class LoadStreamConfig(beam.PTransform):

@@ -196,17 +196,24 @@ def history_delivered(location: str | None) -> frozenset[str]:
     return frozenset(m.path.rsplit("/", 1)[-1].removesuffix(".json") for m in matched)
 
 
-def stream_holds(location: str | None) -> StreamHolds:
-    """The :class:`StreamHolds` of the status location (re-read every refresh
-    interval by a streaming run)."""
+def stream_holds(location: str | None, streams_db: str | None = None) -> StreamHolds:
+    """The :class:`StreamHolds` of the status location, or of the portal's
+    stream store with ``--streams_db`` (re-read every refresh interval by a
+    streaming run)."""
+    if streams_db:
+        from schemas.stream_store import history_delivered_db
+
+        return StreamHolds({}, history_delivered_db(streams_db))
     return StreamHolds({}, history_delivered(location))
 
 
 class _UpdateStatusFn(beam.DoFn):
-    def __init__(self, location: str, deactivate_after: int, circuit_location: str | None = None) -> None:
+    def __init__(self, location: str, deactivate_after: int, circuit_location: str | None = None,
+                 streams_db: str | None = None) -> None:
         self._location = location
         self._deactivate_after = deactivate_after
         self._circuit_location = circuit_location
+        self._streams_db = streams_db
 
     def process(
         self, element: tuple[None, Iterable[tuple[str, list[DeliveryResult]]]],
@@ -218,6 +225,12 @@ class _UpdateStatusFn(beam.DoFn):
         if self._circuit_location is not None:
             records = with_circuits(records, CircuitStore(self._circuit_location))
         write_status(self._location, records)
+        if self._streams_db:
+            # What the portal's API and pages show (schemas/stream_store.py).
+            from schemas.stream_store import record_deliveries_db, write_status_db
+
+            write_status_db(self._streams_db, [asdict(record) for record in records])
+            record_deliveries_db(self._streams_db, [result.to_dict() for items in results.values() for result in items])
         yield from records
 
 
@@ -230,10 +243,13 @@ class UpdateStreamStatus(beam.PTransform):
     """
 
     def __init__(self, location: str, streams: beam.pvalue.AsSideInput | RefreshingSnapshot, deactivate_after: int,
-                 circuit_location: str | None = None) -> None:
+                 circuit_location: str | None = None, streams_db: str | None = None) -> None:
         """``circuit_location``: where the sinks keep their circuits (the
-        stream's state is its circuit's, module docstring)."""
+        stream's state is its circuit's, module docstring); ``streams_db``: the
+        portal's stream store, where the status and delivery counts are written
+        too."""
         super().__init__()
+        self._streams_db = streams_db
         self._location = location
         self._streams = streams
         self._deactivate_after = deactivate_after
@@ -254,8 +270,8 @@ class UpdateStreamStatus(beam.PTransform):
         return (
             per_stream
             | "AllStreams" >> beam.GroupByKey()
-            | "Merge" >> beam.ParDo(_UpdateStatusFn(self._location, self._deactivate_after, self._circuit_location),
-                                   self._streams)
+            | "Merge" >> beam.ParDo(_UpdateStatusFn(self._location, self._deactivate_after, self._circuit_location,
+                                                   self._streams_db), self._streams)
         )
 
 
