@@ -213,9 +213,34 @@ def write_status_db(url: str, records: Iterable[Mapping[str, Any]]) -> None:
                 connection.execute(sa.insert(stream_status).values(**values))
 
 
+def _add_counts(connection: Any, existing: set[str], counts: Mapping[tuple[str, str], list[int]]) -> None:
+    for (stream_id, hour), (delivered, parked) in sorted(counts.items()):
+        if stream_id not in existing or not (delivered or parked):
+            continue
+        where = (delivery_counts.c.stream_id == stream_id) & (delivery_counts.c.hour == hour)
+        updated = connection.execute(sa.update(delivery_counts).where(where).values(
+            delivered=delivery_counts.c.delivered + delivered, parked=delivery_counts.c.parked + parked))
+        if updated.rowcount == 0:
+            connection.execute(sa.insert(delivery_counts).values(stream_id=stream_id, hour=hour,
+                                                                 delivered=delivered, parked=parked))
+
+
+def record_parked_db(url: str, stream_id: str, parked_at: str, documents: int) -> None:
+    """Add a parked batch to its stream's hourly count of parked documents.
+    Every parked document is counted here, when its batch is written to the
+    park store (a failed batch, a paused stream's, a held history's), and
+    nowhere else."""
+    with engine_for(url).begin() as connection:
+        existing = set(connection.execute(sa.select(data_streams.c.id).where(data_streams.c.id == stream_id))
+                       .scalars())
+        _add_counts(connection, existing, {(stream_id, hour_of(parked_at)): [0, documents]})
+
+
 def record_deliveries_db(url: str, results: Iterable[Mapping[str, Any]]) -> None:
     """Add a batch of delivery results (``schemas.delivery.DeliveryResult`` as
-    dicts) to the hourly counts and the recent deliveries of their streams."""
+    dicts) to the hourly counts of delivered documents and the recent
+    deliveries of their streams (parked documents are counted where they are
+    parked: :func:`record_parked_db`)."""
     counts: dict[tuple[str, str], list[int]] = {}
     recent: dict[str, list[dict[str, Any]]] = {}
     for result in results:
@@ -224,7 +249,6 @@ def record_deliveries_db(url: str, results: Iterable[Mapping[str, Any]]) -> None
         documents = int(result.get("documents") or 0)
         if result["status"] in ("delivered", "partial"):
             entry[0] += documents - int(result.get("failed_documents") or 0)
-        entry[1] += int(result.get("parked_documents") or 0) or (documents if result["status"] == "parked" else 0)
         code = result.get("status_code")
         recent.setdefault(result["stream_id"], []).append({
             "stream_id": result["stream_id"], "started_at": result["started_at"], "status": result["status"],
@@ -234,15 +258,7 @@ def record_deliveries_db(url: str, results: Iterable[Mapping[str, Any]]) -> None
         return
     with engine_for(url).begin() as connection:
         existing = set(connection.execute(sa.select(data_streams.c.id)).scalars())
-        for (stream_id, hour), (delivered, parked) in sorted(counts.items()):
-            if stream_id not in existing:
-                continue
-            where = (delivery_counts.c.stream_id == stream_id) & (delivery_counts.c.hour == hour)
-            updated = connection.execute(sa.update(delivery_counts).where(where).values(
-                delivered=delivery_counts.c.delivered + delivered, parked=delivery_counts.c.parked + parked))
-            if updated.rowcount == 0:
-                connection.execute(sa.insert(delivery_counts).values(stream_id=stream_id, hour=hour,
-                                                                     delivered=delivered, parked=parked))
+        _add_counts(connection, existing, counts)
         for stream_id, rows in sorted(recent.items()):
             if stream_id not in existing:
                 continue

@@ -152,7 +152,7 @@ class DeliverToStreams(beam.PTransform):
             for kind, docs in sorted(documents.items())
         ]
         sinks = sinks_for(self._settings, self._streams, self._chunked)
-        write_parked = WriteParkedBatches(self._settings.park_location)
+        write_parked = WriteParkedBatches(self._settings.park_location, self._settings.streams_db)
         # Everything that counts is applied per branch, before any Flatten: on the
         # DirectRunner's bundle-based executor, metrics recorded downstream of a
         # Flatten fed by a keyed step are lost although the elements arrive (seen

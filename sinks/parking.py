@@ -147,8 +147,9 @@ class ParkStore:
 
 
 class _WriteParkedFn(beam.DoFn):
-    def __init__(self, location: str) -> None:
+    def __init__(self, location: str, streams_db: str | None = None) -> None:
         self._location = location
+        self._streams_db = streams_db
 
     def setup(self) -> None:
         self._store = ParkStore(self._location)
@@ -161,15 +162,21 @@ class _WriteParkedFn(beam.DoFn):
             Metrics.counter(metrics.NAMESPACE, metrics.parked_documents(kind)).inc()
         _LOG.warning("parked %d documents of stream %s (%s, %s)", len(batch.documents), batch.stream_id,
                      batch.reason, batch.error)
+        if self._streams_db:  # the portal's "parked over the last hour and day"
+            from schemas.stream_store import record_parked_db
+
+            record_parked_db(self._streams_db, batch.stream_id, batch.parked_at, len(batch.documents))
         yield path
 
 
 class WriteParkedBatches(beam.PTransform):
-    """Parked batches -> their paths in the park store, counted per API type."""
+    """Parked batches -> their paths in the park store, counted per API type
+    (and per stream and hour in the portal's store, with ``streams_db``)."""
 
-    def __init__(self, location: str) -> None:
+    def __init__(self, location: str, streams_db: str | None = None) -> None:
         super().__init__()
         self._location = location
+        self._streams_db = streams_db
 
     def expand(self, batches: beam.PCollection) -> beam.PCollection:
-        return batches | "Write" >> beam.ParDo(_WriteParkedFn(self._location))
+        return batches | "Write" >> beam.ParDo(_WriteParkedFn(self._location, self._streams_db))

@@ -17,6 +17,7 @@ from schemas.stream_store import (
     load_stream_config_db,
     mark_history_delivered_db,
     record_deliveries_db,
+    record_parked_db,
     stream_status,
     write_status_db,
 )
@@ -200,6 +201,7 @@ def test_counts_last_hour_and_day_recent_deliveries_and_the_hourly_chart(portal)
     ]
     record_deliveries_db(portal.database_url, results)
     record_deliveries_db(portal.database_url, results[:1])
+    record_parked_db(portal.database_url, stream_id, now, 7)  # the failed batch, as the park store writes it
     status = portal.client.get(f"/api/v1/data-streams/{stream_id}/status", headers=portal.headers("a")).json()
     assert (status["delivered_last_hour"], status["delivered_last_day"]) == (80, 80)
     assert (status["parked_last_hour"], status["parked_last_day"]) == (7, 7)
