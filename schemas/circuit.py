@@ -61,6 +61,8 @@ from apache_beam.io.filesystems import FileSystems
 from schemas.delivery import PERMANENT_TOKENS, REMOTE_ERROR
 
 CLOSED, OPEN, HALF_OPEN, RECOVERING = "closed", "open", "half_open", "recovering"
+#: The token of a circuit recovering because its stream was resumed, not because it failed.
+RESUMING = "resuming"
 CIRCUITS_DIR = "circuits"
 
 #: The process-wide cache: (scope, stream id) -> (monotonic time read, state).
@@ -86,6 +88,8 @@ class CircuitState:
     lease_until: float | None = None
     drain_until: float | None = None  # after closing: stragglers still delivered
     failed_at: float | None = None  # when the last failed batch was recorded
+    #: the stream's ``resumed_at`` (activation or restart in the portal) this circuit has acted on
+    resumed_at: str | None = None
     updated_at: float = 0.0
 
     @property
@@ -353,9 +357,29 @@ class CircuitStore:
         def close(state: CircuitState) -> CircuitState | None:
             if owner is not None and state.leased_by_other(owner, now):
                 return None
-            return CircuitState(stream_id, CLOSED, drain_until=now + self.settings.drain_seconds)
+            return CircuitState(stream_id, CLOSED, drain_until=now + self.settings.drain_seconds,
+                                resumed_at=state.resumed_at)
 
         return self._update(stream_id, close)
+
+    def resume(self, stream_id: str, resumed_at: str) -> CircuitState:
+        """The stream was activated after a pause, or restarted after an error,
+        at ``resumed_at`` (once per value): an open circuit is probed at once; a
+        closed one goes ``recovering``, so the sinks park live documents behind
+        the kept backlog and the recovery step delivers the backlog first."""
+        now = time.time()
+
+        def resume(state: CircuitState) -> CircuitState | None:
+            if state.resumed_at == resumed_at:
+                return None
+            if state.state in (OPEN, HALF_OPEN):
+                return replace(state, resumed_at=resumed_at, next_probe_at=now, lease_owner=None, lease_until=None)
+            if state.state == RECOVERING:
+                return replace(state, resumed_at=resumed_at)
+            return replace(state, state=RECOVERING, token=RESUMING, resumed_at=resumed_at, lease_owner=None,
+                           lease_until=None)
+
+        return self._update(stream_id, resume)
 
     def release(self, stream_id: str, owner: str) -> None:
         """Give the lease back (a drain that stopped for now, a re-drive that

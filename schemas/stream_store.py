@@ -158,6 +158,7 @@ def stream_dict(row: Mapping[str, Any]) -> dict[str, Any]:
         "state": row["state"],
         "historic_data": bool(row["historic_data"]),
         "created_at": row["created_at"],
+        **({"resumed_at": row["resumed_at"]} if row.get("resumed_at") else {}),
         **dict(row["config"] or {}),
     }
 

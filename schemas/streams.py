@@ -258,6 +258,9 @@ class DataStream:
     historic_data: bool = False
     filters: Filters = Filters()
     batching: Batching = Batching()
+    #: The last activation after a pause or restart after an error (the portal's):
+    #: the recovery step delivers the stream's kept backlog first (``sinks/recovery.py``).
+    resumed_at: str | None = None
 
     @property
     def active(self) -> bool:
@@ -517,6 +520,17 @@ def _batching(reader: _Reader | None) -> Batching:
     )
 
 
+def _timestamp(reader: _Reader, name: str, default: Any = ...) -> Any:
+    value = reader.get(name, str, default)
+    if value is None:
+        return None
+    try:
+        parse_iso(value)
+    except ValueError:
+        raise reader.error(name, f"must be ISO 8601 with an offset, from 1970 to 9998, got {quote(value)}") from None
+    return value
+
+
 def stream_from_dict(data: Mapping[str, Any], position: int = 0) -> DataStream:
     """Build and check one stream; :class:`StreamConfigError` names what is wrong."""
     if not isinstance(data, Mapping):
@@ -533,12 +547,7 @@ def stream_from_dict(data: Mapping[str, Any], position: int = 0) -> DataStream:
     stream_type = reader.get("stream_type", str, choices=STREAM_TYPES)
     if api_type == "datadog" and stream_type != "usage":
         raise reader.error("stream_type", "must be usage for datadog streams (they carry usage metrics)")
-    created_at = reader.get("created_at", str)
-    try:
-        parse_iso(created_at)
-    except ValueError:
-        raise reader.error("created_at", f"must be ISO 8601 with an offset, from 1970 to 9998, got "
-                                         f"{quote(created_at)}") from None
+    created_at = _timestamp(reader, "created_at")
     block = DESTINATION_OF[api_type]
     for other in set(DESTINATION_OF.values()) - {block}:
         if data.get(other) is not None:
@@ -566,6 +575,7 @@ def stream_from_dict(data: Mapping[str, Any], position: int = 0) -> DataStream:
         destination=destination,
         state=reader.get("state", str, "active", choices=STATES),
         historic_data=reader.get("historic_data", bool, False),
+        resumed_at=_timestamp(reader, "resumed_at", None),
         filters=_filters(reader.nested("filters")),
         batching=_batching(reader.nested("batching")),
     )

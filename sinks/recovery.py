@@ -17,9 +17,13 @@ the refresh subscription's ticks) it looks at the circuits that are not closed
   (``drain_seconds``) batches parked by workers that had not seen the change yet
   are delivered too.
 
-Only batches parked because the destination failed are delivered here
-(:data:`~schemas.delivery.RECOVERABLE_REASONS`); a paused stream's and a history
-hold's wait for the customer or ``pipelines.historic``. A batch is deleted from
+Only batches parked because the destination failed, or because the stream was
+paused, are delivered here (:data:`RESUMABLE_REASONS`), and only for streams
+that are active; a history hold's wait for ``pipelines.historic``. A stream
+activated after a pause, or restarted after an error, in the portal
+(``DataStream.resumed_at``, read at each refresh) has its circuit set
+recovering (open: probed now) once per such change: its kept backlog is
+delivered first, live documents parked behind it, as after an outage. A batch is deleted from
 the park store once all its documents are delivered; what fails again stays
 (or, partly delivered, is parked anew with what is left, and then deleted).
 
@@ -63,7 +67,7 @@ from apache_beam.utils.timestamp import Timestamp
 
 from schemas import metrics
 from schemas.circuit import CLOSED, HALF_OPEN, OPEN, RECOVERING, CircuitState, CircuitStore
-from schemas.delivery import DELIVERED, IN_FLIGHT, RECOVERABLE_REASONS, DeliveryResult
+from schemas.delivery import DELIVERED, IN_FLIGHT, RECOVERABLE_REASONS, STREAM_PAUSED, DeliveryResult
 from schemas.snapshots import RefreshingSnapshot, current
 from schemas.streams import DataStream, StreamConfig
 from schemas.timestamps import now_iso
@@ -76,6 +80,9 @@ from sinks.results import DEAD_LETTERS
 _LOG = logging.getLogger(__name__)
 
 DEFAULT_RECOVERY_INTERVAL_SECONDS = 5
+#: What the recovery step delivers of an active stream's parked batches: what
+#: failed, and what was kept while the stream was paused (it is active again).
+RESUMABLE_REASONS = RECOVERABLE_REASONS | {STREAM_PAUSED}
 #: When each recovery step (by the scope made at its construction) last ran,
 #: in this process: instances may be made per bundle.
 _LAST_RUN: dict[str, float] = {}
@@ -144,6 +151,8 @@ class _RecoverFn(beam.DoFn):
         # Streams are probed side by side: a tick waits for the slowest probe
         # (one stream budget), not for the sum of them.
         self._pool = ThreadPoolExecutor(max_workers=policy.stream_concurrency, thread_name_prefix="recovery")
+        #: (stream, resumed_at) this process has handed to the circuits already
+        self._resumed: set[tuple[str, str]] = set()
         self._local = threading.local()
 
     def teardown(self) -> None:
@@ -159,6 +168,7 @@ class _RecoverFn(beam.DoFn):
                 return
             _LAST_RUN[self._scope] = now
         deadline = now + self._budget_seconds
+        self._resume(config)
         work = []
         for circuit in self._circuits.streams_needing_attention():
             stream = config.streams.get(circuit.stream_id)
@@ -178,6 +188,18 @@ class _RecoverFn(beam.DoFn):
                 if value:
                     Metrics.counter(metrics.NAMESPACE, metrics.stream_measure(stream_id, measure)).inc(value)
             yield from outputs
+
+    def _resume(self, config: StreamConfig) -> None:
+        """Streams activated or restarted in the portal since this process last
+        looked (``DataStream.resumed_at``): their circuits go recovering (or, open,
+        are probed now), so the backlog kept for them is delivered first."""
+        for stream in config.streams.values():
+            if not stream.resumed_at or stream.state != "active" or (stream.id, stream.resumed_at) in self._resumed:
+                continue
+            state = self._circuits.resume(stream.id, stream.resumed_at)
+            self._resumed.add((stream.id, stream.resumed_at))
+            _LOG.warning("stream %s: resumed at %s; circuit %s, its kept documents are delivered first",
+                         stream.id, stream.resumed_at, state.state)
 
     def _recover_counted(self, stream: DataStream, circuit: CircuitState, config: StreamConfig,
                          deadline: float) -> tuple[list[Any], dict[str, Tally], list[tuple[str, str, int]]]:
@@ -252,7 +274,7 @@ class _RecoverFn(beam.DoFn):
                 batch = self._parks.read(metadata.path)
             except Exception:  # noqa: BLE001 - being written or gone: a later tick sees it
                 continue
-            if batch.reason in RECOVERABLE_REASONS:
+            if batch.reason in RESUMABLE_REASONS:
                 paths.append(metadata.path)
         return paths
 

@@ -28,7 +28,7 @@ import apache_beam as beam
 import orjson
 from apache_beam.io.filesystems import FileSystems
 
-from schemas.circuit import OPEN, CircuitStore
+from schemas.circuit import OPEN, RECOVERING, RESUMING, CircuitStore
 from schemas.delivery import DELIVERED, PARKED_STATUS, PERMANENT_TOKENS, REMOTE_ERROR, DeliveryResult
 from schemas.snapshots import RefreshingSnapshot, current
 from schemas.streams import StreamConfig
@@ -151,7 +151,7 @@ def with_circuits(records: list[StreamStatus], circuits: CircuitStore) -> list[S
                  if circuit.state == OPEN and circuit.next_probe_at else None)
         record = replace(record, circuit=circuit.state, next_probe_at=probe)
         if record.state in ("active", "deactivated") and not (record.state == "deactivated" and record.error is None):
-            if circuit.closed:
+            if circuit.closed or (circuit.state == RECOVERING and circuit.token == RESUMING):
                 record = replace(record, state="active", error=None)
             else:
                 record = replace(record, state="deactivated", error=circuit.token or REMOTE_ERROR)

@@ -8,6 +8,7 @@ fault suite (tests/e2e/test_faults_*.py) measures it with the defaults.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -177,7 +178,7 @@ def test_recovery_probes_then_delivers_the_backlog_in_order_and_closes(tmp_path,
         streams = config(rest_stream("r", f"{receiver.url}/r", bulk=True))
         store = ParkStore(str(tmp_path / "parked"))
         paths = [_park(store, "r", 100 * n) for n in range(3)]
-        _park(store, "r", 900, reason="stream_paused")  # the customer's pause: not recovery's
+        _park(store, "r", 900, reason="stream_paused")  # kept while paused: the stream is active again
         fn = _fn(str(tmp_path / "status"))
         circuits = CircuitStore(str(tmp_path / "status"), RetryPolicy(**SHORT).circuit_settings())
         circuits.open("r", "unreachable")
@@ -186,10 +187,76 @@ def test_recovery_probes_then_delivers_the_backlog_in_order_and_closes(tmp_path,
         results, _ = _unwrap(list(recover.process("tick", streams)))
         recover.teardown()
         bodies = [[d["id"] for d in r.json()] for r in receiver.requests()]
-    assert bodies == [[0, 1, 2], [100, 101, 102], [200, 201, 202]], "oldest first"
-    assert [r.status for r in results] == [DELIVERED] * 3
+    assert bodies == [[0, 1, 2], [100, 101, 102], [200, 201, 202], [900, 901, 902]], "oldest first"
+    assert [r.status for r in results] == [DELIVERED] * 4
     assert not set(paths) & set(store.list("r")), "delivered batches are deleted"
-    assert [store.read(p).reason for p in store.list("r")] == ["stream_paused"]
+    assert store.list("r") == []
+    assert circuits.get("r", fresh=True).closed
+
+
+def test_an_activated_stream_gets_what_was_kept_while_paused_first_once(tmp_path, stream_secrets):
+    """Activated in the portal (``resumed_at``): the circuit goes recovering (the
+    sinks park live documents behind the backlog), the batches kept while it was
+    paused are delivered oldest first, then the circuit closes. The same
+    ``resumed_at`` is acted on once; a paused stream's backlog stays."""
+    with HttpReceiver() as receiver:
+        resumed = rest_stream("r", f"{receiver.url}/r", bulk=True, resumed_at="2026-12-01T08:00:00+00:00")
+        paused = rest_stream("p", f"{receiver.url}/p", bulk=True, state="paused",
+                             resumed_at="2026-12-01T08:00:00+00:00")
+        streams = config(resumed, paused)
+        store = ParkStore(str(tmp_path / "parked"))
+        for n in range(2):
+            _park(store, "r", 100 * n, reason="stream_paused")
+        _park(store, "p", 500, reason="stream_paused")
+        circuits = CircuitStore(str(tmp_path / "status"), RetryPolicy(**SHORT).circuit_settings())
+        recover = _recover_fn(tmp_path, _fn(str(tmp_path / "status")))
+        results, _ = _unwrap(list(recover.process("tick", streams)))
+        state = circuits.get("r", fresh=True)
+        assert state.closed and state.resumed_at == "2026-12-01T08:00:00+00:00"
+        time.sleep(0.05)
+        again = _recover_fn(tmp_path, _fn(str(tmp_path / "status")))  # another worker, or the next tick
+        assert list(again.process("tick", streams)) == []
+        recover.teardown()
+        again.teardown()
+        bodies = [(r.path, [d["id"] for d in r.json()]) for r in receiver.requests()]
+    assert bodies == [("/r", [0, 1, 2]), ("/r", [100, 101, 102])]
+    assert [r.status for r in results] == [DELIVERED] * 2
+    assert store.list("r") == [] and len(store.list("p")) == 1, "a paused stream keeps its backlog"
+
+
+def test_a_live_batch_of_a_resumed_stream_is_parked_behind_its_backlog(tmp_path, stream_secrets):
+    """Between the resume and the end of the drain, the sink parks live
+    documents (recoverable, delivered after the backlog): the backlog goes first."""
+    with HttpReceiver() as receiver:
+        streams = config(rest_stream("r", f"{receiver.url}/r", bulk=True))
+        circuits = CircuitStore(str(tmp_path / "status"), RetryPolicy(**SHORT).circuit_settings())
+        assert circuits.resume("r", "2026-12-01T08:00:00+00:00").state == RECOVERING
+        fn = _fn(str(tmp_path / "status"))
+        _, parked = _unwrap(list(fn.deliver_now(("r", _batch(7)), streams, GlobalWindow(), None)))
+        fn.teardown()
+        assert receiver.requests() == []
+    assert [(p.stream_id, p.reason) for p in parked] == [("r", "stream_deactivated")]
+
+
+def test_a_restart_probes_an_open_circuit_now(tmp_path, stream_secrets):
+    """Restarted in Error (``resumed_at``): the open circuit's probe, due in an
+    hour, is sent at the next tick."""
+    with HttpReceiver() as receiver:
+        store = ParkStore(str(tmp_path / "parked"))
+        _park(store, "r", 0, reason="stream_deactivated")
+        circuits = CircuitStore(str(tmp_path / "status"), RetryPolicy(**SHORT).circuit_settings())
+        circuits.open("r", "unreachable")
+        circuits._update("r", lambda s: dataclasses.replace(s, next_probe_at=time.time() + 3600))
+        recover = _recover_fn(tmp_path, _fn(str(tmp_path / "status")))
+        assert list(recover.process("tick", config(rest_stream("r", f"{receiver.url}/r", bulk=True)))) == []
+        recover.teardown()
+        restarted = config(rest_stream("r", f"{receiver.url}/r", bulk=True,
+                                       resumed_at="2026-12-01T09:00:00+00:00"))
+        recover = _recover_fn(tmp_path, _fn(str(tmp_path / "status")))
+        results, _ = _unwrap(list(recover.process("tick", restarted)))
+        recover.teardown()
+        assert [[d["id"] for d in r.json()] for r in receiver.requests()] == [[0, 1, 2]]
+    assert [r.status for r in results] == [DELIVERED]
     assert circuits.get("r", fresh=True).closed
 
 
