@@ -293,6 +293,7 @@ def create_stream(body: StreamCreate, caller: Caller, streams: Service) -> dict[
 
 @router.get("/data-streams/{stream_id}", response_model=StreamOut, responses=NOT_FOUND, tags=["data streams"])
 def read_stream(stream_id: str, caller: Caller, streams: Service) -> dict[str, Any]:
+    """One stream, credentials masked, with its status."""
     try:
         return streams.get(caller, stream_id)
     except StreamNotFoundError:
@@ -397,6 +398,7 @@ def test_stream_destination(stream_id: str, request: Request, caller: Caller, st
 
 @router.get("/stream-types", tags=["look-ups"])
 def stream_types(caller: Caller) -> list[dict[str, str]]:
+    """Usage data, event data, or both (the guide's section 2.2)."""
     return catalogue.stream_types()
 
 
@@ -408,4 +410,5 @@ def api_types(caller: Caller) -> list[dict[str, Any]]:
 
 @router.get("/event-types", tags=["look-ups"])
 def event_types(caller: Caller) -> list[dict[str, Any]]:
+    """The event types 0 to 15 of the guide's section 3 (a stream's ``filters.event_type_ids``)."""
     return catalogue.event_types()

@@ -12,6 +12,7 @@ import os
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from fastapi import FastAPI, Request, Response
 
@@ -49,19 +50,29 @@ class PortalSettings:
     https: bool = False
 
 
+APP_INFO: dict[str, Any] = {
+    "title": "Data Streamer management API",
+    "version": "1.0.0",
+    "description": ("Data streams of the IoT SIM data streamer: create, read, update, delete, deactivate, "
+                    "activate and restart them, their status as the job reports it, and a test of a "
+                    "destination. Every request carries an API key (header X-API-Key)."),
+    "openapi_url": "/api/v1/openapi.json",
+    "docs_url": None,  # Swagger UI and ReDoc load their scripts from CDNs, which the CSP refuses
+    "redoc_url": None,
+}
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI description the service serves, without a database (docs/portal-api.md)."""
+    app = FastAPI(**APP_INFO)
+    app.include_router(api.router)
+    return app.openapi()
+
+
 def create_app(settings: PortalSettings | None = None) -> FastAPI:
     settings = settings or PortalSettings()
     migrate(settings.database_url)
-    app = FastAPI(
-        title="Data Streamer management API",
-        version="1.0.0",
-        description=("Data streams of the IoT SIM data streamer: create, read, update, delete, deactivate, "
-                     "activate and restart them, their status as the job reports it, and a test of a "
-                     "destination. Every request carries an API key (header X-API-Key)."),
-        openapi_url="/api/v1/openapi.json",
-        docs_url=None,  # Swagger UI and ReDoc load their scripts from CDNs, which the CSP refuses
-        redoc_url=None,
-    )
+    app = FastAPI(**APP_INFO)
     app.state.engine = engine_for(settings.database_url)
     app.state.sealer = Sealer(settings.sealing_keys) if settings.sealing_keys else Sealer.from_environment()
     app.state.rules = settings.rules
