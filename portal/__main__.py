@@ -7,6 +7,7 @@
     python -m portal create-key --organisation 80025 --name "their portal"   # prints the key once
     python -m portal create-key --name "operations"                          # an operator key
     python -m portal import-streams --streams_config streams.json           # the job's file, as is
+    python -m portal reseal                      # every sealed credential again, with the first key
 
 Exit status 2 for a bad argument or stream configuration, naming it.
 """
@@ -14,6 +15,7 @@ Exit status 2 for a bad argument or stream configuration, naming it.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 import sqlalchemy as sa
@@ -76,9 +78,36 @@ def _import_streams(args: argparse.Namespace) -> int:
     return 0
 
 
-def _raw_streams(path: str) -> dict[str, dict]:
-    import json
+def _reseal(args: argparse.Namespace) -> int:
+    """Seal every sealed credential again with the first key of
+    DATASTREAMER_SEALING_KEY (key rotation: put the new key first, reseal, then
+    drop the old one)."""
+    from portal.streams import SECRET_FIELDS
+    from schemas.sealing import Sealer
 
+    try:
+        sealer = Sealer.from_environment()
+        count = 0
+        with engine_for(args.database_url).begin() as connection:
+            for row in connection.execute(sa.select(data_streams)).mappings().all():
+                block = DESTINATION_OF[row["api_type"]]
+                config = json.loads(json.dumps(row["config"]))
+                destination = config.get(block) or {}
+                for name in SECRET_FIELDS[block]:
+                    ref = destination.get(name)
+                    if isinstance(ref, dict) and ref.get("sealed"):
+                        ref["sealed"] = sealer.reseal(ref["sealed"])
+                        count += 1
+                connection.execute(sa.update(data_streams).where(data_streams.c.id == row["id"])
+                                   .values(config=config))
+    except SealingError as err:
+        print(f"portal: {err}", file=sys.stderr)
+        return 2
+    print(f"portal: {count} sealed credentials sealed again with the first key")
+    return 0
+
+
+def _raw_streams(path: str) -> dict[str, dict]:
     import yaml
     from apache_beam.io.filesystems import FileSystems
 
@@ -116,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     key.add_argument("--name", required=True)
     imported = with_database(commands.add_parser("import-streams", help="Load a job stream configuration file"))
     imported.add_argument("--streams_config", required=True)
+    with_database(commands.add_parser("reseal", help="Seal every credential again with the first sealing key"))
     args = parser.parse_args(argv)
 
     if args.command == "serve":
@@ -126,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "import-streams":
         return _import_streams(args)
     revision = migrate(args.database_url)
+    if args.command == "reseal":
+        return _reseal(args)
     if args.command == "migrate":
         print(f"portal: {redacted(args.database_url)} is at revision {revision}")
         return 0

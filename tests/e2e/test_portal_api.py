@@ -250,3 +250,16 @@ def test_an_operator_creates_for_an_organisation_that_exists(portal):
     assert unknown.status_code == 422 and "does not exist" in unknown.json()["detail"][0]["msg"]
     created = portal.create("operator", rest_bulk(organisation_id=ORG_B))
     assert created["organisation_id"] == ORG_B
+
+
+def test_reseal_rotates_every_sealed_credential_to_the_first_key(portal, monkeypatch, capsys):
+    from portal.__main__ import main
+    from schemas.sealing import new_key
+
+    stream_id = portal.create("a", kinesis())["id"]
+    newer = new_key()
+    monkeypatch.setenv("DATASTREAMER_SEALING_KEY", f"{newer},{portal.sealing_key}")
+    assert main(["reseal", "--database_url", portal.database_url]) == 0
+    assert "2 sealed credentials" in capsys.readouterr().out
+    ref = load_stream_config_db(portal.database_url)[stream_id].destination.secret_access_key
+    assert Sealer([newer]).open(ref.sealed) == "s3cr3t-kinesis-value-xyz", "the old key is no longer needed"
