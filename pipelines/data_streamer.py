@@ -318,6 +318,7 @@ def delivery_settings(options: PipelineOptions, streaming: bool = False) -> Deli
             deactivate_after=reliability.deactivate_after_failures,
             stream_budget_seconds=reliability.stream_budget_seconds,
             release_overrun_streams=streaming,
+            resume_backlog_first=streaming and reliability.recovery_interval_seconds > 0,
             stream_concurrency=reliability.stream_concurrency,
             circuit_location=status_location,
             probe_initial_seconds=reliability.probe_initial_seconds,

@@ -392,10 +392,11 @@ class CircuitStore:
             if s.lease_owner == owner else None)
 
     def forget(self, stream_id: str) -> None:
-        """Remove a closed circuit whose drain time is over (keeps listings short)."""
+        """Remove a closed circuit whose drain time is over (keeps listings
+        short); one that acted on a resume is kept, as the record of it."""
         with _LOCK:
             state = self.get(stream_id, fresh=True)
-            if not state.closed or (state.drain_until or 0) > time.time():
+            if not state.closed or (state.drain_until or 0) > time.time() or state.resumed_at:
                 return
             if self.location is not None and FileSystems.exists(self.path(stream_id)):
                 FileSystems.delete([self.path(stream_id)])

@@ -54,7 +54,7 @@ from typing import Any, ClassVar
 import apache_beam as beam
 from apache_beam import pvalue
 
-from schemas.circuit import CircuitStore, parked_token
+from schemas.circuit import RESUMING, CircuitStore, parked_token
 from schemas.delivery import (
     CREDENTIALS_UNAVAILABLE,
     DEADLINE_EXCEEDED,
@@ -330,7 +330,7 @@ class DeliveryFn(DeliveryOutputs, beam.DoFn):
     def _admit(self, stream: DataStream, connection: Any) -> Any:
         """The connection to send the stream's next request with, or why it is
         :class:`Blocked`. A refusal or a missing secret deactivates the stream."""
-        token = self._deactivated(stream.id)
+        token = self._deactivated(stream)
         if token is not None:
             return Blocked(PARKED_STATUS, STREAM_DEACTIVATED, None, token)
         if connection is not NOT_OPEN:
@@ -399,13 +399,20 @@ class DeliveryFn(DeliveryOutputs, beam.DoFn):
             probe["failed"] = outcome.last.token or REMOTE_ERROR
         return Sent(outcome, watch.started_at, watch.elapsed_ms())
 
-    def _deactivated(self, stream_id: str) -> str | None:
+    def _deactivated(self, stream: DataStream) -> str | None:
         """The token the stream's documents are parked with, None if they are
-        sent (by a probe: until one of its requests failed)."""
+        sent (by a probe: until one of its requests failed). A stream resumed in
+        the portal whose circuit has not acted on it yet (the recovery step's
+        next tick does) is parked too: its kept backlog goes first."""
         probe = getattr(self._local, "probe", None)
         if probe:
             return probe["failed"]
-        return parked_token(self._circuits.get(stream_id))
+        circuit = self._circuits.get(stream.id)
+        if self._policy.resume_backlog_first and stream.resumed_at and circuit.resumed_at != stream.resumed_at:
+            circuit = self._circuits.get(stream.id, fresh=True)
+            if circuit.resumed_at != stream.resumed_at:
+                return RESUMING
+        return parked_token(circuit)
 
     def _deactivate(self, stream_id: str, token: str) -> None:
         if not getattr(self._local, "probe", False):

@@ -151,8 +151,6 @@ class _RecoverFn(beam.DoFn):
         # Streams are probed side by side: a tick waits for the slowest probe
         # (one stream budget), not for the sum of them.
         self._pool = ThreadPoolExecutor(max_workers=policy.stream_concurrency, thread_name_prefix="recovery")
-        #: (stream, resumed_at) this process has handed to the circuits already
-        self._resumed: set[tuple[str, str]] = set()
         self._local = threading.local()
 
     def teardown(self) -> None:
@@ -194,10 +192,10 @@ class _RecoverFn(beam.DoFn):
         looked (``DataStream.resumed_at``): their circuits go recovering (or, open,
         are probed now), so the backlog kept for them is delivered first."""
         for stream in config.streams.values():
-            if not stream.resumed_at or stream.state != "active" or (stream.id, stream.resumed_at) in self._resumed:
+            if (not stream.resumed_at or stream.state != "active"
+                    or self._circuits.get(stream.id).resumed_at == stream.resumed_at):
                 continue
             state = self._circuits.resume(stream.id, stream.resumed_at)
-            self._resumed.add((stream.id, stream.resumed_at))
             _LOG.warning("stream %s: resumed at %s; circuit %s, its kept documents are delivered first",
                          stream.id, stream.resumed_at, state.state)
 

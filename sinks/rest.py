@@ -223,7 +223,7 @@ class _RestWriteFn(_RestDoFnBase):
             the lane's deadline, job and probe flag are passed on)."""
             for name, value in lane.items():
                 setattr(self._local, name, value)
-            if self._deactivated(stream.id) is not None:
+            if self._deactivated(stream) is not None:
                 return STREAM_DEACTIVATED
             remaining = self._policy.deadline_seconds - (time.monotonic() - started)
             if lane["budget_end"] is not None:
@@ -239,7 +239,7 @@ class _RestWriteFn(_RestDoFnBase):
             else:
                 yield from self._sent(stream.id, request, sent)
         if STREAM_DEACTIVATED in skipped:
-            token = self._deactivated(stream.id)
+            token = self._deactivated(stream)
             yield from self._not_sent(stream.id, skipped[STREAM_DEACTIVATED],
                                       Blocked(PARKED_STATUS, STREAM_DEACTIVATED, None, token))
         if DEADLINE_EXCEEDED in skipped:

@@ -230,6 +230,10 @@ class RetryPolicy:
     #: and where a worker may exit with its last bundle, before an abandoned
     #: request ends and its failure reaches the stream's circuit.
     release_overrun_streams: bool = True
+    #: Whether a stream resumed in the portal (``DataStream.resumed_at``) is parked
+    #: until its circuit acted on the resume: only where a recovery step runs
+    #: (streaming) to deliver the kept backlog first (``sinks/recovery.py``).
+    resume_backlog_first: bool = False
     #: Streams sent side by side per sink instance.
     stream_concurrency: int = 16
     #: Where the circuits are kept (``schemas/circuit.py``): the status location's

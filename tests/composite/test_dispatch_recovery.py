@@ -37,8 +37,9 @@ SHORT = dict(max_attempts=2, deadline_seconds=5, base_delay_seconds=0.01, max_de
              stream_budget_seconds=0.5, budget_grace_seconds=0.5, probe_initial_seconds=0.1, probe_max_seconds=1)
 
 
-def _fn(location: str | None = None, release_overrun_streams: bool = True) -> _RestBulkWriteFn:
-    policy = RetryPolicy(**SHORT, circuit_location=location, release_overrun_streams=release_overrun_streams)
+def _fn(location: str | None = None, release_overrun_streams: bool = True, **extra: Any) -> _RestBulkWriteFn:
+    policy = RetryPolicy(**SHORT, circuit_location=location, release_overrun_streams=release_overrun_streams,
+                         **extra)
     fn = _RestBulkWriteFn(new_session, Timeouts(1, 30), 1_000_000, policy, allow_insecure=True)
     fn.setup()
     return fn
@@ -236,6 +237,25 @@ def test_a_live_batch_of_a_resumed_stream_is_parked_behind_its_backlog(tmp_path,
         fn.teardown()
         assert receiver.requests() == []
     assert [(p.stream_id, p.reason) for p in parked] == [("r", "stream_deactivated")]
+
+
+@pytest.mark.parametrize("streaming", [True, False])
+def test_before_the_recovery_step_acts_on_a_resume_a_streaming_sink_parks_and_a_batch_one_sends(
+        tmp_path, stream_secrets, streaming):
+    """The refreshed configuration may reach a sink before the recovery step's
+    tick: in streaming the sink parks the resumed stream's live documents until
+    the circuit acted on the resume (the backlog goes first). A batch run has no
+    recovery step, so it sends them."""
+    with HttpReceiver() as receiver:
+        streams = config(rest_stream("r", f"{receiver.url}/r", bulk=True, resumed_at="2026-12-01T08:00:00+00:00"))
+        fn = _fn(str(tmp_path / "status"), resume_backlog_first=streaming)
+        results, parked = _unwrap(list(fn.deliver_now(("r", _batch(7)), streams, GlobalWindow(), None)))
+        fn.teardown()
+        sent = len(receiver.requests())
+    if streaming:
+        assert sent == 0 and [(p.stream_id, p.token) for p in parked] == [("r", "resuming")]
+    else:
+        assert sent == 1 and [r.status for r in results] == [DELIVERED] and parked == []
 
 
 def test_a_restart_probes_an_open_circuit_now(tmp_path, stream_secrets):

@@ -4,8 +4,11 @@ fresh database of a PostgreSQL server the tests start: ``tests/conftest.py``'s
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,8 +17,10 @@ from fastapi.testclient import TestClient
 from portal.app import PortalSettings, create_app
 from portal.auth import create_key, ensure_organisation
 from portal.streams import PortalRules
-from schemas.sealing import new_key
+from schemas.sealing import KEY_ENV, new_key
+from tools.processes import PortService, free_port
 
+ROOT = Path(__file__).resolve().parents[2]
 ORG_A, ORG_B = 80025, 839921
 
 
@@ -69,3 +74,15 @@ def kinesis(**extra: Any) -> dict[str, Any]:
     return {"stream_type": "usage", "api_type": "aws_kinesis",
             "kinesis": {"access_key_id": "AKIAEXAMPLEKEY0001", "secret_access_key": "s3cr3t-kinesis-value-xyz",
                         "region": "eu-central-1", "stream_name": "usage"}, **extra}
+
+
+def serve_portal(database_url: str, sealing_key: str) -> PortService:
+    """The portal as it runs (``python -m portal serve``, uvicorn) on a free
+    port, not started yet (``with`` starts and stops it)."""
+    port = free_port()
+    env = {**os.environ, KEY_ENV: sealing_key, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "portal", "serve", "--database_url", database_url, "--port", str(port),
+               "--allow_insecure_destinations"]
+    service = PortService(command, port, env=env, startup_timeout=60.0)
+    service.url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
+    return service

@@ -77,7 +77,7 @@ def test_a_bare_yaml_list_is_accepted():
         (lambda s: s["rest"].update(auth_secret={"value": "literal"}),
          "stream 'r': rest.auth_secret must only name where the secret is"),
         (lambda s: s["rest"].update(auth_secret={"env": "A", "file": "/b"}),
-         "stream 'r': rest.auth_secret must have exactly one of 'env' or 'file'"),
+         "stream 'r': rest.auth_secret must have exactly one of 'env', 'file' or 'sealed'"),
         (lambda s: s["rest"].pop("auth_secret"), "stream 'r': rest.auth_header and auth_secret go together"),
         (lambda s: s.pop("rest"), "stream 'r': rest is required for api_type rest_api"),
         (lambda s: s.update(s3={"bucket": "b"}), "stream 'r': s3 does not apply to api_type rest_api"),
