@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help install sample-data run-local run-portal run-local-streaming run-portable run-flink run-flink-streaming flink-cluster local-destinations status submit-flink \
-	submit-dataflow redrive backfill historic test test-fast lint clean bench
+	submit-dataflow redrive backfill historic test test-fast lint clean bench chromium postgres
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -143,7 +143,7 @@ bench: $(SAMPLE_DIR)/.complete ## Benchmark against baselines on the local runne
 # their summaries printed at the end. (Not xdist's --dist loadgroup: with pytest 9.2 and xdist
 # 3.8 its groups are not kept.)
 LANE_LOGS = $(OUT_DIR)/test-unit-composite.log $(OUT_DIR)/test-flink.log
-test: $(STAMP) ## Run ruff and every test tier: unit, composite, e2e, tools (what CI runs)
+test: $(STAMP) chromium postgres ## Run ruff and every test tier: unit, composite, e2e, tools (what CI runs); installs Debian's chromium and postgresql when missing
 	$(VENV)/bin/ruff check .
 	@mkdir -p $(OUT_DIR)
 	@echo "=== phase 1: the tests that assert timings, alone; at nice 19 beside them the unit and" \
@@ -168,6 +168,15 @@ test-fast: $(STAMP) ## Run ruff and the unit and composite tiers (under a minute
 
 lint: $(STAMP) ## ruff check
 	$(VENV)/bin/ruff check .
+
+# The browser tests (tools/browser.py) run Debian's Chromium through Playwright: Playwright's
+# own download (`playwright install`) needs the internet. Not a prerequisite of any target.
+# apt-get update only when the install fails (package lists missing or stale).
+APT_GET = $(if $(filter 0,$(shell id -u)),,sudo )apt-get
+chromium: ## Install Debian's chromium for the browser tests (apt-get, with sudo when not root) unless /usr/bin/chromium is there
+	@if [ -x /usr/bin/chromium ]; then echo "/usr/bin/chromium is installed"; else \
+		$(APT_GET) install -y --no-install-recommends chromium || \
+		{ $(APT_GET) update && $(APT_GET) install -y --no-install-recommends chromium; }; fi
 
 clean: ## Remove generated data, outputs and the virtual environment
 	rm -rf $(VENV) $(OUT_DIR) data *.egg-info .pytest_cache .ruff_cache

@@ -19,6 +19,10 @@ batch runner, Beam's FnApiRunner; tests of streaming graphs name the
 BundleBasedDirectRunner, for which the session installs the workarounds of
 ``tools/direct_runner`` (the tests, like the local launchers, are where they
 apply; the job never applies them).
+
+Browser tests (``tools/browser.py``): ``browser`` is headless Chromium for the
+session, ``page`` a fresh context's page per test, ``screenshot_dir`` the test's
+``out/screenshots/<test name>/``.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -163,3 +168,51 @@ def pubsub_emulator():
         pytest.fail(str(err), pytrace=False)
     with PubSubEmulator() as emulator:
         yield emulator
+
+
+#: Browser tests keep their screenshots here, one folder per test (artifacts, never committed).
+SCREENSHOTS = Path(__file__).resolve().parents[1] / "out" / "screenshots"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium (Debian's, ``tools/browser.py``) as a Playwright ``Browser``,
+    shared by a test module and closed at its end with every Chromium process of it.
+    No Chromium (or no Playwright) fails the test with what to install: the browser
+    tests are not optional. Module scope (a launch is about a second): while it is
+    open, the main thread has Playwright's running asyncio loop, and
+    ``asyncio.run()`` fails there (docs/testing.md, Browser tests); other modules
+    never see it."""
+    from tools.browser import ChromiumMissingError, check_browser_tools, headless_chromium
+
+    try:
+        executable, missing = check_browser_tools(), None
+    except ChromiumMissingError as err:
+        executable, missing = None, str(err)
+    if missing is not None:  # failed outside the except: pytest would print the message twice
+        pytest.fail(missing, pytrace=False)
+    with headless_chromium(executable) as launched:
+        yield launched
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh browser context (no cookies or storage from another test) and a page
+    in it; both closed after the test."""
+    context = browser.new_context()
+    try:
+        yield context.new_page()
+    finally:
+        context.close()
+
+
+@pytest.fixture
+def screenshot_dir(request) -> Path:
+    """``out/screenshots/<test name>/``, emptied and created for this test
+    (``tools.browser.save_screenshot(page, screenshot_dir, name)`` writes there)."""
+    from tools.browser import safe_file_name
+
+    directory = SCREENSHOTS / safe_file_name(request.node.name)
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    return directory
