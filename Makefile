@@ -132,6 +132,16 @@ BENCH_ARGS ?=
 bench: $(SAMPLE_DIR)/.complete ## Benchmark against baselines on the local runners and Flink [local]: batch (FnApiRunner), streaming (BundleBasedDirectRunner) (BENCH_ARGS)
 	$(PY) -m tools.bench $(BENCH_ARGS)
 
+# The database tests start throwaway PostgreSQL servers (tools/postgres.py) from the binaries of
+# Debian's postgresql package, /usr/lib/postgresql/<version>/bin; nothing to do when they are there.
+postgres: ## Install Debian's PostgreSQL server (package postgresql) for the database tests, unless installed
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+		sudo=$$(test "$$(id -u)" -eq 0 || echo sudo); \
+		echo "installing Debian's postgresql package (no /usr/lib/postgresql/*/bin/initdb)"; \
+		$$sudo apt-get update && \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql; \
+	fi
+
 # make test runs in two phases, so that no timing a test asserts competes with another test:
 # 1. the tests marked `alone` (latency against a baseline, time to stop), one after the other,
 #    at normal priority; beside them, at the lowest CPU priority (nice 19), the unit and

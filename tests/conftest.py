@@ -31,6 +31,8 @@ import csv
 import json
 import os
 import shutil
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -216,3 +218,34 @@ def screenshot_dir(request) -> Path:
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
     return directory
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server (``tools/postgres.py``: initdb, pg_ctl) on a free
+    loopback port, shared by the session and removed at its end. Missing server
+    binaries fail the test with what to install (``make postgres``): the portal's
+    database tests are not optional."""
+    from tools.postgres import PostgresServer, PostgresToolsError
+
+    server, missing = PostgresServer(), None
+    try:
+        server.start()
+    except PostgresToolsError as err:
+        missing = str(err)
+    if missing is not None:  # outside the except: the message once, not twice
+        pytest.fail(missing, pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> Iterator[str]:
+    """The SQLAlchemy URL (``postgresql+psycopg://...``) of a new, empty database
+    for this test alone, on the session's server; dropped afterwards, with any
+    connection the test left open."""
+    name = f"test_{uuid.uuid4().hex}"
+    yield postgres_server.create_database(name)
+    postgres_server.drop_database(name)

@@ -117,7 +117,7 @@ def test_create_deliver_deactivate_activate_delete_in_the_pages(
                 assert page.query_selector(f"tr[data-stream-id='{stream_id}']") is None
 
         run = run_streaming(
-            pubsub_emulator, tmp_path / "job", [], {"customer": receiver}, reference_dir,
+            pubsub_emulator, _mkdir(tmp_path / "job"), [], {"customer": receiver}, reference_dir,
             rate=RATE, publish_seconds=PUBLISH_SECONDS, settled=lambda run: True, settle_seconds=15,
             first_id=9_000_000, during=during, flags=[f"--streams_db={database_url}"])
 
@@ -146,3 +146,8 @@ def test_create_deliver_deactivate_activate_delete_in_the_pages(
     assert not [i for i in after_deletion if i in arrivals], "delivered after the deletion"
     with engine_for(database_url).connect() as connection:
         assert connection.execute(sa.select(data_streams.c.id)).scalars().all() == []
+
+
+def _mkdir(path):
+    path.mkdir(parents=True, exist_ok=True)
+    return path
