@@ -20,8 +20,8 @@ BundleBasedDirectRunner, for which the session installs the workarounds of
 ``tools/direct_runner`` (the tests, like the local launchers, are where they
 apply; the job never applies them).
 
-Browser tests (``tools/browser.py``): ``browser`` is headless Chromium for the
-session, ``page`` a fresh context's page per test, ``screenshot_dir`` the test's
+Browser tests (``tools/browser.py``): ``browser`` is headless Chromium for a test
+module, ``page`` a fresh context's page per test, ``screenshot_dir`` the test's
 ``out/screenshots/<test name>/``.
 """
 

@@ -263,3 +263,22 @@ def test_reseal_rotates_every_sealed_credential_to_the_first_key(portal, monkeyp
     assert "2 sealed credentials" in capsys.readouterr().out
     ref = load_stream_config_db(portal.database_url)[stream_id].destination.secret_access_key
     assert Sealer([newer]).open(ref.sealed) == "s3cr3t-kinesis-value-xyz", "the old key is no longer needed"
+
+
+@pytest.mark.parametrize("body", [
+    rest_bulk(url="http://127.0.0.1:9/a\x00b"),
+    rest_bulk(rest={"url": "http://127.0.0.1:9/a", "headers": {"X-Tag": "a\x00b"}}),
+    rest_bulk(rest={"url": "http://127.0.0.1:9/a", "auth_header": "X-Token",
+                    "auth_secret": {"env": "DATASTREAMER_\x00"}}),
+    kinesis(kinesis={"access_key_id": "a", "secret_access_key": "b", "region": "eu-central-1",
+                     "stream_name": "s\x00"}),
+    {"stream_type": "usage", "api_type": "aws_s3", "s3": {"access_key_id": "a", "secret_access_key": "b",
+                                                          "bucket": "b", "prefix": "p\x00/"}},
+    {"stream_type": "usage", "api_type": "datadog", "datadog": {"api_key": "k", "site": "datadoghq.com\x00"}},
+    rest_bulk(organisation_id=2**63),
+], ids=["url", "header", "secret-ref", "stream-name", "prefix", "site", "int64"])
+def test_what_a_database_would_refuse_is_422_not_a_server_error(portal, body):
+    """NUL characters (PostgreSQL refuses them in text and JSON) and integers past
+    64 bits never reach the database."""
+    answer = portal.client.post("/api/v1/data-streams", json=body, headers=portal.headers("a"))
+    assert answer.status_code == 422, answer.text

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -69,7 +70,8 @@ def _streams(base: str) -> list[str]:
             "access_key_id": "AK", "secret_access_key": "SK", "region": "eu-central-1", "stream_name": "s",
             "endpoint_url": "http://127.0.0.1:9"}},
         {"stream_type": "usage", "api_type": "aws_s3", "s3": {
-            "access_key_id": "AK", "secret_access_key": "SK", "bucket": "b", "endpoint_url": "http://127.0.0.1:9"}},
+            "access_key_id": "AK", "secret_access_key": "SK", "bucket": f"fuzz-{uuid.uuid4().hex[:12]}",
+            "endpoint_url": "http://127.0.0.1:9"}},
         {"stream_type": "usage", "api_type": "datadog", "datadog": {"api_key": "k", "url": "http://127.0.0.1:9"}},
     ]
     ids = []
