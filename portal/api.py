@@ -393,7 +393,7 @@ def test_stream_destination(stream_id: str, request: Request, caller: Caller, st
         stream = streams.job_stream(caller, stream_id)
     except StreamNotFoundError:
         raise _not_found() from None
-    return try_destination(stream, request.app.state.rules)
+    return try_destination(stream, request.app.state.rules, request.app.state.sealer)
 
 
 @router.get("/stream-types", tags=["look-ups"])

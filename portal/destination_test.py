@@ -21,6 +21,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from schemas.delivery import DELIVERED, DeliveryResult
+from schemas.sealing import Sealer
 from schemas.streams import DataStream, SecretPolicy, build_stream_config
 from sinks.delivery import DeliverySettings, sinks_for
 from sinks.recovery import RecoveredPane, sink_elements
@@ -44,7 +45,7 @@ def sample_document(kind: str, organisation_id: int, now: datetime | None = None
     return document
 
 
-def try_destination(stream: DataStream, rules: Any) -> dict[str, Any]:
+def try_destination(stream: DataStream, rules: Any, sealer: Sealer | None = None) -> dict[str, Any]:
     """``{"ok", "remote_status", "error", "duration_ms"}`` of one sample sent to the stream's destination."""
     kind = "event" if stream.stream_type == "events" else "usage"
     stream = replace(stream, state="active")  # a paused stream's destination can be tested too
@@ -53,6 +54,7 @@ def try_destination(stream: DataStream, rules: Any) -> dict[str, Any]:
         secrets=SecretPolicy(env_prefix=rules.secret_env_prefix, secrets_dir=rules.secrets_dir),
         policy=RetryPolicy(max_attempts=1, deadline_seconds=BUDGET_SECONDS, stream_budget_seconds=BUDGET_SECONDS))
     fn = sinks_for(settings, None)[stream.api_type].fn  # type: ignore[arg-type]
+    fn.sealer = sealer  # the portal's key opens what the portal sealed
     config = build_stream_config([stream])
     batch = SimpleNamespace(documents=[(kind, sample_document(kind, stream.organisation_id))])
     started = time.monotonic()
@@ -71,6 +73,6 @@ def try_destination(stream: DataStream, rules: Any) -> dict[str, Any]:
         return {"ok": False, "remote_status": None, "error": "not_sent", "duration_ms": duration_ms}
     last = results[-1]
     ok = all(result.status == DELIVERED for result in results)
-    remote = str(last.status_code) if last.status_code is not None else (last.error or None)
+    remote = last.remote_status
     return {"ok": ok, "remote_status": remote, "error": None if ok else (last.token or last.error or last.status),
             "duration_ms": duration_ms}

@@ -101,3 +101,14 @@ class DeliveryResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def remote_status(self) -> str:
+        """What the destination said, as the portal's "remote status" shows it:
+        AWS's error code for the AWS sinks (``ResourceNotFoundException`` says more
+        than its HTTP 400), else the HTTP status, else the error token."""
+        if self.api_type in ("aws_kinesis", "aws_s3") and self.error and not self.error.startswith("http_"):
+            return self.error
+        if self.status_code is not None:
+            return str(self.status_code)
+        return self.error or self.status

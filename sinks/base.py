@@ -108,6 +108,9 @@ class DeliveryFn(DeliveryOutputs, beam.DoFn):
     #: both contracts, so the difference is kept here, named, in one place.
     parked_count_as_failed: ClassVar[bool] = True
 
+    #: Opens sealed secrets; None: a sealer with the environment's key (the
+    #: workers'). The portal's "test destination" gives its own before ``setup``.
+    sealer: Any = None
     #: How the guard resolves names; a test may replace it before ``setup``.
     resolver: Resolver = staticmethod(resolve_host)  # type: ignore[assignment]
 
@@ -162,7 +165,7 @@ class DeliveryFn(DeliveryOutputs, beam.DoFn):
     # ----------------------------------------------------------------- lifecycle
 
     def setup(self) -> None:
-        self._secrets = SecretResolver(self._secret_policy)
+        self._secrets = SecretResolver(self._secret_policy, self.sealer)
         self._circuits = CircuitStore(self._policy.circuit_location, self._policy.circuit_settings(),
                                       scope=self._circuit_scope)
         # What a thread is doing: a lane's tally and budget, a recovery probe.

@@ -31,10 +31,12 @@ class SecretError(RuntimeError):
 class SecretResolver:
     """Reads and caches secrets for one DoFn instance, only where ``policy`` allows."""
 
-    def __init__(self, policy: SecretPolicy | None = None) -> None:
+    def __init__(self, policy: SecretPolicy | None = None, sealer: Sealer | None = None) -> None:
+        """``sealer``: opens sealed secrets; by default one with the environment's
+        key, made when the first sealed secret is read."""
         self._policy = policy or SecretPolicy()
         self._cache: dict[SecretRef, str] = {}
-        self._sealer: Sealer | None = None
+        self._sealer = sealer
 
     def resolve(self, ref: SecretRef) -> str:
         value = self._cache.get(ref)

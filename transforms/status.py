@@ -84,9 +84,7 @@ def write_status(location: str, records: Iterable[StreamStatus]) -> str:
 
 
 def _remote_status(result: DeliveryResult) -> str:
-    if result.status_code is not None:
-        return str(result.status_code)
-    return result.error or result.status
+    return result.remote_status
 
 
 def advance(

@@ -80,3 +80,17 @@ def test_paused_in_config_wins_and_status_survives_runs(tmp_path):
     assert (previous["r"].state, previous["r"].error) == ("deactivated", "not_found")
     second = {s.stream_id: s for s in merge_status(STREAMS, previous, {}, 3)}
     assert second["r"].state == "deactivated" and second["r"].last_remote_status == "404"
+
+
+@pytest.mark.parametrize(("api_type", "code", "error", "shown"), [
+    ("aws_kinesis", 400, "ResourceNotFoundException", "ResourceNotFoundException"),
+    ("aws_s3", 403, "AccessDenied", "AccessDenied"),
+    ("aws_s3", None, "NoSuchBucket", "NoSuchBucket"),
+    ("aws_kinesis", 500, "http_500", "500"),
+    ("rest_api", 404, "http_404", "404"),
+    ("datadog", None, "timeout", "timeout"),
+])
+def test_the_remote_status_is_awss_error_code_or_the_http_status(api_type, code, error, shown):
+    result = DeliveryResult("r", api_type, 1, 10, "failed", code, error, 1, "2026-11-01T00:00:00.000+00:00", 5,
+                            "target", 1, "not_found", 0, 1)
+    assert result.remote_status == shown
