@@ -5,6 +5,7 @@ through the job's sinks to real receivers."""
 from __future__ import annotations
 
 import re
+import uuid
 
 import pytest
 
@@ -123,10 +124,11 @@ def test_test_destination_sends_one_signed_sample_and_touches_no_count(portal, h
 
 def test_test_destination_reaches_kinesis_through_the_aws_sink(portal, aws_session, moto_server):
     kinesis_client = aws_session("kinesis")
-    kinesis_client.create_stream(StreamName="usage-test", ShardCount=1)
-    kinesis_client.get_waiter("stream_exists").wait(StreamName="usage-test", WaiterConfig={"Delay": 0.2})
+    name = f"usage-{uuid.uuid4().hex[:8]}"  # moto's server is shared by the session
+    kinesis_client.create_stream(StreamName=name, ShardCount=1)
+    kinesis_client.get_waiter("stream_exists").wait(StreamName=name, WaiterConfig={"Delay": 0.2})
     body = kinesis()
-    body["kinesis"].update(stream_name="usage-test", endpoint_url=moto_server.url, access_key_id="test",
+    body["kinesis"].update(stream_name=name, endpoint_url=moto_server.url, access_key_id="test",
                            secret_access_key="test")
     created = portal.create("a", body)
     answer = portal.client.post(f"/api/v1/data-streams/{created['id']}/test", headers=portal.headers("a")).json()
