@@ -14,7 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response, status
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request, Response, status
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.engine import Connection
 
@@ -266,13 +267,23 @@ StreamId = Annotated[str, Field(max_length=128)]
 router = APIRouter(prefix="/api/v1", responses=ERRORS)
 
 
-def _field_problem(err: FieldError) -> HTTPException:
-    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
-                         [{"loc": ["body", *err.field.split(".")], "msg": str(err), "type": "value_error"}])
+def install_error_answers(app: FastAPI) -> None:
+    """The service's errors as the API answers them, in one place: an unknown
+    stream (or another organisation's: the same answer) 404, a field the job
+    would refuse 422 naming it, a state the operation does not apply to 409."""
 
+    @app.exception_handler(StreamNotFoundError)
+    async def _not_found(request: Request, err: StreamNotFoundError) -> JSONResponse:
+        return JSONResponse({"detail": "data stream not found"}, status_code=status.HTTP_404_NOT_FOUND)
 
-def _not_found() -> HTTPException:
-    return HTTPException(status.HTTP_404_NOT_FOUND, "data stream not found")
+    @app.exception_handler(FieldError)
+    async def _field_problem(request: Request, err: FieldError) -> JSONResponse:
+        problem = {"loc": ["body", *err.field.split(".")], "msg": str(err), "type": "value_error"}
+        return JSONResponse({"detail": [problem]}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+    @app.exception_handler(StateConflictError)
+    async def _conflict(request: Request, err: StateConflictError) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, status_code=status.HTTP_409_CONFLICT)
 
 
 @router.get("/data-streams", response_model=list[StreamOut], tags=["data streams"])
@@ -284,40 +295,26 @@ def list_streams(caller: Caller, streams: Service) -> list[dict[str, Any]]:
 @router.post("/data-streams", response_model=CreatedOut, status_code=201, tags=["data streams"])
 def create_stream(body: StreamCreate, caller: Caller, streams: Service) -> dict[str, Any]:
     """A new stream, active at once (Pending while its historic data is delivered)."""
-    try:
-        view, signing_secret = streams.create(caller, body.model_dump(exclude_unset=True))
-    except FieldError as err:
-        raise _field_problem(err) from None
+    view, signing_secret = streams.create(caller, body.model_dump(exclude_unset=True))
     return {**view, "signing_secret": signing_secret}
 
 
 @router.get("/data-streams/{stream_id}", response_model=StreamOut, responses=NOT_FOUND, tags=["data streams"])
 def read_stream(stream_id: str, caller: Caller, streams: Service) -> dict[str, Any]:
     """One stream, credentials masked, with its status."""
-    try:
-        return streams.get(caller, stream_id)
-    except StreamNotFoundError:
-        raise _not_found() from None
+    return streams.get(caller, stream_id)
 
 
 @router.patch("/data-streams/{stream_id}", response_model=StreamOut, responses=NOT_FOUND, tags=["data streams"])
 def update_stream(stream_id: str, body: StreamUpdate, caller: Caller, streams: Service) -> dict[str, Any]:
     """Change the fields the body gives; a credential left out keeps its value."""
-    try:
-        return streams.update(caller, stream_id, body.model_dump(exclude_unset=True))
-    except StreamNotFoundError:
-        raise _not_found() from None
-    except FieldError as err:
-        raise _field_problem(err) from None
+    return streams.update(caller, stream_id, body.model_dump(exclude_unset=True))
 
 
 @router.delete("/data-streams/{stream_id}", status_code=204, responses=NOT_FOUND, tags=["data streams"])
 def delete_stream(stream_id: str, caller: Caller, streams: Service) -> Response:
     """The stream and everything kept about it; nothing more is delivered to it."""
-    try:
-        streams.delete(caller, stream_id)
-    except StreamNotFoundError:
-        raise _not_found() from None
+    streams.delete(caller, stream_id)
     return Response(status_code=204)
 
 
@@ -325,20 +322,14 @@ def delete_stream(stream_id: str, caller: Caller, streams: Service) -> Response:
              tags=["data streams"])
 def deactivate_stream(stream_id: str, caller: Caller, streams: Service) -> dict[str, Any]:
     """Pause: documents are kept (parked) from the job's next refresh on."""
-    try:
-        return streams.deactivate(caller, stream_id)
-    except StreamNotFoundError:
-        raise _not_found() from None
+    return streams.deactivate(caller, stream_id)
 
 
 @router.post("/data-streams/{stream_id}/activate", response_model=StreamOut, responses=NOT_FOUND,
              tags=["data streams"])
 def activate_stream(stream_id: str, caller: Caller, streams: Service) -> dict[str, Any]:
     """Resume: the kept documents are delivered first, then live ones."""
-    try:
-        return streams.activate(caller, stream_id)
-    except StreamNotFoundError:
-        raise _not_found() from None
+    return streams.activate(caller, stream_id)
 
 
 @router.post("/data-streams/{stream_id}/restart", response_model=StreamOut,
@@ -346,42 +337,28 @@ def activate_stream(stream_id: str, caller: Caller, streams: Service) -> dict[st
              tags=["data streams"])
 def restart_stream(stream_id: str, caller: Caller, streams: Service) -> dict[str, Any]:
     """A stream in Error is tried again at the job's next refresh."""
-    try:
-        return streams.restart(caller, stream_id)
-    except StreamNotFoundError:
-        raise _not_found() from None
-    except StateConflictError as err:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(err)) from None
+    return streams.restart(caller, stream_id)
 
 
 @router.get("/data-streams/{stream_id}/status", response_model=StatusOut, responses=NOT_FOUND, tags=["status"])
 def stream_status(stream_id: str, caller: Caller, streams: Service) -> dict[str, Any]:
     """Running, Paused, Error (with its reason) or Pending; last data, remote
     status, documents delivered and parked over the last hour and day."""
-    try:
-        return streams.status(caller, stream_id)
-    except StreamNotFoundError:
-        raise _not_found() from None
+    return streams.status(caller, stream_id)
 
 
 @router.get("/data-streams/{stream_id}/deliveries", response_model=list[DeliveryOut], responses=NOT_FOUND,
             tags=["status"])
 def recent_deliveries(stream_id: str, caller: Caller, streams: Service) -> list[dict[str, Any]]:
     """The stream's last batches as the job reported them, newest first."""
-    try:
-        return streams.recent(caller, stream_id)
-    except StreamNotFoundError:
-        raise _not_found() from None
+    return streams.recent(caller, stream_id)
 
 
 @router.get("/data-streams/{stream_id}/hourly", response_model=list[HourOut], responses=NOT_FOUND,
             tags=["status"])
 def hourly_counts(stream_id: str, caller: Caller, streams: Service) -> list[dict[str, Any]]:
     """Documents delivered and parked in each of the last 24 hours, oldest first."""
-    try:
-        return streams.hourly(caller, stream_id)
-    except StreamNotFoundError:
-        raise _not_found() from None
+    return streams.hourly(caller, stream_id)
 
 
 @router.post("/data-streams/{stream_id}/test", response_model=TestOut, responses=NOT_FOUND, tags=["data streams"])
@@ -389,10 +366,7 @@ def test_stream_destination(stream_id: str, request: Request, caller: Caller, st
     """Send one sample document of the stream's type through the job's sink
     code, and answer with what the destination said. The stream's counts and
     status are not touched."""
-    try:
-        stream = streams.job_stream(caller, stream_id)
-    except StreamNotFoundError:
-        raise _not_found() from None
+    stream = streams.job_stream(caller, stream_id)
     return try_destination(stream, request.app.state.rules, request.app.state.sealer)
 
 

@@ -79,6 +79,7 @@ def create_app(settings: PortalSettings | None = None) -> FastAPI:
     app.state.session_key = settings.session_key or os.environ.get(SESSION_KEY_ENV) or secrets.token_urlsafe(32)
     app.state.https = settings.https
     app.include_router(api.router)
+    api.install_error_answers(app)
     pages.install(app)
 
     @app.middleware("http")

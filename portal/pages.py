@@ -98,6 +98,11 @@ def _render(request: Request, name: str, status_code: int = 200, **context: Any)
                                       status_code=status_code)
 
 
+def _missing(request: Request) -> HTMLResponse:
+    """Another organisation's stream gets this page too: no way to tell them apart."""
+    return _render(request, "message.html", status_code=404, title="Not found", message="There is no such data stream.")
+
+
 def _to_login() -> RedirectResponse:
     return RedirectResponse(f"{BASE}/login", status_code=303)
 
@@ -228,8 +233,7 @@ def _stream_page(request: Request, stream_id: str) -> Response:
             recent = service.recent(principal, stream_id)
             hourly = service.hourly(principal, stream_id)
         except StreamNotFoundError:
-            return _render(request, "message.html", status_code=404, title="Not found",
-                           message="There is no such data stream.")
+            return _missing(request)
     peak = max([hour["delivered"] for hour in hourly] + [1])
     return _render(request, "stream.html", stream=stream, recent=recent, hourly=hourly, peak=peak)
 
@@ -243,8 +247,7 @@ def _delete_page(request: Request, stream_id: str) -> Response:
         try:
             stream = _service(request, connection).get(principal, stream_id)
         except StreamNotFoundError:
-            return _render(request, "message.html", status_code=404, title="Not found",
-                           message="There is no such data stream.")
+            return _missing(request)
     return _render(request, "confirm_delete.html", stream=stream)
 
 
@@ -274,8 +277,7 @@ async def _action(request: Request, stream_id: str, action: str) -> Response:
                 service.restart(principal, stream_id)
                 request.session["notice"] = f"Data stream {stream_id} restarted."
         except StreamNotFoundError:
-            return _render(request, "message.html", status_code=404, title="Not found",
-                           message="There is no such data stream.")
+            return _missing(request)
         except StateConflictError as err:
             request.session["notice"] = str(err)
     return _home()
