@@ -40,8 +40,9 @@ sample-data: $(STAMP) ## Generate the sample fleet (SAMPLE_DIR, SEED; more optio
 	$(PY) -m tools.sample_fleet --output_dir $(SAMPLE_DIR) --seed $(SEED)
 	@touch $(SAMPLE_DIR)/.complete
 
-run-local: $(SAMPLE_DIR)/.complete ## Run the job (FnApiRunner) over the sample fleet, delivering to local REST/DataDog/S3/Kinesis destinations
-	$(PY) -m tools.run_local --sample_dir $(SAMPLE_DIR) --output_dir $(OUT_DIR)
+KEEP_PORTAL ?= auto
+run-local: $(SAMPLE_DIR)/.complete ## Run the job (FnApiRunner) over the sample fleet, delivering to local REST/DataDog/S3/Kinesis destinations, with the portal beside them (KEEP_PORTAL=auto|yes|no)
+	$(PY) -m tools.run_local --sample_dir $(SAMPLE_DIR) --output_dir $(OUT_DIR) --keep_portal $(KEEP_PORTAL)
 
 run-portal: $(STAMP) ## Serve the portal (API and Data Streamer pages) on the stream store of make run-local (out/portal.db) until Ctrl-C
 	$(PY) -m tools.local_portal --output_dir $(OUT_DIR)

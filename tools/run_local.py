@@ -49,18 +49,35 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.run_local", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sample_dir", default="data/sample", help="Sample fleet directory. Default: data/sample.")
     parser.add_argument("--output_dir", default="out", help="Job outputs. Default: out.")
+    parser.add_argument("--keep_portal", choices=("auto", "yes", "no"), default="auto",
+                        help="Keep the portal up after the run until Ctrl-C: yes, no, or auto (when the terminal is "
+                        "interactive). Default: auto.")
     args, job_args = parser.parse_known_args(argv)
+    keep = args.keep_portal == "yes" or (args.keep_portal == "auto" and sys.stdin.isatty() and sys.stdout.isatty())
     sample, out = Path(args.sample_dir), Path(args.output_dir)
     started = time.monotonic()
     try:
-        return _run(sample, out, job_args, started)
+        return _run(sample, out, job_args, started, keep)
     except KeyboardInterrupt:
         sys.stderr.write(f"interrupted: stopped the job and the local destinations after "
                          f"{time.monotonic() - started:.0f} s; outputs under {out} are incomplete\n")
         return INTERRUPTED
 
 
-def _run(sample: Path, out: Path, job_args: list[str], started: float) -> int:
+def _serve_until_interrupted(portal: LocalPortal) -> None:
+    """Keep the portal (and the destinations its "test destination" reaches) up
+    after the run, until Ctrl-C: the overview shows what the run delivered."""
+    sys.stdout.write(f"the portal stays up to show the run: {portal.url}/portal/data-streams "
+                     "(Ctrl-C stops it and the local destinations)\n")
+    sys.stdout.flush()
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        sys.stdout.write("stopped the portal and the local destinations\n")
+
+
+def _run(sample: Path, out: Path, job_args: list[str], started: float, keep_portal: bool = False) -> int:
     for path in clear_previous_state(out):
         sys.stdout.write(f"cleared {path} of the previous local run (its destinations are gone)\n")
     with LocalDestinations(sample, out) as local, LocalPortal(out, streams_config=local.config_path) as portal:
@@ -85,6 +102,8 @@ def _run(sample: Path, out: Path, job_args: list[str], started: float) -> int:
         sys.stdout.write("reading back what the local destinations received ...\n")
         sys.stdout.flush()
         sys.stdout.write(local.report())
+        if keep_portal:
+            _serve_until_interrupted(portal)
     sys.stdout.write(f"  stream config: {local.config_path}, loaded into {portal.database_url}; the portal "
                      f"stopped with the run: `make run-portal` serves it again; took "
                      f"{time.monotonic() - started:.0f} s\n")

@@ -31,6 +31,8 @@ NOT_RUN = {"make test", "make test-fast"}
 #: What each command must print (regular expressions), by its target.
 EXPECTED = {
     "run-local": [
+        r"portal: http://127\.0\.0\.1:\d+/portal/data-streams \(sign in with the operator key in "
+        r"out/portal/operator\.key",
         r"running the batch job \(FnApiRunner\)",
         r"\[ +\d+ s\] job running",
         r"reconciled: read = documents \+ duplicates \+ dead letters: yes",
@@ -92,11 +94,34 @@ def clone(tmp_path_factory) -> tuple[Path, dict[str, str]]:
         pytest.fail(f"{venv} is missing: run the suite through make test", pytrace=False)
     path = tmp_path_factory.mktemp("readme") / "clone"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(path)], check=True, timeout=120)
-    for name in ("setup.py", "requirements-dev.txt", "constraints.txt"):
+    for name in ("setup.py", "requirements-dev.txt", "requirements-portal.txt", "constraints.txt"):
         os.utime(path / name, (0, 0))  # older than the venv's stamp: make installs nothing
     env = {**os.environ, "VENV": str(venv), "PYTHONUNBUFFERED": "1"}
     env.pop("MAKEFLAGS", None)
     return path, env
+
+
+def _check_portal_overview(path: Path) -> None:
+    """After make run-local, the portal's overview has every sample stream with
+    its last data and remote status (make run-portal serves it: the API's view
+    of the store it left)."""
+    from fastapi.testclient import TestClient
+
+    from portal.app import PortalSettings, create_app
+    from portal.auth import KEY_HEADER
+
+    key = (path / "out" / "portal" / "operator.key").read_text().strip()
+    sealing = (path / "out" / "portal" / "sealing.key").read_text().strip()
+    app = create_app(PortalSettings(database_url=f"sqlite:///{path / 'out' / 'portal.db'}", sealing_keys=[sealing]))
+    streams = TestClient(app).get("/api/v1/data-streams", headers={KEY_HEADER: key}).json()
+    seen = {s["id"]: (s["status"]["state"], s["status"]["remote_status"], bool(s["status"]["last_data"]))
+            for s in streams}
+    assert seen == {
+        "datadog-80025": ("Running", "202", True), "kinesis-usage-80025": ("Running", "200", True),
+        "rest-bulk-80025": ("Running", "202", True), "rest-bulk-alerts-80111": ("Running", "202", True),
+        "rest-events-80025": ("Running", "202", True), "s3-both-80025": ("Running", "200", True),
+        "s3-events-80111": ("Running", "200", True), "rest-history-80111": ("Pending", None, False),
+    }, seen
 
 
 def test_every_readme_command_does_what_readme_says(clone):
@@ -123,6 +148,8 @@ def test_every_readme_command_does_what_readme_says(clone):
             output = result.stdout + result.stderr
             assert result.returncode == 0, f"{command} exited {result.returncode}:\n{output[-4000:]}"
             _check(command, output)
+            if command == "make run-local":
+                _check_portal_overview(path)
     finally:
         if background is not None:
             os.killpg(background.pid, signal.SIGINT)  # Ctrl-C, as README says
