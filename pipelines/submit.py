@@ -56,7 +56,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
                      help="Pub/Sub subscription of raw events, projects/<p>/subscriptions/<s>.")
     job.add_argument("--usage_subscription", help="Pub/Sub subscription of raw usage records.")
     job.add_argument("--reference_dir", required=True, help="Reference data directory (gs://, s3://, ...).")
-    job.add_argument("--streams_config", required=True, help="Data streams file (gs://, s3://, ...).")
+    streams = job.add_mutually_exclusive_group(required=True)
+    streams.add_argument("--streams_config", help="Data streams file (gs://, s3://, ...).")
+    streams.add_argument("--streams_db", help="The portal's stream store instead of a file: a PostgreSQL URL every "
+                                              "worker reaches (postgresql+psycopg://user@host/db; docs/portal.md).")
     job.add_argument("--output_dir", required=True,
                      help="Dead letters, delivery results, parked batches and stream status (gs://, s3://, ...).")
     job.add_argument("--archive_location", help="Raw archive for backfill (gs://, s3://, ...). Default: none.")
@@ -116,11 +119,14 @@ def _check_common(args: argparse.Namespace) -> None:
         if value and "://" not in value:
             raise SubmitError(f"--{flag}: {value!r} is a local path; every worker must reach it, so give a shared "
                               "file system URL (gs://, s3://, hdfs://)")
+    if args.streams_db and not args.streams_db.split("://", 1)[0].split("+", 1)[0].startswith("postgres"):
+        raise SubmitError("--streams_db: every worker must reach the stream store: a PostgreSQL URL "
+                          "(postgresql+psycopg://...), not a file of one machine's disk")
 
 
 def _job_flags(args: argparse.Namespace) -> list[str]:
     flags = ["--streaming", f"--job_name={args.job_name}", f"--setup_file={SETUP_FILE}", "--detach"]
-    for flag in ("events_subscription", "usage_subscription", *_LOCATION_FLAGS):
+    for flag in ("events_subscription", "usage_subscription", *_LOCATION_FLAGS, "streams_db"):
         value = getattr(args, flag)
         if value:
             flags.append(f"--{flag}={value}")

@@ -594,6 +594,9 @@ def test_other_flags_go_to_the_job_as_they_are():
                  "--output_dir: Dataflow workers need a gs:// path, got 's3://bucket/out'", id="non-gs-output"),
     pytest.param([*FLINK_ARGV, "--checkpointing_interval_ms=0"],
                  "--checkpointing_interval_ms must be positive", id="no-checkpoints"),
+    pytest.param([a for a in FLINK_ARGV if not a.startswith("--streams_config")] + [
+        "--streams_db=sqlite:////var/portal.db"], "--streams_db: every worker must reach the stream store",
+        id="sqlite-store"),
 ])
 def test_unusable_settings_are_refused_naming_the_flag(argv, message, capsys):
     with pytest.raises(SubmitError) as raised:
@@ -602,6 +605,16 @@ def test_unusable_settings_are_refused_naming_the_flag(argv, message, capsys):
     # The command line says the same and exits 2, before anything is built.
     assert submit.main(argv) == 2
     assert capsys.readouterr().err == f"error: {raised.value}\n"
+
+
+def test_the_streams_may_come_from_the_portals_store_instead_of_a_file(capsys):
+    argv = [a for a in DATAFLOW_ARGV if not a.startswith("--streams_config")]
+    _, flags = runner_flags([*argv, "--streams_db=postgresql+psycopg://portal@db.internal/portal"])
+    assert "--streams_db=postgresql+psycopg://portal@db.internal/portal" in flags
+    assert not [flag for flag in flags if flag.startswith("--streams_config")]
+    with pytest.raises(SystemExit):
+        submit.main([*DATAFLOW_ARGV, "--streams_db=postgresql+psycopg://portal@db.internal/portal"])
+    assert "not allowed with argument" in capsys.readouterr().err, "one or the other"
 
 
 def test_dataflow_streams_config_may_be_on_any_shared_file_system():
