@@ -10,19 +10,41 @@ will be sent, before live data is transferred." For a stream with
 
 1. checks the stream (configured, active, with the flag); when its history
    marker already exists it backfills nothing, only releases live documents still
-   held (see the limits), and exits 0: running it twice is safe;
+   held (step 4), and exits 0: running it twice is safe;
 2. backfills ``[created_at - history_days, created_at)`` from the raw archive to
    that stream only (``pipelines/backfill.py``, same routing, filters, sinks,
    retries and parking as live data), after reactivating the stream if an
-   earlier, failed attempt got it deactivated;
+   earlier, failed attempt got it deactivated. The backfill also writes the
+   ``[kind, id]`` of every document it routes to the stream to
+   ``<status_location>/history-ids/<stream_id>/<run>/`` (and this command adds
+   the ids of those no destination can take, ``not_deliverable.jsonl``);
 3. writes the stream's history marker (``transforms/status.py``,
-   ``<status_location>/history/<stream_id>.json``) only if the backfill
-   reconciled, every request it sent was delivered and it parked nothing for the
-   stream; otherwise it exits 1 and the live data stays held;
+   ``<status_location>/history/<stream_id>.json``, naming that directory as
+   ``document_ids``) only if the backfill reconciled, every request it sent
+   was delivered and it parked nothing for the stream; otherwise it exits 1,
+   the live data stays held and the ids are removed;
 4. releases the held live documents: re-drives the stream's parked batches
    (``pipelines/redrive.py``) at once, waits ``--settle_seconds`` (default twice
    ``--refresh_interval_seconds``) so that a running streaming job re-reads the
-   holds and stops parking, and re-drives what it parked meanwhile.
+   holds and stops parking, and re-drives what it parked meanwhile. Before each re-drive it drops from the batches every
+   document the history delivered (by kind and id: a live run before the
+   marker holds the documents of the range too when it reads a backlog or late
+   data, and the batches an earlier, failed attempt parked are history), so
+   each document of the range reaches the destination once. The report counts
+   the held documents, those dropped as already delivered as history and
+   those re-driven (held = dropped + re-driven, per parked copy).
+
+Why by id, not by time. Dropping every held document whose time is in the range
+would also drop those the backfill did not have: a streaming job writes an
+hour's archive file when the hour closes, so a late record of the last hour can
+be held but not archived yet; a live job may archive elsewhere; current
+reference data may route a document differently. Such a document would never be
+delivered. By id it is re-driven, after the history, as late live data (the
+report says how many). The cost: the history's ids are written to the status
+location (a JSON line of about 20 bytes per document: tens of MB for 7 days of a
+large stream) and read back line by line at each release, keeping in memory only
+those that match a parked document (the parked batches are read whole, as
+before).
 
 The ordering guarantee. Until the marker exists, the live job routes every live
 document of the stream to the park store (reason ``awaiting_history``,
@@ -42,20 +64,22 @@ Limits, honestly:
   marker may arrive before held ones of the second re-drive (those parked between
   the marker and the job's next refresh).
 - A live record whose time is before ``created_at`` but that arrives after the
-  backfill ran is delivered as live data (late), not as history.
+  backfill ran is delivered as live data (late), not as history; so is a held one
+  the backfill did not have (above). Held documents older than the range
+  (before ``created_at - history_days``) are delivered as live data too.
 - DataDog drops points older than about an hour, so most of a DataDog stream's
   history is accepted by the intake and then discarded.
-- Batches an earlier, failed attempt parked (history the destination refused)
-  are re-driven together with the held live data, after the marker: they repeat
-  history documents this run's backfill has just delivered, which receivers drop
-  by ``id`` (S3 and Kinesis consumers see the repeat).
 - A history document no destination can take (delivery dead letter, e.g. too
   large) is reported and counted in the marker but does not block the live data:
-  retrying would never deliver it.
-- A batch live run that started before the marker parks all its documents of the
-  stream even if it ends afterwards; a second run of this command (the marker
-  exists) releases such stragglers. The same holds if the streaming job could not
-  re-read the holds within ``--settle_seconds``.
+  retrying would never deliver it. Its held copy is re-driven (and dead-lettered
+  again), not counted as delivered.
+- A batch live run that started before the marker and is still running parks
+  all its documents of the stream even if it ends afterwards; a second run of
+  this command (the marker exists) releases such stragglers, without the
+  documents the marker's ids say the history delivered. The same holds if the
+  streaming job could not re-read the holds within ``--settle_seconds``. Markers of earlier
+  versions name no ids: their stragglers are re-driven whole (receivers drop
+  repeats by ``id``; S3 and Kinesis consumers see them).
 - The live data is held from the stream's creation until this command has run: it
   must run soon after a stream with the flag is created.
 
@@ -71,7 +95,8 @@ import argparse
 import logging
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -96,6 +121,7 @@ from pipelines.options import (
 from schemas.delivery import AWAITING_HISTORY, DELIVERED, PARKED_STATUS
 from schemas.streams import DataStream, StreamConfigError, build_stream_config
 from schemas.timestamps import now_iso, parse_iso
+from sinks.ordering import document_time
 from sinks.parking import ParkedBatch, ParkStore
 from transforms.archive import archive_paths
 from transforms.reference import ReferenceDataError
@@ -149,8 +175,8 @@ def _read_json_lines(pattern: str) -> Iterator[dict[str, Any]]:
     for result in FileSystems.match([pattern]):
         for metadata in sorted(result.metadata_list, key=lambda m: m.path):
             with FileSystems.open(metadata.path) as handle:
-                for line in handle.read().splitlines():
-                    if line:
+                for line in handle:
+                    if line.strip():
                         yield orjson.loads(line)
 
 
@@ -167,6 +193,84 @@ def _by_reason(batches: list[ParkedBatch]) -> str:
     for batch in batches:
         counts[batch.reason] = counts.get(batch.reason, 0) + len(batch.documents)
     return ", ".join(f"{reason}: {n}" for reason, n in sorted(counts.items()))
+
+
+# --- The documents the history delivered -------------------------------------------
+
+def history_ids_dir(status_location: str, stream_id: str, stamp: str) -> str:
+    """Where one run keeps the ``[kind, id]`` of the documents its backfill
+    delivered (``delivered-*.jsonl``, written by the backfill) and of those no
+    destination can take (``not_deliverable.jsonl``); the marker names it."""
+    return f"{status_location.rstrip('/')}/history-ids/{stream_id}/{stamp}"
+
+
+def delivered_as_history(ids_dir: str, among: set[tuple[str, Any]]) -> set[tuple[str, Any]]:
+    """The keys of ``among`` (``(kind, id)``) that the history of ``ids_dir``
+    delivered. The id files are read line by line and only matches are kept:
+    memory grows with ``among`` (the parked documents), not with the history."""
+    if not among:
+        return set()
+    found = {key for key in ((item[0], item[1]) for item in _read_json_lines(f"{ids_dir}/delivered-*"))
+             if key in among}
+    if found:
+        found -= {(item[0], item[1]) for item in _read_json_lines(f"{ids_dir}/not_deliverable.jsonl")}
+    return found
+
+
+@dataclass
+class ReleaseCounts:
+    """What the re-drives of one run were given, per parked copy of a document."""
+
+    held_batches: int = 0
+    held_documents: int = 0
+    #: held documents the history had delivered: removed from their batches, not re-driven
+    dropped_held: int = 0
+    #: documents of batches parked for another reason (an earlier attempt's
+    #: history the destination refused) that this history delivered
+    dropped_other: int = 0
+    #: held documents whose time is in the history's range but that the
+    #: history did not deliver (not in the archive it read): re-driven
+    in_range_kept: int = 0
+
+    def add(self, other: ReleaseCounts) -> None:
+        for name in vars(self):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+def drop_delivered_history(store: ParkStore, paths: list[str], ids_dir: str | None, start: datetime | None,
+                           end: datetime | None) -> tuple[list[str], ReleaseCounts]:
+    """Remove from the parked batches at ``paths`` every document the history
+    of ``ids_dir`` delivered (each is delivered once: by the history, never
+    again by the re-drive). A batch left with documents is written anew (a new
+    batch id, its reason and ``parked_at`` kept) before the old file is
+    deleted, so a crash in between leaves a copy the re-drive delivers once; a
+    batch left empty is deleted. Returns the paths to re-drive and the counts."""
+    counts = ReleaseCounts()
+    batches = [(path, store.read(path)) for path in paths]
+    keys = {(kind, document["id"]) for _, batch in batches for kind, document in batch.documents}
+    delivered = delivered_as_history(ids_dir, keys) if ids_dir else set()
+    out = []
+    for path, batch in batches:
+        held = batch.reason == AWAITING_HISTORY
+        keep = tuple((kind, document) for kind, document in batch.documents if (kind, document["id"]) not in delivered)
+        dropped = len(batch.documents) - len(keep)
+        if held:
+            counts.held_batches += 1
+            counts.held_documents += len(batch.documents)
+            counts.dropped_held += dropped
+            if start is not None and end is not None:
+                counts.in_range_kept += sum(1 for kind, document in keep
+                                            if start <= document_time(kind, document) < end)
+        else:
+            counts.dropped_other += dropped
+        if not dropped:
+            out.append(path)
+            continue
+        if keep:
+            out.append(store.write(replace(batch, documents=keep)))
+        store.delete([path])
+    # Two batches left with the same documents are one file (the batch id is their ids').
+    return list(dict.fromkeys(out)), counts
 
 
 def _check_options(known: Any, options: PipelineOptions) -> DataStream:
@@ -214,6 +318,7 @@ class _Historic:
         self.archive = options.view_as(ArchiveOptions).archive_location
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
         self.run_dir = f"{options.view_as(OutputOptions).output_dir.rstrip('/')}/historic/{stream.id}/{stamp}"
+        self.ids_dir = history_ids_dir(self.settings.status_location, stream.id, stamp)
         values = vars(known)
         locations = [f"--park_location={self.settings.park_location}",
                      f"--status_location={self.settings.status_location}"]
@@ -224,6 +329,7 @@ class _Historic:
 
     def out(self, text: str) -> None:
         sys.stdout.write(text + "\n")
+        sys.stdout.flush()
 
     def run(self) -> int:
         stream = self.stream
@@ -239,18 +345,21 @@ class _Historic:
             return 1
         delivered = self.deliver_history()
         if delivered is None:
+            self._forget_ids()
             return 1
         documents, not_deliverable = delivered
         mark_history_delivered(self.settings.status_location, stream.id, {
             "from": self.start.isoformat(), "to": self.end.isoformat(), "documents": documents,
-            "not_deliverable": not_deliverable,
+            "not_deliverable": not_deliverable, "document_ids": self.ids_dir,
         })
         if self.settings.streams_db:
             from schemas.stream_store import mark_history_delivered_db
 
             mark_history_delivered_db(self.settings.streams_db, stream.id, now_iso())
+        # From now on a live job that re-reads the holds sees the marker.
+        marker_at = datetime.now(UTC)
         self.out(f"  history delivered: {documents} documents; marker {self.marker}")
-        return self.release()
+        return self.release(marker_at, self.ids_dir, self.start, self.end)
 
     def already_delivered(self) -> int:
         with FileSystems.open(self.marker) as handle:
@@ -261,7 +370,12 @@ class _Historic:
         if not _held(self.store, self.stream.id):
             return 0
         # An interrupted run, or a live run that had not seen the marker yet.
-        return self.release()
+        ids_dir = detail.get("document_ids")
+        if not ids_dir:
+            self.out("  the marker names no document ids (an earlier version wrote it): held documents are "
+                     "re-driven whole, including any the history delivered (receivers drop repeats by id)")
+        start, end = (parse_iso(detail[k]) if detail.get(k) else None for k in ("from", "to"))
+        return self.release(parse_iso(detail["delivered_at"]), ids_dir, start, end)
 
     def deliver_history(self) -> tuple[int, int] | None:
         """Run the backfill; (documents delivered, not deliverable) when the whole
@@ -276,11 +390,13 @@ class _Historic:
             redrive.reactivate(self.settings.status_location, self.stream)
         started = now_iso()
         code = backfill.run([*self.backfill_flags, f"--stream_id={stream_id}", f"--from={self.start.isoformat()}",
-                             f"--to={self.end.isoformat()}", f"--output_dir={self.run_dir}"])
+                             f"--to={self.end.isoformat()}", f"--output_dir={self.run_dir}",
+                             f"--document_ids_output={self.ids_dir}/delivered"])
         results = [r for r in _read_json_lines(f"{self.run_dir}/backfill/deliveries-*.jsonl")
                    if r["stream_id"] == stream_id]
-        not_deliverable = sum(1 for letter in _read_json_lines(f"{self.run_dir}/backfill/dead_letters-*.jsonl")
-                              if letter.get("stream_id") == stream_id)
+        letters = [letter for letter in _read_json_lines(f"{self.run_dir}/backfill/dead_letters-*.jsonl")
+                   if letter.get("stream_id") == stream_id]
+        not_deliverable = len(letters)
         documents = sum(r["documents"] - r["parked_documents"] for r in results
                         if r["status"] not in (PARKED_STATUS, "failed"))
         batches = _batches(self.store, stream_id)
@@ -296,6 +412,8 @@ class _Historic:
         if not_deliverable:
             self.out(f"  {not_deliverable} history documents cannot be delivered to this destination at all "
                      f"(dead letters under {self.run_dir}/backfill)")
+            _write_keys(f"{self.ids_dir}/not_deliverable.jsonl",
+                        ((letter["kind"], letter["record_id"]) for letter in letters))
         if problems:
             self.out(f"  history NOT delivered: {'; '.join(problems)}.")
             self.out("  The live data stays held (no marker written). Fix the destination and run this command "
@@ -304,28 +422,43 @@ class _Historic:
         older = [b for b in batches if b.reason != AWAITING_HISTORY and b.parked_at < started]
         if older:
             self.out(f"  {len(older)} batches parked by earlier runs ({_by_reason(older)}) are re-driven after the "
-                     "history with the held live data")
+                     "history with the held live data, without the documents this history delivered")
         return documents, not_deliverable
 
-    def release(self) -> int:
-        """Re-drive the held live documents now, and once more after the settle
-        time for what a running live job parked before it saw the marker."""
+    def _forget_ids(self) -> None:
+        matched = FileSystems.match([f"{self.ids_dir}/*"])[0].metadata_list
+        if matched:
+            FileSystems.delete([m.path for m in matched])
+
+    def release(self, marker_at: datetime, ids_dir: str | None, start: datetime | None,
+                end: datetime | None) -> int:
+        """Re-drive the parked batches now, without the documents the history
+        delivered, and once more after the settle time for what a running
+        live job parked before it saw the marker."""
         stream_id = self.stream.id
-        held = _held(self.store, stream_id)
-        released_batches = len(held)
-        released_documents = sum(len(b.documents) for b in held)
+        counts = ReleaseCounts()
+
+        def prepare(paths: list[str]) -> list[str]:
+            kept, step = drop_delivered_history(self.store, paths, ids_dir, start, end)
+            counts.add(step)
+            return kept
+
         if self.store.list(stream_id):
-            self._redrive("release")
+            self._redrive("release", prepare)
         if self.settle:
             self.out(f"  waiting {self.settle:g} s for running live jobs to re-read the holds (--settle_seconds)")
             time.sleep(self.settle)
-            late = _held(self.store, stream_id)
-            if late:
-                released_batches += len(late)
-                released_documents += sum(len(b.documents) for b in late)
-                self._redrive("release-after-settle")
+            if _held(self.store, stream_id):
+                self._redrive("release-after-settle", prepare)
         remaining = _batches(self.store, stream_id)
-        self.out(f"  live data released: {released_batches} held batches ({released_documents} documents)")
+        released = counts.held_documents - counts.dropped_held
+        self.out(f"  live data released: {counts.held_batches} held batches ({counts.held_documents} documents): "
+                 f"{counts.dropped_held} dropped as already delivered as history, {released} re-driven"
+                 + (f" ({counts.in_range_kept} of them from the history's range, which the history did not "
+                    "have: delivered as late live data)" if counts.in_range_kept else ""))
+        if counts.dropped_other:
+            self.out(f"  {counts.dropped_other} documents of batches parked by earlier attempts were dropped as "
+                     "already delivered as history")
         if remaining:
             self.out(f"  {len(remaining)} batches of the stream are still parked ({_by_reason(remaining)}): "
                      f"the history is delivered, so pipelines.redrive --stream_id {stream_id} may deliver them "
@@ -333,9 +466,14 @@ class _Historic:
             return 1
         return 0
 
-    def _redrive(self, name: str) -> int:
+    def _redrive(self, name: str, prepare: Callable[[list[str]], list[str]]) -> int:
         return redrive.run([*self.redrive_flags, f"--stream_id={self.stream.id}",
-                            f"--output_dir={self.run_dir}/{name}"])
+                            f"--output_dir={self.run_dir}/{name}"], prepare=prepare)
+
+
+def _write_keys(path: str, keys: Iterable[tuple[str, Any]]) -> None:
+    with FileSystems.create(path) as handle:
+        handle.write(b"".join(orjson.dumps(list(key)) + b"\n" for key in keys))
 
 
 def run(argv: list[str] | None = None) -> int:
