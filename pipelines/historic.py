@@ -24,9 +24,9 @@ will be sent, before live data is transferred." For a stream with
    was delivered and it parked nothing for the stream; otherwise it exits 1,
    the live data stays held and the ids are removed;
 4. releases the held live documents: re-drives the stream's parked batches
-   (``pipelines/redrive.py``) at once, waits ``--settle_seconds`` (default twice
-   ``--refresh_interval_seconds``) so that a running streaming job re-reads the
-   holds and stops parking, and re-drives what it parked meanwhile. Before each re-drive it drops from the batches every
+   (``pipelines/redrive.py``) at once, then waits only while a running
+   streaming job may still be parking them (below), and re-drives what it
+   parked meanwhile. Before each re-drive it drops from the batches every
    document the history delivered (by kind and id: a live run before the
    marker holds the documents of the range too when it reads a backlog or late
    data, and the batches an earlier, failed attempt parked are history), so
@@ -45,6 +45,29 @@ location (a JSON line of about 20 bytes per document: tens of MB for 7 days of a
 large stream) and read back line by line at each release, keeping in memory only
 those that match a parked document (the parked batches are read whole, as
 before).
+
+The wait. The live job writes ``<status_location>/live_job.json`` with every
+status update (``transforms.status.LiveJob``): streaming or batch, its refresh
+interval and output window; backfills and re-drives do not write it. A batch run
+reads the holds when it starts and writes it once, at its end. So:
+
+- last written by a batch run: no wait (nothing that has ended parks again);
+- written by a streaming job within two of its intervals (the longer of its
+  refresh interval and output window): wait until it writes status at or after
+  marker + its refresh interval + two output windows, at most
+  ``--settle_seconds`` (default twice ``--refresh_interval_seconds``). By then it
+  has re-read the holds (every refresh interval, at interval starts), what it
+  routed before was parked when its output window closed, and the status write
+  is of a later window than that;
+- written by a streaming job longer ago: taken as stopped, no wait;
+- no ``live_job.json`` (a job of an earlier version): when the status records
+  (``status.jsonl``, or the ``stream_status`` table with ``--streams_db``) were
+  written within two ``--refresh_interval_seconds`` before this command
+  started, wait until they are written again after marker +
+  ``--refresh_interval_seconds``; otherwise no wait.
+
+``--settle_seconds 0`` never waits. The output says which case applied, what it
+waited for and what ended the wait.
 
 The ordering guarantee. Until the marker exists, the live job routes every live
 document of the stream to the park store (reason ``awaiting_history``,
@@ -76,8 +99,10 @@ Limits, honestly:
 - A batch live run that started before the marker and is still running parks
   all its documents of the stream even if it ends afterwards; a second run of
   this command (the marker exists) releases such stragglers, without the
-  documents the marker's ids say the history delivered. The same holds if the
-  streaming job could not re-read the holds within ``--settle_seconds``. Markers of earlier
+  documents the marker's ids say the history delivered. The same holds if a
+  streaming job could not show within ``--settle_seconds`` that it re-read the
+  holds, or wrote no status for two of its intervals (no delivery results: it is
+  taken as stopped) and parks after this command ended. Markers of earlier
   versions name no ids: their stragglers are re-driven whole (receivers drop
   repeats by ``id``; S3 and Kinesis consumers see them).
 - The live data is held from the stream's creation until this command has run: it
@@ -127,7 +152,15 @@ from transforms.archive import archive_paths
 from transforms.reference import ReferenceDataError
 from transforms.refresh import DEFAULT_REFRESH_SECONDS
 from transforms.routing import load_stream_config
-from transforms.status import history_marker, load_status, mark_history_delivered
+from transforms.status import (
+    LiveJob,
+    history_marker,
+    last_status_update,
+    live_job_path,
+    load_live_job,
+    load_status,
+    mark_history_delivered,
+)
 
 _LOG = logging.getLogger(__name__)
 
@@ -136,6 +169,11 @@ MAX_HISTORY_DAYS = 7
 _OWN = ("stream_id", "history_days", "settle_seconds", "refresh_interval_seconds", "allow_empty_history")
 #: Set per step by this command (each step writes under its own directory).
 _LOCATIONS = ("output_dir", "park_location", "status_location")
+#: How often the wait for a streaming job looks at the status location again.
+POLL_SECONDS = 5.0
+#: A live job is taken as running while its last status update is at most this
+#: many of its intervals old (refresh interval or output window, the longer).
+RECENT_INTERVALS = 2
 
 
 def _dests(*option_classes: Any) -> set[str]:
@@ -157,10 +195,13 @@ def _parse_args(argv: list[str] | None) -> tuple[Any, list[str], PipelineOptions
                         f"{MAX_HISTORY_DAYS}). Default: {MAX_HISTORY_DAYS}.")
     parser.add_argument("--refresh_interval_seconds", type=int, default=DEFAULT_REFRESH_SECONDS,
                         help="The live streaming job's --refresh_interval_seconds (how often it re-reads the "
-                        f"holds). Default: {DEFAULT_REFRESH_SECONDS}.")
+                        "holds), for a job that does not say it in the status location (an older version). "
+                        f"Default: {DEFAULT_REFRESH_SECONDS}.")
     parser.add_argument("--settle_seconds", type=float, default=None,
-                        help="Wait after the marker before the last re-drive, so a running streaming job has "
-                        "re-read the holds and stopped parking. Default: 2 x --refresh_interval_seconds.")
+                        help="The longest wait after the marker for a running streaming job to show that it has "
+                        "re-read the holds (it writes status after marker + its refresh interval + two output "
+                        "windows); no wait when no streaming job is running. 0: never wait. "
+                        "Default: 2 x --refresh_interval_seconds.")
     parser.add_argument("--allow_empty_history", action="store_true", default=False,
                         help="Write the marker even when the archive has no file at all in the range (a wrong "
                         "--archive_location looks the same). Default: off (exit 1).")
@@ -273,6 +314,106 @@ def drop_delivered_history(store: ParkStore, paths: list[str], ids_dir: str | No
     return list(dict.fromkeys(out)), counts
 
 
+# --- Whether a live job may still park the stream's documents ----------------------
+
+@dataclass(frozen=True)
+class LiveJobCheck:
+    """Whether to wait after the marker, and why: the wait is for a streaming
+    job that may still route with the holds it read before the marker."""
+
+    wait: bool
+    reason: str
+    #: a status write at or after this shows the job has re-read the holds since the marker
+    proof_after: datetime | None = None
+    #: the proof comes from ``live_job.json``; else (a job that does not write it)
+    #: from the status records' ``updated_at``
+    stamped: bool = True
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat(timespec="milliseconds")
+
+
+def check_live_job(live: LiveJob | None, status_before: str | None, marker_at: datetime, now: datetime,
+                   started_at: datetime, refresh_seconds: int, where: str,
+                   status_where: str | None = None) -> LiveJobCheck:
+    """Decide the wait from what the status location says (pure; the module docstring has the rules).
+
+    ``live``: ``live_job.json`` now; ``status_before``: the latest status
+    update when this command started (before its own backfill and re-drive
+    rewrote the status); ``refresh_seconds``: ``--refresh_interval_seconds``,
+    for a job that does not say its own; ``where``: the status location;
+    ``status_where``: where ``status_before`` was read, when not there (the
+    stream store with ``--streams_db``)."""
+    status_where = status_where or where
+    if live is not None and live.streaming:
+        written = parse_iso(live.written_at)
+        refresh = live.refresh_interval_seconds or refresh_seconds
+        window = live.output_window_seconds or 0
+        proof_after = marker_at + timedelta(seconds=refresh + 2 * window)
+        if written >= proof_after:
+            return LiveJobCheck(False, f"the streaming job has re-read the holds since the marker: it wrote status "
+                                f"at {_iso(written)}, after marker + its refresh interval ({refresh} s) + "
+                                f"two output windows ({window} s)", proof_after)
+        recent = RECENT_INTERVALS * max(refresh, window)
+        if (now - written).total_seconds() > recent:
+            return LiveJobCheck(False, f"no streaming job is running: the last one wrote status to {where} at "
+                                f"{_iso(written)}, more than {recent} s ago ({RECENT_INTERVALS} of its "
+                                "intervals)", proof_after)
+        return LiveJobCheck(True, f"a streaming job is running (it wrote status at {_iso(written)}); it "
+                            f"re-reads the holds every {refresh} s and writes status every {window} s: waiting until "
+                            f"it writes status after {_iso(proof_after)} (marker + {refresh} s + 2 x {window} s)",
+                            proof_after)
+    if live is not None:
+        return LiveJobCheck(False, f"the last live job to write status to {where} was a batch run, at "
+                            f"{_iso(parse_iso(live.written_at))}: it had read the holds when it started and "
+                            "has ended; no streaming job has written status there since")
+    proof_after = marker_at + timedelta(seconds=refresh_seconds)
+    recent = RECENT_INTERVALS * refresh_seconds
+    if status_before is None:
+        return LiveJobCheck(False, f"no live job has written status to {status_where}", proof_after, stamped=False)
+    before = parse_iso(status_before)
+    if (started_at - before).total_seconds() > recent:
+        return LiveJobCheck(False, f"no live job has written status to {status_where} in the {recent} s before this "
+                            f"command started (last at {_iso(before)})", proof_after, stamped=False)
+    return LiveJobCheck(True, f"status was written to {status_where} at {_iso(before)} by a job that does "
+                        f"not say whether it streams (no {live_job_path(where)}: an older version?): waiting until "
+                        f"the status is written after {_iso(proof_after)} (marker + "
+                        f"--refresh_interval_seconds {refresh_seconds} s)", proof_after, stamped=False)
+
+
+def live_job_proof(check: LiveJobCheck, live: LiveJob | None, status_now: str | None,
+                   since: datetime) -> str | None:
+    """What shows the streaming job has re-read the holds since the marker, or None.
+    ``since``: when the wait began (this command wrote no status after it)."""
+    assert check.proof_after is not None
+    if check.stamped:
+        if live is not None and live.streaming and parse_iso(live.written_at) >= check.proof_after:
+            return f"the streaming job wrote status at {_iso(parse_iso(live.written_at))}"
+        return None
+    if status_now is not None:
+        written = parse_iso(status_now)
+        if written >= check.proof_after and written > since:
+            return f"the status was written at {_iso(written)}"
+    return None
+
+
+def wait_for_live_job(check: LiveJobCheck, settle: float, read: Callable[[], tuple[LiveJob | None, str | None]],
+                      since: datetime, clock: Callable[[], float] = time.monotonic,
+                      sleep: Callable[[float], None] = time.sleep,
+                      poll: float = POLL_SECONDS) -> tuple[float, str | None]:
+    """Poll ``read`` (``live_job.json``, the latest status update) every
+    ``poll`` seconds until :func:`live_job_proof` holds or ``settle`` seconds
+    have passed; (seconds waited, the proof or None)."""
+    started = clock()
+    while True:
+        proof = live_job_proof(check, *read(), since)
+        waited = clock() - started
+        if proof is not None or waited >= settle:
+            return waited, proof
+        sleep(min(poll, settle - waited))
+
+
 def _check_options(known: Any, options: PipelineOptions) -> DataStream:
     if not 0 < known.history_days <= MAX_HISTORY_DAYS:
         raise OptionError(f"--history_days must be more than 0 and at most {MAX_HISTORY_DAYS}")
@@ -313,6 +454,7 @@ class _Historic:
         self.marker = history_marker(self.settings.status_location, stream.id)
         self.end = parse_iso(stream.created_at)
         self.start = self.end - timedelta(days=known.history_days)
+        self.refresh = known.refresh_interval_seconds
         self.settle = 2 * known.refresh_interval_seconds if known.settle_seconds is None else known.settle_seconds
         self.allow_empty = known.allow_empty_history
         self.archive = options.view_as(ArchiveOptions).archive_location
@@ -326,6 +468,9 @@ class _Historic:
         self.backfill_flags = beam_args + as_flags(values, skip=skip) + locations
         redrive_dests = _dests(DeliveryOptions, ReliabilityOptions) - set(_LOCATIONS)
         self.redrive_flags = beam_args + as_flags({k: v for k, v in values.items() if k in redrive_dests}) + locations
+        self.started_at = datetime.now(UTC)
+        # Before this run's own backfill and re-drives rewrite the status.
+        self.status_before = last_status_update(self.settings.status_location, self.settings.streams_db)
 
     def out(self, text: str) -> None:
         sys.stdout.write(text + "\n")
@@ -433,8 +578,9 @@ class _Historic:
     def release(self, marker_at: datetime, ids_dir: str | None, start: datetime | None,
                 end: datetime | None) -> int:
         """Re-drive the parked batches now, without the documents the history
-        delivered, and once more after the settle time for what a running
-        live job parked before it saw the marker."""
+        delivered; wait while a running streaming job may still park live
+        documents it routed with the holds of before the marker; re-drive
+        what it parked meanwhile."""
         stream_id = self.stream.id
         counts = ReleaseCounts()
 
@@ -445,11 +591,9 @@ class _Historic:
 
         if self.store.list(stream_id):
             self._redrive("release", prepare)
-        if self.settle:
-            self.out(f"  waiting {self.settle:g} s for running live jobs to re-read the holds (--settle_seconds)")
-            time.sleep(self.settle)
-            if _held(self.store, stream_id):
-                self._redrive("release-after-settle", prepare)
+        self.settle_live_job(marker_at)
+        if _held(self.store, stream_id):
+            self._redrive("release-after-wait", prepare)
         remaining = _batches(self.store, stream_id)
         released = counts.held_documents - counts.dropped_held
         self.out(f"  live data released: {counts.held_batches} held batches ({counts.held_documents} documents): "
@@ -465,6 +609,33 @@ class _Historic:
                      "once the destination takes them")
             return 1
         return 0
+
+    def settle_live_job(self, marker_at: datetime) -> None:
+        """Wait only while a streaming job may still park the stream's live
+        documents with the holds it read before the marker (module docstring)."""
+        location = self.settings.status_location
+
+        def read() -> tuple[LiveJob | None, str | None]:
+            return load_live_job(location), last_status_update(location, self.settings.streams_db)
+
+        live, _ = read()
+        now = datetime.now(UTC)
+        check = check_live_job(live, self.status_before, marker_at, now, self.started_at, self.refresh, location,
+                               "the stream store's stream_status" if self.settings.streams_db else None)
+        if not check.wait:
+            self.out(f"  no wait: {check.reason}")
+            return
+        if not self.settle:
+            self.out(f"  no wait (--settle_seconds 0), although {check.reason}")
+            return
+        self.out(f"  {check.reason} (at most {self.settle:g} s, --settle_seconds)")
+        waited, proof = wait_for_live_job(check, self.settle, read, now)
+        if proof is not None:
+            self.out(f"  waited {waited:.0f} s: {proof}, so it has re-read the holds since the marker")
+        else:
+            self.out(f"  waited {waited:.0f} s (--settle_seconds) without the job showing it has re-read the holds: "
+                     "live documents it parks until it does stay held; run this command again later to release "
+                     "them")
 
     def _redrive(self, name: str, prepare: Callable[[list[str]], list[str]]) -> int:
         return redrive.run([*self.redrive_flags, f"--stream_id={self.stream.id}",

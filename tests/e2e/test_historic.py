@@ -6,6 +6,7 @@ then they are released, and later live data goes straight through."""
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from tools.local_destinations import HttpReceiver, Reply, Script
 from tools.sample_fleet import generate
 from transforms.parse import parse_record
 from transforms.routing import route
-from transforms.status import history_marker, load_status
+from transforms.status import LiveJob, history_marker, live_job_path, load_live_job, load_status, write_live_job
 
 CREATED = "2026-11-01T12:00:00Z"  # the stream's created_at, inside the sample's day
 C = datetime(2026, 11, 1, 12, tzinfo=UTC)
@@ -186,6 +187,42 @@ def test_history_is_delivered_before_live_data(fleet, tmp_path, stream_secrets, 
         again = sorted(key for _, key in _arrivals(receiver, "/target", since=sent))
         assert again == sorted(live)
         assert env.parked() == []
+
+
+@pytest.mark.parametrize("before", ["batch run", "no live job", "stopped streaming job"])
+def test_without_a_running_streaming_job_nothing_is_waited_for(fleet, tmp_path, stream_secrets, capsys, before):
+    """The settle time bounds a wait for a streaming job that may still park
+    the stream's live documents; with none running, historic does not wait."""
+    with HttpReceiver() as receiver:
+        env = _Env(tmp_path, fleet, receiver)
+        assert env.live_run("live-1") == 0
+        stamp = load_live_job(str(env.status))
+        assert stamp is not None and not stamp.streaming, "a batch run says so beside its status"
+        if before == "no live job":  # no status at all: the held batches came from elsewhere
+            Path(live_job_path(str(env.status))).unlink()
+            (env.status / "status.jsonl").unlink()
+        elif before == "stopped streaming job":  # it wrote status last an hour ago
+            write_live_job(str(env.status), LiveJob(True, 60, 10))
+            stale = json.loads(Path(live_job_path(str(env.status))).read_text())
+            stale["written_at"] = (datetime.now(UTC) - timedelta(hours=1)).isoformat(timespec="milliseconds")
+            Path(live_job_path(str(env.status))).write_text(json.dumps(stale))
+        history, live = env.expected()
+        capsys.readouterr()
+
+        started = time.monotonic()
+        assert env.historic("--settle_seconds=120") == 0
+        elapsed = time.monotonic() - started
+        report = capsys.readouterr().out
+        keys = [key for _, key in _arrivals(receiver, "/target")]
+    expected = {
+        "batch run": f"no wait: the last live job to write status to {env.status} was a batch run",
+        "no live job": f"no wait: no live job has written status to {env.status}",
+        "stopped streaming job": "no wait: no streaming job is running: the last one wrote status to",
+    }[before]
+    assert expected in report, report
+    assert "waited " not in report and "waiting until" not in report
+    assert sorted(keys) == sorted(history | live)
+    assert elapsed < 60, f"took {elapsed:.0f} s with nothing to wait for"
 
 
 def test_each_history_document_is_delivered_once_when_held_live_data_overlaps_it(fleet, tmp_path, stream_secrets,
