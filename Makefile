@@ -119,13 +119,13 @@ backfill: $(STAMP) ## Backfill STREAM from the archive for FROM..TO to the local
 		--reference_dir $(SAMPLE_DIR)/reference --streams_config $(STREAMS_CONFIG) --output_dir $(OUT_DIR) \
 		$(BACKFILL_ARGS)
 
-# No streaming job runs locally between these commands, so nothing needs time to re-read
-# the holds: SETTLE_SECONDS=0 (set it to twice the refresh interval while one runs).
-SETTLE_SECONDS ?= 0
+# historic waits after the marker only while a streaming job writes status to the status
+# location (it says so); SETTLE_SECONDS bounds that wait (default: twice the refresh interval).
+SETTLE_SECONDS ?=
 HISTORIC_ARGS ?=
 historic: $(STAMP) ## Deliver STREAM's 7 days of history to the local destinations, then release its held live data
 	@test -n "$(STREAM)" || { echo "usage: make historic STREAM=<stream id>"; exit 2; }
-	$(LOCAL_JOB) pipelines.historic --settle_seconds $(SETTLE_SECONDS) --stream_id $(STREAM) --archive_location $(ARCHIVE) \
+	$(LOCAL_JOB) pipelines.historic $(if $(SETTLE_SECONDS),--settle_seconds $(SETTLE_SECONDS)) --stream_id $(STREAM) --archive_location $(ARCHIVE) \
 		--reference_dir $(SAMPLE_DIR)/reference --streams_config $(STREAMS_CONFIG) --output_dir $(OUT_DIR) \
 		$(HISTORIC_ARGS)
 

@@ -12,6 +12,11 @@ whose time is in the range, and delivers them only to the given stream, through 
 same routing (its stream type and filters hold), batching, sinks, failure policy,
 parking and status as live data. No other stream receives anything. A backfill is a
 replay: receivers drop documents they already have by ``id``.
+
+With ``--document_ids_output <prefix>`` it also writes the ``[kind, id]`` of every
+document of the range routed to the stream, one JSON array a line, under
+``<prefix>-SSSSS-of-NNNNN.jsonl``: ``pipelines.historic`` keeps them to drop
+the stream's parked documents that its history has delivered already.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from pipelines.options import (
     stream_limits,
 )
 from pipelines.summary import summarize
-from schemas.streams import StreamConfigError, build_stream_config
+from schemas.streams import StreamConfig, StreamConfigError, build_stream_config
 from schemas.timestamps import parse_iso
 from sinks.delivery import DeliverToStreams
 from sinks.ordering import document_time
@@ -49,7 +54,7 @@ from transforms.archive import archive_paths
 from transforms.documents import RawToDocuments
 from transforms.files import WriteJsonLines, write_dead_letters
 from transforms.reference import LoadReferenceData, ReferenceDataError
-from transforms.routing import load_stream_config
+from transforms.routing import PARKED, load_stream_config, route
 from transforms.status import load_status, render_status_table
 
 _LOG = logging.getLogger(__name__)
@@ -68,17 +73,27 @@ def _in_range_chunk(chunk: list[tuple[dict[str, Any], int]], kind: str, start: d
         yield kept
 
 
+def _routed_ids(chunk: list[tuple[dict[str, Any], int]], kind: str, config: StreamConfig) -> Iterator[list[Any]]:
+    """``[kind, id]`` of the documents of a chunk that routing sends to a stream of ``config``."""
+    for document, _ in chunk:
+        if any(tag != PARKED for tag, _ in route(kind, document, config)):  # type: ignore[arg-type]
+            yield [kind, document["id"]]
+
+
 def _parse_args(argv: list[str] | None) -> tuple[Any, PipelineOptions]:
     parser = argparse.ArgumentParser(prog="python -m pipelines.backfill", description=__doc__.split("\n\n")[0])
     parser.add_argument("--stream_id", required=True, help="The only stream that receives the backfill.")
     parser.add_argument("--from", dest="start", required=True, help="Start of the range, ISO 8601 with offset.")
     parser.add_argument("--to", dest="end", required=True, help="End of the range (exclusive), ISO 8601.")
     parser.add_argument("--max_backfill_days", type=int, default=7, help="Longest range accepted. Default: 7.")
+    parser.add_argument("--document_ids_output", default=None,
+                        help="Also write [kind, id] of every document routed to the stream, as JSON lines under "
+                        "this prefix (pipelines.historic uses them). Default: none.")
     for options_class in (ReferenceOptions, ProcessingOptions, DeliveryOptions, ReliabilityOptions, ArchiveOptions,
                           OutputOptions):
         options_class._add_argparse_args(parser)
     known, beam_args = parse_job_flags(parser, argv)
-    skip = ("stream_id", "start", "end", "max_backfill_days")
+    skip = ("stream_id", "start", "end", "max_backfill_days", "document_ids_output")
     return known, PipelineOptions(beam_args + as_flags(vars(known), skip=skip))
 
 
@@ -146,6 +161,10 @@ def run(argv: list[str] | None = None) -> int:
         f"{out}/backfill/dead_letters"
     )
     delivered.results | "WriteDeliveries" >> WriteJsonLines(f"{out}/backfill/deliveries", encode=delivery_json)
+    if known.document_ids_output:
+        ids = [chunks | f"RoutedIds[{kind}]" >> beam.FlatMap(_routed_ids, kind, only)
+               for kind, chunks in sorted(documents.items())]
+        tuple(ids) | "AllRoutedIds" >> beam.Flatten() | "WriteRoutedIds" >> WriteJsonLines(known.document_ids_output)
     result = pipeline.run()
     result.wait_until_finish()
     summary = summarize(result)

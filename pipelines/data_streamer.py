@@ -32,7 +32,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import apache_beam as beam
@@ -86,7 +86,7 @@ from transforms.lateness import window_lateness_seconds
 from transforms.reference import LoadReferenceData, ReferenceDataError, load_reference_data
 from transforms.refresh import Ticks, first_refresh
 from transforms.routing import LoadStreamConfig, is_database_url, load_stream_config
-from transforms.status import load_status, render_status_table, stream_holds
+from transforms.status import LiveJob, load_status, render_status_table, stream_holds
 
 _LOG = logging.getLogger(__name__)
 
@@ -242,6 +242,11 @@ def build_pipeline(
     refresh = options.view_as(StreamingOptions).refresh_interval_seconds
     delivery = options.view_as(DeliveryOptions)
     settings = delivery_settings(options, streaming) if delivery.streams_config else None
+    if settings is not None:
+        # Said beside every status update, for pipelines.historic (transforms/status.py).
+        window = options.view_as(StreamingOptions).output_window_seconds
+        settings = replace(settings, live_job=LiveJob(streaming, refresh if streaming else None,
+                                                      window if streaming else None))
     if streaming:
         side = _streaming_side_inputs(p, options, settings, ticks, first_refresh_seconds)
     else:

@@ -23,7 +23,7 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -94,7 +94,10 @@ def reactivate(status_location: str, stream: DataStream) -> None:
     write_status(status_location, records.values())
 
 
-def run(argv: list[str] | None = None) -> int:
+def run(argv: list[str] | None = None, prepare: Callable[[list[str]], list[str]] | None = None) -> int:
+    """``prepare`` (``pipelines.historic``): given the paths of the parked
+    batches this run is about to re-drive, returns the paths to re-drive
+    instead (it may rewrite batches without some of their documents)."""
     parser = argparse.ArgumentParser(prog="python -m pipelines.redrive", description=__doc__.split("\n\n")[0])
     parser.add_argument("--stream_id", required=True, help="The stream whose parked batches are re-delivered.")
     for options_class in (DeliveryOptions, ReliabilityOptions, OutputOptions):
@@ -126,6 +129,8 @@ def run(argv: list[str] | None = None) -> int:
     owner = f"redrive-{os.getpid()}"
     circuits.take_drain(stream.id, owner)
     try:
+        if prepare is not None:
+            before = prepare(before)
         parked_again = _redrive(options, settings, config, stream, store, before)
     finally:
         circuits.release(stream.id, owner)

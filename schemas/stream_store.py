@@ -193,6 +193,12 @@ def mark_history_delivered_db(url: str, stream_id: str, delivered_at: str) -> No
         connection.execute(sa.insert(history_delivered).values(stream_id=stream_id, delivered_at=delivered_at))
 
 
+def last_status_update_db(url: str) -> str | None:
+    """The latest ``updated_at`` of the ``stream_status`` rows; None when there is none."""
+    with engine_for(url).connect() as connection:
+        return connection.execute(sa.select(sa.func.max(stream_status.c.updated_at))).scalar()
+
+
 def hour_of(timestamp: str) -> str:
     """The hour bucket of an ISO 8601 UTC timestamp."""
     return f"{timestamp[:13]}:00:00Z"

@@ -34,7 +34,7 @@ from sinks.results import DEAD_LETTERS
 from sinks.retry import RetryPolicy
 from sinks.s3 import WriteToS3
 from transforms.routing import PARKED, RouteToStreams
-from transforms.status import UpdateStreamStatus
+from transforms.status import LiveJob, UpdateStreamStatus
 from transforms.windows import GatherWindows
 
 #: Documents per parked batch of a paused or deactivated stream.
@@ -66,6 +66,9 @@ class DeliverySettings:
     #: Streaming: how often open circuits are looked at (``sinks/recovery.py``);
     #: 0 turns recovery off (parked batches then wait for ``pipelines.redrive``).
     recovery_interval_seconds: int = 5
+    #: The live job's description, written beside each status update
+    #: (``transforms.status.LiveJob``); None for backfills and re-drives.
+    live_job: LiveJob | None = None
 
 
 class DeliveryOutputs(NamedTuple):
@@ -206,6 +209,7 @@ class DeliverToStreams(beam.PTransform):
         parked_paths = tuple(parked) | "ParkedPaths" >> beam.Flatten(pipeline=pipeline)
         status = all_results | "StreamStatus" >> UpdateStreamStatus(
             self._settings.status_location, self._status_streams, self._settings.policy.deactivate_after,
-            self._settings.policy.circuit_location, streams_db=self._settings.streams_db
+            self._settings.policy.circuit_location, streams_db=self._settings.streams_db,
+            live_job=self._settings.live_job,
         )
         return DeliveryOutputs(all_results, all_dead, parked_paths, status)

@@ -15,6 +15,11 @@ reason), ``active`` once it is closed again; ``circuit`` and ``next_probe_at``
 say where recovery stands. Without a circuit store (a status written from
 results alone) the rule is the circuit's own: deactivated at once on a permanent
 error, or after ``deactivate_after`` consecutive failed batches.
+
+The live job also writes ``<status_location>/live_job.json`` with every status
+update (:class:`LiveJob`): whether it streams, its refresh interval and output
+window, and when. ``pipelines.historic`` reads it to decide whether a streaming
+job may still be parking a stream's live documents after the history marker.
 """
 
 from __future__ import annotations
@@ -32,9 +37,11 @@ from schemas.circuit import OPEN, RECOVERING, RESUMING, CircuitStore
 from schemas.delivery import DELIVERED, PARKED_STATUS, PERMANENT_TOKENS, REMOTE_ERROR, DeliveryResult
 from schemas.snapshots import RefreshingSnapshot, current
 from schemas.streams import StreamConfig
-from schemas.timestamps import now_iso
+from schemas.timestamps import now_iso, parse_iso
 
 STATUS_FILE = "status.jsonl"
+#: What the live job says about itself each time it writes the status (:class:`LiveJob`).
+LIVE_JOB_FILE = "live_job.json"
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,66 @@ def write_status(location: str, records: Iterable[StreamStatus]) -> str:
     with FileSystems.create(path) as handle:
         handle.write(body)
     return path
+
+
+@dataclass(frozen=True)
+class LiveJob:
+    """What the live job (``pipelines.data_streamer``) writes to
+    ``<status_location>/live_job.json`` with every status update: whether it is
+    a streaming run and, if so, how often it re-reads the holds and writes the
+    status. A batch run writes it once, at its end; a streaming run once per
+    output window that had delivery results. Backfills and re-drives never
+    write it, so ``pipelines.historic`` can tell a streaming job that is still
+    running from a batch run that has ended, which the status records'
+    ``updated_at`` alone cannot (both rewrite every record)."""
+
+    streaming: bool
+    #: streaming: ``--refresh_interval_seconds`` (how often the holds are re-read)
+    refresh_interval_seconds: int | None = None
+    #: streaming: ``--output_window_seconds`` (how often status and parked batches are written)
+    output_window_seconds: int | None = None
+    #: when it was written (ISO 8601 UTC), set by :func:`write_live_job`
+    written_at: str = ""
+
+
+def live_job_path(location: str) -> str:
+    return f"{location.rstrip('/')}/{LIVE_JOB_FILE}"
+
+
+def write_live_job(location: str, job: LiveJob) -> str:
+    path = live_job_path(location)
+    with FileSystems.create(path) as handle:
+        handle.write(orjson.dumps(asdict(replace(job, written_at=now_iso()))))
+    return path
+
+
+def load_live_job(location: str | None) -> LiveJob | None:
+    """The last :class:`LiveJob` written to the location; None when there is
+    none (no live job of this version has written status there) or it cannot
+    be read."""
+    if not location or not FileSystems.exists(live_job_path(location)):
+        return None
+    try:
+        with FileSystems.open(live_job_path(location)) as handle:
+            raw = orjson.loads(handle.read())
+        job = LiveJob(streaming=bool(raw["streaming"]), refresh_interval_seconds=raw.get("refresh_interval_seconds"),
+                      output_window_seconds=raw.get("output_window_seconds"), written_at=str(raw["written_at"]))
+        parse_iso(job.written_at)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return job
+
+
+def last_status_update(location: str | None, streams_db: str | None = None) -> str | None:
+    """The latest ``updated_at`` of the status records (ISO 8601 UTC), of the
+    portal's ``stream_status`` table with ``streams_db``; None when there is
+    none. Every writer of the status sets it (live jobs, backfills, re-drives)."""
+    if streams_db:
+        from schemas.stream_store import last_status_update_db
+
+        return last_status_update_db(streams_db)
+    records = load_status(location)
+    return max((record.updated_at for record in records.values() if record.updated_at), default=None)
 
 
 def _remote_status(result: DeliveryResult) -> str:
@@ -207,11 +274,12 @@ def stream_holds(location: str | None, streams_db: str | None = None) -> StreamH
 
 class _UpdateStatusFn(beam.DoFn):
     def __init__(self, location: str, deactivate_after: int, circuit_location: str | None = None,
-                 streams_db: str | None = None) -> None:
+                 streams_db: str | None = None, live_job: LiveJob | None = None) -> None:
         self._location = location
         self._deactivate_after = deactivate_after
         self._circuit_location = circuit_location
         self._streams_db = streams_db
+        self._live_job = live_job
 
     def process(
         self, element: tuple[None, Iterable[tuple[str, list[DeliveryResult]]]],
@@ -229,6 +297,8 @@ class _UpdateStatusFn(beam.DoFn):
 
             write_status_db(self._streams_db, [asdict(record) for record in records])
             record_deliveries_db(self._streams_db, [result.to_dict() for items in results.values() for result in items])
+        if self._live_job is not None:
+            write_live_job(self._location, self._live_job)
         yield from records
 
 
@@ -241,13 +311,16 @@ class UpdateStreamStatus(beam.PTransform):
     """
 
     def __init__(self, location: str, streams: beam.pvalue.AsSideInput | RefreshingSnapshot, deactivate_after: int,
-                 circuit_location: str | None = None, streams_db: str | None = None) -> None:
+                 circuit_location: str | None = None, streams_db: str | None = None,
+                 live_job: LiveJob | None = None) -> None:
         """``circuit_location``: where the sinks keep their circuits (the
         stream's state is its circuit's, module docstring); ``streams_db``: the
         portal's stream store, where the status and delivery counts are written
-        too."""
+        too; ``live_job``: the live job's :class:`LiveJob`, written beside the
+        status with every update (None for backfills and re-drives)."""
         super().__init__()
         self._streams_db = streams_db
+        self._live_job = live_job
         self._location = location
         self._streams = streams
         self._deactivate_after = deactivate_after
@@ -269,7 +342,7 @@ class UpdateStreamStatus(beam.PTransform):
             per_stream
             | "AllStreams" >> beam.GroupByKey()
             | "Merge" >> beam.ParDo(_UpdateStatusFn(self._location, self._deactivate_after, self._circuit_location,
-                                                   self._streams_db), self._streams)
+                                                   self._streams_db, self._live_job), self._streams)
         )
 
 

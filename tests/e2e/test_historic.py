@@ -6,6 +6,7 @@ then they are released, and later live data goes straight through."""
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,13 +17,13 @@ from schemas.delivery import AWAITING_HISTORY
 from schemas.records import RecordError
 from schemas.streams import parse_stream_config
 from sinks.ordering import document_time
-from sinks.parking import ParkStore
+from sinks.parking import ParkedBatch, ParkStore
 from tests.streams import rest_stream
 from tools.local_destinations import HttpReceiver, Reply, Script
 from tools.sample_fleet import generate
 from transforms.parse import parse_record
 from transforms.routing import route
-from transforms.status import history_marker, load_status
+from transforms.status import LiveJob, history_marker, live_job_path, load_live_job, load_status, write_live_job
 
 CREATED = "2026-11-01T12:00:00Z"  # the stream's created_at, inside the sample's day
 C = datetime(2026, 11, 1, 12, tzinfo=UTC)
@@ -60,17 +61,25 @@ def _key(document: dict) -> tuple[int, str]:
     return document["id"], "usage" if "start_timestamp" in document else "event"
 
 
-def _routed_to(directory: Path, config, stream_id: str, start: datetime, end: datetime) -> set[tuple[int, str]]:
-    """Keys of the documents under ``directory`` (events/, usage/) that routing
-    sends to ``stream_id`` and whose time is in ``[start, end)``."""
-    keys = set()
+def _documents(directory: Path, config, stream_id: str, start: datetime, end: datetime) -> dict[tuple[int, str],
+                                                                                                 tuple[str, dict]]:
+    """``{key: (kind, document)}`` of the documents under ``directory``
+    (events/, usage/) that routing sends to ``stream_id`` and whose time is in
+    ``[start, end)``."""
+    found = {}
     for kind, folder in _KINDS:
         for path in (directory / folder).glob("*.jsonl"):
             for doc in map(json.loads, path.read_text().splitlines()):
                 targets = [e[0] for tag, e in route(kind, doc, config) if tag != "parked"]
                 if stream_id in targets and start <= document_time(kind, doc) < end:
-                    keys.add(_key(doc))
-    return keys
+                    found[_key(doc)] = (kind, doc)
+    return found
+
+
+def _routed_to(directory: Path, config, stream_id: str, start: datetime, end: datetime) -> set[tuple[int, str]]:
+    """Keys of the documents under ``directory`` (events/, usage/) that routing
+    sends to ``stream_id`` and whose time is in ``[start, end)``."""
+    return set(_documents(directory, config, stream_id, start, end))
 
 
 def _arrivals(receiver: HttpReceiver, path: str, since: int = 0) -> list[tuple[int, tuple[int, str]]]:
@@ -97,9 +106,13 @@ class _Env:
                        f"--park_location={self.park}", f"--status_location={self.status}",
                        "--allow_insecure_destinations"]
 
-    def live_run(self, name: str) -> int:
+    def live_run(self, name: str, whole_day: bool = False) -> int:
+        """A batch live run over the records from ``CREATED`` on, or with
+        ``whole_day`` over the whole sample day (records of the history's
+        range included, as a live run over a backlog or late data has them)."""
+        live = self.fleet / "raw" if whole_day else self.live
         return data_streamer.main([
-            f"--events_input={self.live / 'events.jsonl'}", f"--usage_input={self.live / 'usage.jsonl'}",
+            f"--events_input={live / 'events.jsonl'}", f"--usage_input={live / 'usage.jsonl'}",
             f"--output_dir={self.root / name}", *self.common,
         ])
 
@@ -176,6 +189,91 @@ def test_history_is_delivered_before_live_data(fleet, tmp_path, stream_secrets, 
         assert env.parked() == []
 
 
+@pytest.mark.parametrize("before", ["batch run", "no live job", "stopped streaming job"])
+def test_without_a_running_streaming_job_nothing_is_waited_for(fleet, tmp_path, stream_secrets, capsys, before):
+    """The settle time bounds a wait for a streaming job that may still park
+    the stream's live documents; with none running, historic does not wait."""
+    with HttpReceiver() as receiver:
+        env = _Env(tmp_path, fleet, receiver)
+        assert env.live_run("live-1") == 0
+        stamp = load_live_job(str(env.status))
+        assert stamp is not None and not stamp.streaming, "a batch run says so beside its status"
+        if before == "no live job":  # no status at all: the held batches came from elsewhere
+            Path(live_job_path(str(env.status))).unlink()
+            (env.status / "status.jsonl").unlink()
+        elif before == "stopped streaming job":  # it wrote status last an hour ago
+            write_live_job(str(env.status), LiveJob(True, 60, 10))
+            stale = json.loads(Path(live_job_path(str(env.status))).read_text())
+            stale["written_at"] = (datetime.now(UTC) - timedelta(hours=1)).isoformat(timespec="milliseconds")
+            Path(live_job_path(str(env.status))).write_text(json.dumps(stale))
+        history, live = env.expected()
+        capsys.readouterr()
+
+        started = time.monotonic()
+        assert env.historic("--settle_seconds=120") == 0
+        elapsed = time.monotonic() - started
+        report = capsys.readouterr().out
+        keys = [key for _, key in _arrivals(receiver, "/target")]
+    expected = {
+        "batch run": f"no wait: the last live job to write status to {env.status} was a batch run",
+        "no live job": f"no wait: no live job has written status to {env.status}",
+        "stopped streaming job": "no wait: no streaming job is running: the last one wrote status to",
+    }[before]
+    assert expected in report, report
+    assert "waited " not in report and "waiting until" not in report
+    assert sorted(keys) == sorted(history | live)
+    assert elapsed < 60, f"took {elapsed:.0f} s with nothing to wait for"
+
+
+def test_each_history_document_is_delivered_once_when_held_live_data_overlaps_it(fleet, tmp_path, stream_secrets,
+                                                                                  capsys):
+    """A live run over the whole day holds the stream's documents of the
+    history's range too; the backfill delivers them from the archive, and the
+    release drops them from the held batches instead of sending them again."""
+    early = C - timedelta(days=30)
+    with HttpReceiver() as receiver:
+        env = _Env(tmp_path, fleet, receiver)
+        assert env.live_run("live-1", whole_day=True) == 0
+        assert receiver.requests("/target") == []
+        history = _routed_to(env.archived, env.config, "target", HISTORY_START, C)
+        held_docs = _documents(env.root / "live-1", env.config, "target", early, C + timedelta(days=2))
+        live = {key for key, (kind, doc) in held_docs.items() if document_time(kind, doc) >= C}
+        assert set(held_docs) - live == history, "the live run held every history document too"
+        assert len(history) > 20 and len(live) > 20
+        held = env.parked()
+        assert sorted(_key(doc) for b in held for _, doc in b.documents) == sorted(held_docs)
+        capsys.readouterr()
+
+        assert env.historic() == 0
+        report = capsys.readouterr().out
+        arrivals = _arrivals(receiver, "/target")
+        keys = [key for _, key in arrivals]
+        assert len(keys) == len(set(keys)), f"{len(keys) - len(set(keys))} documents were delivered twice"
+        assert set(keys) == history | live
+        assert max(i for i, key in arrivals if key in history) < min(i for i, key in arrivals if key in live)
+        assert f"history delivered: {len(history)} documents" in report
+        assert (f"live data released: {len(held)} held batches ({len(held_docs)} documents): {len(history)} "
+                f"dropped as already delivered as history, {len(live)} re-driven\n") in report, report
+        assert env.parked() == []
+        detail = json.loads(Path(history_marker(str(env.status), "target")).read_text())
+        assert Path(detail["document_ids"]).is_dir()
+
+        # A live run that read the holds before the marker parks after it: the
+        # marker's document ids still keep the history's documents from a repeat.
+        straggler = sorted(history)[:3] + sorted(live)[:2]
+        sent = len(receiver.requests("/target"))
+        ParkStore(str(env.park)).write(ParkedBatch("target", "rest_api_bulk", AWAITING_HISTORY, None, None, None, 0,
+                                                   "2026-12-03T00:00:00.000+00:00",
+                                                   tuple(held_docs[key] for key in straggler)))
+        assert env.historic() == 0
+        report = capsys.readouterr().out
+        assert "history was already delivered" in report
+        assert ("live data released: 1 held batches (5 documents): 3 dropped as already delivered as history, "
+                "2 re-driven") in report, report
+        assert sorted(key for _, key in _arrivals(receiver, "/target", since=sent)) == sorted(live)[:2]
+        assert env.parked() == []
+
+
 def test_failed_history_keeps_live_data_held_until_a_retry_delivers_it(fleet, tmp_path, stream_secrets, capsys):
     down = Script({"/target": [Reply(503, b"down")]})
     with HttpReceiver(responder=down) as receiver:
@@ -197,15 +295,16 @@ def test_failed_history_keeps_live_data_held_until_a_retry_delivers_it(fleet, tm
         # The destination is fixed: the retry reactivates the stream and delivers.
         receiver.responder = Script({})
         assert env.historic(*fast) == 0
-        assert "reactivated for the history" in capsys.readouterr().out
+        report = capsys.readouterr().out
+        assert "reactivated for the history" in report
         arrivals = _arrivals(receiver, "/target", since=failed_requests)
-        first: dict = {}
-        for index, key in arrivals:
-            first.setdefault(key, index)
-        assert set(first) == history | live
-        # Batches the failed attempt parked are repeats of history documents the
-        # retry has just delivered: only their first arrival counts for the order.
-        assert max(first[k] for k in history) < min(first[k] for k in live)
+        keys = [key for _, key in arrivals]
+        # The batches the failed attempt parked hold history documents the
+        # retry has just delivered: dropped, not sent again.
+        assert len(keys) == len(set(keys)), "a document was delivered twice"
+        assert set(keys) == history | live
+        assert max(i for i, key in arrivals if key in history) < min(i for i, key in arrivals if key in live)
+        assert "documents of batches parked by earlier attempts were dropped as already delivered as history" in report
         assert env.parked() == []
         assert load_status(str(env.status))["target"].state == "active"
 
