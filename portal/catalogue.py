@@ -43,6 +43,8 @@ API_TYPES: tuple[tuple[str, str, tuple[FormField, ...]], ...] = (
 )
 
 API_TYPE_NAMES = {api_type: name for api_type, name, _ in API_TYPES}
+#: The form's fields of each API type.
+FIELDS_OF = {api_type: fields for api_type, _, fields in API_TYPES}
 STREAM_TYPE_NAMES = dict(STREAM_TYPES)
 
 

@@ -172,7 +172,7 @@ def _body_from_form(form: dict[str, str]) -> dict[str, Any]:
             body["organisation_id"] = int(form["organisation_id"])
         except ValueError:
             raise FieldError("organisation_id", "organisation_id must be a number") from None
-    fields = dict((key, fields) for key, _, fields in catalogue.API_TYPES).get(api_type)
+    fields = catalogue.FIELDS_OF.get(api_type)
     if fields is None:
         return body
     block = DESTINATION_OF[api_type]
@@ -200,9 +200,10 @@ async def _store(request: Request) -> Response:
                 raise FieldError("stream_type", "Please select a stream type.")
             if body["api_type"] not in catalogue.API_TYPE_NAMES:
                 raise FieldError("api_type", "Please select an API type.")
-            for item in dict((key, f) for key, _, f in catalogue.API_TYPES)[body["api_type"]]:
-                if item.required and item.name not in body[DESTINATION_OF[body["api_type"]]]:
-                    raise FieldError(f"{DESTINATION_OF[body['api_type']]}.{item.name}", f"{item.label} is required.")
+            block = DESTINATION_OF[body["api_type"]]
+            for item in catalogue.FIELDS_OF[body["api_type"]]:
+                if item.required and item.name not in body[block]:
+                    raise FieldError(f"{block}.{item.name}", f"{item.label} is required.")
             view, signing_secret = _service(request, connection).create(principal, body)
         except FieldError as err:
             problem = err

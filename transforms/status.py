@@ -150,10 +150,6 @@ def last_status_update(location: str | None, streams_db: str | None = None) -> s
     return max((record.updated_at for record in records.values() if record.updated_at), default=None)
 
 
-def _remote_status(result: DeliveryResult) -> str:
-    return result.remote_status
-
-
 def advance(
     status: StreamStatus, results: Iterable[DeliveryResult], deactivate_after: int
 ) -> StreamStatus:
@@ -165,7 +161,7 @@ def advance(
             if result.token and state == "active":
                 state, error = "deactivated", result.token
             continue
-        remote = _remote_status(result)
+        remote = result.remote_status
         if result.status == DELIVERED:
             failures, last_success = 0, result.started_at
             continue
