@@ -310,7 +310,9 @@ def test_hanging_endpoint_is_parked_after_the_policy_attempts(make_sink, receive
     run = sink.deliver("s", batch, streams)
     elapsed = time.monotonic() - began
 
-    assert elapsed < 2.0  # two 0.3 s reads, not the endpoint's 10 s
+    # Two 0.3 s reads, not the endpoint's 10 s. The bound is half of that: on a
+    # loaded machine (make test runs this tier at nice 19) two reads took 2.7 s.
+    assert elapsed < 5.0
     if api_type == REST_API_BULK:
         assert request_log(receiver) == [("/s", (1, 2))] * 2
         assert run.summary() == [("failed", 2, None, "ReadTimeout", "unreachable", 2, 0, 2)]
@@ -338,8 +340,11 @@ def test_rest_batch_shares_one_time_budget(make_sink, receiver):
     elapsed = time.monotonic() - began
 
     attempts = len(receiver.requests())
-    assert 3 <= attempts <= 4  # 0.3 s each (and a little backoff) until 1 s is spent
-    assert elapsed < 1.0 + 0.3 + 0.5
+    # 0.3 s each (and a little backoff) until 1 s is spent: three or four on an
+    # idle machine, fewer when the process waits for a core (make test runs this
+    # tier at nice 19; two seen). The deadline cut them, not the policy's ten.
+    assert 1 <= attempts <= 4
+    assert elapsed < 5.0  # not the endpoint's 10 s
     assert request_log(receiver) == [("/s", (1,))] * attempts
     assert run.summary() == [("failed", 1, None, "ReadTimeout", "unreachable", attempts, 0, 1),
                              ("parked", 2, None, "deadline_exceeded", None, 0, 0, 2)]

@@ -148,7 +148,7 @@ def test_a_drain_cut_short_reports_what_was_in_flight():
     result = _Result()
     running = StreamingRun(result, None, _Counts(_summary(read=10, documents=6, routed=6, delivered=3)))
     seconds = running.drain(reads_stopped=True, limit_seconds=0.3)
-    assert 0.3 <= seconds < 2
+    assert 0.3 <= seconds < 5  # the 0.3 s limit, not a wait for the counts
     running.cancel()
     report = running.report("--run_seconds", True, 0.3, seconds)
     assert not report.clean
@@ -159,7 +159,7 @@ def test_a_drain_cut_short_reports_what_was_in_flight():
 def test_reads_that_could_not_stop_are_not_waited_for():
     result = _Result()
     running = StreamingRun(result, None, _Counts(_summary(read=3, documents=1, routed=1, delivered=1)))
-    assert running.drain(reads_stopped=False, limit_seconds=30) < 1
+    assert running.drain(reads_stopped=False, limit_seconds=30) < 10  # not the 30 s limit
     running.cancel()
     report = running.report("SIGTERM", False, 30, 0)
     assert not report.clean

@@ -17,7 +17,10 @@ A crash run (:func:`run_crash`):
    ``recover``: restart the job where the runner does not restart itself;
 5. waits until the run settled: every record delivered, or nothing new at the
    receiver for a while once Pub/Sub had time to redeliver what the killed
-   process held unacknowledged (its ack deadline);
+   process held unacknowledged (its ack deadline). A target that must lose
+   nothing (Flink) is given no quiet (``quiet_seconds=None``): its run settles
+   only when every record arrived, or fails at ``settle_timeout``, so a job
+   that waits for a core is not taken for one that lost records;
 6. stops the job, takes what is left in the subscriptions, and reports
    (:class:`CrashReport`): **published**, **delivered** (distinct record ids at
    the REST bulk stream, which every record is routed to), **lost** (published,
@@ -428,6 +431,8 @@ class CrashReport:
     duplicates_across_kill: int
     evidence: dict[str, Any] | None
     phases: dict[str, float] = field(default_factory=dict)
+    #: How the wait for the last deliveries ended (:func:`_settle`).
+    settled: str = ""
     lost_ids: list[str] = field(default_factory=list)
     duplicate_ids: dict[str, int] = field(default_factory=dict)
     observations: Observations | None = field(default=None, repr=False, compare=False)
@@ -462,6 +467,8 @@ class CrashReport:
                 f"the lost ones acknowledged {evidence['lost_acknowledged_before_kill_seconds']} s before the kill; "
                 f"pulled and not acknowledged {evidence['pulled_not_acknowledged']}, "
                 f"of which delivered later {evidence['pulled_not_acknowledged_delivered']}")
+        lines.append(f"  {self.settled or 'settled: not recorded'}; phases (s since the start): "
+                     + ", ".join(f"{phase} {seconds:g}" for phase, seconds in self.phases.items()))
         lines.append(f"  stopped: {self.stopped['how']}")
         if self.unknown:
             lines.append(f"  {self.unknown} documents at the receiver were never published")
@@ -570,7 +577,7 @@ def run_crash(
     rate: float = 50.0,
     kill_after_seconds: float = 20.0,
     ack_deadline_seconds: int = ACK_DEADLINE_SECONDS,
-    quiet_seconds: float = 15.0,
+    quiet_seconds: float | None = 15.0,
     first_delivery_timeout: float = 120.0,
     settle_timeout: float = 300.0,
     emulator: PubSubEmulator | None = None,
@@ -579,7 +586,10 @@ def run_crash(
 ) -> CrashReport:
     """One crash run of ``target`` (module docstring): ``records_per_kind``
     events and as many usage records published at ``rate`` a second per kind,
-    the kill ``kill_after_seconds`` after the first delivery. ``name`` prefixes
+    the kill ``kill_after_seconds`` after the first delivery. The run settles
+    when every record arrived, or (``quiet_seconds`` not None) when nothing new
+    arrived for ``quiet_seconds`` past the redelivery deadline, or at
+    ``settle_timeout`` after the job ran again. ``name`` prefixes
     the topics and subscriptions (unique per run on a shared emulator).
     ``log`` gets a line at each phase. The job's outputs and the target's files
     go under ``work_dir``; the crash fleet next to it (``crash-fleet``, shared
@@ -645,7 +655,7 @@ def run_crash(
                          for data in drain_subscription(subscriptions[topic], host)]
         requests = local.receiver.requests(path)
     return _report(target.name, publisher, requests, left_messages, dead_letters(out), killed, recovered, stopped,
-                   published_before_kill, phases)
+                   published_before_kill, phases, settled)
 
 
 def _published_keys(records: Mapping[Kind, list[dict[str, Any]]]) -> set[str]:
@@ -684,11 +694,16 @@ def _wait(ready: Callable[[], bool], target: Target, publisher: KnownPublisher, 
 
 
 def _settle(receiver: HttpReceiver, path: str, published: set[str], target: Target, publisher: KnownPublisher,
-            redelivered_by: float, quiet_seconds: float, timeout: float) -> str:
-    """Wait until every published record arrived, or until nothing new arrived
-    for ``quiet_seconds`` once publishing ended and ``quiet_seconds`` have passed
-    since ``redelivered_by`` (the killed process's unacknowledged messages are
-    due again then). Returns how it settled."""
+            redelivered_by: float, quiet_seconds: float | None, timeout: float) -> str:
+    """Wait until every published record arrived, or (``quiet_seconds`` not
+    None) until nothing new arrived for ``quiet_seconds`` once publishing ended
+    and ``quiet_seconds`` have passed since ``redelivered_by`` (the killed
+    process's unacknowledged messages are due again then), or ``timeout``.
+    Returns how it settled, with how many records had arrived.
+
+    A quiet is wall-clock time: a job starved of CPU (make test runs the Flink
+    tests at nice 19 beside others) delivers nothing for minutes without having
+    lost anything, which is why a target that must lose nothing gets none."""
     deadline = time.monotonic() + timeout
     seen, last_new = 0, time.monotonic()
     while True:
@@ -702,17 +717,19 @@ def _settle(receiver: HttpReceiver, path: str, published: set[str], target: Targ
         # Quiet counted from the redelivery deadline on: what Pub/Sub redelivers
         # then still has to go through the job (seen: 18 messages redelivered 60 s
         # after the kill, at the very moment a quiet that began earlier ended).
-        if (publisher.done() and time.time() >= redelivered_by + quiet_seconds
+        if (quiet_seconds is not None and publisher.done() and time.time() >= redelivered_by + quiet_seconds
                 and time.monotonic() - last_new >= quiet_seconds):
-            return f"settled: nothing new for {quiet_seconds:g} s, {quiet_seconds:g} s past the redelivery deadline"
+            return (f"settled: nothing new for {quiet_seconds:g} s, {quiet_seconds:g} s past the redelivery deadline "
+                    f"({seen} of {len(published)} records arrived)")
         if time.monotonic() >= deadline:
-            return f"not settled after {timeout:.0f} s"
+            return (f"not settled after {timeout:.0f} s: {seen} of {len(published)} records arrived, the last new "
+                    f"one {time.monotonic() - last_new:.0f} s before")
         time.sleep(0.5)
 
 
 def _report(target: str, publisher: KnownPublisher, requests: list[RecordedRequest], left_messages: list[bytes],
             dead: Mapping[str, str], killed: Killed, recovered: str, stopped: Stopped, published_before_kill: int,
-            phases: dict[str, float]) -> CrashReport:
+            phases: dict[str, float], settled: str = "") -> CrashReport:
     published = set(publisher.published_at)
     arrived = deliveries(requests)
     counts = Counter(key for _, key in arrived)
@@ -754,6 +771,7 @@ def _report(target: str, publisher: KnownPublisher, requests: list[RecordedReque
         duplicates_across_kill=sum(1 for key, n in duplicate_ids.items() if 0 < before[key] < n),
         evidence=evidence,
         phases={k: round(v, 1) for k, v in phases.items()},
+        settled=settled,
         lost_ids=sorted(lost),
         duplicate_ids=dict(sorted(duplicate_ids.items())),
         observations=Observations(dict(publisher.published_at), dict(publisher.message_keys), requests,

@@ -43,9 +43,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="Run n of N is killed (n-1)/N of this many seconds later than --kill_after, so the "
                              "kills do not all land at the same point of the REST batching cycle "
                              "(--max_buffering_seconds, default 5). Default: 5.")
-    parser.add_argument("--quiet", type=float, default=15.0,
+    parser.add_argument("--quiet", type=float, default=None,
                         help="The run has settled when nothing new reached the receiver for this many seconds "
-                             "(past the redelivery deadline). Default: 15.")
+                             "(past the redelivery deadline). Default: 15 for direct; none for flink, which must "
+                             "lose nothing: its run settles when every record arrived, or fails at --settle_timeout.")
+    parser.add_argument("--settle_timeout", type=float, default=600.0,
+                        help="Seconds after the job ran again at which a run that has not settled ends. Default: 600.")
     parser.add_argument("--ack_deadline", type=int, default=ACK_DEADLINE_SECONDS,
                         help=f"The subscriptions' ack deadline, seconds. Default: {ACK_DEADLINE_SECONDS}.")
     args, job_flags = parser.parse_known_args(argv)
@@ -69,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
                 kill_after = args.kill_after + args.kill_spread * (number - 1) / args.runs
                 report = run_crash(target, out / f"run-{number}", records_per_kind=args.records, rate=args.rate,
                                    kill_after_seconds=kill_after, ack_deadline_seconds=args.ack_deadline,
-                                   quiet_seconds=args.quiet,
+                                   quiet_seconds=(args.quiet if args.quiet is not None
+                                                  else 15.0 if args.target == "direct" else None),
+                                   settle_timeout=args.settle_timeout,
                                    emulator=emulator, name=f"crash{number}", log=log)
                 sys.stdout.write(f"run {number}: " + report.text())
                 sys.stdout.flush()
