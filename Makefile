@@ -101,13 +101,20 @@ submit-dataflow: $(STAMP) ## Submit the streaming job to Dataflow: PROJECT= REGI
 
 # redrive, backfill and historic run the job's commands through tools.local_job: the local
 # destinations' placeholder credentials, --allow_insecure_destinations (they are
-# http://127.0.0.1) and the batch runner. The destinations must be up: make local-destinations.
+# http://127.0.0.1) and the batch runner. The destinations must be up: make local-destinations
+# (which points the streams of the portal's store at them, as their ports change each start).
+# The streams are where make run-local left them: the portal's store (out/portal.db, so
+# the portal shows what these commands did) when there is one and STREAMS_CONFIG is not
+# given on the command line; else STREAMS_CONFIG. Streams made in the portal carry sealed
+# credentials: the local portal's sealing key opens them.
 STREAMS_CONFIG ?= $(OUT_DIR)/streams.local.json
-LOCAL_JOB = $(PY) -m tools.local_job
+PORTAL_DB ?= $(OUT_DIR)/portal.db
+STREAMS_ARGS = $(if $(and $(wildcard $(PORTAL_DB)),$(if $(filter command line,$(origin STREAMS_CONFIG)),,yes)),--streams_db sqlite:///$(abspath $(PORTAL_DB)),--streams_config $(STREAMS_CONFIG))
+LOCAL_JOB = DATASTREAMER_SEALING_KEY="$$(cat $(OUT_DIR)/portal/sealing.key 2>/dev/null)" $(PY) -m tools.local_job
 REDRIVE_ARGS ?=
 redrive: $(STAMP) ## Re-deliver STREAM's parked batches to the local destinations (STREAMS_CONFIG, OUT_DIR, REDRIVE_ARGS)
 	@test -n "$(STREAM)" || { echo "usage: make redrive STREAM=<stream id>"; exit 2; }
-	$(LOCAL_JOB) pipelines.redrive --stream_id $(STREAM) --streams_config $(STREAMS_CONFIG) --output_dir $(OUT_DIR) \
+	$(LOCAL_JOB) pipelines.redrive --stream_id $(STREAM) $(STREAMS_ARGS) --output_dir $(OUT_DIR) \
 		$(REDRIVE_ARGS)
 
 ARCHIVE ?= $(OUT_DIR)/archive
@@ -116,7 +123,7 @@ backfill: $(STAMP) ## Backfill STREAM from the archive for FROM..TO to the local
 	@test -n "$(STREAM)" -a -n "$(FROM)" -a -n "$(TO)" || \
 		{ echo "usage: make backfill STREAM=<stream id> FROM=<ISO time> TO=<ISO time>"; exit 2; }
 	$(LOCAL_JOB) pipelines.backfill --stream_id $(STREAM) --from $(FROM) --to $(TO) --archive_location $(ARCHIVE) \
-		--reference_dir $(SAMPLE_DIR)/reference --streams_config $(STREAMS_CONFIG) --output_dir $(OUT_DIR) \
+		--reference_dir $(SAMPLE_DIR)/reference $(STREAMS_ARGS) --output_dir $(OUT_DIR) \
 		$(BACKFILL_ARGS)
 
 # historic waits after the marker only while a streaming job writes status to the status
@@ -126,7 +133,7 @@ HISTORIC_ARGS ?=
 historic: $(STAMP) ## Deliver STREAM's 7 days of history to the local destinations, then release its held live data
 	@test -n "$(STREAM)" || { echo "usage: make historic STREAM=<stream id>"; exit 2; }
 	$(LOCAL_JOB) pipelines.historic $(if $(SETTLE_SECONDS),--settle_seconds $(SETTLE_SECONDS)) --stream_id $(STREAM) --archive_location $(ARCHIVE) \
-		--reference_dir $(SAMPLE_DIR)/reference --streams_config $(STREAMS_CONFIG) --output_dir $(OUT_DIR) \
+		--reference_dir $(SAMPLE_DIR)/reference $(STREAMS_ARGS) --output_dir $(OUT_DIR) \
 		$(HISTORIC_ARGS)
 
 BENCH_ARGS ?=

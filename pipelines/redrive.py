@@ -24,12 +24,11 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import Any
 
 import apache_beam as beam
 import orjson
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms.window import TimestampedValue
 
@@ -55,9 +54,9 @@ from transforms.routing import load_stream_config, routed_element
 from transforms.status import (
     StreamStatus,
     UpdateStreamStatus,
-    history_marker,
     load_status,
     render_status_table,
+    stream_holds,
     write_status,
 )
 
@@ -79,10 +78,11 @@ def _result_json(result: Any) -> bytes:
     return orjson.dumps(result.to_dict())
 
 
-def reactivate(status_location: str, stream: DataStream) -> None:
+def reactivate(status_location: str, stream: DataStream, streams_db: str | None = None) -> None:
     """Mark the stream active before re-driving: the customer fixed it. Its
     circuit closes, so a job that is running sends its live documents again
-    within seconds (``schemas/circuit.py``), not after a refresh interval."""
+    within seconds (``schemas/circuit.py``), not after a refresh interval.
+    With ``streams_db``, the stream store's status row says so too."""
     CircuitStore(status_location).close(stream.id)
     records = load_status(status_location)
     current = records.get(stream.id)
@@ -92,6 +92,10 @@ def reactivate(status_location: str, stream: DataStream) -> None:
         records[stream.id] = StreamStatus(stream.id, stream.organisation_id, stream.api_type, stream.stream_type,
                                           stream.describe_destination(), "active", None, None, None, 0, "")
     write_status(status_location, records.values())
+    if streams_db:
+        from schemas.stream_store import write_status_db
+
+        write_status_db(streams_db, [asdict(records[stream.id])])
 
 
 def run(argv: list[str] | None = None, prepare: Callable[[list[str]], list[str]] | None = None) -> int:
@@ -117,12 +121,15 @@ def run(argv: list[str] | None = None, prepare: Callable[[list[str]], list[str]]
     check_destinations(build_stream_config([stream]), options.view_as(ReliabilityOptions).allow_insecure_destinations,
                        secret_policy(options))
     settings = delivery_settings(options)
-    if stream.historic_data and not FileSystems.exists(history_marker(settings.status_location, stream_id)):
+    # The marker where the job reads it: the stream store's with --streams_db (a
+    # stream deleted in the portal and made again lost it there), else the file.
+    if stream.historic_data and stream_id not in stream_holds(settings.status_location,
+                                                              settings.streams_db).history_delivered:
         raise StreamConfigError(f"stream {stream_id!r} is awaiting its history: run pipelines.historic first "
                                 "(make historic STREAM=...), which delivers it and then releases the live data")
     store = ParkStore(settings.park_location)
     before = store.list(stream_id)
-    reactivate(settings.status_location, stream)
+    reactivate(settings.status_location, stream, settings.streams_db)
     # Held while this runs: a streaming job's recovery step leaves the stream's
     # parked batches to this re-drive instead of sending them too.
     circuits = CircuitStore(settings.status_location)
@@ -159,11 +166,14 @@ def _redrive(options: PipelineOptions, settings: Any, config: Any, stream: DataS
         )
         delivered = routed | f"Deliver[{stream.api_type}]" >> sinks_for(settings, streams)[stream.api_type]
         if delivered.parked is not None:
-            delivered.parked | "ParkAgain" >> WriteParkedBatches(settings.park_location)
+            delivered.parked | "ParkAgain" >> WriteParkedBatches(settings.park_location, settings.streams_db)
         delivered.dead_letters | "WriteDeadLetters" >> write_dead_letters(f"{out}/redrive/dead_letters")
         delivered.results | "WriteDeliveries" >> WriteJsonLines(f"{out}/redrive/deliveries", encode=_result_json)
+        # With --streams_db, the status, the delivered counts and what is parked
+        # again go to the stream store too: the portal shows the re-drive.
         delivered.results | "StreamStatus" >> UpdateStreamStatus(
-            settings.status_location, streams, settings.policy.deactivate_after, settings.policy.circuit_location
+            settings.status_location, streams, settings.policy.deactivate_after, settings.policy.circuit_location,
+            streams_db=settings.streams_db,
         )
         started = now_iso()
         result = pipeline.run()

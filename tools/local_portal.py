@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import os
 import signal
 import sys
 import threading
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 
@@ -28,7 +31,8 @@ from portal import __main__ as portal_cli
 from portal.auth import create_key
 from portal.db import migrate
 from schemas.sealing import KEY_ENV, new_key
-from schemas.stream_store import api_keys, engine_for
+from schemas.stream_store import api_keys, data_streams, engine_for
+from schemas.streams import DESTINATION_OF
 from tools.local_streams import LOCAL_SECRETS
 from tools.processes import PortService, free_port, port_open
 
@@ -91,6 +95,53 @@ class LocalPortal(PortService):
     def describe(self) -> str:
         return (f"portal: {self.url}/portal/data-streams (sign in with the operator key in "
                 f"{self.output_dir / 'portal' / 'operator.key'}; API {self.url}/api/v1, database {self.database_url})")
+
+
+#: The fields of a stream's destination block that hold where it delivers.
+_ADDRESS_FIELDS = ("url", "endpoint_url")
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def repoint_store(database_url: str, streams: list[dict[str, Any]]) -> int:
+    """Point the store's streams at the local destinations that ``streams`` (a
+    local stream configuration just written for them) deliver to; returns how
+    many streams changed.
+
+    Each start of the local destinations takes free ports, so the streams
+    ``make run-local`` left in ``out/portal.db`` point at its destinations,
+    gone since. What moved is learnt from the streams of both with the same id
+    (old origin -> new origin, 127.0.0.1 only) and applied to every stream of
+    the store, those made in the portal included; state, history marker and
+    status are kept, so ``make historic`` on the store shows in the portal."""
+    moves: dict[str, str] = {}
+    with engine_for(database_url).begin() as connection:
+        rows = connection.execute(sa.select(data_streams.c.id, data_streams.c.config)).all()
+        stored = {row.id: row.config for row in rows}
+        for stream in streams:
+            block = DESTINATION_OF[stream["api_type"]]
+            old_block = (stored.get(stream["id"]) or {}).get(block) or {}
+            for name in _ADDRESS_FIELDS:
+                old, new = old_block.get(name), stream[block].get(name)
+                if old and new and urlsplit(old).hostname == "127.0.0.1":
+                    moves[_origin(old)] = _origin(new)
+        changed = 0
+        for row in rows:
+            config = copy.deepcopy(row.config)
+            for block in config.values():
+                if not isinstance(block, dict):
+                    continue
+                for name in _ADDRESS_FIELDS:
+                    value = block.get(name)
+                    if isinstance(value, str) and _origin(value) in moves:
+                        block[name] = moves[_origin(value)] + value[len(_origin(value)):]
+            if config != row.config:
+                connection.execute(sa.update(data_streams).where(data_streams.c.id == row.id).values(config=config))
+                changed += 1
+    return changed
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -289,6 +289,14 @@ def serve(argv: list[str] | None = None) -> int:
         sys.stdout.write(f"local destinations up: HTTP receiver {local.receiver.url} (REST, DataDog), "
                          f"moto {local.moto.url} (S3, Kinesis)\n"
                          f"  wrote {local.config_path} for them; Ctrl-C stops them\n")
+        store = Path(args.output_dir) / "portal.db"
+        if store.exists():
+            # Imported here: tools.local_portal imports this module.
+            from tools.local_portal import repoint_store
+
+            changed = repoint_store(f"sqlite:///{store.resolve()}", local.streams)
+            sys.stdout.write(f"  {store}: {changed} streams of make run-local's portal store point at them now "
+                             "(make redrive, backfill and historic use that store)\n")
         sys.stdout.flush()
         try:
             while not stop.wait(3600):

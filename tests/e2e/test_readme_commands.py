@@ -49,7 +49,8 @@ EXPECTED = {
     + [rf"\n  {stream} " for stream in ("datadog-80025", "kinesis-usage-80025", "rest-bulk-80025",
                                          "rest-bulk-alerts-80111", "rest-events-80025", "s3-both-80025",
                                          "s3-events-80111")],
-    "local-destinations": [r"local destinations up: HTTP receiver http://127\.0\.0\.1:\d+"],
+    "local-destinations": [r"local destinations up: HTTP receiver http://127\.0\.0\.1:\d+",
+                           r"out/portal\.db: 8 streams of make run-local's portal store point at them now"],
     "backfill": [r"rest-bulk-80025 +171 +171 +0 +0 +0 +0 +yes", r"rest_api_bulk +1 +171 +0"],
     "redrive": [r"re-driving 0 parked batches of stream rest-bulk-80025"],
     "historic": [r"history delivered: 2636 documents", r"re-driving 4 parked batches of stream rest-history-80111",
@@ -103,10 +104,18 @@ def clone(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     return path, env
 
 
-def _check_portal_overview(path: Path) -> None:
-    """After make run-local, the portal's overview has every sample stream with
-    its last data and remote status (make run-portal serves it: the API's view
-    of the store it left)."""
+#: (state, remote status, has last data) of each sample stream in the portal after make run-local.
+AFTER_RUN_LOCAL = {
+    "datadog-80025": ("Running", "202", True), "kinesis-usage-80025": ("Running", "200", True),
+    "rest-bulk-80025": ("Running", "202", True), "rest-bulk-alerts-80111": ("Running", "202", True),
+    "rest-events-80025": ("Running", "202", True), "s3-both-80025": ("Running", "200", True),
+    "s3-events-80111": ("Running", "200", True), "rest-history-80111": ("Pending", None, False),
+}
+
+
+def _portal_streams(path: Path) -> dict[str, dict]:
+    """The portal's view of the store make run-local left (make run-portal
+    serves it), by stream id."""
     from fastapi.testclient import TestClient
 
     from portal.app import PortalSettings, create_app
@@ -116,14 +125,17 @@ def _check_portal_overview(path: Path) -> None:
     sealing = (path / "out" / "portal" / "sealing.key").read_text().strip()
     app = create_app(PortalSettings(database_url=f"sqlite:///{path / 'out' / 'portal.db'}", sealing_keys=[sealing]))
     streams = TestClient(app).get("/api/v1/data-streams", headers={KEY_HEADER: key}).json()
-    seen = {s["id"]: (s["status"]["state"], s["status"]["remote_status"], bool(s["status"]["last_data"]))
-            for s in streams}
-    assert seen == {
-        "datadog-80025": ("Running", "202", True), "kinesis-usage-80025": ("Running", "200", True),
-        "rest-bulk-80025": ("Running", "202", True), "rest-bulk-alerts-80111": ("Running", "202", True),
-        "rest-events-80025": ("Running", "202", True), "s3-both-80025": ("Running", "200", True),
-        "s3-events-80111": ("Running", "200", True), "rest-history-80111": ("Pending", None, False),
-    }, seen
+    return {s["id"]: s for s in streams}
+
+
+def _check_portal_overview(path: Path, expected: dict[str, tuple[str, str | None, bool]]) -> dict[str, dict]:
+    """Every sample stream in the portal's overview, with its state, last data
+    and remote status."""
+    streams = _portal_streams(path)
+    seen = {stream_id: (s["status"]["state"], s["status"]["remote_status"], bool(s["status"]["last_data"]))
+            for stream_id, s in streams.items()}
+    assert seen == expected, seen
+    return streams
 
 
 def test_every_readme_command_does_what_readme_says(clone):
@@ -151,7 +163,14 @@ def test_every_readme_command_does_what_readme_says(clone):
             assert result.returncode == 0, f"{command} exited {result.returncode}:\n{output[-4000:]}"
             _check(command, output)
             if command == "make run-local":
-                _check_portal_overview(path)
+                _check_portal_overview(path, AFTER_RUN_LOCAL)
+            if _target(command) == "historic":
+                # make historic worked on the portal's store (make local-destinations
+                # pointed its streams at the new ports): the stream runs now, and its
+                # history and the live data it released count as delivered.
+                running = ("Running", "202", True)
+                after = _check_portal_overview(path, {**AFTER_RUN_LOCAL, "rest-history-80111": running})
+                assert after["rest-history-80111"]["status"]["delivered_last_day"] == 2636 + 2625
     finally:
         if background is not None:
             os.killpg(background.pid, signal.SIGINT)  # Ctrl-C, as README says
