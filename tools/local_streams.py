@@ -286,17 +286,18 @@ def serve(argv: list[str] | None = None) -> int:
     # Ctrl-C stops it even when started in the background (where SIGINT is inherited ignored).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     with LocalDestinations(Path(args.sample_dir), Path(args.output_dir)) as local:
-        sys.stdout.write(f"local destinations up: HTTP receiver {local.receiver.url} (REST, DataDog), "
-                         f"moto {local.moto.url} (S3, Kinesis)\n"
-                         f"  wrote {local.config_path} for them; Ctrl-C stops them\n")
-        store = Path(args.output_dir) / "portal.db"
+        store, repointed = Path(args.output_dir) / "portal.db", ""
         if store.exists():
             # Imported here: tools.local_portal imports this module.
             from tools.local_portal import repoint_store
 
             changed = repoint_store(f"sqlite:///{store.resolve()}", local.streams)
-            sys.stdout.write(f"  {store}: {changed} streams of make run-local's portal store point at them now "
-                             "(make redrive, backfill and historic use that store)\n")
+            repointed = (f"  {store}: {changed} streams of make run-local's portal store point at them now "
+                         "(make redrive, backfill and historic use that store)\n")
+        # One write: what waits for the "up" line sees the rest with it.
+        sys.stdout.write(f"local destinations up: HTTP receiver {local.receiver.url} (REST, DataDog), "
+                         f"moto {local.moto.url} (S3, Kinesis)\n"
+                         f"  wrote {local.config_path} for them; Ctrl-C stops them\n{repointed}")
         sys.stdout.flush()
         try:
             while not stop.wait(3600):
