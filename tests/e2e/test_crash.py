@@ -31,9 +31,14 @@ import json
 from collections import Counter
 from collections.abc import Iterable
 
+import pytest
+
 from tools.crash import KINDS, record_key, run_crash
 from tools.crash.direct import DirectRunnerTarget
 from tools.local_destinations import RecordedRequest
+
+# beside: a kill, then Pub/Sub's 60 s redelivery deadline: mostly waiting (make test's Flink lane).
+pytestmark = pytest.mark.beside
 
 RECORDS_PER_KIND = 2000  # 40 s of publishing: the kill comes mid-stream even when the job starts slowly
 RATE = 50  # records a second and kind
@@ -97,8 +102,10 @@ def test_kill_9_loses_exactly_what_the_killed_job_had_acknowledged_and_not_deliv
     # (Sent and unanswered is possible too: killed while Pub/Sub was answering.)
     assert set(report.lost_because) <= {"acknowledged by the killed process",
                                         "acknowledgement sent by the killed process"}, report.lost_because
-    # ... which on this runner is never nothing: records are always on their way.
-    assert report.lost > 0, "a kill -9 mid-stream lost nothing: is the local runner crash-safe now? (docs)"
+    # How many depends on where the kill lands: usually some are on their way
+    # between acknowledgement and delivery, but on a loaded machine a kill found
+    # none (2026-12-04: 0 of 4,000 lost). That the runner is not crash-safe is
+    # the acknowledgement before delivery asserted above, not a count.
 
     # What it had pulled without acknowledging came again and was delivered.
     pulled = {keys[m] for m in observed.killed.acknowledged.pulled if m in keys}

@@ -25,9 +25,7 @@ import pytest
 from tools.crash import run_crash
 from tools.crash.flink import FlinkClusterTarget
 
-# late: the Flink lane runs it after its other tests, when the tests that assert
-# timings at normal priority are usually done and the cores are shared equally.
-pytestmark = [pytest.mark.flink, pytest.mark.late]
+pytestmark = pytest.mark.flink
 
 RECORDS_PER_KIND = 1500  # 60 s of publishing: the kill comes mid-stream
 RATE = 25  # records a second and kind: what Flink keeps up with here beside everything else

@@ -139,7 +139,10 @@ def test_streaming_bench_on_flink_measures_both_pipelines_and_every_process(tmp_
         assert step["records_in_window"] > 0
         assert step["cpu_seconds_per_million_records"] == pytest.approx(
             step["cpu_seconds"] / step["records_in_window"] * 1e6, rel=0.01)
-        assert step["cpu_share"] == pytest.approx(step["cpu_seconds"] / 5, rel=0.2)
+        # Per wall second of the window: the 5 s of publishing and the CPU readings
+        # around it (6.3 s in all seen at nice 19 beside the alone tests).
+        assert step["window_seconds"] >= 5
+        assert step["cpu_share"] == pytest.approx(step["cpu_seconds"] / step["window_seconds"], abs=0.01)
         if step["kept_up"]:
             assert flink["cpu_seconds_per_million_records"][which] == {
                 "value": step["cpu_seconds_per_million_records"], "at_rate": 20}
