@@ -153,12 +153,11 @@ postgres: ## Install Debian's PostgreSQL server (package postgresql) for the dat
 # make test runs in two phases, so that no timing a test asserts competes with another test:
 # 1. the tests marked `alone` (latency against a baseline, time to stop), one after the other,
 #    at normal priority; beside them, at the lowest CPU priority (nice 19), the unit and
-#    composite tiers and the Flink lane, the `flink` tests (Flink JVMs: job servers, standalone
-#    clusters): they take the core the alone tests leave idle, and yield it whenever those want it;
-# 2. once the alone tests are done, the other e2e and tools tests, also at nice 19, on two xdist
-#    workers (a test file per worker at a time: --dist loadfile), beside the Flink lane still
-#    running, as nothing timed is left; these tests wait more than they compute (ack deadlines,
-#    refresh intervals, start-ups: 60 % of the two cores were busy with one worker).
+#    composite tiers and the Flink lane: the `flink` tests (Flink JVMs: job servers, standalone
+#    clusters), then the `beside` tests (mostly waiting: a kill and Pub/Sub's redelivery
+#    deadline); they take the core the alone tests leave idle, and yield it whenever those want it;
+# 2. once the alone tests are done, the other e2e and tools tests, also at nice 19, beside the
+#    Flink lane still running: the two share the cores equally, as nothing timed is left.
 # The logs of the unit and composite tiers and of the Flink lane are kept in $(OUT_DIR), and
 # their summaries printed at the end. (Not xdist's --dist loadgroup: with pytest 9.2 and xdist
 # 3.8 its groups are not kept.)
@@ -170,11 +169,11 @@ test: $(STAMP) chromium postgres ## Run ruff and every test tier: unit, composit
 		"composite tiers ($(OUT_DIR)/test-unit-composite.log) and the Flink lane ($(OUT_DIR)/test-flink.log)"
 	@nice -n 19 $(PY) -m pytest -p no:cacheprovider -m "unit or composite" $(PYTEST_ARGS) \
 		> $(OUT_DIR)/test-unit-composite.log 2>&1 & quick=$$!; \
-	nice -n 19 $(PY) -m pytest -p no:cacheprovider -m "(e2e or tools) and flink and not alone" $(PYTEST_ARGS) \
+	nice -n 19 $(PY) -m pytest -p no:cacheprovider -m "(e2e or tools) and (flink or beside) and not alone" $(PYTEST_ARGS) \
 		> $(OUT_DIR)/test-flink.log 2>&1 & flink=$$!; \
 	$(PY) -m pytest -m "(e2e or tools) and alone" $(PYTEST_ARGS); alone=$$?; \
 	echo "=== phase 2: the other e2e and tools tests (nice 19, as the Flink tests still running)"; \
-	nice -n 19 $(PY) -m pytest -p no:cacheprovider -n 2 --dist loadfile -m "(e2e or tools) and not alone and not flink" \
+	nice -n 19 $(PY) -m pytest -p no:cacheprovider -m "(e2e or tools) and not alone and not flink and not beside" \
 		$(PYTEST_ARGS); rest=$$?; \
 	wait $$flink; flink=$$?; wait $$quick; quick=$$?; \
 	for log in $(LANE_LOGS); do echo "--- $$log:"; tail -n 45 $$log; done; \

@@ -61,13 +61,16 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fast"))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test with the tier of its folder."""
+    """Mark every test with the tier of its folder; put the tests marked
+    ``beside`` after the others (a stable sort: the order is otherwise kept),
+    so that in make test's Flink lane they run once the alone tests are done."""
     for item in items:
         parts = item.path.parts
         tier = next((name for name in TIERS if name in parts[parts.index("tests") + 1:][:1]), None)
         if tier is None:
             raise pytest.UsageError(f"{item.nodeid}: a test belongs in tests/{{{','.join(TIERS)}}}/")
         item.add_marker(getattr(pytest.mark, tier))
+    items.sort(key=lambda item: item.get_closest_marker("beside") is not None)
 
 
 def write_reference(directory: Path, tables: dict[str, list[dict[str, Any]]], fmt: str = "json") -> Path:

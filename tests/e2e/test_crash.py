@@ -31,9 +31,14 @@ import json
 from collections import Counter
 from collections.abc import Iterable
 
+import pytest
+
 from tools.crash import KINDS, record_key, run_crash
 from tools.crash.direct import DirectRunnerTarget
 from tools.local_destinations import RecordedRequest
+
+# beside: a kill, then Pub/Sub's 60 s redelivery deadline: mostly waiting (make test's Flink lane).
+pytestmark = pytest.mark.beside
 
 RECORDS_PER_KIND = 2000  # 40 s of publishing: the kill comes mid-stream even when the job starts slowly
 RATE = 50  # records a second and kind

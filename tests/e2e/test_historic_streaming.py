@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
+import pytest
 
 from pipelines import data_streamer
 from schemas.delivery import AWAITING_HISTORY
@@ -29,6 +30,9 @@ from tests.streams import rest_stream
 from tools import runners
 from tools.latency import documents
 from tools.local_destinations import HttpReceiver
+
+# beside: it waits for refresh intervals and the job's status more than it computes (make test's Flink lane).
+pytestmark = pytest.mark.beside
 
 ROOT = Path(__file__).resolve().parents[2]
 OUTPUT_WINDOW_SECONDS = 5  # run_streaming's
