@@ -70,6 +70,9 @@ class Publishing:
                     publisher.start()
 
     def stop(self) -> None:
+        # All told to stop first, so that their waits for what is in flight overlap.
+        for publisher in self.publishers:
+            publisher.stop(timeout=0)
         for publisher in self.publishers:
             publisher.stop()
 

@@ -16,6 +16,7 @@ import pytest
 from schemas.timestamps import parse_iso, to_epoch_ms
 from tools import pubsub_emulator as emulator_module
 from tools.pubsub_emulator import (
+    STOPPED_IN_FLIGHT_SECONDS,
     EmulatorStartError,
     EmulatorToolsError,
     PacedPublisher,
@@ -205,3 +206,26 @@ def test_start_moves_to_another_port_when_its_free_port_was_taken(monkeypatch):
 
         with emulator:
             assert emulator.port != taken.getsockname()[1] and _port_open(emulator.port)
+
+
+def test_a_stopped_publisher_does_not_wait_long_for_an_emulator_that_is_gone():
+    """Ctrl-C reaches the emulator's process group too: the publishes in flight
+    then never get an answer. A stopped publisher waits for them a few seconds
+    (STOPPED_IN_FLIGHT_SECONDS), not the minute a live run's end allows (a Ctrl-C
+    of make run-local-streaming took 62 s with two publishers, 2026-12-04)."""
+    lines = [json.dumps(event(i, "2026-11-01T00:03:19.295Z")).encode() + b"\n" for i in range(1, 100_000)]
+    with PubSubEmulator() as emulator:
+        create_topic_and_subscription(emulator.project, "gone-topic", "gone-sub", host=emulator.host)
+        publisher = PacedPublisher(emulator.project, "gone-topic", lines, "event", rate=200,
+                                   host=emulator.host).start()
+        deadline = time.monotonic() + 30
+        while publisher.published < 20 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert publisher.published >= 20
+        emulator.stop()
+        time.sleep(1)  # publishing goes on into the void meanwhile: publishes in flight
+        began = time.monotonic()
+        publisher.stop()  # joins for up to 30 s
+        took = time.monotonic() - began
+    assert not publisher._thread.is_alive()
+    assert took < STOPPED_IN_FLIGHT_SECONDS + 5, took
