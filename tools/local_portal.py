@@ -136,8 +136,9 @@ def repoint_store(database_url: str, streams: list[dict[str, Any]]) -> int:
                     continue
                 for name in _ADDRESS_FIELDS:
                     value = block.get(name)
-                    if isinstance(value, str) and _origin(value) in moves:
-                        block[name] = moves[_origin(value)] + value[len(_origin(value)):]
+                    origin = _origin(value) if isinstance(value, str) else None
+                    if origin in moves:
+                        block[name] = moves[origin] + value[len(origin):]
             if config != row.config:
                 connection.execute(sa.update(data_streams).where(data_streams.c.id == row.id).values(config=config))
                 changed += 1
