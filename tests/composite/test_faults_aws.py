@@ -38,11 +38,12 @@ from sinks.s3 import WriteToS3
 from tests.composite.test_sink_kinesis import new_stream, read_stream
 from tests.composite.test_sink_s3 import expected_row, new_bucket, parse_csv, read_bucket, routed, sort_key, stamp
 from tests.documents import event_doc, usage_doc
+from tests.policies import unhurried
 from tests.streams import SECRETS, config, kinesis_stream, s3_stream
 
 BASE = datetime(2026, 11, 1, 8, 5, 0, tzinfo=UTC)
 #: Fast retries: three attempts, backoff of milliseconds.
-FAST = RetryPolicy(max_attempts=3, base_delay_seconds=0.01, max_delay_seconds=0.05)
+FAST = unhurried(3)
 THROTTLED_RECORD = "ProvisionedThroughputExceededException"
 
 

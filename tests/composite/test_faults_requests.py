@@ -40,13 +40,14 @@ from sinks.retry import RetryPolicy
 from sinks.s3 import _S3WriteFn
 from tests.composite.test_faults_datadog import usage
 from tests.documents import event_doc
+from tests.policies import unhurried
 from tests.streams import SECRETS, config, datadog_stream, kinesis_stream, rest_stream, s3_stream
 from tools.local_destinations import HttpReceiver, RecordedRequest, Reply, Script, always_ok
 from transforms.status import merge_status
 
 BASE = dt.datetime(2026, 11, 1, 8, 0, 5, tzinfo=dt.UTC)
 #: Two attempts, milliseconds of backoff.
-TWICE = RetryPolicy(max_attempts=2, base_delay_seconds=0.01, max_delay_seconds=0.02)
+TWICE = unhurried(2, max_delay_seconds=0.02)
 #: Secrets no header can carry; the tests search the logs for them too.
 BAD_SECRETS = {
     "DATASTREAMER_TEST_TOKEN_UNICODE": "Bearer tökén-東京-5f1e9c",
@@ -146,7 +147,7 @@ def test_streams_whose_secrets_no_header_can_carry_are_parked_and_the_others_get
                   "dd-ok": [usage(700, 8_390_000, 1_000, 2_000, 0.5)]}
     token = uuid.uuid4().hex
     COLLECTED[token] = {"results": [], "parked": []}
-    fast = RetryPolicy(max_attempts=2, base_delay_seconds=0.01, max_delay_seconds=0.02)
+    fast = unhurried(2, max_delay_seconds=0.02)
 
     with TestPipeline() as p:
         side = beam.pvalue.AsSingleton(p | "Streams" >> beam.Create([build_stream_config(streams)]))
@@ -376,7 +377,7 @@ def test_one_attempt_is_one_http_request(http_receiver, stream_secrets, api):
     """botocore's own retries are off: three attempts of the policy against an
     endpoint answering 500 are three requests, not six."""
     http_receiver.responder = lambda request: Reply(500, b"", {})
-    thrice = RetryPolicy(max_attempts=3, base_delay_seconds=0.01, max_delay_seconds=0.02)
+    thrice = unhurried(3, max_delay_seconds=0.02)
     if api == "kinesis":
         results, parked = run_kinesis(http_receiver, events(1, 2), thrice)
     else:

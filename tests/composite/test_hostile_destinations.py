@@ -39,13 +39,13 @@ from sinks.http import Timeouts, new_session, pin_session
 from sinks.kinesis import _KinesisWriteFn
 from sinks.outbound import OutboundGuard
 from sinks.rest import DEFAULT_MAX_REQUEST_BYTES, _RestBulkWriteFn
-from sinks.retry import RetryPolicy
 from sinks.s3 import _S3WriteFn
 from tests.documents import event_doc
+from tests.policies import unhurried
 from tests.streams import config, kinesis_stream, rest_stream, s3_stream
 
 PUBLIC = "93.184.216.34"
-ONE_ATTEMPT = RetryPolicy(max_attempts=1, deadline_seconds=5, base_delay_seconds=0.01, max_delay_seconds=0.01)
+ONE_ATTEMPT = unhurried(1, max_delay_seconds=0.01)
 _REAL_GETADDRINFO = socket.getaddrinfo
 _REAL_CREATE_CONNECTION = urllib3.util.connection.create_connection
 

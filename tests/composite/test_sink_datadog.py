@@ -45,8 +45,8 @@ from sinks.datadog_series import (
 from sinks.http import Timeouts
 from sinks.parking import PARKED
 from sinks.results import DEAD_LETTERS
-from sinks.retry import RetryPolicy
 from tests.guide_samples import EXPECTED_USAGE
+from tests.policies import unhurried
 from tests.streams import SECRETS, config, datadog_stream
 from tools.local_destinations import RecordedRequest, Reply
 from transforms.enrich import volume_mb
@@ -57,7 +57,7 @@ INTERVAL = 60
 T0 = 1_563_351_660
 API_KEY, APP_KEY = SECRETS["DATASTREAMER_TEST_DD_API_KEY"], SECRETS["DATASTREAMER_TEST_DD_APP_KEY"]
 #: Fast retries: the failure policy itself is exercised in test_faults_datadog.py.
-POLICY = RetryPolicy(max_attempts=2, deadline_seconds=5.0, base_delay_seconds=0.01, max_delay_seconds=0.05)
+POLICY = unhurried(2)
 
 
 # --------------------------------------------------------------------------- documents

@@ -30,14 +30,14 @@ from sinks.kinesis import (
 )
 from sinks.parking import PARKED, ParkedBatch
 from sinks.results import DEAD_LETTERS
-from sinks.retry import RetryPolicy
 from tests.documents import event_doc, usage_doc
 from tests.guide_samples import EXPECTED_EVENTS, EXPECTED_USAGE
+from tests.policies import unhurried
 from tests.streams import SECRETS, config, kinesis_stream
 
 BASE = datetime(2026, 11, 1, 8, 0, 0, tzinfo=UTC)
 #: Three attempts with millisecond backoff, so retries do not slow the tests.
-FAST = RetryPolicy(max_attempts=3, base_delay_seconds=0.01, max_delay_seconds=0.05)
+FAST = unhurried(3)
 
 
 # --------------------------------------------------------------------------- documents

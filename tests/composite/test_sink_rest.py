@@ -42,8 +42,8 @@ from sinks.rest import (
     _RestBulkWriteFn,
     _RestWriteFn,
 )
-from sinks.retry import RetryPolicy
 from tests.guide_samples import EXPECTED_EVENTS, EXPECTED_USAGE
+from tests.policies import unhurried
 from tests.streams import SECRETS, config, rest_stream
 from tools.local_destinations import Reply, free_port
 
@@ -51,7 +51,7 @@ TOKEN = SECRETS["DATASTREAMER_TEST_REST_TOKEN"]
 SIGNING_SECRET = SECRETS["DATASTREAMER_TEST_SIGNING_SECRET"]
 #: Two attempts a request, milliseconds apart: the retry policy's own timing is
 #: tested in tests/composite/test_faults_rest.py.
-FAST = RetryPolicy(max_attempts=2, base_delay_seconds=0.01, max_delay_seconds=0.05)
+FAST = unhurried(2)
 BASE = datetime(2019, 7, 17, 8, 0, 0, tzinfo=UTC)
 ELEMENT_TS = 1_563_350_400  # 2019-07-17T08:00:00Z, the element timestamp of every test input
 

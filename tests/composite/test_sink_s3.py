@@ -35,17 +35,17 @@ from sinks.csv_format import (
 from sinks.ordering import document_time
 from sinks.parking import PARKED
 from sinks.results import DEAD_LETTERS
-from sinks.retry import RetryPolicy
 from sinks.s3 import WriteToS3, _S3WriteFn, plan_files
 from tests.conftest import reference_from_tables
 from tests.documents import event_doc, usage_doc
 from tests.guide_samples import EXPECTED_EVENTS, EXPECTED_USAGE, RAW_EVENTS, RAW_USAGE, reference_tables
+from tests.policies import unhurried
 from tests.streams import REGION, SECRETS, config, s3_stream
 from transforms.enrich import PDP_CONTEXT_KEYS, enrich_event, enrich_usage
 from transforms.parse import parse_record
 
 BASE = datetime(2026, 11, 1, 8, 5, 0, tzinfo=UTC)
-FAST = RetryPolicy(max_attempts=3, base_delay_seconds=0.01, max_delay_seconds=0.05)
+FAST = unhurried(3)
 
 # --------------------------------------------------------------------------- documents
 
