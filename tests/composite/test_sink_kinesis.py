@@ -279,7 +279,7 @@ def test_delivers_every_document_in_endpoint_order_on_moto(stream_secrets, moto_
     with pipeline() as p:
         side = beam.pvalue.AsSingleton(p | "Streams" >> beam.Create([streams]))
         out = p | beam.Create([("k1", item) for item in items]) | WriteToKinesis(side, max_buffering_seconds=1,
-                                                                                 allow_insecure=True)
+                                                                                 policy=FAST, allow_insecure=True)
         assert_that(out.results | beam.Map(summary), equal_to([("k1", "delivered", len(items), 0, None)]),
                     label="CheckResults")
         assert_that(out.results | beam.Map(lambda r: any(v in repr(r) for v in SECRETS.values())),
@@ -322,7 +322,7 @@ def test_requests_stay_within_the_count_and_byte_limits_on_moto(stream_secrets, 
     with pipeline() as p:
         side = beam.pvalue.AsSingleton(p | "Streams" >> beam.Create([streams]))
         out = p | beam.Create(small + large) | WriteToKinesis(side, client_factory=factory, max_buffering_seconds=1,
-                                                                allow_insecure=True)
+                                                                policy=FAST, allow_insecure=True)
         assert_that(out.results | beam.Map(lambda r: (r.stream_id, r.status, r.failed_documents)) | beam.Distinct(),
                     equal_to([("k1", "delivered", 0), ("k2", "delivered", 0)]), label="CheckDelivered")
         assert_that(out.results | beam.Map(lambda r: (r.stream_id, r.documents)) | beam.CombinePerKey(sum),
@@ -353,7 +353,8 @@ def test_a_record_over_one_mib_is_dead_lettered_and_not_sent(stream_secrets, mot
     with pipeline() as p:
         side = beam.pvalue.AsSingleton(p | "Streams" >> beam.Create([streams]))
         out = (p | beam.Create([("k1", item) for item in [*ok, too_large]])
-               | WriteToKinesis(side, client_factory=factory, max_buffering_seconds=1, allow_insecure=True))
+               | WriteToKinesis(side, client_factory=factory, max_buffering_seconds=1, policy=FAST,
+                                allow_insecure=True))
         assert_that(out.results | beam.Map(summary), equal_to([("k1", "delivered", 3, 0, None)]),
                     label="CheckResults")
         assert_that(out.dead_letters | beam.Map(lambda d: (d["kind"], d["stage"], d["reason"], d["record_id"],

@@ -546,7 +546,8 @@ def test_bulk_end_to_end_25000_documents_respect_bulk_size(http_receiver, stream
     generated = numbers | "Big" >> beam.Map(lambda i: ("big", ("usage", big_doc(i))))
     given = p | "Tiny" >> beam.Create(as_elements("tiny", tiny))
     routed = (generated, given) | beam.Flatten() | "Stamp" >> beam.Map(lambda e: TimestampedValue(e, ELEMENT_TS))
-    outputs = routed | "Deliver" >> WriteToRestApiBulk(side, max_buffering_seconds=5, allow_insecure=True)
+    outputs = routed | "Deliver" >> WriteToRestApiBulk(side, max_buffering_seconds=5, policy=FAST,
+                                                           allow_insecure=True)
     assert_that(outputs.results, totals_per_stream({"big": (25_000, "delivered"), "tiny": (103, "delivered")}),
                 label="Totals")
     assert_that(outputs.results, _check(lambda rs: all(r.failed_documents == 0 and r.status_code == 202
@@ -711,9 +712,9 @@ def test_streaming_input_goes_through_group_into_batches(http_receiver, stream_s
     side = beam.pvalue.AsSingleton(p | "Streams" >> beam.Create([streams]))
     routed = p | "Live" >> events
     bulk = routed | "Bulk" >> beam.Filter(lambda e: e[0] == "live") | "DeliverBulk" >> WriteToRestApiBulk(
-        side, max_buffering_seconds=7, allow_insecure=True)
+        side, max_buffering_seconds=7, policy=FAST, allow_insecure=True)
     single = routed | "Single" >> beam.Filter(lambda e: e[0] == "one") | "DeliverOne" >> WriteToRestApi(
-        side, max_buffering_seconds=3, allow_insecure=True)
+        side, max_buffering_seconds=3, policy=FAST, allow_insecure=True)
     # assert_that misses outputs of timers in the DirectRunner's streaming mode
     # (apache/beam#18987): collect into this module instead (same process)
     STREAMING_RESULTS.clear()

@@ -115,7 +115,7 @@ def parse_csv(body: bytes) -> tuple[list[str], list[dict[str, str]]]:
 def run_s3(streams: Any, elements: list[Any]) -> None:
     with TestPipeline() as p:
         side = beam.pvalue.AsSingleton(p | "Streams" >> beam.Create([streams]))
-        out = p | beam.Create(elements) | beam.Map(stamp) | WriteToS3(side, allow_insecure=True)
+        out = p | beam.Create(elements) | beam.Map(stamp) | WriteToS3(side, policy=FAST, allow_insecure=True)
         assert_that(out.results | beam.Map(lambda r: r.status), equal_to(["delivered"] * len(set(
             _expected_files(elements)))), label="CheckDelivered")
         assert_that(out.dead_letters, equal_to([]), label="CheckNoDeadLetters")
@@ -414,7 +414,7 @@ def test_a_window_over_flush_size_is_split_into_files_on_moto(stream_secrets, mo
     random.Random(9).shuffle(elements)
     with TestPipeline() as p:
         side = beam.pvalue.AsSingleton(p | "Streams" >> beam.Create([streams]))
-        out = p | beam.Create(elements) | beam.Map(stamp) | WriteToS3(side, allow_insecure=True)
+        out = p | beam.Create(elements) | beam.Map(stamp) | WriteToS3(side, policy=FAST, allow_insecure=True)
         assert_that(out.results | beam.Map(lambda r: (r.target, r.status, r.documents)), equal_to([
             (f"s3://{bucket}/events_20261101_080500.csv", "delivered", 10),
             (f"s3://{bucket}/events_20261101_080507.csv", "delivered", 10),

@@ -29,6 +29,8 @@ from tools.postgres import (
     server_processes,
 )
 
+pytestmark = pytest.mark.untimed
+
 REPO = Path(__file__).resolve().parents[2]
 
 
