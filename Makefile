@@ -153,37 +153,31 @@ postgres: ## Install Debian's PostgreSQL server (package postgresql) for the dat
 # make test runs in two phases, so that no timing a test asserts competes with another test:
 # 1. the tests marked `alone` (latency against a baseline, time to stop), one after the other,
 #    at normal priority; beside them, at the lowest CPU priority (nice 19), the unit and
-#    composite tiers with the `untimed` e2e and tools tests (no time asserted, nothing sent
-#    against a delivery budget: a starved process is only slower), and the Flink lane: the `flink` tests (Flink JVMs: job servers, standalone
+#    composite tiers and the Flink lane: the `flink` tests (Flink JVMs: job servers, standalone
 #    clusters), then the `beside` tests (mostly waiting: a kill and Pub/Sub's redelivery
 #    deadline); they take the core the alone tests leave idle, and yield it whenever those want it;
 # 2. once the alone tests are done, the other e2e and tools tests, also at nice 19, beside the
 #    Flink lane still running: the two share the cores equally, as nothing timed is left.
-#    (They run jobs against destinations with the production budgets; beside the alone tests
-#    a starved job would park what the test expects delivered.)
 # The logs of the unit and composite tiers and of the Flink lane are kept in $(OUT_DIR), and
 # their summaries printed at the end. (Not xdist's --dist loadgroup: with pytest 9.2 and xdist
 # 3.8 its groups are not kept.)
-LANE_LOGS = $(OUT_DIR)/test-unit-composite-untimed.log $(OUT_DIR)/test-flink.log
+LANE_LOGS = $(OUT_DIR)/test-unit-composite.log $(OUT_DIR)/test-flink.log
 test: $(STAMP) chromium postgres ## Run ruff and every test tier: unit, composite, e2e, tools (what CI runs); installs Debian's chromium and postgresql when missing
 	$(VENV)/bin/ruff check .
 	@mkdir -p $(OUT_DIR)
 	@echo "=== phase 1: the tests that assert timings, alone; at nice 19 beside them the unit and" \
-		"composite tiers and the untimed tests ($(OUT_DIR)/test-unit-composite-untimed.log) and the" \
-		"Flink lane ($(OUT_DIR)/test-flink.log)"
-	@nice -n 19 $(PY) -m pytest -p no:cacheprovider -m "unit or composite or untimed" $(PYTEST_ARGS) \
-		> $(OUT_DIR)/test-unit-composite-untimed.log 2>&1 & quick=$$!; \
+		"composite tiers ($(OUT_DIR)/test-unit-composite.log) and the Flink lane ($(OUT_DIR)/test-flink.log)"
+	@nice -n 19 $(PY) -m pytest -p no:cacheprovider -m "unit or composite" $(PYTEST_ARGS) \
+		> $(OUT_DIR)/test-unit-composite.log 2>&1 & quick=$$!; \
 	nice -n 19 $(PY) -m pytest -p no:cacheprovider -m "(e2e or tools) and (flink or beside) and not alone" $(PYTEST_ARGS) \
 		> $(OUT_DIR)/test-flink.log 2>&1 & flink=$$!; \
 	$(PY) -m pytest -m "(e2e or tools) and alone" $(PYTEST_ARGS); alone=$$?; \
 	echo "=== phase 2: the other e2e and tools tests (nice 19, as the Flink tests still running)"; \
-	nice -n 19 $(PY) -m pytest -p no:cacheprovider \
-		-m "(e2e or tools) and not alone and not flink and not beside and not untimed" \
+	nice -n 19 $(PY) -m pytest -p no:cacheprovider -m "(e2e or tools) and not alone and not flink and not beside" \
 		$(PYTEST_ARGS); rest=$$?; \
 	wait $$flink; flink=$$?; wait $$quick; quick=$$?; \
 	for log in $(LANE_LOGS); do echo "--- $$log:"; tail -n 45 $$log; done; \
-	echo "=== exit statuses: alone $$alone, flink $$flink, unit, composite and untimed $$quick," \
-		"other e2e and tools $$rest"; \
+	echo "=== exit statuses: alone $$alone, flink $$flink, unit and composite $$quick, other e2e and tools $$rest"; \
 	test $$alone -eq 0 -a $$flink -eq 0 -a $$quick -eq 0 -a $$rest -eq 0
 
 # test-fast spreads its tests over two worker processes (pytest-xdist).

@@ -15,8 +15,6 @@ from pipelines.data_streamer import main
 from tests.guide_samples import EXPECTED_EVENTS, EXPECTED_USAGE, RAW_EVENTS, RAW_USAGE
 from tests.streams import rest_stream
 
-pytestmark = pytest.mark.untimed
-
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -37,8 +37,6 @@ from packaging.utils import canonicalize_name
 from pipelines.submit import runner_flags
 from tests.unit.test_runner_api import DATAFLOW_ARGV, build
 
-pytestmark = pytest.mark.untimed
-
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("pipelines", "transforms", "sinks", "schemas")
 #: Left out of the copy the sdist is built from: not part of a clone, or build output.

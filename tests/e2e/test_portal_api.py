@@ -24,8 +24,6 @@ from schemas.stream_store import (
 from schemas.timestamps import now_iso
 from tests.e2e.portal_fixtures import ORG_A, ORG_B, kinesis, rest_bulk
 
-pytestmark = pytest.mark.untimed
-
 
 def _status_row(stream_id: str, **values) -> dict:
     return {"stream_id": stream_id, "state": "active", "error": None, "last_success_at": None,

@@ -33,8 +33,6 @@ from schemas.sealing import KEY_ENV, new_key
 from schemas.stream_store import engine_for
 from tools.processes import PortService, free_port
 
-pytestmark = pytest.mark.untimed
-
 ROOT = Path(__file__).resolve().parents[2]
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
           response_schema_conformance]

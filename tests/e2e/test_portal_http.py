@@ -14,8 +14,6 @@ from schemas.stream_store import load_stream_config_db
 from sinks.outbound import SIGNATURE_HEADER, verify_signature
 from tests.e2e.portal_fixtures import kinesis, rest_bulk
 
-pytestmark = pytest.mark.untimed
-
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 

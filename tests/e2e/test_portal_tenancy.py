@@ -3,11 +3,7 @@ stream, nor learn that it exists; an operator's key sees all."""
 
 from __future__ import annotations
 
-import pytest
-
 from tests.e2e.portal_fixtures import ORG_A, ORG_B, rest_bulk
-
-pytestmark = pytest.mark.untimed
 
 ACTIONS = ("deactivate", "activate", "restart", "test")
 

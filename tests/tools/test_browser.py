@@ -35,8 +35,6 @@ from tools.browser import (
     save_screenshot,
 )
 
-pytestmark = pytest.mark.untimed
-
 ROOT = Path(__file__).resolve().parents[2]
 STREAM_PATH = "/streams/rest-bulk-80025"
 

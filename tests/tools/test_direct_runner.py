@@ -7,7 +7,6 @@ import random
 from typing import Any
 
 import apache_beam as beam
-import pytest
 from apache_beam.runners.direct.evaluation_context import DirectUnmergedState
 from apache_beam.runners.direct.watermark_manager import _TransformWatermarks
 from apache_beam.transforms.timeutil import TimeDomain
@@ -15,8 +14,6 @@ from apache_beam.transforms.window import GlobalWindow, IntervalWindow
 from apache_beam.utils.timestamp import Timestamp
 
 from tools.direct_runner import _indexed_extract_transform_timers, _NotingStates, _original_extract
-
-pytestmark = pytest.mark.untimed
 
 T = 1_793_520_000
 

@@ -8,8 +8,6 @@ import pytest
 from schemas import metrics
 from tools.flink.metrics import beam_name
 
-pytestmark = pytest.mark.untimed
-
 
 @pytest.mark.parametrize("name", [
     *(measure(kind) for kind in ("event", "usage") for measure in (

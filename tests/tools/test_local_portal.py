@@ -7,15 +7,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 import sqlalchemy as sa
 
 from portal import __main__ as portal_cli
 from schemas.stream_store import data_streams, engine_for
 from tools.local_portal import repoint_store
 from tools.local_streams import local_streams
-
-pytestmark = pytest.mark.untimed
 
 OLD_HTTP, OLD_AWS = "http://127.0.0.1:40001", "http://127.0.0.1:40002"
 NEW_HTTP, NEW_AWS = "http://127.0.0.1:50001", "http://127.0.0.1:50002"

@@ -10,8 +10,6 @@ import pytest
 from schemas import streams
 from tools import measure_stream_config
 
-pytestmark = pytest.mark.untimed
-
 
 @pytest.mark.parametrize("argv", [["10", "20"], ["10", "--yaml"]])
 def test_it_measures_each_count(argv, capsys, monkeypatch):

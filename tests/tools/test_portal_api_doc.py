@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import pytest
-
 from tools import portal_api_doc
-
-pytestmark = pytest.mark.untimed
 
 
 def test_the_committed_reference_is_generated_from_the_current_description():

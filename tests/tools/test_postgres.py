@@ -29,8 +29,6 @@ from tools.postgres import (
     server_processes,
 )
 
-pytestmark = pytest.mark.untimed
-
 REPO = Path(__file__).resolve().parents[2]
 
 

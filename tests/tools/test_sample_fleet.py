@@ -35,8 +35,6 @@ from schemas.catalogues import (
 from schemas.fields import FieldSpec, record_fields
 from tools.sample_fleet import generate
 
-pytestmark = pytest.mark.untimed
-
 REPO = Path(__file__).resolve().parents[2]
 SMALL = {"seed": 11, "days": 2, "organisations": 2, "endpoints": 40,
          "duplicate_rate": 0.03, "malformed_rate": 0.03}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 
-import pytest
 from apache_beam.io.aws.s3io import S3IO
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -15,8 +14,6 @@ from google.protobuf import struct_pb2, text_format
 
 from tools import sdk_boot
 from tools.portable import boot_executable
-
-pytestmark = pytest.mark.untimed
 
 
 def _info() -> beam_provision_api_pb2.ProvisionInfo:
