@@ -5,10 +5,14 @@ from __future__ import annotations
 import logging
 
 from schemas.streams import SecretPolicy, SecretRef
+from sinks import redaction
 from sinks.secrets import SecretError, SecretResolver
 
 
 def test_resolved_secrets_are_masked_in_messages_args_and_tracebacks(monkeypatch, caplog):
+    # The registry is per process: the secrets other tests of this process resolved
+    # (moto's "test" key among them) would mask more than this test's three.
+    monkeypatch.setattr(redaction, "_secrets", set())
     monkeypatch.setenv("DATASTREAMER_REDACTION_TEST", "s3cr3t-value-for-redaction")
     value = SecretResolver().resolve(SecretRef(env="DATASTREAMER_REDACTION_TEST"))
     assert value == "s3cr3t-value-for-redaction"
