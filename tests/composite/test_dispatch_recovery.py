@@ -2,8 +2,10 @@
 (sinks/dispatch.py), and the recovery step that probes open circuits and
 delivers the backlog first (sinks/recovery.py), on real loopback receivers.
 
-The budgets here are short (half a second) to test the mechanism quickly; the
-fault suite (tests/e2e/test_faults_*.py) measures it with the defaults.
+The dispatch tests' budgets are short (half a second) to test the mechanism
+quickly; the fault suite (tests/e2e/test_faults_*.py) measures it with the
+defaults. The recovery tests' receivers answer: their requests get an unhurried
+budget (``tests/policies.py``), as the tier runs at nice 19 beside the alone tests.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from sinks.rest import _RestBulkWriteFn
 from sinks.retry import RetryPolicy
 from sinks.s3 import file_name
 from tests.documents import event_doc, usage_doc
+from tests.policies import UNHURRIED_SECONDS
 from tests.streams import config, rest_stream, s3_stream
 from tools import faults
 from tools.local_destinations import HttpReceiver
@@ -37,9 +40,12 @@ SHORT = dict(max_attempts=2, deadline_seconds=5, base_delay_seconds=0.01, max_de
              stream_budget_seconds=0.5, budget_grace_seconds=0.5, probe_initial_seconds=0.1, probe_max_seconds=1)
 
 
-def _fn(location: str | None = None, release_overrun_streams: bool = True, **extra: Any) -> _RestBulkWriteFn:
-    policy = RetryPolicy(**SHORT, circuit_location=location, release_overrun_streams=release_overrun_streams,
-                         **extra)
+def _fn(location: str | None = None, release_overrun_streams: bool = True, *,
+        stream_budget_seconds: float = UNHURRIED_SECONDS, **extra: Any) -> _RestBulkWriteFn:
+    """The bulk sink with the SHORT policy; ``stream_budget_seconds``: what a request
+    may take (the dispatch tests pass SHORT's half second)."""
+    policy = RetryPolicy(**(SHORT | {"stream_budget_seconds": stream_budget_seconds}), circuit_location=location,
+                         release_overrun_streams=release_overrun_streams, **extra)
     fn = _RestBulkWriteFn(new_session, Timeouts(1, 30), 1_000_000, policy, allow_insecure=True)
     fn.setup()
     return fn
@@ -76,7 +82,7 @@ def test_a_bundle_sends_streams_side_by_side_and_parks_a_batch_that_overruns(str
                                   chunk_bytes=1, interval_seconds=0.2))
         streams = config(rest_stream("dripping", f"{dripping.url}/d", bulk=True),
                          rest_stream("healthy", f"{healthy.url}/h", bulk=True))
-        fn = _fn()
+        fn = _fn(stream_budget_seconds=SHORT["stream_budget_seconds"])
         fn.start_bundle()
         started = time.monotonic()
         outputs = list(fn.process(("dripping", _batch(1)), streams, GlobalWindow(), None, Timestamp(0)))
@@ -110,7 +116,7 @@ def test_a_hanging_stream_costs_a_bundle_one_budget_and_the_circuit_stops_it(str
     with HttpReceiver() as dead:
         dead.down(faults.HANG)
         streams = config(rest_stream("dead", f"{dead.url}/d", bulk=True))
-        fn = _fn()
+        fn = _fn(stream_budget_seconds=SHORT["stream_budget_seconds"])
         fn.start_bundle()
         started = time.monotonic()
         outputs = []
@@ -153,7 +159,7 @@ def test_in_batch_a_hanging_stream_holds_its_bundle_so_every_failure_reaches_the
     with HttpReceiver() as dead:
         dead.down(faults.HANG)
         streams = config(rest_stream("dead", f"{dead.url}/d", bulk=True))
-        fn = _fn(release_overrun_streams=False)
+        fn = _fn(release_overrun_streams=False, stream_budget_seconds=SHORT["stream_budget_seconds"])
         outputs = []
         started = time.monotonic()
         for n in range(3):  # one batch per bundle: each bundle's end sees one request
@@ -183,7 +189,8 @@ def _park(store: ParkStore, stream_id: str, first_id: int, reason: str = "stream
 
 
 def _recover_fn(tmp_path, fn: _RestBulkWriteFn) -> _RecoverFn:
-    recover = _RecoverFn({"rest_api_bulk": fn}, str(tmp_path / "parked"), str(tmp_path / "status"), 5, 0)
+    recover = _RecoverFn({"rest_api_bulk": fn}, str(tmp_path / "parked"), str(tmp_path / "status"),
+                         UNHURRIED_SECONDS, 0)
     recover.setup()
     return recover
 
@@ -298,7 +305,8 @@ def _closed_with_a_parked_batch(tmp_path, receiver: HttpReceiver, stream_id: str
                                 probe_initial_seconds: float) -> tuple[Any, ParkStore, _RestBulkWriteFn, CircuitStore]:
     """A REST bulk stream with one batch parked by a failure, its circuit closed:
     (stream config, park store, sink, circuits)."""
-    policy = RetryPolicy(**(SHORT | {"probe_initial_seconds": probe_initial_seconds}),
+    policy = RetryPolicy(**(SHORT | {"probe_initial_seconds": probe_initial_seconds,
+                                     "stream_budget_seconds": UNHURRIED_SECONDS}),
                          circuit_location=str(tmp_path / "status"))
     streams = config(rest_stream(stream_id, f"{receiver.url}/{stream_id}", bulk=True))
     store = ParkStore(str(tmp_path / "parked"))
