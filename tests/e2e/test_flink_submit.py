@@ -53,8 +53,10 @@ BUCKET = "deployment"
 SUBMIT_SECONDS = 300
 #: The job's tasks and SDK workers start on the TaskManager.
 START_SECONDS = 300
-#: On Flink the watermark follows Java PubsubIO's estimate (docs/flink.md).
-DEADLINE_SECONDS = 240
+#: On Flink the watermark follows Java PubsubIO's estimate (docs/flink.md): about
+#: a minute after a burst on an idle machine; 241 s and more beside the rest of
+#: make test on a loaded day (2026-12-04). The wait ends once everything arrived.
+DEADLINE_SECONDS = 600
 
 
 def _upload(s3: Any, directory: Path, prefix: str) -> None:
@@ -160,8 +162,11 @@ def test_make_submit_flink_runs_the_streaming_job_on_a_standalone_cluster_and_de
             rest_ids = [d["id"] for d in _rest_docs(http_receiver, "/live") if d["id"] in expected]
         finally:
             _cancel(cluster, job_id)
+        missing = expected - set(rest_ids)
+        assert not missing, f"{len(missing)} of {len(expected)} documents not delivered in {DEADLINE_SECONDS} s"
         assert sorted(rest_ids) == sorted(expected), "each document once, from the cluster"
         assert [letter["stage"] for letter in dead] == ["parse"], f"the junk line, once, in s3://{BUCKET}/out: {dead}"
         # The portal's overview reads this: written by the workers, to the shared location.
+        assert status, f"no status record of rest-live in s3://{BUCKET}/out/status/ in {DEADLINE_SECONDS} s"
         assert (status["state"], status["last_remote_status"], status["consecutive_failures"]) == (
             "active", "202", 0), status
