@@ -391,12 +391,13 @@ class CircuitStore:
             drain_until=max(s.drain_until or 0, drain_until) if s.state == CLOSED else s.drain_until)
             if s.lease_owner == owner else None)
 
-    def forget(self, stream_id: str) -> None:
+    def forget(self, stream_id: str, now: float | None = None) -> None:
         """Remove a closed circuit whose drain time is over (keeps listings
         short); one that acted on a resume is kept, as the record of it."""
+        now = time.time() if now is None else now
         with _LOCK:
             state = self.get(stream_id, fresh=True)
-            if not state.closed or (state.drain_until or 0) > time.time() or state.resumed_at:
+            if not state.closed or (state.drain_until or 0) > now or state.resumed_at:
                 return
             if self.location is not None and FileSystems.exists(self.path(stream_id)):
                 FileSystems.delete([self.path(stream_id)])

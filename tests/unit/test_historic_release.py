@@ -142,7 +142,10 @@ def test_the_wait_sees_a_job_writing_live_job_json(tmp_path):
         stop.set()
         thread.join()
     assert proof is not None and "streaming job wrote status" in proof
-    assert 2.0 <= elapsed < 6.0, elapsed
+    # At least until the stamp after the marker's 3 s (the job's writes are the
+    # proof); not the 30 s limit (``waited`` above). No tighter upper bound: the
+    # unit tier runs at nice 19 beside the alone tests, where seconds go by.
+    assert elapsed >= 2.0, elapsed
 
 
 def test_live_job_json_unreadable_is_none(tmp_path):
