@@ -151,9 +151,10 @@ postgres: ## Install Debian's PostgreSQL server (package postgresql) for the dat
 	fi
 
 # make test runs in two phases, so that no timing a test asserts competes with another test:
-# 1. the tests marked `alone` (latency against a baseline, time to stop), one after the other,
-#    at normal priority; beside them, at the lowest CPU priority (nice 19), the unit and
-#    composite tiers and the Flink lane: the `flink` tests (Flink JVMs: job servers, standalone
+# 1. the tests marked `alone` (latency against a baseline, time to stop, a bound on a timeout
+#    or a budget; e2e and tools, also the few unit and composite ones), one after the other,
+#    at normal priority; beside them, at the lowest CPU priority (nice 19), the rest of the unit
+#    and composite tiers and the Flink lane: the `flink` tests (Flink JVMs: job servers, standalone
 #    clusters), then the `beside` tests (mostly waiting: a kill and Pub/Sub's redelivery
 #    deadline); they take the core the alone tests leave idle, and yield it whenever those want it;
 # 2. once the alone tests are done, the other e2e and tools tests, also at nice 19, beside the
@@ -167,11 +168,11 @@ test: $(STAMP) chromium postgres ## Run ruff and every test tier: unit, composit
 	@mkdir -p $(OUT_DIR)
 	@echo "=== phase 1: the tests that assert timings, alone; at nice 19 beside them the unit and" \
 		"composite tiers ($(OUT_DIR)/test-unit-composite.log) and the Flink lane ($(OUT_DIR)/test-flink.log)"
-	@nice -n 19 $(PY) -m pytest -p no:cacheprovider -m "unit or composite" $(PYTEST_ARGS) \
+	@nice -n 19 $(PY) -m pytest -p no:cacheprovider -m "(unit or composite) and not alone" $(PYTEST_ARGS) \
 		> $(OUT_DIR)/test-unit-composite.log 2>&1 & quick=$$!; \
 	nice -n 19 $(PY) -m pytest -p no:cacheprovider -m "(e2e or tools) and (flink or beside) and not alone" $(PYTEST_ARGS) \
 		> $(OUT_DIR)/test-flink.log 2>&1 & flink=$$!; \
-	$(PY) -m pytest -m "(e2e or tools) and alone" $(PYTEST_ARGS); alone=$$?; \
+	$(PY) -m pytest -m "alone" $(PYTEST_ARGS); alone=$$?; \
 	echo "=== phase 2: the other e2e and tools tests (nice 19, as the Flink tests still running)"; \
 	nice -n 19 $(PY) -m pytest -p no:cacheprovider -m "(e2e or tools) and not alone and not flink and not beside" \
 		$(PYTEST_ARGS); rest=$$?; \

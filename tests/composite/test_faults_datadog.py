@@ -187,6 +187,7 @@ def test_503_then_202_recovers_and_counts_the_possible_duplicates(http_receiver,
     assert_no_secrets(caplog, run)
 
 
+@pytest.mark.alone  # asserts a timing: make test runs it with nothing beside it
 def test_429_waits_for_retry_after(http_receiver, stream_secrets, tmp_path, caplog):
     throttled = Reply(429, b'{"errors":["Rate limit exceeded"]}',
                       headers={"Content-Type": "application/json", "Retry-After": "1"})
@@ -237,6 +238,7 @@ def test_403_parks_at_once_and_deactivates_the_stream(http_receiver, stream_secr
     assert_no_secrets(caplog, run)
 
 
+@pytest.mark.alone  # asserts a timing: make test runs it with nothing beside it
 def test_hanging_intake_times_out_within_the_policy_and_parks(http_receiver, stream_secrets, tmp_path, caplog):
     http_receiver.responder = Script({SERIES_PATH: [Reply(202, b'{"errors":[]}', delay_seconds=10.0)]})
     timed = window_documents(0)

@@ -129,6 +129,7 @@ def test_the_wait_ends_at_sigterm_or_after_the_run_seconds():
     assert not running._waiter.is_alive()
 
 
+@pytest.mark.alone  # asserts a timing: make test runs it with nothing beside it
 def test_a_drain_ends_once_nothing_is_in_flight_and_the_counts_stand_still():
     counts = _Counts(_summary(read=10, documents=6, routed=6, delivered=3))
     result = _Result()
@@ -144,6 +145,7 @@ def test_a_drain_ends_once_nothing_is_in_flight_and_the_counts_stand_still():
                                                  "dead_letters_unwritten": 0}
 
 
+@pytest.mark.alone  # asserts a timing: make test runs it with nothing beside it
 def test_a_drain_cut_short_reports_what_was_in_flight():
     result = _Result()
     running = StreamingRun(result, None, _Counts(_summary(read=10, documents=6, routed=6, delivered=3)))
@@ -156,6 +158,7 @@ def test_a_drain_cut_short_reports_what_was_in_flight():
     assert "in flight when it stopped: 4 records, 3 deliveries: read and acknowledged" in "\n".join(report.render())
 
 
+@pytest.mark.alone  # asserts a timing: make test runs it with nothing beside it
 def test_reads_that_could_not_stop_are_not_waited_for():
     result = _Result()
     running = StreamingRun(result, None, _Counts(_summary(read=3, documents=1, routed=1, delivered=1)))
