@@ -159,6 +159,11 @@ class HttpDeliveryFn(DeliveryFn):
                             "the addresses the outbound guard checked")
 
     def close_clients(self) -> None:
-        session, self._session = getattr(self, "_session", None), None
+        """Close the session's pooled connections, keeping the session: teardown
+        does not wait for a request still running (an abandoned one, until its
+        budget ends), and that request's next attempt must be a real one (a
+        closed requests session opens a new connection), not an error of a
+        client taken from under it, which would count against the destination."""
+        session = getattr(self, "_session", None)
         if session is not None:
             session.close()

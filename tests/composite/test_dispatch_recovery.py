@@ -13,6 +13,7 @@ tests' receivers answer: their requests get an unhurried budget
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -458,3 +459,34 @@ def test_batching_sinks_take_a_parked_batch_as_one_element(api_type):
     batch = ParkedBatch("r", api_type, "retries_exhausted", None, None, None, 1, "t", tuple(_batch(1)))
     [(element, window)] = sink_elements(stream, batch)
     assert element == ("r", list(batch.documents)) and window == GlobalWindow()
+
+
+def test_a_request_retrying_when_its_sink_is_torn_down_ends_on_its_own_terms(stream_secrets):
+    """Teardown does not wait for a request still running (an abandoned one holds
+    its thread until its budget ends): the request's next attempt, after the
+    destination's Retry-After, is a real request with a real outcome, never an
+    error of the sink's own closed client (it was an ``AttributeError`` on the
+    emptied session, counted against the destination as a ``remote_error``)."""
+    with HttpReceiver() as receiver:
+        receiver.down(faults.first(1, faults.unavailable(retry_after=1)))
+        streams = config(rest_stream("r", f"{receiver.url}/r", bulk=True))
+        fn = _fn()
+        outputs: list[Any] = []
+
+        def bundle() -> None:
+            fn.start_bundle()
+            outputs.extend(fn.process(("r", _batch(0)), streams, GlobalWindow(), None, Timestamp(0)))
+            outputs.extend(fn.finish_bundle())
+
+        sender = threading.Thread(target=bundle)
+        sender.start()
+        first_by = time.monotonic() + UNHURRIED_SECONDS
+        while not receiver.requests() and time.monotonic() < first_by:
+            time.sleep(0.01)
+        fn.teardown()  # within the Retry-After second (or later on a stalled machine: the same outcome)
+        sender.join(UNHURRIED_SECONDS)
+        tried = [(r.accepted, [d["id"] for d in r.json()]) for r in receiver.requests()]
+    results, parked = _unwrap(outputs)
+    assert tried == [(False, [0, 1, 2]), (True, [0, 1, 2])]
+    assert [(r.status, r.attempts, r.error) for r in results] == [(DELIVERED, 2, None)]
+    assert parked == []
