@@ -166,7 +166,7 @@ LANE_LOGS = $(OUT_DIR)/test-unit-composite.log $(OUT_DIR)/test-flink.log
 test: $(STAMP) chromium postgres ## Run ruff and every test tier: unit, composite, e2e, tools (what CI runs); installs Debian's chromium and postgresql when missing
 	$(VENV)/bin/ruff check .
 	@mkdir -p $(OUT_DIR)
-	@echo "=== phase 1: the tests that assert timings, alone; at nice 19 beside them the unit and" \
+	@echo "=== phase 1: the tests that assert timings, alone; at nice 19 beside them the rest of the unit and" \
 		"composite tiers ($(OUT_DIR)/test-unit-composite.log) and the Flink lane ($(OUT_DIR)/test-flink.log)"
 	@nice -n 19 $(PY) -m pytest -p no:cacheprovider -m "(unit or composite) and not alone" $(PYTEST_ARGS) \
 		> $(OUT_DIR)/test-unit-composite.log 2>&1 & quick=$$!; \
