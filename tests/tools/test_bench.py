@@ -16,7 +16,7 @@ import requests
 
 from sinks.outbound import SIGNATURE_HEADER, sign
 from tools.bench import __main__ as bench
-from tools.bench import batch, proctree, runners
+from tools.bench import batch, proctree, runners, streaming
 from tools.bench.receiver import LeanReceiver, PathStats, document_digest
 
 
@@ -143,9 +143,11 @@ def test_streaming_bench_on_flink_measures_both_pipelines_and_every_process(tmp_
         # around it (6.3 s in all seen at nice 19 beside the alone tests).
         assert step["window_seconds"] >= 5
         assert step["cpu_share"] == pytest.approx(step["cpu_seconds"] / step["window_seconds"], abs=0.01)
-        if step["kept_up"]:
-            assert flink["cpu_seconds_per_million_records"][which] == {
-                "value": step["cpu_seconds_per_million_records"], "at_rate": 20}
+        # The runner's figure is the step's when the step kept up at the rate
+        # asked; a publisher that fell short of it (a loaded machine) gives none.
+        expected = ({"value": step["cpu_seconds_per_million_records"], "at_rate": 20}
+                    if step["kept_up"] and streaming.publisher_kept_rate(step) else {"value": None, "at_rate": None})
+        assert flink["cpu_seconds_per_million_records"][which] == expected, step
     # The job's SDK workers did the job's Python work.
     assert flink["job"]["steps"][0]["cpu_seconds_by_role"]["sdk_workers"] > 0
     assert flink["rate"] == 20 and flink["published"] == flink["job"]["steps"][0]["published"]

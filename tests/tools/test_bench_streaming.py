@@ -48,6 +48,27 @@ def test_judge_names_the_reason():
     assert "overloaded" in judge(_step(overloaded_after_seconds=12.0), 5, 2)[1]
 
 
+def test_a_sweeps_cost_per_record_comes_from_the_fastest_step_kept_up_at_the_rate_asked():
+    def step(rate, achieved, kept_up, cpu, p99):
+        return {"rate": rate, "achieved_rate": achieved, "kept_up": kept_up,
+                "cpu_seconds_per_million_records": cpu, "p50": p99 / 2, "p95": p99, "p99": p99}
+
+    summary = streaming.summarize_steps([
+        step(100.0, 100.0, True, 900.0, 1.5),
+        step(200.0, 185.0, True, 700.0, 1.2),  # the publisher fell short: its own rate, not 200/s
+        step(400.0, 400.0, False, 500.0, 9.0),  # did not keep up
+    ])
+    assert summary == {"kept_up_rate": 200.0,
+                       "latency_floor": {"rate": 200.0, "p50": 0.6, "p95": 1.2, "p99": 1.2},
+                       "cpu_seconds_per_million_records": 900.0, "cpu_at_rate": 100.0}
+    # A single step the publisher fell short of, as on a loaded machine: no cost figure.
+    only = streaming.summarize_steps([step(20.0, 18.0, True, 21653.5, 0.8)])
+    assert only["cpu_seconds_per_million_records"] is None and only["cpu_at_rate"] is None
+    assert only["kept_up_rate"] == 20.0
+    assert streaming.summarize_steps([]) == {"kept_up_rate": None, "latency_floor": None,
+                                             "cpu_seconds_per_million_records": None, "cpu_at_rate": None}
+
+
 def test_drift_compares_first_and_last_quarter():
     steady = [(t, 1.0 + (t % 2) * 0.1) for t in range(40)]
     assert abs(drift(steady)) < 0.2

@@ -149,7 +149,7 @@ _SECRETS = {
 #: The part of the budget the job's sweep may use before the trivial pipeline's starts.
 _JOB_SHARE = 0.55
 #: A step whose publisher managed less than this share of the rate measures the publisher.
-_PUBLISHER_SHORTFALL = 0.95
+PUBLISHER_SHORTFALL = 0.95
 #: A step whose pipeline delivered at least this share of the rate kept up with it.
 _KEPT_UP = 0.95
 #: Rate of the records published until a fresh pipeline has delivered its first one.
@@ -257,11 +257,17 @@ def drift(samples: Sequence[tuple[float, float]]) -> float:
     return late - early
 
 
+def publisher_kept_rate(step: dict[str, Any]) -> bool:
+    """Whether the publisher reached a step's rate: a step it fell short of
+    (a loaded machine) measured the pipeline at a rate of the publisher's own."""
+    return step["achieved_rate"] >= PUBLISHER_SHORTFALL * step["rate"]
+
+
 def judge(step: dict[str, Any], p99_limit: float, max_drift: float) -> tuple[bool, str]:
     """Whether a step's rate was sustained, and if not why."""
     if step.get("overloaded_after_seconds") is not None:
         return False, "overloaded: a record waited past --stream_abort_seconds, step stopped early"
-    if step["achieved_rate"] < _PUBLISHER_SHORTFALL * step["rate"]:
+    if not publisher_kept_rate(step):
         return False, f"publisher reached only {step['achieved_rate']:.0f}/s"
     if step["lost"]:
         return False, f"{step['lost']} records lost"
@@ -1010,20 +1016,28 @@ def sweep(which: str, start_rate: float, budget: Budget, share: float, *, runner
         if session is not None:
             session.stop()
     result["sustainable_rate"] = search.sustainable
-    kept = [step for step in result["steps"] if step["kept_up"]]
-    result["kept_up_rate"] = max((step["rate"] for step in kept), default=None)
+    result.update(summarize_steps(result["steps"]))
+    return result
+
+
+def summarize_steps(steps: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """A sweep's figures from its measured steps: the fastest rate it kept up
+    with, its latency when load was not the problem, and what a record costs."""
+    kept = [step for step in steps if step["kept_up"]]
     # What the latency is when load is not the problem: the best step it kept up with.
     best = min(kept, key=lambda step: step["p99"], default=None)
-    result["latency_floor"] = {key: best[key] for key in ("rate", "p50", "p95", "p99")} if best else None
     # What a record costs when the pipeline is not overloaded: the fastest step it
     # kept up with at the rate asked (a step the publisher fell short of ran at a
     # rate of its own).
     fastest = max((step for step in kept if step.get("cpu_seconds_per_million_records")
-                   and step["achieved_rate"] >= _PUBLISHER_SHORTFALL * step["rate"]),
+                   and publisher_kept_rate(step)),
                   key=lambda step: step["rate"], default=None)
-    result["cpu_seconds_per_million_records"] = fastest["cpu_seconds_per_million_records"] if fastest else None
-    result["cpu_at_rate"] = fastest["rate"] if fastest else None
-    return result
+    return {
+        "kept_up_rate": max((step["rate"] for step in kept), default=None),
+        "latency_floor": {key: best[key] for key in ("rate", "p50", "p95", "p99")} if best else None,
+        "cpu_seconds_per_million_records": fastest["cpu_seconds_per_million_records"] if fastest else None,
+        "cpu_at_rate": fastest["rate"] if fastest else None,
+    }
 
 
 # --- run / render -----------------------------------------------------------------------------
