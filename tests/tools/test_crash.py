@@ -22,7 +22,8 @@ def _wait_queued(prefetcher: Prefetcher, count: int) -> None:
 
 
 def test_the_journal_records_pulls_acknowledgements_and_hand_backs_in_order(pubsub_emulator, tmp_path, monkeypatch):
-    monkeypatch.setattr(direct_pubsub.Prefetcher, "__init__", direct_pubsub.Prefetcher.__init__)  # restored after
+    for name in ("__init__", "acknowledge"):  # restored after the test
+        monkeypatch.setattr(direct_pubsub.Prefetcher, name, getattr(direct_pubsub.Prefetcher, name))
     subscription = create_topic_and_subscription(pubsub_emulator.project, "journal", "journal")
     journal_path = tmp_path / "acks"
     writer = install(journal_path)
@@ -39,10 +40,10 @@ def test_the_journal_records_pulls_acknowledgements_and_hand_backs_in_order(pubs
     journal = read_journal(journal_path)
     ids = {m.message.message_id for m in read}
     assert len(ids) == 3 and len(journal.ids("pulled")) == 5 and journal.unreadable == 0
-    assert journal.ack_sent == journal.acknowledged == ids
+    assert journal.ids("read") == journal.ack_sent == journal.acknowledged == ids
     assert journal.ids("handed-back") == journal.ids("pulled") - ids
     for message_id in ids:
-        events = [journal.events[event][message_id] for event in ("pulled", "ack-sent", "acked")]
+        events = [journal.events[event][message_id] for event in ("pulled", "read", "ack-sent", "acked")]
         assert events == sorted(events)
 
 
@@ -69,18 +70,22 @@ def test_losses_are_explained_first_by_what_is_left_then_dead_letters_then_ackno
 
 
 def test_the_evidence_tells_acknowledging_before_delivery_from_after():
-    acknowledged = Acknowledgements(pulled={"m1": 1.0, "m2": 1.0, "m3": 1.0, "m4": 1.0},
-                                    sent={"m1": 2.0, "m2": 2.0, "m3": 2.0}, confirmed={"m1": 2.0, "m2": 2.0})
-    keys = {f"m{i}": f"usage:{i}" for i in range(1, 5)}
-    # usage:1 arrived after its acknowledgement, usage:2 before it, usage:3 never; usage:4 came after the kill.
-    evidence = acknowledgement_evidence(acknowledged, keys, {"usage:1": 3.0, "usage:2": 1.5, "usage:4": 20.0},
+    acknowledged = Acknowledgements(pulled={"m1": 1.0, "m2": 1.0, "m3": 1.0, "m4": 1.0, "m5": 1.0},
+                                    sent={"m1": 2.0, "m2": 2.0, "m3": 2.0}, confirmed={"m1": 2.0, "m2": 2.0},
+                                    read={"m1": 1.2, "m2": 1.2, "m3": 1.2, "m5": 9.0})
+    keys = {f"m{i}": f"usage:{i}" for i in range(1, 6)}
+    # usage:1 arrived after its acknowledgement, usage:2 before it, usage:3 never; usage:4 came after
+    # the kill; usage:5 was read and delivered, and the kill came before its acknowledgement left.
+    evidence = acknowledgement_evidence(acknowledged, keys,
+                                        {"usage:1": 3.0, "usage:2": 1.5, "usage:4": 20.0, "usage:5": 9.5},
                                         killed_at=10.0, lost={"usage:3"})
     assert evidence["acknowledged"] == 3 and evidence["acknowledged_confirmed"] == 2
     assert evidence["acknowledged_delivered_before_kill"] == 2
     assert evidence["delivered_before_acknowledged"] == 1
     assert evidence["acknowledged_not_delivered"] == 1
     assert evidence["lost_acknowledged_before_kill_seconds"]["max"] == 8.0
-    assert (evidence["pulled_not_acknowledged"], evidence["pulled_not_acknowledged_delivered"]) == (1, 1)
+    assert evidence["delivered_not_acknowledged"] == 1
+    assert (evidence["pulled_not_acknowledged"], evidence["pulled_not_acknowledged_delivered"]) == (2, 2)
 
 
 def test_the_crash_fleet_has_enough_valid_unique_records_of_each_kind(tmp_path: Path):

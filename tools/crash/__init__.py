@@ -128,12 +128,15 @@ class JobSpec:
 class Acknowledgements:
     """What a job process did with its Pub/Sub messages, by message id, each
     with the unix time it first happened: ``pulled`` (fetched from Pub/Sub),
-    ``sent`` (its acknowledgement left the process) and ``confirmed`` (Pub/Sub
-    answered that acknowledgement; a subset of ``sent``)."""
+    ``sent`` (its acknowledgement left the process), ``confirmed`` (Pub/Sub
+    answered that acknowledgement; a subset of ``sent``) and ``read`` (the
+    runner's reader took it into a bundle and asked for its acknowledgement,
+    which leaves a moment later: ``sent``)."""
 
     pulled: Mapping[str, float]
     sent: Mapping[str, float]
     confirmed: Mapping[str, float]
+    read: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -464,6 +467,7 @@ class CrashReport:
                 f"{evidence['acknowledged_delivered_before_kill']} of them delivered before the kill "
                 f"(each {evidence['acknowledgement_to_delivery_seconds']} s after its acknowledgement, "
                 f"{evidence['delivered_before_acknowledged']} before it); "
+                f"delivered and killed before acknowledging {evidence['delivered_not_acknowledged']}; "
                 f"the lost ones acknowledged {evidence['lost_acknowledged_before_kill_seconds']} s before the kill; "
                 f"pulled and not acknowledged {evidence['pulled_not_acknowledged']}, "
                 f"of which delivered later {evidence['pulled_not_acknowledged_delivered']}")
@@ -488,7 +492,7 @@ def acknowledgement_evidence(acknowledged: Acknowledgements, message_keys: Mappi
     def keyed(messages: Mapping[str, float]) -> dict[str, float]:
         return {message_keys[m]: moment for m, moment in messages.items() if m in message_keys}
 
-    sent, pulled = keyed(acknowledged.sent), keyed(acknowledged.pulled)
+    sent, pulled, read = keyed(acknowledged.sent), keyed(acknowledged.pulled), keyed(acknowledged.read)
     delivered_before = {k for k in sent if first_arrival.get(k, float("inf")) < killed_at}
     unacknowledged = set(pulled) - set(sent)
     return {
@@ -497,6 +501,10 @@ def acknowledgement_evidence(acknowledged: Acknowledgements, message_keys: Mappi
         "acknowledged_delivered_before_kill": len(delivered_before),
         "acknowledged_not_delivered": sum(1 for k in sent if k not in first_arrival),
         "delivered_before_acknowledged": sum(1 for k in delivered_before if first_arrival[k] <= sent[k]),
+        # Read, delivered, and killed before the acknowledgement left: Pub/Sub
+        # sends these again, and the new process delivers them a second time.
+        "delivered_not_acknowledged": sum(1 for k in set(read) - set(sent)
+                                          if first_arrival.get(k, float("inf")) < killed_at),
         "acknowledgement_to_delivery_seconds": _spread([first_arrival[k] - sent[k] for k in delivered_before]),
         "lost_acknowledged_before_kill_seconds": _spread([killed_at - sent[k] for k in lost if k in sent]),
         "pulled_not_acknowledged": len(unacknowledged),

@@ -40,7 +40,8 @@ EXIT_GRACE_SECONDS = 60.0
 def acknowledgements(journal: Journal) -> Acknowledgements:
     return Acknowledgements(pulled=dict(journal.events.get("pulled", {})),
                             sent=dict(journal.events.get("ack-sent", {})),
-                            confirmed=dict(journal.events.get("acked", {})))
+                            confirmed=dict(journal.events.get("acked", {})),
+                            read=dict(journal.events.get("read", {})))
 
 
 class DirectRunnerTarget:

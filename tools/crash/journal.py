@@ -19,7 +19,11 @@ returns the line is the kernel's, so a SIGKILL right after it cannot take it
 back (nothing is buffered in the process). Events:
 
 - ``pulled``: a background pull returned these messages (queued, not yet read);
-- ``ack-sent``: their acknowledgement is about to be sent (the reader read them);
+- ``read``: the runner's reader took them into a bundle and asked for their
+  acknowledgement, before any step after the read saw them; the prefetcher's
+  thread sends it after its current pull (up to a second, longer on a loaded
+  machine), so a record can reach a destination before its acknowledgement leaves;
+- ``ack-sent``: their acknowledgement is about to be sent;
 - ``acked``: Pub/Sub answered the acknowledgement;
 - ``ack-failed``: it raised (the messages come again);
 - ``handed-back``: ack deadline set to 0 (queued, never read; redelivered now).
@@ -39,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-EVENTS = ("pulled", "ack-sent", "acked", "ack-failed", "handed-back")
+EVENTS = ("pulled", "read", "ack-sent", "acked", "ack-failed", "handed-back")
 
 
 class JournalWriter:
@@ -77,6 +81,13 @@ class JournalingSubscriber:
     def _take(self, ack_ids: Iterable[str]) -> list[str]:
         with self._lock:
             return [self._message_ids.pop(ack_id, "?") for ack_id in ack_ids]
+
+    def read(self, *, subscription: str, ack_ids: list[str]) -> None:
+        """Journal that the reader read these messages (their acknowledgement
+        is queued, not sent): called by the prefetcher's ``acknowledge``."""
+        with self._lock:
+            message_ids = [self._message_ids.get(ack_id, "?") for ack_id in ack_ids]
+        self._journal.write("read", subscription, message_ids)
 
     def pull(self, *, subscription: str, **kwargs: Any) -> Any:
         response = self._client.pull(subscription=subscription, **kwargs)
@@ -117,12 +128,19 @@ def install(path: str | os.PathLike[str]) -> JournalWriter:
     from tools.direct_runner import direct_pubsub
 
     journal = JournalWriter(path)
-    original = direct_pubsub.Prefetcher.__init__
+    original_init = direct_pubsub.Prefetcher.__init__
+    original_acknowledge = direct_pubsub.Prefetcher.acknowledge
 
     def init(self: Any, client: Any, subscription: str, *args: Any, **kwargs: Any) -> None:
-        original(self, JournalingSubscriber(client, journal), subscription, *args, **kwargs)
+        self._journaling = JournalingSubscriber(client, journal)
+        original_init(self, self._journaling, subscription, *args, **kwargs)
+
+    def acknowledge(self: Any, subscription: str, ack_ids: list[str]) -> None:
+        self._journaling.read(subscription=subscription, ack_ids=ack_ids)
+        original_acknowledge(self, subscription, ack_ids)
 
     direct_pubsub.Prefetcher.__init__ = init  # type: ignore[method-assign]
+    direct_pubsub.Prefetcher.acknowledge = acknowledge  # type: ignore[method-assign]
     return journal
 
 

@@ -26,8 +26,9 @@ state and timers nowhere else), so a process killed with SIGKILL loses every
 record it read and had not delivered: at-most-once for those, not at-least-once
 (docs/crash-safety.md measures it). A message whose acknowledgement had not
 left yet comes again to the next process, which does not know its id (the
-de-duplication state died with the killed process); in the crash runs none of
-those had reached a destination before its acknowledgement left. Messages
+de-duplication state died with the killed process): if the killed process had
+delivered it already (the acknowledgement waits for the thread's current pull,
+so on a loaded machine a delivery can come first), it is delivered twice. Messages
 pulled but never read are not acknowledged: still queued when the pipeline ends
 they are handed back (ack deadline 0) for immediate redelivery; held by a killed
 process they come again once their ack deadline has passed. The queue is
