@@ -7,6 +7,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import requests
+
 from tools.crash import Acknowledgements, acknowledgement_evidence, crash_fleet, explain_losses, fleet_records
 from tools.crash.journal import install, read_journal
 from tools.direct_runner import direct_pubsub
@@ -94,3 +96,48 @@ def test_the_crash_fleet_has_enough_valid_unique_records_of_each_kind(tmp_path: 
     for kind in ("event", "usage"):
         assert len(records[kind]) == len({r["id"] for r in records[kind]}) == 700
         assert {r["organisation_id"] for r in records[kind]} == {records["event"][0]["organisation_id"]}
+
+
+class _Published:
+    """What ``_settle`` asks of a publisher: done, with these message ids."""
+
+    def __init__(self, message_keys: dict[str, str]) -> None:
+        self.message_keys = message_keys
+
+    def done(self) -> bool:
+        return True
+
+
+class _Running:
+    def problem(self) -> None:
+        return None
+
+
+def test_a_quiet_ends_the_wait_only_once_every_record_not_acknowledged_by_the_killed_process_arrived(tmp_path):
+    """A starved job delivers nothing for a while without having lost anything:
+    a quiet must not settle a run while records the killed process never
+    acknowledged (Pub/Sub sends them again) have still to arrive."""
+    from tools.crash import Killed, _owed, _settle
+    from tools.local_destinations import HttpReceiver
+
+    keys = {"m1": "event:1", "m2": "event:2", "m3": "event:3", "m4": "event:4"}
+    published = set(keys.values())
+    publisher = _Published(keys)
+    # m3 acknowledged by the killed process (maybe lost); m4 dead-lettered by the job.
+    killed = Killed("job", 1, 0.0, Acknowledgements(pulled={}, sent={"m3": 1.0}, confirmed={}))
+    (tmp_path / "out" / "dead_letters").mkdir(parents=True)
+    (tmp_path / "out" / "dead_letters" / "a.jsonl").write_text(
+        '{"kind": "event", "record_id": 4, "reason": "too_late"}\n')
+    owed = _owed(killed, publisher, published, tmp_path / "out")
+    assert owed is not None and owed() == {"event:1", "event:2"}
+    with HttpReceiver() as receiver:
+        requests.post(f"{receiver.url}/in", json=[{"id": 1}], timeout=10)
+        waiting = _settle(receiver, "/in", published, _Running(), publisher, redelivered_by=0.0,
+                          quiet_seconds=1.0, timeout=4.0, owed=owed)
+        assert waiting.startswith("not settled after 4 s: 1 of 4 records arrived"), waiting
+        requests.post(f"{receiver.url}/in", json=[{"id": 2}], timeout=10)
+        settled = _settle(receiver, "/in", published, _Running(), publisher, redelivered_by=0.0,
+                          quiet_seconds=1.0, timeout=30.0, owed=owed)
+        assert settled.startswith("settled: nothing new for 1 s"), settled
+    # A target that cannot tell what it acknowledged owes nothing: the quiet alone settles.
+    assert _owed(Killed("taskmanager", 2, 0.0), publisher, published, tmp_path / "out") is None

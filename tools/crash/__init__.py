@@ -651,7 +651,7 @@ def run_crash(
         log(f"{name}: {recovered} ({phases['recovered']:.1f} s)")
         published_keys = _published_keys(records)
         settled = _settle(local.receiver, path, published_keys, target, publisher, killed.at + ack_deadline_seconds,
-                          quiet_seconds, settle_timeout)
+                          quiet_seconds, settle_timeout, owed=_owed(killed, publisher, published_keys, out))
         phases["settled"] = time.monotonic() - started
         log(f"{name}: {settled} ({phases['settled']:.1f} s); stopping the job")
         publisher.stop()
@@ -701,17 +701,37 @@ def _wait(ready: Callable[[], bool], target: Target, publisher: KnownPublisher, 
         time.sleep(0.2)
 
 
+def _owed(killed: Killed, publisher: KnownPublisher, published: set[str],
+          out: Path) -> Callable[[], set[str]] | None:
+    """When the target can tell what the killed process acknowledged: the
+    records that must still arrive, all but those it acknowledged (they may be
+    lost) and those the job dead-lettered."""
+    acknowledged = killed.acknowledged
+    if acknowledged is None:
+        return None
+
+    def owed() -> set[str]:
+        keys = publisher.message_keys
+        sent = {keys[m] for m in acknowledged.sent if m in keys}
+        return published - sent - set(dead_letters(out))
+
+    return owed
+
+
 def _settle(receiver: HttpReceiver, path: str, published: set[str], target: Target, publisher: KnownPublisher,
-            redelivered_by: float, quiet_seconds: float | None, timeout: float) -> str:
+            redelivered_by: float, quiet_seconds: float | None, timeout: float,
+            owed: Callable[[], set[str]] | None = None) -> str:
     """Wait until every published record arrived, or (``quiet_seconds`` not
     None) until nothing new arrived for ``quiet_seconds`` once publishing ended
     and ``quiet_seconds`` have passed since ``redelivered_by`` (the killed
-    process's unacknowledged messages are due again then), or ``timeout``.
+    process's unacknowledged messages are due again then) and every record
+    ``owed()`` says must arrive has, or ``timeout``.
     Returns how it settled, with how many records had arrived.
 
     A quiet is wall-clock time: a job starved of CPU (make test runs the Flink
     tests at nice 19 beside others) delivers nothing for minutes without having
-    lost anything, which is why a target that must lose nothing gets none."""
+    lost anything, which is why a target that must lose nothing gets none, and
+    why a quiet ends the wait only once what must arrive has."""
     deadline = time.monotonic() + timeout
     seen, last_new = 0, time.monotonic()
     while True:
@@ -726,7 +746,7 @@ def _settle(receiver: HttpReceiver, path: str, published: set[str], target: Targ
         # then still has to go through the job (seen: 18 messages redelivered 60 s
         # after the kill, at the very moment a quiet that began earlier ended).
         if (quiet_seconds is not None and publisher.done() and time.time() >= redelivered_by + quiet_seconds
-                and time.monotonic() - last_new >= quiet_seconds):
+                and time.monotonic() - last_new >= quiet_seconds and (owed is None or owed() <= arrived)):
             return (f"settled: nothing new for {quiet_seconds:g} s, {quiet_seconds:g} s past the redelivery deadline "
                     f"({seen} of {len(published)} records arrived)")
         if time.monotonic() >= deadline:
