@@ -77,6 +77,10 @@ IDLE_AFTER_SECONDS = 0.005
 IDLE_WAIT_SECONDS = 0.1
 #: Pause before a background pull is retried after an error it survives.
 _RETRY_PAUSE_SECONDS = 0.5
+#: Longest a closing prefetcher waits for the acknowledgement or pull its thread
+#: has under way (a pull waits at most PULL_DEADLINE_SECONDS; the rest is a loaded
+#: machine's slack).
+CLOSE_WAIT_SECONDS = 10.0
 
 
 class _Activity:
@@ -135,6 +139,8 @@ class Prefetcher:
                 if self._closed:
                     return
             self._send_acks()
+            if self._closed:
+                return
             if self._stopped:
                 continue
             room = min(PULL_MAX_MESSAGES, QUEUE_MAX_MESSAGES - len(self._queue))
@@ -245,18 +251,33 @@ class Prefetcher:
             self._lock.notify_all()
         self._hand_back(left)
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
         """Stop pulling, send the acknowledgements still owed and hand back what
-        was never read (idempotent)."""
+        was never read (idempotent); with ``wait``, return once the thread has
+        ended too (:meth:`join`)."""
         with self._lock:
-            if self._closed:
-                return
+            already = self._closed
             self._closed = True
             left = list(self._queue)
             self._queue.clear()
             self._lock.notify_all()
-        self._send_acks()
-        self._hand_back(left)
+        if not already:
+            self._send_acks()
+            self._hand_back(left)
+        if wait:
+            self.join()
+
+    def join(self, timeout: float = CLOSE_WAIT_SECONDS) -> None:
+        """Wait for a closed prefetcher's thread to end. Why: the thread may have
+        taken acknowledgements owed and be sending them, or be pulling (what it
+        gets it hands back); returning before it ends would let the caller close
+        the client under that call, and the acknowledged messages would come again."""
+        if self._thread is threading.current_thread():
+            return
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            _LOGGER.warning("The Pub/Sub prefetcher of %s did not end within %.0f s of closing",
+                            self._subscription, timeout)
 
 
 class _Message:
@@ -359,8 +380,10 @@ def close_prefetchers(transforms: Any) -> None:
     with _LOCK:
         prefetchers = [_PREFETCHERS.pop(transform) for transform in transforms if transform in _PREFETCHERS]
         _STOPPED.clear()  # one streaming run at a time in a process: its stop ends with it
+    for prefetcher in prefetchers:  # all closed first, so their threads end side by side
+        prefetcher.close(wait=False)
     for prefetcher in prefetchers:
-        prefetcher.close()
+        prefetcher.join()
 
 
 _CLIENTS: weakref.WeakKeyDictionary[Any, PrefetchingClient] = weakref.WeakKeyDictionary()
