@@ -102,11 +102,13 @@ def run_streaming(
     first_id: int,
     during: Callable[[float], None] | None = None,
     flags: Sequence[str] = (),
+    published_enough: Callable[[float], bool] | None = None,
 ) -> StreamingRun:
     """Run the job, publish ``rate`` events a second for ``publish_seconds``
-    (calling ``during(elapsed)`` every half second, to start or end an outage),
-    then wait up to ``settle_seconds`` for ``settled``, cancel the job and read
-    its summary."""
+    (calling ``during(elapsed)`` every half second, to start or end an outage;
+    with ``published_enough``, publishing ends as soon as it says so, within
+    ``publish_seconds`` still), then wait up to ``settle_seconds`` for
+    ``settled``, cancel the job and read its summary."""
     project = emulator.project
     name = work.name
     subscriptions = {kind: create_topic_and_subscription(project, f"{name}-{kind}", f"{name}-{kind}-sub")
@@ -135,6 +137,8 @@ def run_streaming(
     try:
         next_id = first_id
         while (elapsed := time.monotonic() - started) < publish_seconds:
+            if published_enough is not None and published_enough(elapsed):
+                break
             now = datetime.now(tz=UTC)
             count = max(1, round(rate / 2))
             records = [_event(next_id + i, now) for i in range(count)]

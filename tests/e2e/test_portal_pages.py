@@ -11,6 +11,9 @@ under ``out/screenshots/`` (test artifacts, not committed).
 
 from __future__ import annotations
 
+import math
+import time
+
 import sqlalchemy as sa
 
 from portal.auth import create_key, ensure_organisation
@@ -23,8 +26,13 @@ from tests.e2e.streaming_run import run_streaming
 from tools.local_destinations import HttpReceiver
 
 RATE = 4  # events a second
-PUBLISH_SECONDS = 110
-LOOK_AT, PAUSE_AT, ACTIVATE_AT, DELETE_AT = 20.0, 25.0, 50.0, 85.0
+#: The stream's page is looked at once the job has delivered, from 20 s on; the
+#: page shows what the job reported, so it is reloaded until it does, for at most
+#: a minute. The actions after it follow at these distances, however late it came.
+LOOK_AT, LOOK_FOR = 20.0, 60.0
+PAUSE_AFTER_LOOK, ACTIVATE_AFTER_PAUSE, DELETE_AFTER_ACTIVATION = 5.0, 25.0, 35.0
+#: Publishing ends this long after the deletion (and at the latest after 300 s).
+PUBLISH_AFTER_DELETION, PUBLISH_SECONDS = 25.0, 300
 #: The job re-reads the store every 5 s here (the default is 300).
 REFRESH = 5
 #: A change in the portal reaches the job within one refresh interval; the rest
@@ -94,30 +102,36 @@ def test_create_deliver_deactivate_activate_delete_in_the_pages(
         _sign_in(page, portal.url, key, shots)
         stream_id = _create_rest_bulk(page, receiver.url, shots)
         actions: dict[str, float] = {}
+        looked: list[float] = []
+
+        def due(action: str, previous: str, after: float) -> bool:
+            return action not in actions and previous in actions and time.time() >= actions[previous] + after
 
         def during(elapsed: float) -> None:
-            import time
-
-            if elapsed >= LOOK_AT and "look" not in actions:
+            if "look" not in actions and elapsed >= LOOK_AT and receiver.requests("/customer"):
                 # The stream's page: what the job reported so far, a bar per hour.
                 page.goto(f"{portal.url}/portal/data-streams/{stream_id}")
+                looked.append(elapsed)
+                rows = page.query_selector_all("#recent tbody tr")
+                if not rows and looked[-1] - looked[0] < LOOK_FOR:
+                    return  # the job has not written status since its first delivery: look again
                 actions["look"] = time.time()
                 shots("04-stream-page")
                 assert page.inner_text("#status .state") == "Running"
-                rows = page.query_selector_all("#recent tbody tr")
                 assert rows and "delivered" in rows[0].inner_text(), "recent deliveries, newest first"
                 heights = [float(bar.get_attribute("height")) for bar in page.query_selector_all("#hourly-chart rect")]
-                assert len(heights) == 24 and heights[-1] > 0, "documents delivered this hour"
-            elif elapsed >= PAUSE_AT and "pause" not in actions:
+                # This hour's bar, or the last hour's when the hour has just turned.
+                assert len(heights) == 24 and heights[-1] + heights[-2] > 0, "documents delivered this hour"
+            elif due("pause", "look", PAUSE_AFTER_LOOK):
                 _click_in_row(page, stream_id, "button.deactivate")
                 actions["pause"] = time.time()
                 shots("05-deactivated")
                 assert page.inner_text(f"tr[data-stream-id='{stream_id}'] .state") == "Paused"
-            elif elapsed >= ACTIVATE_AT and "activate" not in actions:
+            elif due("activate", "pause", ACTIVATE_AFTER_PAUSE):
                 _click_in_row(page, stream_id, "button.activate")
                 actions["activate"] = time.time()
                 shots("06-activated")
-            elif elapsed >= DELETE_AT and "delete" not in actions:
+            elif due("delete", "activate", DELETE_AFTER_ACTIVATION):
                 _click_in_row(page, stream_id, "a.delete")  # opens the dialog: nothing is deleted yet
                 dialog = page.locator(f"#delete-{stream_id}")
                 assert dialog.is_visible() and "really want to delete" in dialog.inner_text()
@@ -135,7 +149,8 @@ def test_create_deliver_deactivate_activate_delete_in_the_pages(
             pubsub_emulator, _mkdir(tmp_path / "job"), [], {"customer": receiver}, reference_dir,
             rate=RATE, publish_seconds=PUBLISH_SECONDS, settled=lambda run: True, settle_seconds=15,
             first_id=9_000_000, during=during,
-            flags=[f"--streams_db={database_url}", f"--refresh_interval_seconds={REFRESH}"])
+            flags=[f"--streams_db={database_url}", f"--refresh_interval_seconds={REFRESH}"],
+            published_enough=lambda _: time.time() >= actions.get("delete", math.inf) + PUBLISH_AFTER_DELETION)
 
     arrivals = {}  # document id -> first arrival
     for request in receiver.requests("/customer"):
