@@ -10,7 +10,6 @@ measures what a user gets, not what shortened timeouts would hide.
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -166,12 +165,3 @@ def run_streaming(
     run.state = str(result.state)
     run.summary = summarize(result)
     return run
-
-
-def idle_threads_end(prefix: str = "pubsub-prefetch:", timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not [t for t in threading.enumerate() if t.name.startswith(prefix)]:
-            return True
-        time.sleep(0.1)
-    return False

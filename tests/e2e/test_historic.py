@@ -222,7 +222,8 @@ def test_without_a_running_streaming_job_nothing_is_waited_for(fleet, tmp_path, 
     assert expected in report, report
     assert "waited " not in report and "waiting until" not in report
     assert sorted(keys) == sorted(history | live)
-    assert elapsed < 60, f"took {elapsed:.0f} s with nothing to wait for"
+    # Not the settle limit: a command that waited it would also have said so.
+    assert elapsed < 120, f"took {elapsed:.0f} s with nothing to wait for"
 
 
 def test_each_history_document_is_delivered_once_when_held_live_data_overlaps_it(fleet, tmp_path, stream_secrets,

@@ -57,9 +57,11 @@ def _s3_ids(s3: Any, bucket: str) -> list[int]:
     return ids
 
 
-def _prefetch_threads_end(timeout: float = 5.0) -> bool:
+def _prefetch_threads_end(timeout: float = 30.0) -> bool:
     """Whether the background pulls of ``tools/direct_runner/direct_pubsub.py`` all stop
-    (each finishes its pull in flight, at most a one-second deadline)."""
+    once the job is cancelled: its executor ends after the bundle under way, then
+    each thread finishes its call in flight (a pull has a one-second deadline).
+    Seconds when the machine keeps up; the 30 s are for one that does not."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not [t for t in threading.enumerate() if t.name.startswith("pubsub-prefetch:")]:
