@@ -76,8 +76,10 @@ LAUNCH_TIMEOUT_SECONDS = 60.0
 #: socket (``<dir>/org.chromium.Chromium.XXXXXX/SingletonSocket``, 46 more bytes) must fit a
 #: Unix socket path (107 bytes); a longer one and Chromium exits at start.
 MAX_WORKDIR_BYTES = 61
-#: Seconds for a launch's processes to exit after the browser closed, before SIGKILL.
-EXIT_GRACE_SECONDS = 5.0
+#: Seconds for a launch's processes to exit after the browser closed, before SIGKILL:
+#: well under one when the machine keeps up; the rest is for one at nice 19 beside
+#: Flink's JVMs, where a slow exit is not a leftover.
+EXIT_GRACE_SECONDS = 20.0
 
 
 class ChromiumMissingError(RuntimeError):
