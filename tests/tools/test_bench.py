@@ -248,8 +248,14 @@ def test_child_peak_rss_is_the_childs_own(tmp_path):
 
 def test_child_run_counts_every_process_it_started(tmp_path):
     # The command starts two children that hold 150 MiB each at once with its own,
-    # and an orphan that burns a second of CPU after the command has exited.
-    hold = "import time; b = bytearray(150 * 2**20); b[::4096] = b'x' * len(b[::4096]); time.sleep(1.5)"
+    # and an orphan that burns a second of CPU after the command has exited. Each
+    # holds its memory until all three have theirs, then 2 s more: at once however
+    # late a loaded machine starts one of them.
+    hold = ("import pathlib, time; b = bytearray(150 * 2**20); b[::4096] = b'x' * len(b[::4096])\n"
+            f"d = pathlib.Path({str(tmp_path / 'held')!r}); d.mkdir(exist_ok=True)\n"
+            "import os; (d / str(os.getpid())).touch(); end = time.monotonic() + 120\n"
+            "while len(list(d.iterdir())) < 3 and time.monotonic() < end: time.sleep(0.05)\n"
+            "time.sleep(2)")
     burn = "import time; end = time.process_time() + 1.0\nwhile time.process_time() < end: pass"
     script = (f"import subprocess, sys\n"
               f"kids = [subprocess.Popen([sys.executable, '-c', {hold!r}]) for _ in range(2)]\n"
@@ -307,8 +313,8 @@ def test_a_child_seen_before_its_exec_gets_the_role_of_what_it_execs():
               "if pid == 0:\n"
               "    time.sleep(1.0)\n"
               "    pool = 'worker_pool' + '_main'  # not in this script's own command line\n"
-              "    os.execv(sys.executable, [sys.executable, '-c', 'import time; time.sleep(1.5)', pool])\n"
-              "time.sleep(3.5)  # the child exits after about 2.5 s: a zombie for a second\n"
+              "    os.execv(sys.executable, [sys.executable, '-c', 'import time; time.sleep(3)', pool])\n"
+              "time.sleep(6)  # the child exits after about 4 s: a zombie for two seconds\n"
               "os.waitpid(pid, 0)\n")
     launcher = subprocess.Popen([sys.executable, "-c", "import subprocess, sys; subprocess.run(sys.argv[1:])",
                                  sys.executable, "-c", script])

@@ -16,6 +16,7 @@ import pytest
 from schemas.timestamps import parse_iso, to_epoch_ms
 from tools import pubsub_emulator as emulator_module
 from tools.pubsub_emulator import (
+    STARTUP_TIMEOUT_SECONDS,
     STOPPED_IN_FLIGHT_SECONDS,
     EmulatorStartError,
     EmulatorToolsError,
@@ -191,7 +192,8 @@ def test_start_fails_fast_with_the_log_when_the_port_is_taken():
         with pytest.raises(EmulatorStartError, match="BindException: Address already in use") as raised:
             emulator.start()
 
-    assert time.monotonic() - began < 20
+    # Fails as soon as the emulator's JVM says so, not at the start-up timeout.
+    assert time.monotonic() - began < STARTUP_TIMEOUT_SECONDS / 2
     assert "end of" in str(raised.value) and "cloud-pubsub-emulator" in str(raised.value)
     assert emulator.pid is None
 
@@ -228,4 +230,5 @@ def test_a_stopped_publisher_does_not_wait_long_for_an_emulator_that_is_gone():
         publisher.stop()  # joins for up to 30 s
         took = time.monotonic() - began
     assert not publisher._thread.is_alive()
-    assert took < STOPPED_IN_FLIGHT_SECONDS + 5, took
+    # Seconds, not the minute a live run's end allows (the rest of the bound is a loaded machine's).
+    assert took < STOPPED_IN_FLIGHT_SECONDS + 20, took
