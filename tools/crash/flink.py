@@ -45,6 +45,9 @@ STARTUP_TIMEOUT_SECONDS = 420.0
 #: and the new TaskManager's tasks and SDK workers start.
 RECOVERY_TIMEOUT_SECONDS = 300.0
 CHECKPOINT_MS = 5_000
+#: Longest the JobManager may go without answering while it is up (each request
+#: waits ``REST_TIMEOUT_SECONDS``).
+ANSWER_TIMEOUT_SECONDS = 60.0
 
 
 class FlinkClusterTarget:
@@ -101,7 +104,7 @@ class FlinkClusterTarget:
 
     def _running(self) -> bool:
         job = self._job()
-        return bool(job and job["state"] == "RUNNING" and job["tasks"]["running"] == job["tasks"]["total"])
+        return job is not None and _all_running(job)
 
     def _wait_running(self, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
@@ -123,7 +126,12 @@ class FlinkClusterTarget:
 
     def kill(self) -> Killed:
         assert self._cluster is not None and self._job_id is not None
-        self.checkpoints_before_kill = self._cluster.completed_checkpoints(self._job_id)
+        deadline = time.monotonic() + ANSWER_TIMEOUT_SECONDS
+        while (completed := self._cluster.completed_checkpoints(self._job_id)) is None:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the JobManager did not answer for {ANSWER_TIMEOUT_SECONDS:.0f} s before the kill")
+            time.sleep(1.0)
+        self.checkpoints_before_kill = completed
         at = time.time()
         pid = self._cluster.kill_taskmanager()
         return Killed("the TaskManager JVM", pid, at)
@@ -132,12 +140,25 @@ class FlinkClusterTarget:
         assert self._cluster is not None and self._job_id is not None
         process = self._cluster.start_taskmanager(wait=False)
         started = time.monotonic()
-        # The job first fails over (its tasks leave RUNNING), then runs again.
+        # The job first fails over, then runs again. Only an answer of the
+        # JobManager tells: one that did not answer has not shown the failover.
         deadline = started + RECOVERY_TIMEOUT_SECONDS
-        while self._running() and time.monotonic() < started + 60:
-            time.sleep(0.5)
-        self._wait_running(max(1.0, deadline - time.monotonic()), "the job to run again after the kill")
-        restored = (self._cluster.rest(f"/jobs/{self._job_id}/checkpoints") or {}).get("latest", {}).get("restored")
+        restored = None
+        if self.checkpoints_before_kill:
+            # Restored from a checkpoint and running again.
+            while not (restored and self._running()):
+                if (problem := self.problem()) is not None:
+                    raise RuntimeError(problem)
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"timed out after {RECOVERY_TIMEOUT_SECONDS:.0f} s waiting for the job to "
+                                       f"restore a checkpoint and run again: {self._job()}")
+                time.sleep(1.0)
+                restored = ((self._cluster.checkpoints(self._job_id) or {}).get("latest") or {}).get("restored")
+        else:
+            # Nothing to restore from: its tasks seen leaving RUNNING, then running again.
+            while time.monotonic() < started + 60 and ((job := self._job()) is None or _all_running(job)):
+                time.sleep(0.5)
+            self._wait_running(max(1.0, deadline - time.monotonic()), "the job to run again after the kill")
         self.restored_checkpoint = restored.get("id") if restored else None
         return (f"started a new TaskManager (pid {process.pid}); Flink restarted the job from checkpoint "
                 f"{self.restored_checkpoint} ({self.checkpoints_before_kill} completed before the kill) and it "
@@ -157,6 +178,10 @@ class FlinkClusterTarget:
                 how = f"cancelling failed: {err}"
         self._stack.close()
         return Stopped(how, None, jobs)
+
+
+def _all_running(job: dict[str, Any]) -> bool:
+    return job["state"] == "RUNNING" and job["tasks"]["running"] == job["tasks"]["total"]
 
 
 def _jobs_json(cluster: StandaloneCluster | None) -> dict[str, Any] | None:

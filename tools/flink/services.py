@@ -47,6 +47,8 @@ from tools.processes import PortService, ServiceStartError, free_port, log_tail,
 
 #: Slots per TaskManager; the job's parallelism is at most slots x TaskManagers.
 DEFAULT_SLOTS = 2
+#: Longest wait for one answer of the JobManager's REST API.
+REST_TIMEOUT_SECONDS = 20.0
 JOBMANAGER_MAIN = "org.apache.flink.runtime.entrypoint.StandaloneSessionClusterEntrypoint"
 TASKMANAGER_MAIN = "org.apache.flink.runtime.taskexecutor.TaskManagerRunner"
 
@@ -226,9 +228,11 @@ class StandaloneCluster:
             time.sleep(0.5)
 
     def rest(self, path: str) -> Any:
-        """GET ``path`` of the JobManager's REST API (JSON), ``None`` while it is down."""
+        """GET ``path`` of the JobManager's REST API (JSON), ``None`` while it is
+        down. A JobManager that is up answers within ``REST_TIMEOUT_SECONDS`` even
+        at nice 19 on a loaded machine; a shorter wait read a slow answer as "down"."""
         try:
-            with urllib.request.urlopen(f"http://{self.master}{path}", timeout=5) as response:
+            with urllib.request.urlopen(f"http://{self.master}{path}", timeout=REST_TIMEOUT_SECONDS) as response:
                 return json.load(response)
         except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError):
             return None
@@ -243,9 +247,14 @@ class StandaloneCluster:
     def jobs(self) -> list[dict[str, Any]]:
         return (self.rest("/jobs/overview") or {}).get("jobs", [])
 
-    def completed_checkpoints(self, job_id: str) -> int:
-        counts = (self.rest(f"/jobs/{job_id}/checkpoints") or {}).get("counts", {})
-        return int(counts.get("completed", 0))
+    def checkpoints(self, job_id: str) -> dict[str, Any] | None:
+        """The job's checkpoint statistics (``counts``, ``latest``), ``None`` without an answer."""
+        return self.rest(f"/jobs/{job_id}/checkpoints")
+
+    def completed_checkpoints(self, job_id: str) -> int | None:
+        """How many checkpoints of the job completed, ``None`` without an answer."""
+        stats = self.checkpoints(job_id)
+        return None if stats is None else int(stats.get("counts", {}).get("completed", 0))
 
     def stop(self) -> None:
         for process in [*self.taskmanagers, self.jobmanager]:
