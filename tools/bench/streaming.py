@@ -149,7 +149,7 @@ _SECRETS = {
 #: The part of the budget the job's sweep may use before the trivial pipeline's starts.
 _JOB_SHARE = 0.55
 #: A step whose publisher managed less than this share of the rate measures the publisher.
-PUBLISHER_SHORTFALL = 0.95
+_PUBLISHER_SHORTFALL = 0.95
 #: A step whose pipeline delivered at least this share of the rate kept up with it.
 _KEPT_UP = 0.95
 #: Rate of the records published until a fresh pipeline has delivered its first one.
@@ -260,7 +260,7 @@ def drift(samples: Sequence[tuple[float, float]]) -> float:
 def publisher_kept_rate(step: dict[str, Any]) -> bool:
     """Whether the publisher reached a step's rate: a step it fell short of
     (a loaded machine) measured the pipeline at a rate of the publisher's own."""
-    return step["achieved_rate"] >= PUBLISHER_SHORTFALL * step["rate"]
+    return step["achieved_rate"] >= _PUBLISHER_SHORTFALL * step["rate"]
 
 
 def judge(step: dict[str, Any], p99_limit: float, max_drift: float) -> tuple[bool, str]:

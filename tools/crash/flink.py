@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -107,13 +108,24 @@ class FlinkClusterTarget:
         return job is not None and _all_running(job)
 
     def _wait_running(self, timeout: float, what: str) -> None:
+        self._wait_for(self._running, timeout, what)
+
+    def _wait_for(self, ready: Callable[[], Any], timeout: float, what: str) -> Any:
+        """Poll ``ready`` every second until it returns something true, and return that;
+        raises the job's problem, or after ``timeout``."""
         deadline = time.monotonic() + timeout
-        while not self._running():
+        while not (value := ready()):
             if (problem := self.problem()) is not None:
                 raise RuntimeError(problem)
             if time.monotonic() > deadline:
                 raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}: {self._job()}")
             time.sleep(1.0)
+        return value
+
+    def _restored(self) -> dict[str, Any] | None:
+        """The checkpoint the job restored (Flink's ``latest.restored``), if it has."""
+        assert self._cluster is not None and self._job_id is not None
+        return ((self._cluster.checkpoints(self._job_id) or {}).get("latest") or {}).get("restored")
 
     def problem(self) -> str | None:
         if self._launcher is not None and self._launcher.poll() is not None and self._job() is None:
@@ -126,12 +138,10 @@ class FlinkClusterTarget:
 
     def kill(self) -> Killed:
         assert self._cluster is not None and self._job_id is not None
-        deadline = time.monotonic() + ANSWER_TIMEOUT_SECONDS
-        while (completed := self._cluster.completed_checkpoints(self._job_id)) is None:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the JobManager did not answer for {ANSWER_TIMEOUT_SECONDS:.0f} s before the kill")
-            time.sleep(1.0)
-        self.checkpoints_before_kill = completed
+        cluster, job_id = self._cluster, self._job_id
+        stats = self._wait_for(lambda: cluster.checkpoints(job_id), ANSWER_TIMEOUT_SECONDS,
+                               "the JobManager to answer before the kill")
+        self.checkpoints_before_kill = int(stats.get("counts", {}).get("completed", 0))
         at = time.time()
         pid = self._cluster.kill_taskmanager()
         return Killed("the TaskManager JVM", pid, at)
@@ -145,15 +155,8 @@ class FlinkClusterTarget:
         deadline = started + RECOVERY_TIMEOUT_SECONDS
         restored = None
         if self.checkpoints_before_kill:
-            # Restored from a checkpoint and running again.
-            while not (restored and self._running()):
-                if (problem := self.problem()) is not None:
-                    raise RuntimeError(problem)
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"timed out after {RECOVERY_TIMEOUT_SECONDS:.0f} s waiting for the job to "
-                                       f"restore a checkpoint and run again: {self._job()}")
-                time.sleep(1.0)
-                restored = ((self._cluster.checkpoints(self._job_id) or {}).get("latest") or {}).get("restored")
+            restored = self._wait_for(lambda: self._running() and self._restored(), RECOVERY_TIMEOUT_SECONDS,
+                                      "the job to restore a checkpoint and run again")
         else:
             # Nothing to restore from: its tasks seen leaving RUNNING, then running again.
             while time.monotonic() < started + 60 and ((job := self._job()) is None or _all_running(job)):

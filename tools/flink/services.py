@@ -251,11 +251,6 @@ class StandaloneCluster:
         """The job's checkpoint statistics (``counts``, ``latest``), ``None`` without an answer."""
         return self.rest(f"/jobs/{job_id}/checkpoints")
 
-    def completed_checkpoints(self, job_id: str) -> int | None:
-        """How many checkpoints of the job completed, ``None`` without an answer."""
-        stats = self.checkpoints(job_id)
-        return None if stats is None else int(stats.get("counts", {}).get("completed", 0))
-
     def stop(self) -> None:
         for process in [*self.taskmanagers, self.jobmanager]:
             if process is not None and process.poll() is None:
